@@ -1,0 +1,44 @@
+"""From IR to native code: passes that prepare for C, the C emitter, the compiler driver, the loader.
+
+The pipeline, top to bottom::
+
+    module = inline_calls(module)          # non-recursive calls become straight-line code
+    module = eliminate_dead_code(module)
+    module = fuse_elementwise(module)      # elementwise chains become single loops
+    source = emit_module(module)           # one C file
+    artifact = compile_c(source)           # cc, through the on-disk cache
+    native = NativeFunction(artifact)      # cffi
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from lantern.ir.nodes import Module
+from lantern.ir.verify import verify
+
+from .compiler import compile_c
+from .emit_c import emit_module
+from .loader import NativeFunction
+from .passes import eliminate_dead_code, fuse_elementwise, inline_calls
+
+Pass = Callable[[Module], Module]
+PASSES: tuple[Pass, ...] = (inline_calls, eliminate_dead_code, fuse_elementwise)
+
+
+def prepare(module: Module, passes: tuple[Pass, ...] = PASSES) -> Module:
+    """Run ``passes`` in order, verifying the IR after each one."""
+    for p in passes:
+        module = verify(p(module))
+    return module
+
+
+def build_native(module: Module, title: str) -> tuple[NativeFunction, Module]:
+    """Prepare, emit, compile (or fetch from the cache) and load ``module``."""
+    prepared = prepare(module)
+    source = emit_module(prepared, title)
+    artifact = compile_c(source.text, title, source.uses_blas)
+    out_types = list(prepared.entry_function.result_types or ())
+    return NativeFunction(artifact, source, out_types), prepared  # type: ignore[arg-type]
+
+
+__all__ = ["PASSES", "NativeFunction", "build_native", "compile_c", "emit_module", "prepare"]

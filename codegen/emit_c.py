@@ -1,0 +1,697 @@
+"""Emit one readable C11 file for a prepared IR module.
+
+Every IR function becomes a ``static void`` C function taking pointers to its inputs
+and to its (caller-allocated) results. The entry function also gets an exported
+wrapper, ``lantern_entry``, that sets up error unwinding and releases the arena.
+
+Storage of a variable:
+  * rank-0 values computed locally are C scalars (``float t_5``);
+  * constants of rank 0 are inlined as literals;
+  * everything else is a pointer into the arena, a parameter, a static constant
+    array, or (for a function's results) the caller's result buffer.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from math import prod
+from typing import Callable, Iterable
+
+import numpy as np
+
+from lantern.ir.nodes import Block, Call, Function, Fused, If, Loop, Module, Op, Stmt, Var, While
+from lantern.ir.primitives import ELEMENTWISE, PRIMITIVES
+from lantern.ir.printer import format_function
+from lantern.ir.types import TensorType
+from lantern.source import Loc
+
+from .c_types import C_TYPE, FLOATS, elementwise_expr, literal
+
+#: Matrix products with at least this many multiply-adds (M*N*K) call BLAS; smaller ones
+#: run as generated loops. Chosen with benchmarks/matmul_threshold.py (see RESULTS.md).
+BLAS_MIN_MACS = int(os.environ.get("LANTERN_BLAS_MIN_MACS", 32768))
+
+
+@dataclass
+class CSource:
+    text: str
+    entry: str
+    num_inputs: int
+    num_outputs: int
+    uses_blas: bool
+
+
+def _strides(shape: tuple[int, ...]) -> list[int]:
+    out, acc = [], 1
+    for d in reversed(shape):
+        out.append(acc)
+        acc *= d
+    return out[::-1]
+
+
+def _index(terms: Iterable[tuple[str, int]], base: int = 0) -> str:
+    """``base + sum(var * coef)`` as tidy C."""
+    parts = [str(base)] if base else []
+    for var, coef in terms:
+        if coef == 0:
+            continue
+        parts.append(var if coef == 1 else f"{var} * {coef}")
+    return " + ".join(parts) or "0"
+
+
+def _comment(text: str) -> str:
+    return "/* " + text.replace("*/", "* /") + " */"
+
+
+class _Storage:
+    __slots__ = ("kind", "name")
+
+    def __init__(self, kind: str, name: str):
+        self.kind = kind  # 'scalar', 'pointer' or 'literal'
+        self.name = name  # C name, or the literal text
+
+
+class FunctionEmitter:
+    def __init__(self, module_emitter: ModuleEmitter, fn: Function):
+        self.m = module_emitter
+        self.fn = fn
+        self.lines: list[str] = []
+        self.depth = 1
+        self.storage: dict[int, _Storage] = {}
+        self.dest: dict[int, str] = {}  # result var id -> result parameter name
+        self.last_loc: Loc | None = None
+        self.counter = 0
+
+    # ------------------------------------------------------------ small helpers
+    def line(self, text: str) -> None:
+        self.lines.append("    " * self.depth + text)
+
+    def open(self, text: str) -> None:
+        self.line(text + " {")
+        self.depth += 1
+
+    def close(self, text: str = "}") -> None:
+        self.depth -= 1
+        self.line(text)
+
+    def fresh(self, base: str) -> str:
+        self.counter += 1
+        return f"{base}{self.counter}"
+
+    def ctype(self, v: Var) -> str:
+        return C_TYPE[v.type.dtype]  # type: ignore[union-attr]
+
+    def name(self, v: Var) -> str:
+        return v.name
+
+    def load(self, v: Var, index: str) -> str:
+        s = self.storage[v.id]
+        if s.kind == "pointer":
+            return f"{s.name}[{index if v.type.shape else '0'}]"  # type: ignore[union-attr]
+        return s.name
+
+    def ptr(self, v: Var) -> str:
+        s = self.storage[v.id]
+        if s.kind == "pointer":
+            return s.name
+        if s.kind == "scalar":
+            return f"&{s.name}"
+        return f"({self.ctype(v)}[1]){{{s.name}}}"
+
+    def store(self, v: Var, index: str, expr: str) -> None:
+        s = self.storage[v.id]
+        if s.kind == "pointer":
+            self.line(f"{s.name}[{index if v.type.shape else '0'}] = {expr};")  # type: ignore[union-attr]
+        else:
+            self.line(f"{s.name} = {expr};")
+
+    def declare(self, v: Var) -> None:
+        """Give ``v`` fresh storage: a scalar local, the result buffer, or arena memory."""
+        t: TensorType = v.type  # type: ignore[assignment]
+        if v.id in self.dest:
+            self.storage[v.id] = _Storage("pointer", self.dest[v.id])
+        elif t.shape == ():
+            self.storage[v.id] = _Storage("scalar", self.name(v))
+            self.line(f"{self.ctype(v)} {self.name(v)};")
+        else:
+            self.storage[v.id] = _Storage("pointer", self.name(v))
+            self.line(f"{self.ctype(v)} *{self.name(v)} = lt_alloc({t.nbytes});")
+            self.m.uses_arena = True
+
+    def bind_pointer(self, v: Var, expr: str) -> None:
+        self.storage[v.id] = _Storage("pointer", self.name(v))
+        self.line(f"{self.ctype(v)} *{self.name(v)} = {expr};")
+
+    def copy(self, dst: Var, src: Var) -> None:
+        """dst = src (same type); dst already has storage."""
+        d, s = self.storage[dst.id], self.storage[src.id]
+        if d.kind != "pointer" or not dst.type.shape:  # type: ignore[union-attr]
+            self.store(dst, "0", self.load(src, "0"))
+        elif s.kind == "pointer" and s.name == d.name:
+            return
+        else:
+            self.line(f"memcpy({d.name}, {self.ptr(src)}, {dst.type.nbytes});")  # type: ignore[union-attr]
+
+    def where(self, stmt: Stmt) -> str:
+        return f"{os.path.basename(stmt.loc.file)}:{stmt.loc.line}"
+
+    def comment_loc(self, locs: list[Loc]) -> None:
+        locs = [loc for loc in dict.fromkeys(locs) if loc.line]
+        if not locs or locs == [self.last_loc]:
+            return
+        self.last_loc = locs[-1]
+        if len(locs) == 1:
+            text = locs[0].text()
+            self.line(_comment(f"{locs[0]}: {text}" if text else str(locs[0])))
+        else:
+            self.line(_comment("; ".join(f"{loc}: {loc.text()}" for loc in locs)))
+
+    def open_scope(self) -> None:
+        self.line("{")
+        self.depth += 1
+
+    def loop_nest(self, shape: tuple[int, ...], body: Callable[[list[str]], None], prefix: str = "i") -> None:
+        """Nested ``for`` loops over ``shape``; ``body`` gets the index variable names."""
+        names = [f"{prefix}{k}" for k in range(len(shape))]
+        for name, d in zip(names, shape):
+            self.open(f"for (int64_t {name} = 0; {name} < {d}; {name}++)")
+        body(names)
+        for _ in shape:
+            self.close()
+
+    # ------------------------------------------------------------ functions
+    def signature(self) -> str:
+        params = [f"{self.ctype(p)} *{self.name(p)}" for p in self.fn.body.params]
+        params += [f"{C_TYPE[t.dtype]} *result{k}" for k, t in enumerate(self.fn.result_types or ())]  # type: ignore[union-attr]
+        return f"static void fn_{self.fn.name}({', '.join(params) or 'void'})"
+
+    def emit(self) -> list[str]:
+        body = self.fn.body
+        for p in body.params:
+            self.storage[p.id] = _Storage("pointer", self.name(p))
+        # Destination passing: a result computed by a top-level statement is written
+        # straight into the caller's buffer instead of being copied there at the end.
+        counts: dict[int, int] = {}
+        for r in body.results:
+            counts[r.id] = counts.get(r.id, 0) + 1
+        top_defined = {o.id: s for s in body.stmts for o in s.outs}
+        for k, r in enumerate(body.results):
+            s = top_defined.get(r.id)
+            if counts[r.id] == 1 and s is not None and self._allocates(s):
+                self.dest[r.id] = f"result{k}"
+        self.line("lt_mark_t mark = lt_mark();")
+        self.block_stmts(body)
+        for k, r in enumerate(body.results):
+            if self.dest.get(r.id) != f"result{k}":
+                dst = Var(r.type, "result")
+                self.storage[dst.id] = _Storage("pointer", f"result{k}")
+                self.copy(dst, r)
+        self.line("lt_release(mark);")
+        return [self.signature(), "{", *self.lines, "}"]
+
+    @staticmethod
+    def _allocates(stmt: Stmt) -> bool:
+        if isinstance(stmt, Op):
+            return stmt.prim not in ("reshape", "constant") and not (stmt.prim == "fill" and not stmt.outs[0].type.shape)
+        return isinstance(stmt, (Fused, If, Call))
+
+    def block_stmts(self, block: Block) -> None:
+        for stmt in block.stmts:
+            self.stmt(stmt)
+
+    def stmt(self, stmt: Stmt) -> None:
+        if isinstance(stmt, Op):
+            self.comment_loc([stmt.loc])
+            kind = PRIMITIVES[stmt.prim].kind
+            if stmt.prim == "fill" and not stmt.outs[0].type.shape:
+                self.storage[stmt.outs[0].id] = _Storage("literal", literal(stmt.attrs["value"], stmt.attrs["dtype"]))
+            elif kind == ELEMENTWISE:
+                self.elementwise(stmt.outs, stmt.args, stmt.args, [stmt], stmt.outs)
+            else:
+                getattr(self, f"op_{kind}")(stmt)
+        elif isinstance(stmt, Fused):
+            self.comment_loc([s.loc for s in stmt.body.stmts])
+            self.elementwise(stmt.outs, stmt.inputs, stmt.body.params, stmt.body.stmts, stmt.body.results)
+        elif isinstance(stmt, If):
+            self.emit_if(stmt)
+        elif isinstance(stmt, Loop):
+            self.emit_loop(stmt)
+        elif isinstance(stmt, While):
+            self.emit_while(stmt)
+        elif isinstance(stmt, Call):
+            self.comment_loc([stmt.loc])
+            for o in stmt.outs:
+                self.declare(o)
+            args = [self.ptr(a) for a in stmt.args] + [self.ptr(o) for o in stmt.outs]
+            self.line(f"fn_{stmt.fn}({', '.join(args)});")
+        else:
+            raise NotImplementedError(f"C emission of {type(stmt).__name__} (arrives with reverse-mode AD)")
+
+    # ------------------------------------------------------------ elementwise loops
+    def elementwise(self, outs: list[Var], inputs: list[Var], params: list[Var], body: list[Stmt],
+                    results: list[Var]) -> None:
+        shape: tuple[int, ...] = body[-1].outs[0].type.shape  # type: ignore[union-attr]
+        for o in outs:
+            self.declare(o)
+        flat = all(i.type.shape == shape or i.type.size == 1 for i in inputs)  # type: ignore[union-attr]
+        uses: dict[int, int] = {}
+        for s in body:
+            for a in s.operands():
+                uses[a.id] = uses.get(a.id, 0) + 1
+        result_of = {r.id: o for r, o in zip(results, outs)}
+
+        def operand(v: Var, index_for: Callable[[Var], str]) -> str:
+            if v.id in local:
+                return local[v.id]
+            src = bound[v.id]
+            return self.load(src, index_for(src))
+
+        def emit_body(index_for: Callable[[Var], str], out_index: str) -> None:
+            for s in body:
+                assert isinstance(s, Op)
+                out = s.outs[0]
+                expr = elementwise_expr(s.prim, [a.type.dtype for a in s.args], out.type.dtype,  # type: ignore[union-attr]
+                                        [operand(a, index_for) for a in s.args], s.attrs)
+                if out.id in result_of and uses.get(out.id, 0) == 0:
+                    self.store(result_of[out.id], out_index, expr)
+                    continue
+                local[out.id] = self.name(out) if out.id not in result_of else self.name(out) + "_v"
+                self.line(f"{self.ctype(out)} {local[out.id]} = {expr};")
+                if out.id in result_of:
+                    self.store(result_of[out.id], out_index, local[out.id])
+
+        local: dict[int, str] = {}
+        bound = {p.id: i for p, i in zip(params, inputs)}
+        if not shape:
+            emit_body(lambda v: "0", "0")
+        elif flat:
+            n = prod(shape)
+            self.open(f"for (int64_t i = 0; i < {n}; i++)")
+            emit_body(lambda v: "i" if v.type.shape == shape else "0", "i")  # type: ignore[union-attr]
+            self.close()
+        else:
+            out_strides = _strides(shape)
+
+            def nest(idx: list[str]) -> None:
+                def index_for(v: Var) -> str:
+                    vs: tuple[int, ...] = v.type.shape  # type: ignore[union-attr]
+                    offset = len(shape) - len(vs)
+                    st = _strides(vs)
+                    return _index((idx[offset + k], 0 if vs[k] == 1 else st[k]) for k in range(len(vs)))
+                emit_body(index_for, _index(zip(idx, out_strides)))
+            self.loop_nest(shape, nest)
+
+    # ------------------------------------------------------------ reductions
+    def op_reduce(self, op: Op) -> None:
+        out = op.outs[0]
+        self.declare(out)
+        self.open_scope()  # keeps acc/best local to this statement
+        if op.prim in ("argmax", "argmin"):
+            self.arg_reduce(op)
+        else:
+            self.sum_max_min(op)
+        self.close()
+
+    def sum_max_min(self, op: Op) -> None:
+        x, out = op.args[0], op.outs[0]
+        xs: tuple[int, ...] = x.type.shape  # type: ignore[union-attr]
+        axes = set(op.attrs["axes"])
+        x_strides = _strides(xs)
+        kept_shape = tuple(1 if d in axes else n for d, n in enumerate(xs))
+        o_strides = [0 if d in axes else s for d, s in enumerate(_strides(kept_shape))]
+        t = self.ctype(out)
+        dtype = out.type.dtype  # type: ignore[union-attr]
+        if op.prim == "reduce_sum":
+            init, combine = literal(0, dtype), (lambda acc, v: f"{acc} + {v}")
+        else:
+            fn = "max" if op.prim == "reduce_max" else "min"
+            sfx = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64"}[dtype]
+            if dtype in FLOATS:
+                init = literal(float("-inf") if fn == "max" else float("inf"), dtype)
+            else:
+                init = f"INT{dtype[3:]}_{'MIN' if fn == 'max' else 'MAX'}"
+            combine = lambda acc, v: f"lt_{fn}_{sfx}({acc}, {v})"  # noqa: E731
+        src = lambda idx: self.load(x, _index(zip(idx, x_strides)))  # noqa: E731
+        if (len(xs) - 1) in axes:
+            # Innermost axis reduced: accumulate each output element in a register.
+            kept = [d for d in range(len(xs)) if d not in axes]
+            red = sorted(axes)
+            kept_names = [f"i{d}" for d in kept]
+            for d in kept:
+                self.open(f"for (int64_t i{d} = 0; i{d} < {xs[d]}; i{d}++)")
+            self.line(f"{t} acc = {init};")
+            for d in red:
+                self.open(f"for (int64_t i{d} = 0; i{d} < {xs[d]}; i{d}++)")
+            self.line(f"acc = {combine('acc', src([f'i{d}' for d in range(len(xs))]))};")
+            for _ in red:
+                self.close()
+            self.store(out, _index(zip(kept_names, [o_strides[d] for d in kept])), "acc")
+            for _ in kept:
+                self.close()
+        else:
+            # Innermost axis kept: sweep the input in memory order, updating the output row.
+            n_out = out.type.size  # type: ignore[union-attr]
+            self.open(f"for (int64_t i = 0; i < {n_out}; i++)")
+            self.store(out, "i", init)
+            self.close()
+
+            def update(idx: list[str]) -> None:
+                o = _index(zip(idx, o_strides))
+                self.store(out, o, combine(self.load(out, o), src(idx)))
+            self.loop_nest(xs, update)
+
+    def arg_reduce(self, op: Op) -> None:
+        x, out = op.args[0], op.outs[0]
+        xs: tuple[int, ...] = x.type.shape  # type: ignore[union-attr]
+        axis = op.attrs["axis"]
+        better = ">" if op.prim == "argmax" else "<"
+        st = _strides(xs)
+        outer = [d for d in range(len(xs)) if d != axis]
+        o_shape = tuple(xs[d] for d in outer)
+        o_st = _strides(o_shape)
+        is_float = x.type.dtype in FLOATS  # type: ignore[union-attr]
+        t = self.ctype(x)
+
+        def body(idx: list[str]) -> None:
+            base = _index((i, st[d]) for i, d in zip(idx, outer))
+            self.line(f"{t} best = {self.load(x, base)};")
+            self.line("int64_t best_k = 0;")
+            self.open(f"for (int64_t k = 1; k < {xs[axis]}; k++)")
+            self.line(f"{t} v = {self.load(x, f'{base} + k * {st[axis]}')};")
+            nan = " || (v != v && best == best)" if is_float else ""
+            self.open(f"if (v {better} best{nan})")
+            self.line("best = v;")
+            self.line("best_k = k;")
+            self.close()
+            self.close()
+            self.store(out, _index(zip(idx, o_st)), "best_k")
+        self.loop_nest(o_shape, body)
+
+    # ------------------------------------------------------------ matrix product
+    def op_matmul(self, op: Op) -> None:
+        a, b = op.args
+        out = op.outs[0]
+        self.declare(out)
+        ta, tb = bool(op.attrs.get("trans_a")), bool(op.attrs.get("trans_b"))
+        ash, bsh = a.type.shape, b.type.shape  # type: ignore[union-attr]
+        batch = out.type.shape[0] if out.type.ndim == 3 else 1  # type: ignore[union-attr]
+        m, n = out.type.shape[-2:]  # type: ignore[union-attr]
+        k = ash[-2] if ta else ash[-1]
+        a_bs = m * k if len(ash) == 3 else 0
+        b_bs = k * n if len(bsh) == 3 else 0
+        pa, pb, pc = self.ptr(a), self.ptr(b), self.ptr(out)
+        dtype = out.type.dtype  # type: ignore[union-attr]
+        t = self.ctype(out)
+        if dtype in FLOATS and m * n * k >= BLAS_MIN_MACS:
+            self.m.uses_blas = True
+            gemm = "lt_cblas_sgemm" if dtype == "float32" else "lt_cblas_dgemm"
+            flags = f"CblasRowMajor, {'CblasTrans' if ta else 'CblasNoTrans'}, {'CblasTrans' if tb else 'CblasNoTrans'}"
+            call = (f"{gemm}({flags}, {m}, {n}, {k}, 1, {pa} + {{ao}}, {ash[-1]}, {pb} + {{bo}}, {bsh[-1]}, "
+                    f"0, {pc} + {{co}}, {n});")
+            if batch == 1:
+                self.line(call.format(ao=0, bo=0, co=0).replace(" + 0,", ","))
+            else:
+                self.open(f"for (int64_t bi = 0; bi < {batch}; bi++)")
+                self.line(call.format(ao=f"bi * {a_bs}", bo=f"bi * {b_bs}", co=f"bi * {m * n}"))
+                self.close()
+            return
+        zero = literal(0, dtype)
+        batched = batch > 1
+        ao, bo, co = ("ao + ", "bo + ", "co + ") if batched else ("", "", "")
+        A = ((lambda i, kk: f"{pa}[{ao}{kk} * {m} + {i}]") if ta else (lambda i, kk: f"{pa}[{ao}{i} * {k} + {kk}]"))
+        if batched:
+            self.open(f"for (int64_t bi = 0; bi < {batch}; bi++)")
+            self.line(f"int64_t ao = bi * {a_bs}, bo = bi * {b_bs}, co = bi * {m * n};")
+        self.open(f"for (int64_t i = 0; i < {m}; i++)")
+        if not tb:
+            # i-k-j order: the innermost loop runs along rows of b and c (vectorizes).
+            self.open(f"for (int64_t j = 0; j < {n}; j++)")
+            self.line(f"{pc}[{co}i * {n} + j] = {zero};")
+            self.close()
+            self.open(f"for (int64_t kk = 0; kk < {k}; kk++)")
+            self.line(f"{t} aik = {A('i', 'kk')};")
+            self.open(f"for (int64_t j = 0; j < {n}; j++)")
+            self.line(f"{pc}[{co}i * {n} + j] += aik * {pb}[{bo}kk * {n} + j];")
+            self.close()
+            self.close()
+        else:
+            # b transposed: each element is a dot product of two contiguous rows.
+            self.open(f"for (int64_t j = 0; j < {n}; j++)")
+            self.line(f"{t} acc = {zero};")
+            self.open(f"for (int64_t kk = 0; kk < {k}; kk++)")
+            self.line(f"acc += {A('i', 'kk')} * {pb}[{bo}j * {k} + kk];")
+            self.close()
+            self.line(f"{pc}[{co}i * {n} + j] = acc;")
+            self.close()
+        self.close()
+        if batched:
+            self.close()
+
+    # ------------------------------------------------------------ data movement
+    def op_reshape(self, op: Op) -> None:
+        x, out = op.args[0], op.outs[0]
+        if not out.type.shape and out.id not in self.dest:  # type: ignore[union-attr]
+            self.storage[out.id] = _Storage("scalar", self.name(out))
+            self.line(f"{self.ctype(out)} {self.name(out)} = {self.load(x, '0')};")
+        elif self.storage[x.id].kind == "literal":
+            self.declare(out)
+            self.store(out, "0", self.storage[x.id].name)
+        else:
+            self.bind_pointer(out, self.ptr(x))  # same bytes, new shape: no copy
+
+    def op_constant(self, op: Op) -> None:
+        out = op.outs[0]
+        value: np.ndarray = op.attrs["value"]
+        data = self.m.constant_array(value, self.name(out))
+        self.bind_pointer(out, f"({self.ctype(out)} *){data}")
+
+    def op_iota(self, op: Op) -> None:
+        out = op.outs[0]
+        self.declare(out)
+        a = op.attrs
+        self.open(f"for (int64_t i = 0; i < {a['n']}; i++)")
+        self.store(out, "i", f"({self.ctype(out)})({literal(a['start'], 'float64')} + "
+                   f"{literal(a['step'], 'float64')} * (double)i)")
+        self.close()
+
+    def op_transpose(self, op: Op) -> None:
+        x, out = op.args[0], op.outs[0]
+        self.declare(out)
+        st = _strides(x.type.shape)  # type: ignore[union-attr]
+        perm = op.attrs["perm"]
+        o_st = _strides(out.type.shape)  # type: ignore[union-attr]
+        self.loop_nest(out.type.shape, lambda idx: self.store(  # type: ignore[union-attr]
+            out, _index(zip(idx, o_st)), self.load(x, _index((idx[k], st[p]) for k, p in enumerate(perm)))))
+
+    def op_slice(self, op: Op) -> None:
+        x, out = op.args[0], op.outs[0]
+        self.declare(out)
+        st = _strides(x.type.shape)  # type: ignore[union-attr]
+        a = op.attrs
+        base = sum(s * t for s, t in zip(a["starts"], st))
+        o_st = _strides(out.type.shape)  # type: ignore[union-attr]
+        self.loop_nest(out.type.shape, lambda idx: self.store(  # type: ignore[union-attr]
+            out, _index(zip(idx, o_st)),
+            self.load(x, _index(((idx[k], a["steps"][k] * st[k]) for k in range(len(st))), base))))
+
+    def op_concatenate(self, op: Op) -> None:
+        out = op.outs[0]
+        self.declare(out)
+        axis = op.attrs["axis"]
+        o_st = _strides(out.type.shape)  # type: ignore[union-attr]
+        offset = 0
+        for x in op.args:
+            xs = x.type.shape  # type: ignore[union-attr]
+            x_st = _strides(xs)
+            base = offset * o_st[axis]
+            self.loop_nest(xs, lambda idx, x=x, x_st=x_st, base=base: self.store(
+                out, _index(zip(idx, o_st), base), self.load(x, _index(zip(idx, x_st)))))
+            offset += xs[axis]
+
+    def op_take(self, op: Op) -> None:
+        x, idx = op.args
+        out = op.outs[0]
+        self.declare(out)
+        axis = op.attrs["axis"]
+        xs = x.type.shape  # type: ignore[union-attr]
+        pre, n, inner = prod(xs[:axis]), xs[axis], prod(xs[axis + 1:])
+        m = idx.type.size  # type: ignore[union-attr]
+        where = f"{self.where(op)}: indexing axis {axis} of shape {tuple(xs)}"
+        self.open(f"for (int64_t p = 0; p < {pre}; p++)")
+        self.open(f"for (int64_t j = 0; j < {m}; j++)")
+        self.line(f'int64_t row = lt_index((int64_t){self.load(idx, "j")}, {n}, "{where}");')
+        self.open(f"for (int64_t r = 0; r < {inner}; r++)")
+        self.store(out, f"(p * {m} + j) * {inner} + r", self.load(x, f"(p * {n} + row) * {inner} + r"))
+        self.close()
+        self.close()
+        self.close()
+
+    # ------------------------------------------------------------ control flow
+    def emit_if(self, stmt: If) -> None:
+        self.comment_loc([stmt.loc])
+        for o in stmt.outs:
+            self.declare(o)
+        self.open(f"if ({self.load(stmt.pred, '0')})")
+        self.branch(stmt.then_block, stmt.outs)
+        self.close("} else {")
+        self.depth += 1
+        self.branch(stmt.else_block, stmt.outs)
+        self.close()
+        self.last_loc = None
+
+    def branch(self, block: Block, outs: list[Var]) -> None:
+        self.last_loc = None
+        self.block_stmts(block)
+        for o, r in zip(outs, block.results):
+            self.copy(o, r)
+
+    def carried_state(self, outs: list[Var], init: list[Var]) -> list[str | None]:
+        """Declare the loop state (= the statement's outs); arrays get a second buffer."""
+        nexts: list[str | None] = []
+        for o, i in zip(outs, init):
+            self.declare(o)
+            self.copy(o, i)
+            if self.storage[o.id].kind == "pointer" and o.type.shape:  # type: ignore[union-attr]
+                nxt = self.name(o) + "_next"
+                self.line(f"{self.ctype(o)} *{nxt} = lt_alloc({o.type.nbytes});")  # type: ignore[union-attr]
+                nexts.append(nxt)
+            else:
+                nexts.append(None)
+        return nexts
+
+    def bind_params(self, params: list[Var], outs: list[Var]) -> None:
+        for p, o in zip(params, outs):
+            s = self.storage[o.id]
+            if s.kind == "pointer":
+                self.storage[p.id] = _Storage("pointer", s.name)
+            else:
+                self.storage[p.id] = _Storage("scalar", self.name(p))
+                self.line(f"{self.ctype(p)} {self.name(p)} = {s.name};")
+
+    def update_state(self, outs: list[Var], nexts: list[str | None], results: list[Var]) -> None:
+        # Arrays: copy every new value into the spare buffer, then swap buffers, so a
+        # result that aliases another carried value is never overwritten early.
+        for o, nxt, r in zip(outs, nexts, results):
+            if nxt is not None:
+                self.line(f"memcpy({nxt}, {self.ptr(r)}, {o.type.nbytes});")  # type: ignore[union-attr]
+        for o, nxt, r in zip(outs, nexts, results):
+            if nxt is None:
+                self.copy(o, r)  # scalars: body params hold copies, so order is irrelevant
+            else:
+                name = self.storage[o.id].name
+                self.line(f"{{ {self.ctype(o)} *swap = {name}; {name} = {nxt}; {nxt} = swap; }}")
+
+    def emit_loop(self, stmt: Loop) -> None:
+        self.comment_loc([stmt.loc])
+        nexts = self.carried_state(stmt.outs, stmt.init)
+        i, *carried = stmt.body.params
+        self.storage[i.id] = _Storage("scalar", self.name(i))
+        hi = self.fresh("hi")
+        self.line(f"int64_t {hi} = {self.load(stmt.hi, '0')};")
+        self.open(f"for (int64_t {self.name(i)} = {self.load(stmt.lo, '0')}; {self.name(i)} < {hi}; {self.name(i)}++)")
+        mark = self.fresh("iteration")
+        self.line(f"lt_mark_t {mark} = lt_mark();")
+        self.bind_params(carried, stmt.outs)
+        self.last_loc = None
+        self.block_stmts(stmt.body)
+        self.update_state(stmt.outs, nexts, stmt.body.results)
+        self.line(f"lt_release({mark});")
+        self.close()
+        self.last_loc = None
+
+    def emit_while(self, stmt: While) -> None:
+        self.comment_loc([stmt.loc])
+        nexts = self.carried_state(stmt.outs, stmt.init)
+        self.open("for (;;)")
+        mark = self.fresh("iteration")
+        self.line(f"lt_mark_t {mark} = lt_mark();")
+        self.bind_params(stmt.cond.params, stmt.outs)
+        self.last_loc = None
+        self.block_stmts(stmt.cond)
+        self.open(f"if (!{self.load(stmt.cond.results[0], '0')})")
+        self.line(f"lt_release({mark});")
+        self.line("break;")
+        self.close()
+        self.bind_params(stmt.body.params, stmt.outs)
+        self.block_stmts(stmt.body)
+        self.update_state(stmt.outs, nexts, stmt.body.results)
+        self.line(f"lt_release({mark});")
+        self.close()
+        self.last_loc = None
+
+
+class ModuleEmitter:
+    def __init__(self, module: Module, title: str):
+        self.module = module
+        self.title = title
+        self.uses_blas = False
+        self.uses_arena = False
+        self.constants: list[str] = []
+
+    def constant_array(self, value: np.ndarray, name: str) -> str:
+        cname = f"{name}_data"
+        dtype = value.dtype.name
+        items = [literal(x, dtype) for x in value.ravel().tolist()]
+        rows = [", ".join(items[i:i + 8]) for i in range(0, len(items), 8)]
+        body = ",\n    ".join(rows)
+        self.constants.append(f"static const {C_TYPE[dtype]} {cname}[{max(len(items), 1)}] = {{\n    {body or '0'}\n}};")
+        return cname
+
+    def emit(self) -> CSource:
+        entry = self.module.entry_function
+        functions = [self.module.functions[n] for n in self.module.functions if n != self.module.entry] + [entry]
+        bodies, prototypes = [], []
+        for fn in functions:
+            fe = FunctionEmitter(self, fn)
+            lines = fe.emit()
+            bodies.append("\n".join([_comment(f"IR function @{fn.name}, from {fn.loc}") if fn.loc.line else "", *lines]).strip())
+            prototypes.append(fe.signature() + ";")
+        params = [f"void *{p.name}" for p in entry.body.params]
+        params += [f"void *result{k}" for k in range(len(entry.result_types or ()))]
+        args = [f"({C_TYPE[p.type.dtype]} *){p.name}" for p in entry.body.params]  # type: ignore[union-attr]
+        args += [f"({C_TYPE[t.dtype]} *)result{k}" for k, t in enumerate(entry.result_types or ())]  # type: ignore[union-attr]
+        wrapper = [
+            "/* Exported entry point: returns 0, or an error code with the message in lantern_error(). */",
+            f"int lantern_entry({', '.join(params) or 'void'})",
+            "{",
+            "    lt_mark_t mark = lt_mark();",
+            "    switch (setjmp(lt_unwind)) {",
+            "    case 0:",
+            "        break;",
+            "    case LT_ERR_INDEX:",
+            "        lt_release(mark);",
+            "        return LT_ERR_INDEX;",
+            "    default:",
+            "        lt_release(mark);",
+            "        return LT_ERR_MEMORY;",
+            "    }",
+            f"    fn_{entry.name}({', '.join(args)});",
+            "    lt_release(mark);",
+            "    return LT_OK;",
+            "}",
+            "",
+            "const char *lantern_error(void) { return lt_error_text; }",
+        ]
+        sig = format_function(entry).splitlines()[0].removeprefix("func ").rstrip(":")
+        header = [
+            "/*",
+            f" * Generated by lantern from {self.title}"
+            + (f" ({os.path.basename(entry.loc.file)}:{entry.loc.line})." if entry.loc.line else "."),
+            f" * IR signature: {sig}",
+            " * Inputs and results are C-contiguous arrays; see lantern_entry at the end.",
+            " */",
+        ]
+        includes = (["#define LANTERN_USE_BLAS"] if self.uses_blas else []) + ['#include "lantern_runtime.h"']
+        parts = ["\n".join(header), "\n".join(includes)]
+        if self.constants:
+            parts.append("\n".join(self.constants))
+        parts.append("\n".join(prototypes))
+        parts.extend(bodies)
+        parts.append("\n".join(wrapper))
+        text = "\n\n".join(parts) + "\n"
+        return CSource(text, "lantern_entry", len(entry.body.params), len(entry.result_types or ()), self.uses_blas)
+
+
+def emit_module(module: Module, title: str) -> CSource:
+    """C source for ``module``; ``title`` names the user's function in the header comment."""
+    return ModuleEmitter(module, title).emit()

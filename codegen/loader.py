@@ -1,0 +1,70 @@
+"""Load a compiled module with cffi and call its entry point on NumPy arrays without copies."""
+from __future__ import annotations
+
+import os
+import threading
+
+import cffi
+import numpy as np
+
+from lantern.errors import NativeError, OutOfBoundsError
+from lantern.ir.types import TensorType
+
+from .compiler import Artifact, blas_paths
+from .emit_c import CSource
+
+_blas_lock = threading.Lock()
+_blas_configured = False
+
+
+def num_threads() -> int:
+    """``LANTERN_NUM_THREADS``, else the cores this process may use."""
+    value = os.environ.get("LANTERN_NUM_THREADS")
+    if value:
+        return max(1, int(value))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _configure_blas() -> None:
+    """Give OpenBLAS the thread count lantern uses (once per process)."""
+    global _blas_configured
+    with _blas_lock:
+        if _blas_configured:
+            return
+        ffi = cffi.FFI()
+        ffi.cdef("void scipy_openblas_set_num_threads(int);")
+        _, lib_dir, name = blas_paths()
+        lib = ffi.dlopen(os.path.join(lib_dir, f"lib{name}.so"))
+        lib.scipy_openblas_set_num_threads(num_threads())
+        _blas_configured = True
+
+
+class NativeFunction:
+    """The loaded entry point of one compiled module. Call it with a list of input arrays."""
+
+    def __init__(self, artifact: Artifact, source: CSource, out_types: list[TensorType]):
+        self.c_source = source.text
+        self.c_path = artifact.c_path
+        self.so_path = artifact.so_path
+        self.from_cache = artifact.from_cache
+        self._out_specs = [(t.shape, np.dtype(t.dtype)) for t in out_types]
+        if source.uses_blas:
+            _configure_blas()
+        ffi = cffi.FFI()
+        params = ", ".join(["void *"] * (source.num_inputs + source.num_outputs)) or "void"
+        ffi.cdef(f"int lantern_entry({params}); const char *lantern_error(void);")
+        self._ffi = ffi
+        self._lib = ffi.dlopen(artifact.so_path)
+        self._entry = self._lib.lantern_entry
+        self._from_buffer = ffi.from_buffer
+
+    def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        outs = [np.empty(shape, dtype) for shape, dtype in self._out_specs]
+        fb = self._from_buffer
+        code = self._entry(*[fb(a) for a in arrays], *[fb(o) for o in outs])
+        if code:
+            message = self._ffi.string(self._lib.lantern_error()).decode(errors="replace")
+            if code == 1:
+                raise OutOfBoundsError(message)
+            raise NativeError(message)
+        return outs

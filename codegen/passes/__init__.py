@@ -1,0 +1,6 @@
+"""IR-to-IR passes that prepare a module for C. Each is ``Module -> Module``."""
+from .dce import eliminate_dead_code
+from .fuse import fuse_elementwise
+from .inline import inline_calls
+
+__all__ = ["eliminate_dead_code", "fuse_elementwise", "inline_calls"]

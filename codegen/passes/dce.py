@@ -1,0 +1,34 @@
+"""Dead-code elimination: drop pure statements whose results nobody reads."""
+from __future__ import annotations
+
+from lantern.ir.nodes import Accumulate, Apply, Block, Call, Function, Module, Stmt, walk_stmts
+from lantern.ir.rewrite import with_blocks
+
+
+def _has_effects(stmt: Stmt) -> bool:
+    if isinstance(stmt, (Accumulate, Apply, Call)):
+        return True
+    return any(_has_effects(s) for b in stmt.blocks() for s in walk_stmts(b))
+
+
+def _prune(block: Block, live: set[int]) -> Block:
+    """Keep what ``block``'s results (and ``live``, ids needed after it) depend on."""
+    needed = set(live) | {r.id for r in block.results}
+    kept: list[Stmt] = []
+    for stmt in reversed(block.stmts):
+        if not _has_effects(stmt) and not any(o.id in needed for o in stmt.outs):
+            continue
+        # Nested blocks: their own results are always needed (the statement's outs read them).
+        inner = [_prune(b, needed) for b in stmt.blocks()]
+        stmt = with_blocks(stmt, inner)
+        needed.update(v.id for v in stmt.operands())
+        for b in inner:
+            needed.update(v.id for s in walk_stmts(b) for v in s.operands())
+            needed.update(r.id for r in b.results)
+        kept.append(stmt)
+    return Block(list(block.params), kept[::-1], list(block.results))
+
+
+def eliminate_dead_code(module: Module) -> Module:
+    return Module({name: Function(name, _prune(fn.body, set()), fn.result_types, fn.loc)
+                   for name, fn in module.functions.items()}, module.entry)

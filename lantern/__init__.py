@@ -1,0 +1,32 @@
+"""Lantern for Python: a staged automatic-differentiation compiler.
+
+Decorate a function with :func:`stage`; call it with NumPy arrays. The first call per
+signature traces it into a typed IR, emits C, compiles and loads it; later calls run
+the native code directly.
+"""
+from .control import cond, fori_loop, while_loop
+from .errors import (ArgumentError, CompileError, ConcretizationError, DTypeError, IRVerificationError,
+                     LanternError, NativeError, OutOfBoundsError, ShapeError, TraceError)
+from .ops import (abs, add, arange, argmax, argmin, asarray, astype, broadcast_to, clip, concatenate, constant,
+                  cos, divide, dot, equal, exp, expand_dims, expm1, floor, floor_divide, full, full_like, greater,
+                  greater_equal, less, less_equal, log, log1p, log_softmax, logical_and, logical_not, logical_or,
+                  logsumexp, matmul, max, maximum, mean, min, minimum, mod, moveaxis, multiply, negative,
+                  not_equal, one_hot, ones, ones_like, power, relu, remainder, reshape, rsqrt, sigmoid, sign, silu,
+                  sin, softmax, sqrt, square, squeeze, stack, subtract, sum, swapaxes, take, tanh, transpose, where,
+                  zeros, zeros_like)
+from .staging import Executable, Staged, stage
+from .tensor import Tensor
+
+__version__ = "0.1.0"
+
+float32, float64, int32, int64 = "float32", "float64", "int32", "int64"
+bool_ = "bool"
+
+
+def cache_stats() -> dict[str, int]:
+    """Compiles and disk-cache hits in this process (for tests and benchmarks)."""
+    from .codegen.compiler import STATS
+    return dict(STATS)
+
+
+__all__ = [n for n in dir() if not n.startswith("_")]

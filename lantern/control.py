@@ -1,0 +1,194 @@
+"""Structured control flow on staged values: ``cond``, ``fori_loop``, ``while_loop``.
+
+Each traces its Python callables into nested IR blocks (never unrolled). Branch and loop
+bodies may read any staged value of the enclosing code (lexical capture), and must
+return values of the same structure, shapes and dtypes as their counterpart.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import ops
+from .errors import DTypeError, ShapeError
+from .ir.nodes import Block, If, Loop, Var, While
+from .ir.types import TensorType, scalar
+from .source import user_location
+from .tensor import Tensor
+from .tracing import Frame, require_frame, with_location
+from .tree import TreeDef, flatten, unflatten
+
+
+class UnknownRecursiveResult(Exception):
+    """Internal: a recursive call whose result type is not known yet (see ``staging``)."""
+
+    def __init__(self, function_name: str):
+        super().__init__(function_name)
+        self.function_name = function_name
+
+
+def _is_weak(x: Any) -> bool:
+    return isinstance(x, (bool, int, float)) and not isinstance(x, np.generic)
+
+
+class _Traced:
+    """A block traced from a Python callable, with its flat outputs."""
+
+    def __init__(self, block: Block, treedef: TreeDef, leaves: list[Tensor], weak: list[bool]):
+        self.block, self.treedef, self.leaves, self.weak = block, treedef, leaves, weak
+
+    @property
+    def types(self) -> list[TensorType]:
+        return [t.type for t in self.leaves]
+
+
+def _trace(frame: Frame, fn: Callable[..., Any], params: list[Var], make_args: Callable[[list[Tensor]], tuple]) -> _Traced:
+    block = Block(params=params)
+    with frame.block(block):
+        out = fn(*make_args([Tensor(p, frame) for p in params]))
+        leaves, treedef = flatten(out)
+        weak = [_is_weak(x) for x in leaves]
+        tensors = []
+        for x in leaves:
+            if not isinstance(x, Tensor) and not isinstance(x, (bool, int, float, np.ndarray, np.generic)):
+                raise with_location(DTypeError, f"a traced body returned {type(x).__name__}; "
+                                    "return tensors, numbers or nested tuples/lists/dicts of them")
+            tensors.append(ops.asarray(x))
+        block.results = [t.var for t in tensors]
+    return _Traced(block, treedef, tensors, weak)
+
+
+def _unify(frame: Frame, what: str, traced: list[_Traced], names: Sequence[str]) -> list[TensorType]:
+    """Make corresponding outputs agree; Python-number outputs adopt the other side's dtype."""
+    first = traced[0]
+    for other, name in zip(traced[1:], names[1:]):
+        if other.treedef != first.treedef:
+            raise with_location(ShapeError, f"{what}: {names[0]} returns structure {first.treedef} but "
+                                f"{name} returns {other.treedef}")
+    types = []
+    for i in range(len(first.leaves)):
+        cands = [t.types[i] for t in traced]
+        strong = [c for c, t in zip(cands, traced) if not t.weak[i]]
+        target = strong[0] if strong else cands[0]
+        if {c.shape for c in cands} != {target.shape} or {c.dtype for c in strong} - {target.dtype}:
+            listing = ", ".join(f"{n} gives {c}" for n, c in zip(names, cands))
+            raise with_location(DTypeError if {c.shape for c in cands} == {target.shape} else ShapeError,
+                                f"{what}: output {i} differs: {listing}")
+        for t in traced:
+            if t.types[i] != target:
+                with frame.block(t.block):
+                    t.leaves[i] = ops.astype(t.leaves[i], target.dtype)
+                    t.block.results[i] = t.leaves[i].var
+        types.append(target)
+    return types
+
+
+def _scalar_pred(pred: Any, what: str) -> Tensor:
+    p = ops.asarray(pred)
+    if p.ndim != 0:
+        raise with_location(ShapeError, f"{what}: the predicate must be a scalar, got shape {p.shape}")
+    return p if p.type.dtype == "bool" else ops.not_equal(p, 0)
+
+
+def cond(pred: Any, true_fn: Callable[..., Any], false_fn: Callable[..., Any], *operands: Any) -> Any:
+    """``true_fn(*operands) if pred else false_fn(*operands)``, with ``pred`` a staged scalar.
+
+    Both branches are traced (once each) and compiled; only one runs. A Python ``bool``
+    predicate simply picks a branch while tracing.
+    """
+    if isinstance(pred, (bool, np.bool_)):
+        return true_fn(*operands) if pred else false_fn(*operands)
+    frame = require_frame("lantern.cond")
+    loc = user_location()
+    p = _scalar_pred(pred, "cond")
+    branches: list[_Traced | None] = []
+    unknown: UnknownRecursiveResult | None = None
+    for fn in (true_fn, false_fn):
+        try:
+            branches.append(_trace(frame, fn, [], lambda _: operands))
+        except UnknownRecursiveResult as exc:
+            # The branch calls a recursive function whose result type is still unknown:
+            # type this cond from the other branch; staging traces the function again.
+            unknown = exc
+            branches.append(None)
+    known = [b for b in branches if b is not None]
+    if not known:
+        raise unknown  # type: ignore[misc]
+    types = _unify(frame, "cond", known, [n for n, b in zip(("true_fn", "false_fn"), branches) if b])
+    outs = [Var(t, "cond") for t in types]
+    if unknown is not None:
+        frame.builder.needs_retrace.add(unknown.function_name)
+        # A placeholder branch; this trace is discarded and redone with the type known.
+        placeholder = Block(results=[])
+        blocks = [b.block if b else placeholder for b in branches]
+        frame.add(If(outs, loc=loc, pred=p.var, then_block=blocks[0], else_block=blocks[1]))
+        return unflatten(known[0].treedef, [Tensor(v, frame) for v in outs])
+    frame.add(If(outs, loc=loc, pred=p.var, then_block=branches[0].block, else_block=branches[1].block))
+    return unflatten(known[0].treedef, [Tensor(v, frame) for v in outs])
+
+
+def _lift_init(init: Any) -> tuple[TreeDef, list[Tensor], list[bool]]:
+    leaves, treedef = flatten(init)
+    return treedef, [ops.asarray(x) for x in leaves], [_is_weak(x) for x in leaves]
+
+
+def _carried(what: str, frame: Frame, init_td: TreeDef, init: list[Tensor], body: _Traced, name: str) -> None:
+    if body.treedef != init_td:
+        raise with_location(ShapeError, f"{what}: {name} returns structure {body.treedef} but the initial "
+                            f"value has structure {init_td}")
+    for i, (t0, t1) in enumerate(zip(init, body.leaves)):
+        if t0.type == t1.type:
+            continue
+        if t0.shape == t1.shape and body.weak[i]:
+            with frame.block(body.block):
+                body.leaves[i] = ops.astype(t1, t0.type.dtype)
+                body.block.results[i] = body.leaves[i].var
+            continue
+        raise with_location(DTypeError if t0.shape == t1.shape else ShapeError,
+                            f"{what}: {name} changes carried value {i} from {t0.type} to {t1.type}; "
+                            "the loop state must keep its shape and dtype (use astype)")
+
+
+def fori_loop(lower: Any, upper: Any, body_fun: Callable[[Tensor, Any], Any], init_val: Any) -> Any:
+    """``for i in range(lower, upper): val = body_fun(i, val)``; returns ``val``.
+
+    ``i`` is a staged int64 scalar; the bounds may be Python ints or staged integer scalars.
+    """
+    frame = require_frame("lantern.fori_loop")
+    loc = user_location()
+    lo, hi = (ops.astype(_int_scalar(b, "fori_loop"), "int64") for b in (lower, upper))
+    td, init, _ = _lift_init(init_val)
+    i = Var(scalar("int64"), "i")
+    params = [i] + [Var(t.type, "carry") for t in init]
+    body = _trace(frame, body_fun, params, lambda ts: (ts[0], unflatten(td, ts[1:])))
+    _carried("fori_loop", frame, td, init, body, "body_fun")
+    outs = [Var(t.type, "loop") for t in init]
+    frame.add(Loop(outs, loc=loc, lo=lo.var, hi=hi.var, init=[t.var for t in init], body=body.block))
+    return unflatten(td, [Tensor(v, frame) for v in outs])
+
+
+def _int_scalar(x: Any, what: str) -> Tensor:
+    t = ops.asarray(x)
+    if t.ndim != 0 or t.type.dtype not in ("int32", "int64"):
+        raise with_location(DTypeError, f"{what}: loop bounds must be integer scalars, got {t.type}")
+    return t
+
+
+def while_loop(cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], init_val: Any) -> Any:
+    """``while cond_fun(val): val = body_fun(val)``; returns ``val``. The trip count is decided at run time."""
+    frame = require_frame("lantern.while_loop")
+    loc = user_location()
+    td, init, _ = _lift_init(init_val)
+    cparams = [Var(t.type, "carry") for t in init]
+    cblock = _trace(frame, lambda *a: _scalar_pred(cond_fun(*a), "while_loop cond_fun"), cparams,
+                    lambda ts: (unflatten(td, ts),))
+    bparams = [Var(t.type, "carry") for t in init]
+    body = _trace(frame, body_fun, bparams, lambda ts: (unflatten(td, ts),))
+    _carried("while_loop", frame, td, init, body, "body_fun")
+    outs = [Var(t.type, "while") for t in init]
+    frame.add(While(outs, loc=loc, init=[t.var for t in init], cond=cblock.block, body=body.block))
+    return unflatten(td, [Tensor(v, frame) for v in outs])
+
+
+__all__ = ["cond", "fori_loop", "while_loop"]

@@ -1,0 +1,53 @@
+"""Exceptions a user of lantern can see.
+
+Every error that bad input can cause is a subclass of :class:`LanternError`. Where a
+builtin exception has the same meaning (a shape problem is a ``ValueError``, a dtype
+problem a ``TypeError``) the lantern class also derives from it, so ordinary
+``except ValueError`` code keeps working.
+"""
+from __future__ import annotations
+
+
+class LanternError(Exception):
+    """Base class of every error lantern raises on purpose."""
+
+
+class ShapeError(LanternError, ValueError):
+    """Shapes do not fit the operation (broadcasting, matmul, reshape, axis out of range)."""
+
+
+class DTypeError(LanternError, TypeError):
+    """A dtype the operation does not accept, or two branches/loop states that disagree."""
+
+
+class ArgumentError(LanternError, TypeError, ValueError):
+    """A staged function was called with the wrong number, kind, shape or dtype of arguments."""
+
+
+class ConcretizationError(LanternError, TypeError):
+    """A staged value was used where Python needs a concrete one (``if x > 0:``)."""
+
+
+class TraceError(LanternError, RuntimeError):
+    """The function cannot be traced as written (escaped values, unsupported constructs)."""
+
+
+class IRVerificationError(LanternError, AssertionError):
+    """The IR broke an invariant: a bug in a pass, not in user code."""
+
+
+class CompileError(LanternError, RuntimeError):
+    """The C compiler rejected generated code. ``c_path`` is the kept C file."""
+
+    def __init__(self, message: str, c_path: str | None = None, compiler_output: str = ""):
+        super().__init__(message)
+        self.c_path = c_path
+        self.compiler_output = compiler_output
+
+
+class OutOfBoundsError(LanternError, IndexError):
+    """An index out of bounds: a static one while tracing, or a staged one at run time."""
+
+
+class NativeError(LanternError, RuntimeError):
+    """Generated code stopped with an error other than a bad index (out of memory, ...)."""

@@ -1,0 +1,377 @@
+"""The primitive operations of the IR: one table with each op's typing rule and its NumPy meaning.
+
+The front end builds statements through :func:`infer` (so a bad program fails while
+tracing, with the user's line), the verifier re-runs :func:`infer` on every statement,
+and the reference interpreter runs ``ref``. The C emitter has its own table keyed by the
+same names (``lantern.codegen``).
+
+Conventions the front end guarantees (it inserts casts and broadcasts to get there):
+elementwise operands share one dtype (``where``'s condition is bool), reductions name
+their axes as a sorted tuple of non-negative ints, and ``matmul`` sees 2-D or 3-D operands.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import DTypeError, ShapeError
+from .types import FLOAT_DTYPES, INT_DTYPES, TensorType
+
+Infer = Callable[[list[TensorType], dict[str, Any]], TensorType]
+
+ELEMENTWISE = "elementwise"
+
+
+@dataclass(frozen=True)
+class Primitive:
+    name: str
+    kind: str
+    infer: Infer
+    ref: Callable[..., np.ndarray]
+    differentiable: bool = True
+
+
+PRIMITIVES: dict[str, Primitive] = {}
+
+
+def _register(name: str, kind: str, infer: Infer, ref: Callable[..., np.ndarray], differentiable: bool = True) -> None:
+    PRIMITIVES[name] = Primitive(name, kind, infer, ref, differentiable)
+
+
+def broadcast_shapes(*shapes: tuple[int, ...], op: str = "broadcast") -> tuple[int, ...]:
+    """NumPy broadcasting of static shapes, raising ``ShapeError`` naming ``op``."""
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise ShapeError(f"{op}: shapes {', '.join(map(str, shapes))} cannot be broadcast together") from None
+
+
+def infer(prim: str, arg_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    return PRIMITIVES[prim].infer(arg_types, attrs)
+
+
+# ---------------------------------------------------------------- elementwise
+
+def _same_dtype(name: str, types: list[TensorType]) -> str:
+    dtypes = {t.dtype for t in types}
+    if len(dtypes) != 1:
+        raise DTypeError(f"{name}: operands have different dtypes {sorted(dtypes)}")
+    return types[0].dtype
+
+
+def _elementwise(name: str, arity: int, ref: Callable[..., np.ndarray], *, out_dtype: str | None = None,
+                 allowed: tuple[str, ...] | None = None, differentiable: bool = True) -> None:
+    def infer_fn(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+        if len(types) != arity:
+            raise ShapeError(f"{name}: expected {arity} operands, got {len(types)}")
+        dtype = _same_dtype(name, types)
+        if allowed is not None and dtype not in allowed:
+            raise DTypeError(f"{name}: dtype {dtype} not supported (expected one of {', '.join(allowed)})")
+        return TensorType(broadcast_shapes(*(t.shape for t in types), op=name), out_dtype or dtype)
+
+    _register(name, ELEMENTWISE, infer_fn, ref, differentiable)
+
+
+def _as(dtype: str):
+    return lambda f: (lambda *a, **k: np.asarray(f(*a, **k)).astype(dtype, copy=False))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return (1 / (1 + np.exp(-x))).astype(x.dtype)
+
+
+def _int_floordiv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.floor_divide(a, b)
+
+
+def _int_mod(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.remainder(a, b)
+
+
+def _ipow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.dtype.kind in "iu":
+        # Negative integer powers are an error in NumPy; the C code returns 0 for them
+        # (except base 1 and -1), so the oracle does the same.
+        a, b = np.broadcast_arrays(a, b)
+        neg = b < 0
+        out = np.power(a, np.where(neg, 0, b))
+        small = np.where(a == 1, 1, np.where(a == -1, np.where(b % 2 == 0, 1, -1), 0))
+        return np.where(neg, small, out).astype(a.dtype)
+    with np.errstate(all="ignore"):
+        return np.power(a, b)
+
+
+def _errstate(f: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    def wrapped(*args: np.ndarray) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            return f(*args)
+    return wrapped
+
+
+_NUMERIC = ("int32", "int64", "float32", "float64")
+_FLOAT = FLOAT_DTYPES
+_INT = INT_DTYPES
+
+for _name, _fn in {"exp": np.exp, "log": np.log, "sin": np.sin, "cos": np.cos, "tanh": np.tanh,
+                   "sqrt": np.sqrt, "rsqrt": lambda x: 1 / np.sqrt(x), "sigmoid": _sigmoid,
+                   "floor": np.floor, "log1p": np.log1p, "expm1": np.expm1}.items():
+    _elementwise(_name, 1, _errstate(_fn), allowed=_FLOAT, differentiable=_name != "floor")
+_elementwise("neg", 1, np.negative, allowed=_NUMERIC)
+_elementwise("abs", 1, np.abs, allowed=_NUMERIC)
+_elementwise("sign", 1, np.sign, allowed=_NUMERIC, differentiable=False)
+_elementwise("relu", 1, lambda x: np.where(x < 0, np.zeros_like(x), x), allowed=_NUMERIC)
+_elementwise("logical_not", 1, np.logical_not, allowed=("bool",), differentiable=False)
+
+for _name, _fn in {"add": np.add, "sub": np.subtract, "mul": np.multiply,
+                   "maximum": np.maximum, "minimum": np.minimum}.items():
+    _elementwise(_name, 2, _fn, allowed=_NUMERIC)
+_elementwise("div", 2, _errstate(np.true_divide), allowed=_FLOAT)
+_elementwise("pow", 2, _ipow, allowed=_NUMERIC)
+_elementwise("floordiv", 2, _int_floordiv, allowed=_INT, differentiable=False)
+_elementwise("mod", 2, _int_mod, allowed=_INT, differentiable=False)
+for _name, _fn in {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal,
+                   "gt": np.greater, "ge": np.greater_equal}.items():
+    _elementwise(_name, 2, _fn, out_dtype="bool", differentiable=False)
+_elementwise("logical_and", 2, np.logical_and, allowed=("bool",), differentiable=False)
+_elementwise("logical_or", 2, np.logical_or, allowed=("bool",), differentiable=False)
+
+
+def _infer_where(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    if len(types) != 3:
+        raise ShapeError(f"where: expected 3 operands, got {len(types)}")
+    c, a, b = types
+    if c.dtype != "bool":
+        raise DTypeError(f"where: condition must be bool, got {c.dtype}")
+    dtype = _same_dtype("where", [a, b])
+    return TensorType(broadcast_shapes(c.shape, a.shape, b.shape, op="where"), dtype)
+
+
+_register("where", ELEMENTWISE, _infer_where, np.where)
+
+
+def _infer_cast(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    (x,) = types
+    return TensorType(x.shape, attrs["dtype"])
+
+
+_register("cast", ELEMENTWISE, _infer_cast, lambda x, dtype: _cast(x, dtype))
+
+
+def _cast(x: np.ndarray, dtype: str) -> np.ndarray:
+    # C converts float to int by truncation toward zero, like NumPy; out-of-range values
+    # are undefined in both, so the oracle clips first to stay deterministic.
+    if x.dtype.kind == "f" and dtype in INT_DTYPES:
+        info = np.iinfo(dtype)
+        with np.errstate(invalid="ignore"):
+            x = np.nan_to_num(np.clip(x, info.min, info.max), nan=0)
+    return x.astype(dtype)
+
+
+def _infer_broadcast(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    (x,) = types
+    shape = tuple(attrs["shape"])
+    if broadcast_shapes(x.shape, shape, op="broadcast_to") != shape:
+        raise ShapeError(f"broadcast_to: cannot broadcast {x.shape} to {shape}")
+    return TensorType(shape, x.dtype)
+
+
+_register("broadcast", ELEMENTWISE, _infer_broadcast,
+          lambda x, shape: np.broadcast_to(x, shape).copy())
+
+
+def _infer_fill(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    if types:
+        raise ShapeError("fill takes no operands")
+    return TensorType(tuple(attrs["shape"]), attrs["dtype"])
+
+
+_register("fill", ELEMENTWISE, _infer_fill,
+          lambda value, shape, dtype: np.full(shape, value, dtype=dtype), differentiable=False)
+
+
+# ---------------------------------------------------------------- constants and ranges
+
+def _infer_constant(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    value: np.ndarray = attrs["value"]
+    return TensorType(tuple(value.shape), value.dtype.name)
+
+
+_register("constant", "constant", _infer_constant, lambda value: value.copy(), differentiable=False)
+
+
+def _infer_iota(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    return TensorType((attrs["n"],), attrs["dtype"])
+
+
+_register("iota", "iota", _infer_iota,
+          lambda n, start, step, dtype: (start + step * np.arange(n)).astype(dtype), differentiable=False)
+
+
+# ---------------------------------------------------------------- reductions
+
+def _reduced_shape(name: str, x: TensorType, axes: tuple[int, ...], keepdims: bool) -> tuple[int, ...]:
+    if list(axes) != sorted(set(axes)) or any(not 0 <= a < x.ndim for a in axes):
+        raise ShapeError(f"{name}: bad axes {axes} for shape {x.shape}")
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+    return tuple(d for i, d in enumerate(x.shape) if i not in axes)
+
+
+def _reduction(name: str, ref: Callable[..., np.ndarray], dtype_rule: Callable[[str], str],
+               nonempty: bool, differentiable: bool = True) -> None:
+    def infer_fn(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+        (x,) = types
+        axes = tuple(attrs["axes"])
+        if nonempty and any(x.shape[a] == 0 for a in axes):
+            raise ShapeError(f"{name}: zero-size reduction over axes {axes} of shape {x.shape} has no identity")
+        return TensorType(_reduced_shape(name, x, axes, attrs["keepdims"]), dtype_rule(x.dtype))
+
+    _register(name, "reduce", infer_fn, ref, differentiable)
+
+
+def _sum_dtype(dtype: str) -> str:
+    return dtype if dtype in FLOAT_DTYPES else "int64"
+
+
+_reduction("reduce_sum", lambda x, axes, keepdims: np.sum(x, axis=axes, keepdims=keepdims, dtype=_sum_dtype(x.dtype.name)),
+           _sum_dtype, nonempty=False)
+_reduction("reduce_max", lambda x, axes, keepdims: np.max(x, axis=axes, keepdims=keepdims), lambda d: d, nonempty=True)
+_reduction("reduce_min", lambda x, axes, keepdims: np.min(x, axis=axes, keepdims=keepdims), lambda d: d, nonempty=True)
+
+
+def _arg_infer(name: str) -> Infer:
+    def infer_fn(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+        (x,) = types
+        axis = attrs["axis"]
+        if not 0 <= axis < x.ndim:
+            raise ShapeError(f"{name}: axis {axis} out of range for shape {x.shape}")
+        if x.shape[axis] == 0:
+            raise ShapeError(f"{name}: attempt to get {name} of an empty axis (shape {x.shape})")
+        return TensorType(_reduced_shape(name, x, (axis,), attrs["keepdims"]), "int64")
+    return infer_fn
+
+
+_register("argmax", "reduce", _arg_infer("argmax"),
+          lambda x, axis, keepdims: np.argmax(x, axis=axis, keepdims=keepdims), differentiable=False)
+_register("argmin", "reduce", _arg_infer("argmin"),
+          lambda x, axis, keepdims: np.argmin(x, axis=axis, keepdims=keepdims), differentiable=False)
+
+
+# ---------------------------------------------------------------- matrix product
+
+def _infer_matmul(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    a, b = types
+    if a.dtype != b.dtype or a.dtype == "bool":
+        raise DTypeError(f"matmul: operands must share a numeric dtype, got {a.dtype} and {b.dtype}")
+    if a.ndim not in (2, 3) or b.ndim not in (2, 3):
+        raise ShapeError(f"matmul: expected 2-D or 3-D operands, got {a.shape} and {b.shape}")
+    m, k = a.shape[-2:][::-1] if attrs.get("trans_a") else a.shape[-2:]
+    k2, n = b.shape[-2:][::-1] if attrs.get("trans_b") else b.shape[-2:]
+    if k != k2:
+        raise ShapeError(f"matmul: inner dimensions differ: {a.shape} @ {b.shape}")
+    batch = [s.shape[0] for s in (a, b) if s.ndim == 3]
+    if len(batch) == 2 and batch[0] != batch[1]:
+        raise ShapeError(f"matmul: batch sizes differ: {a.shape} @ {b.shape}")
+    return TensorType((*batch[:1], m, n), a.dtype)
+
+
+def _ref_matmul(a: np.ndarray, b: np.ndarray, trans_a: bool = False, trans_b: bool = False) -> np.ndarray:
+    if trans_a:
+        a = np.swapaxes(a, -1, -2)
+    if trans_b:
+        b = np.swapaxes(b, -1, -2)
+    return np.matmul(a, b)
+
+
+_register("matmul", "matmul", _infer_matmul, _ref_matmul)
+
+
+# ---------------------------------------------------------------- shape and data movement
+
+def _infer_reshape(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    (x,) = types
+    shape = tuple(attrs["shape"])
+    if int(np.prod(shape)) != x.size:
+        raise ShapeError(f"reshape: cannot reshape {x.shape} (size {x.size}) to {shape}")
+    return TensorType(shape, x.dtype)
+
+
+_register("reshape", "reshape", _infer_reshape, lambda x, shape: np.reshape(x, shape))
+
+
+def _infer_transpose(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    (x,) = types
+    perm = tuple(attrs["perm"])
+    if sorted(perm) != list(range(x.ndim)):
+        raise ShapeError(f"transpose: {perm} is not a permutation of the axes of {x.shape}")
+    return TensorType(tuple(x.shape[p] for p in perm), x.dtype)
+
+
+_register("transpose", "transpose", _infer_transpose, lambda x, perm: np.ascontiguousarray(np.transpose(x, perm)))
+
+
+def _infer_slice(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    (x,) = types
+    starts, stops, steps = attrs["starts"], attrs["stops"], attrs["steps"]
+    if not len(starts) == len(stops) == len(steps) == x.ndim:
+        raise ShapeError(f"slice: need one (start, stop, step) per axis of {x.shape}")
+    shape = []
+    for d, start, stop, step in zip(x.shape, starts, stops, steps):
+        n = len(range(start, stop, step))
+        if n and not (0 <= start < d and 0 <= start + (n - 1) * step < d):
+            raise ShapeError(f"slice: {start}:{stop}:{step} out of bounds for axis of size {d}")
+        shape.append(n)
+    return TensorType(tuple(shape), x.dtype)
+
+
+def _ref_slice(x: np.ndarray, starts, stops, steps) -> np.ndarray:
+    index = tuple(slice(a, b if b >= 0 else None, c) for a, b, c in zip(starts, stops, steps))
+    return x[index].copy()
+
+
+_register("slice", "slice", _infer_slice, _ref_slice)
+
+
+def _infer_concat(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    axis = attrs["axis"]
+    if not types:
+        raise ShapeError("concatenate: need at least one array")
+    first = types[0]
+    if not 0 <= axis < first.ndim:
+        raise ShapeError(f"concatenate: axis {axis} out of range for shape {first.shape}")
+    _same_dtype("concatenate", types)
+    for t in types[1:]:
+        if t.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != axis):
+            raise ShapeError(f"concatenate: shapes {[t.shape for t in types]} differ off axis {axis}")
+    shape = list(first.shape)
+    shape[axis] = sum(t.shape[axis] for t in types)
+    return TensorType(tuple(shape), first.dtype)
+
+
+_register("concatenate", "concatenate", _infer_concat, lambda *xs, axis: np.concatenate(xs, axis=axis))
+
+
+def _infer_take(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    x, idx = types
+    axis = attrs["axis"]
+    if idx.dtype not in INT_DTYPES:
+        raise DTypeError(f"take: indices must be integers, got {idx.dtype}")
+    if not 0 <= axis < x.ndim:
+        raise ShapeError(f"take: axis {axis} out of range for shape {x.shape}")
+    return TensorType(x.shape[:axis] + idx.shape + x.shape[axis + 1:], x.dtype)
+
+
+def _ref_take(x: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
+    n = x.shape[axis]
+    if np.any((idx < -n) | (idx >= n)):
+        from ..errors import OutOfBoundsError
+        raise OutOfBoundsError(f"take: index out of bounds for axis {axis} with size {n}")
+    return np.take(x, idx, axis=axis)
+
+
+_register("take", "take", _infer_take, _ref_take)

@@ -1,0 +1,91 @@
+"""Helpers passes use to rebuild IR: copying statements with renamed variables."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from .nodes import Accumulate, Apply, Block, Call, Fused, If, Lambda, Loop, Op, Stmt, Var, While
+
+Subst = dict[int, Var]
+
+
+def fresh(v: Var) -> Var:
+    return Var(v.type, v.hint)
+
+
+def with_operands(stmt: Stmt, f: Callable[[Var], Var]) -> Stmt:
+    """A shallow copy of ``stmt`` whose direct operands are mapped through ``f``."""
+    if isinstance(stmt, Op):
+        return dataclasses.replace(stmt, args=[f(a) for a in stmt.args])
+    if isinstance(stmt, If):
+        return dataclasses.replace(stmt, pred=f(stmt.pred))
+    if isinstance(stmt, Loop):
+        return dataclasses.replace(stmt, lo=f(stmt.lo), hi=f(stmt.hi), init=[f(a) for a in stmt.init])
+    if isinstance(stmt, While):
+        return dataclasses.replace(stmt, init=[f(a) for a in stmt.init])
+    if isinstance(stmt, Fused):
+        return dataclasses.replace(stmt, inputs=[f(a) for a in stmt.inputs])
+    if isinstance(stmt, Call):
+        return dataclasses.replace(stmt, args=[f(a) for a in stmt.args])
+    if isinstance(stmt, Apply):
+        return dataclasses.replace(stmt, fn=f(stmt.fn), args=[f(a) for a in stmt.args])
+    if isinstance(stmt, Accumulate):
+        return dataclasses.replace(stmt, target=f(stmt.target), value=f(stmt.value))
+    if isinstance(stmt, Lambda):
+        return dataclasses.replace(stmt)
+    raise TypeError(f"unknown statement {type(stmt).__name__}")
+
+
+def with_blocks(stmt: Stmt, blocks: list[Block]) -> Stmt:
+    """A shallow copy of ``stmt`` with its nested blocks replaced (same order as ``stmt.blocks()``)."""
+    if isinstance(stmt, If):
+        return dataclasses.replace(stmt, then_block=blocks[0], else_block=blocks[1])
+    if isinstance(stmt, (Loop, Fused, Lambda)):
+        return dataclasses.replace(stmt, body=blocks[0])
+    if isinstance(stmt, While):
+        return dataclasses.replace(stmt, cond=blocks[0], body=blocks[1])
+    assert not blocks
+    return stmt
+
+
+def map_blocks(block: Block, f: Callable[[list[Stmt]], list[Stmt]]) -> Block:
+    """Rebuild ``block`` bottom-up: nested blocks first, then ``f`` on each statement list."""
+    stmts = [with_blocks(s, [map_blocks(b, f) for b in s.blocks()]) for s in block.stmts]
+    return Block(list(block.params), f(stmts), list(block.results))
+
+
+InlineHook = Callable[[Call, list[Var]], tuple[list[Stmt], list[Var]] | None]
+
+
+def clone_block(block: Block, subst: Subst, inline: InlineHook | None = None, rename: bool = True) -> Block:
+    """Copy ``block``; with ``rename``, everything it defines gets a fresh variable.
+
+    ``subst`` maps ids of free variables to their replacements and is extended with the
+    copies. ``inline`` may replace a ``Call`` by statements plus the values of its results.
+    Without ``rename`` the copy keeps the original variables (for a block that is copied
+    once, so names in the output stay those of the input).
+    """
+    def get(v: Var) -> Var:
+        return subst.get(v.id, v)
+
+    def define(v: Var) -> Var:
+        subst[v.id] = fresh(v) if rename else v
+        return subst[v.id]
+
+    params = [define(p) for p in block.params]
+    stmts: list[Stmt] = []
+    for stmt in block.stmts:
+        if inline is not None and isinstance(stmt, Call):
+            replaced = inline(stmt, [get(a) for a in stmt.args])
+            if replaced is not None:
+                body, results = replaced
+                stmts.extend(body)
+                for o, r in zip(stmt.outs, results):
+                    subst[o.id] = r
+                continue
+        new = with_operands(stmt, get)
+        new = with_blocks(new, [clone_block(b, subst if not isinstance(stmt, Fused) else {}, inline, rename)
+                                for b in stmt.blocks()])
+        new.outs = [define(o) for o in stmt.outs]
+        stmts.append(new)
+    return Block(params, stmts, [get(r) for r in block.results])

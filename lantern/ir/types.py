@@ -1,0 +1,71 @@
+"""IR types: tensors with a static shape and dtype, and function (continuation) values."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+
+#: dtypes a staged tensor may have, by their NumPy names.
+DTYPES = ("bool", "int32", "int64", "float32", "float64")
+FLOAT_DTYPES = ("float32", "float64")
+INT_DTYPES = ("int32", "int64")
+_SHORT = {"bool": "bool", "int32": "i32", "int64": "i64", "float32": "f32", "float64": "f64"}
+
+
+def canonical_dtype(dtype) -> str:
+    """The lantern name of a NumPy-compatible dtype, or raise ``DTypeError``."""
+    from ..errors import DTypeError
+
+    try:
+        name = np.dtype(dtype).name
+    except TypeError as exc:
+        raise DTypeError(f"not a dtype: {dtype!r}") from exc
+    if name not in DTYPES:
+        raise DTypeError(f"dtype {name} is not supported; lantern supports {', '.join(DTYPES)}")
+    return name
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """A tensor of static ``shape`` and ``dtype`` (a name from :data:`DTYPES`)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return prod(self.shape)
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.dtype).itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.itemsize
+
+    def __str__(self) -> str:
+        return f"{_SHORT[self.dtype]}[{','.join(map(str, self.shape))}]"
+
+
+@dataclass(frozen=True)
+class FnType:
+    """A first-class function value (a continuation): parameter and result types."""
+
+    params: tuple[Type, ...]
+    results: tuple[Type, ...]
+
+    def __str__(self) -> str:
+        return f"({', '.join(map(str, self.params))}) -> ({', '.join(map(str, self.results))})"
+
+
+Type = TensorType | FnType
+
+
+def scalar(dtype: str) -> TensorType:
+    return TensorType((), dtype)

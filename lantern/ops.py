@@ -1,0 +1,668 @@
+"""The NumPy-like functions on staged tensors. Each lowers to primitives of :mod:`lantern.ir.primitives`.
+
+Dtype promotion follows NumPy 2 exactly (Python scalars are "weak": ``float32 + 1.0``
+stays float32), by asking NumPy itself what a ufunc would return.
+"""
+from __future__ import annotations
+
+import builtins
+from math import prod
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import DTypeError, OutOfBoundsError, ShapeError, TraceError
+from .ir.types import FLOAT_DTYPES, INT_DTYPES, TensorType, canonical_dtype
+from .tensor import Tensor
+from .tracing import Frame, require_frame, with_location
+
+Scalar = bool | int | float
+ArrayLike = Tensor | Scalar | np.ndarray | np.generic
+
+_PY_SCALARS = (bool, int, float)
+
+
+# ------------------------------------------------------------------ lifting values
+
+def _frame_of(*xs: Any) -> Frame:
+    frame = require_frame("lantern operations on tensors")
+    for x in xs:
+        if isinstance(x, Tensor) and x.frame is not frame:
+            raise with_location(TraceError, f"{x!r} belongs to another trace (a value leaked from an "
+                                "earlier staged call or from a different staged function)")
+    return frame
+
+
+def _emit(frame: Frame, prim: str, args: Sequence[Tensor], hint: str | None = None, **attrs: Any) -> Tensor:
+    for a in args:
+        frame.check_in_scope(a.var, prim)
+    return Tensor(frame.emit(prim, [a.var for a in args], attrs, hint), frame)
+
+
+def _default_dtype(value: Scalar) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int64"
+    return "float32"
+
+
+def constant(value: Any, dtype: Any = None) -> Tensor:
+    """A staged constant from a Python scalar or NumPy array (embedded in the generated code)."""
+    frame = _frame_of()
+    if isinstance(value, Tensor):
+        return astype(value, dtype) if dtype is not None else value
+    if isinstance(value, _PY_SCALARS) and not isinstance(value, np.generic):
+        dt = canonical_dtype(dtype) if dtype is not None else _default_dtype(value)
+        return _emit(frame, "fill", [], hint="c", value=_scalar_value(value, dt), shape=(), dtype=dt)
+    arr = np.asarray(value)
+    if arr.dtype == object:
+        raise with_location(DTypeError, f"cannot stage a value of type {type(value).__name__}")
+    dt = canonical_dtype(dtype if dtype is not None else arr.dtype)
+    arr = np.ascontiguousarray(arr, dtype=dt)
+    if arr.ndim == 0:
+        return _emit(frame, "fill", [], hint="c", value=arr.item(), shape=(), dtype=dt)
+    arr.setflags(write=False)
+    return _emit(frame, "constant", [], hint="const", value=arr)
+
+
+def _scalar_value(value: Scalar, dtype: str) -> Scalar:
+    return np.array(value).astype(dtype).item()
+
+
+def asarray(x: ArrayLike, dtype: Any = None) -> Tensor:
+    """``x`` as a staged tensor (constants are embedded)."""
+    if isinstance(x, Tensor):
+        return astype(x, dtype) if dtype is not None else x
+    return constant(x, dtype)
+
+
+def _dtype_proxy(x: ArrayLike) -> Any:
+    """Something NumPy's promotion treats like ``x``: weak for Python scalars."""
+    if isinstance(x, Tensor):
+        return np.zeros((), x.dtype)
+    if isinstance(x, _PY_SCALARS):
+        return x
+    arr = np.asarray(x)
+    canonical_dtype(arr.dtype)
+    return np.zeros((), arr.dtype)
+
+
+def _lift_as(x: ArrayLike, dtype: str) -> Tensor:
+    if isinstance(x, Tensor):
+        return x if x.type.dtype == dtype else astype(x, dtype)
+    return constant(x, dtype)
+
+
+def astype(x: ArrayLike, dtype: Any) -> Tensor:
+    dt = canonical_dtype(dtype)
+    x = asarray(x)
+    if x.type.dtype == dt:
+        return x
+    return _emit(x.frame, "cast", [x], hint="cast", dtype=dt)
+
+
+def _promote(name: str, ufunc: Callable[..., Any], *xs: ArrayLike) -> str:
+    proxies = [_dtype_proxy(x) for x in xs]
+    try:
+        with np.errstate(all="ignore"):
+            out = np.asarray(ufunc(*proxies))
+    except TypeError as exc:
+        raise with_location(DTypeError, f"{name}: unsupported operand dtypes "
+                            f"{[np.asarray(p).dtype.name for p in proxies]}: {exc}") from None
+    return canonical_dtype(out.dtype)
+
+
+# ------------------------------------------------------------------ elementwise
+
+def _unary(prim: str, x: ArrayLike, float_only: bool = True) -> Tensor:
+    _frame_of(x)
+    x = asarray(x)
+    if float_only and x.type.dtype not in FLOAT_DTYPES:
+        x = astype(x, "float32" if x.type.dtype == "bool" else "float64")
+    if prim in ("neg", "abs", "relu", "sign") and x.type.dtype == "bool":
+        raise with_location(DTypeError, f"{prim}: not defined for bool tensors (shape {x.shape})")
+    return _emit(x.frame, prim, [x])
+
+
+def exp(x: ArrayLike) -> Tensor: return _unary("exp", x)
+def log(x: ArrayLike) -> Tensor: return _unary("log", x)
+def log1p(x: ArrayLike) -> Tensor: return _unary("log1p", x)
+def expm1(x: ArrayLike) -> Tensor: return _unary("expm1", x)
+def sin(x: ArrayLike) -> Tensor: return _unary("sin", x)
+def cos(x: ArrayLike) -> Tensor: return _unary("cos", x)
+def tanh(x: ArrayLike) -> Tensor: return _unary("tanh", x)
+def sigmoid(x: ArrayLike) -> Tensor: return _unary("sigmoid", x)
+def sqrt(x: ArrayLike) -> Tensor: return _unary("sqrt", x)
+def rsqrt(x: ArrayLike) -> Tensor: return _unary("rsqrt", x)
+def floor(x: ArrayLike) -> Tensor: return _unary("floor", x)
+def negative(x: ArrayLike) -> Tensor: return _unary("neg", x, float_only=False)
+def abs(x: ArrayLike) -> Tensor: return _unary("abs", x, float_only=False)  # noqa: A001
+def sign(x: ArrayLike) -> Tensor: return _unary("sign", x, float_only=False)
+def relu(x: ArrayLike) -> Tensor: return _unary("relu", x, float_only=False)
+
+
+def silu(x: ArrayLike) -> Tensor:
+    """``x * sigmoid(x)`` (also called swish)."""
+    x = _float(x)
+    return multiply(x, sigmoid(x))
+
+
+def logical_not(x: ArrayLike) -> Tensor:
+    x = asarray(x)
+    if x.type.dtype != "bool":
+        raise with_location(DTypeError, f"~ / logical_not: expected a bool tensor, got {x.type} "
+                            "(bitwise operations on integers are not supported)")
+    return _emit(x.frame, "logical_not", [x])
+
+
+def _binary(prim: str, ufunc: Callable[..., Any], a: ArrayLike, b: ArrayLike, *, compare: bool = False) -> Tensor:
+    frame = _frame_of(a, b)
+    out_dtype = _promote(prim, ufunc, a, b)
+    compute = _promote(prim, np.add, a, b) if compare else out_dtype
+    if compute == "bool" and prim not in ("eq", "ne", "logical_and", "logical_or", "maximum", "minimum"):
+        raise with_location(DTypeError, f"{prim}: arithmetic on bool tensors is not supported; use astype first")
+    if compute == "bool" and prim in ("maximum", "minimum"):
+        prim = "logical_or" if prim == "maximum" else "logical_and"
+    ta, tb = _lift_as(a, compute), _lift_as(b, compute)
+    return _emit(frame, prim, [ta, tb])
+
+
+def add(a: ArrayLike, b: ArrayLike) -> Tensor: return _binary("add", np.add, a, b)
+def subtract(a: ArrayLike, b: ArrayLike) -> Tensor: return _binary("sub", np.subtract, a, b)
+def multiply(a: ArrayLike, b: ArrayLike) -> Tensor: return _binary("mul", np.multiply, a, b)
+def maximum(a: ArrayLike, b: ArrayLike) -> Tensor: return _binary("maximum", np.maximum, a, b)
+def minimum(a: ArrayLike, b: ArrayLike) -> Tensor: return _binary("minimum", np.minimum, a, b)
+def equal(a: ArrayLike, b: ArrayLike) -> Tensor: return _binary("eq", np.equal, a, b, compare=True)
+def not_equal(a: ArrayLike, b: ArrayLike) -> Tensor: return _binary("ne", np.not_equal, a, b, compare=True)
+def less(a: ArrayLike, b: ArrayLike) -> Tensor: return _binary("lt", np.less, a, b, compare=True)
+def less_equal(a: ArrayLike, b: ArrayLike) -> Tensor: return _binary("le", np.less_equal, a, b, compare=True)
+def greater(a: ArrayLike, b: ArrayLike) -> Tensor: return _binary("gt", np.greater, a, b, compare=True)
+def greater_equal(a: ArrayLike, b: ArrayLike) -> Tensor: return _binary("ge", np.greater_equal, a, b, compare=True)
+
+
+def _logical(prim: str, a: ArrayLike, b: ArrayLike) -> Tensor:
+    frame = _frame_of(a, b)
+    ta, tb = asarray(a), asarray(b)
+    if ta.type.dtype != "bool" or tb.type.dtype != "bool":
+        raise with_location(DTypeError, f"{prim}: expected bool tensors, got {ta.type} and {tb.type} "
+                            "(bitwise operations on integers are not supported)")
+    return _emit(frame, prim, [ta, tb])
+
+
+def logical_and(a: ArrayLike, b: ArrayLike) -> Tensor: return _logical("logical_and", a, b)
+def logical_or(a: ArrayLike, b: ArrayLike) -> Tensor: return _logical("logical_or", a, b)
+
+
+def divide(a: ArrayLike, b: ArrayLike) -> Tensor:
+    return _binary("div", np.true_divide, a, b)
+
+
+def floor_divide(a: ArrayLike, b: ArrayLike) -> Tensor:
+    dtype = _promote("floordiv", np.floor_divide, a, b)
+    if dtype in FLOAT_DTYPES:
+        return floor(divide(_lift_as(a, dtype), _lift_as(b, dtype)))
+    return _binary("floordiv", np.floor_divide, a, b)
+
+
+def mod(a: ArrayLike, b: ArrayLike) -> Tensor:
+    dtype = _promote("mod", np.remainder, a, b)
+    if dtype in FLOAT_DTYPES:
+        ta, tb = _lift_as(a, dtype), _lift_as(b, dtype)
+        return subtract(ta, multiply(floor(divide(ta, tb)), tb))
+    return _binary("mod", np.remainder, a, b)
+
+
+remainder = mod
+
+
+def power(a: ArrayLike, b: ArrayLike) -> Tensor:
+    if isinstance(a, Tensor) and isinstance(b, _PY_SCALARS) and not isinstance(b, bool):
+        if b == 2:
+            return multiply(a, a)
+        if b == 1:
+            return a
+        if b == 0.5 and a.type.dtype in FLOAT_DTYPES:
+            return sqrt(a)
+    return _binary("pow", np.power, a, b)
+
+
+def square(x: ArrayLike) -> Tensor:
+    x = asarray(x)
+    return multiply(x, x)
+
+
+def where(cond: ArrayLike, a: ArrayLike, b: ArrayLike) -> Tensor:
+    """Elementwise ``a if cond else b`` with broadcasting."""
+    frame = _frame_of(cond, a, b)
+    c = asarray(cond)
+    if c.type.dtype != "bool":
+        c = not_equal(c, 0)
+    dtype = _promote("where", np.add, a, b) if not (_is_bool(a) and _is_bool(b)) else "bool"
+    return _emit(frame, "where", [c, _lift_as(a, dtype), _lift_as(b, dtype)])
+
+
+def _is_bool(x: ArrayLike) -> bool:
+    return (isinstance(x, Tensor) and x.type.dtype == "bool") or isinstance(x, bool)
+
+
+def clip(x: ArrayLike, lo: ArrayLike | None = None, hi: ArrayLike | None = None) -> Tensor:
+    x = asarray(x)
+    if lo is not None:
+        x = maximum(x, lo)
+    if hi is not None:
+        x = minimum(x, hi)
+    return x
+
+
+def broadcast_to(x: ArrayLike, shape: Sequence[int]) -> Tensor:
+    x = asarray(x)
+    shape = _shape_tuple(shape, "broadcast_to")
+    if x.shape == shape:
+        return x
+    return _emit(x.frame, "broadcast", [x], shape=shape)
+
+
+# ------------------------------------------------------------------ reductions
+
+def _axes(x: Tensor, axis: int | Sequence[int] | None, op: str) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(x.ndim))
+    items = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in items:
+        if not isinstance(a, (int, np.integer)):
+            raise with_location(TraceError, f"{op}: axis must be a Python int, got {type(a).__name__}")
+        if not -x.ndim <= a < x.ndim:
+            raise with_location(ShapeError, f"{op}: axis {a} is out of bounds for shape {x.shape}")
+        out.append(int(a) % x.ndim if x.ndim else 0)
+    if len(set(out)) != len(out):
+        raise with_location(ShapeError, f"{op}: repeated axis in {axis}")
+    return tuple(sorted(out))
+
+
+def _reduce(prim: str, x: ArrayLike, axis: Any, keepdims: bool) -> Tensor:
+    x = asarray(x)
+    axes = _axes(x, axis, prim)
+    if not axes:
+        return x if prim != "reduce_sum" or x.type.dtype in FLOAT_DTYPES + ("int64",) else astype(x, "int64")
+    return _emit(x.frame, prim, [x], hint=prim.removeprefix("reduce_"), axes=axes, keepdims=bool(keepdims))
+
+
+def sum(x: ArrayLike, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    return _reduce("reduce_sum", x, axis, keepdims)
+
+
+def max(x: ArrayLike, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    return _reduce("reduce_max", x, axis, keepdims)
+
+
+def min(x: ArrayLike, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    return _reduce("reduce_min", x, axis, keepdims)
+
+
+def mean(x: ArrayLike, axis: Any = None, keepdims: bool = False) -> Tensor:
+    x = asarray(x)
+    axes = _axes(x, axis, "mean")
+    count = prod(x.shape[a] for a in axes)
+    if x.type.dtype not in FLOAT_DTYPES:
+        x = astype(x, "float64")
+    return divide(sum(x, axes, keepdims), float(count) if count else float("nan"))
+
+
+def _arg(prim: str, x: ArrayLike, axis: int | None, keepdims: bool) -> Tensor:
+    x = asarray(x)
+    if axis is None:
+        flat = reshape(x, (-1,))
+        out = _emit(x.frame, prim, [flat], axis=0, keepdims=False)
+        return reshape(out, (1,) * x.ndim) if keepdims else out
+    (a,) = _axes(x, axis, prim)
+    return _emit(x.frame, prim, [x], axis=a, keepdims=bool(keepdims))
+
+
+def argmax(x: ArrayLike, axis: int | None = None, keepdims: bool = False) -> Tensor:
+    return _arg("argmax", x, axis, keepdims)
+
+
+def argmin(x: ArrayLike, axis: int | None = None, keepdims: bool = False) -> Tensor:
+    return _arg("argmin", x, axis, keepdims)
+
+
+def logsumexp(x: ArrayLike, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """``log(sum(exp(x)))`` computed stably (the maximum is subtracted first)."""
+    x = _float(x)
+    axes = _axes(x, axis, "logsumexp")
+    m = max(x, axes, keepdims=True)
+    out = add(log(sum(exp(subtract(x, m)), axes, keepdims=True)), m)
+    return out if keepdims else squeeze(out, axes)
+
+
+def softmax(x: ArrayLike, axis: int = -1) -> Tensor:
+    x = _float(x)
+    e = exp(subtract(x, max(x, axis, keepdims=True)))
+    return divide(e, sum(e, axis, keepdims=True))
+
+
+def log_softmax(x: ArrayLike, axis: int = -1) -> Tensor:
+    x = _float(x)
+    return subtract(x, logsumexp(x, axis, keepdims=True))
+
+
+def _float(x: ArrayLike) -> Tensor:
+    x = asarray(x)
+    return x if x.type.dtype in FLOAT_DTYPES else astype(x, "float64")
+
+
+# ------------------------------------------------------------------ shapes
+
+def _shape_tuple(shape: Any, op: str) -> tuple[int, ...]:
+    if isinstance(shape, (int, np.integer)):
+        return (int(shape),)
+    try:
+        out = tuple(int(operator_index(d)) for d in shape)
+    except TypeError:
+        raise with_location(TraceError, f"{op}: shape must be a tuple of Python ints, got {shape!r}") from None
+    if any(d < 0 for d in out if d != -1):
+        raise with_location(ShapeError, f"{op}: negative dimension in {out}")
+    return out
+
+
+def operator_index(d: Any) -> int:
+    if isinstance(d, Tensor):
+        raise with_location(TraceError, "shapes must be static: a staged value cannot be a dimension")
+    import operator
+    return operator.index(d)
+
+
+def reshape(x: ArrayLike, shape: Any) -> Tensor:
+    x = asarray(x)
+    shape = _shape_tuple(shape, "reshape")
+    if shape.count(-1) > 1:
+        raise with_location(ShapeError, f"reshape: only one -1 allowed in {shape}")
+    if -1 in shape:
+        known = prod(d for d in shape if d != -1)
+        if known == 0 or x.size % known:
+            raise with_location(ShapeError, f"reshape: cannot reshape {x.shape} (size {x.size}) to {shape}")
+        shape = tuple(x.size // known if d == -1 else d for d in shape)
+    if shape == x.shape:
+        return x
+    return _emit(x.frame, "reshape", [x], shape=shape)
+
+
+def transpose(x: ArrayLike, axes: Sequence[int] | None = None) -> Tensor:
+    x = asarray(x)
+    perm = tuple(range(x.ndim))[::-1] if axes is None else tuple(int(a) % builtins.max(x.ndim, 1) for a in axes)
+    if sorted(perm) != list(range(x.ndim)):
+        raise with_location(ShapeError, f"transpose: axes {tuple(axes or ())} do not match shape {x.shape}")
+    if perm == tuple(range(x.ndim)):
+        return x
+    if _is_pure_unit_move(x.shape, perm):
+        return reshape(x, tuple(x.shape[p] for p in perm))
+    return _emit(x.frame, "transpose", [x], perm=perm)
+
+
+def _is_pure_unit_move(shape: tuple[int, ...], perm: tuple[int, ...]) -> bool:
+    """True when the permutation only moves size-1 axes, so it is a reshape."""
+    big = [p for p in perm if shape[p] != 1]
+    return big == sorted(big)
+
+
+def swapaxes(x: ArrayLike, a: int, b: int) -> Tensor:
+    x = asarray(x)
+    (a,) = _axes(x, a, "swapaxes")
+    (b,) = _axes(x, b, "swapaxes")
+    perm = list(range(x.ndim))
+    perm[a], perm[b] = perm[b], perm[a]
+    return transpose(x, perm)
+
+
+def moveaxis(x: ArrayLike, source: int, destination: int) -> Tensor:
+    x = asarray(x)
+    (s,) = _axes(x, source, "moveaxis")
+    (d,) = _axes(x, destination, "moveaxis")
+    perm = [i for i in range(x.ndim) if i != s]
+    perm.insert(d, s)
+    return transpose(x, perm)
+
+
+def expand_dims(x: ArrayLike, axis: int | Sequence[int]) -> Tensor:
+    x = asarray(x)
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    ndim = x.ndim + len(axes)
+    norm = sorted(int(a) % ndim if -ndim <= a < ndim else _bad_axis("expand_dims", a, ndim) for a in axes)
+    shape = list(x.shape)
+    for a in norm:
+        shape.insert(a, 1)
+    return reshape(x, tuple(shape))
+
+
+def _bad_axis(op: str, a: int, ndim: int) -> int:
+    raise with_location(ShapeError, f"{op}: axis {a} is out of bounds for a result with {ndim} dimensions")
+
+
+def squeeze(x: ArrayLike, axis: int | Sequence[int] | None = None) -> Tensor:
+    x = asarray(x)
+    if axis is None:
+        axes = tuple(i for i, d in enumerate(x.shape) if d == 1)
+    else:
+        axes = _axes(x, axis, "squeeze")
+        for a in axes:
+            if x.shape[a] != 1:
+                raise with_location(ShapeError, f"squeeze: axis {a} of shape {x.shape} does not have size 1")
+    return reshape(x, tuple(d for i, d in enumerate(x.shape) if i not in axes))
+
+
+def concatenate(xs: Sequence[ArrayLike], axis: int = 0) -> Tensor:
+    frame = _frame_of(*xs)
+    if not xs:
+        raise with_location(ShapeError, "concatenate: need at least one array")
+    dtype = _promote("concatenate", np.add, *xs) if len(xs) > 1 else asarray(xs[0]).type.dtype
+    if builtins.all(_is_bool(x) for x in xs):
+        dtype = "bool"
+    ts = [_lift_as(x, dtype) for x in xs]
+    if ts[0].ndim == 0:
+        raise with_location(ShapeError, "concatenate: zero-dimensional arrays cannot be concatenated")
+    (a,) = _axes(ts[0], axis, "concatenate")
+    if len(ts) == 1:
+        return ts[0]
+    return _emit(frame, "concatenate", ts, hint="concat", axis=a)
+
+
+def stack(xs: Sequence[ArrayLike], axis: int = 0) -> Tensor:
+    ts = [asarray(x) for x in xs]
+    if not ts:
+        raise with_location(ShapeError, "stack: need at least one array")
+    shapes = {t.shape for t in ts}
+    if len(shapes) != 1:
+        raise with_location(ShapeError, f"stack: all inputs must have the same shape, got {[t.shape for t in ts]}")
+    return concatenate([expand_dims(t, axis) for t in ts], axis=axis)
+
+
+# ------------------------------------------------------------------ matrix product
+
+def matmul(a: ArrayLike, b: ArrayLike) -> Tensor:
+    """NumPy ``matmul``: vectors, matrices and broadcast batches of matrices."""
+    frame = _frame_of(a, b)
+    dtype = _promote("matmul", np.add, a, b)
+    if dtype == "bool":
+        raise with_location(DTypeError, "matmul: bool operands are not supported")
+    ta, tb = _lift_as(a, dtype), _lift_as(b, dtype)
+    if ta.ndim == 0 or tb.ndim == 0:
+        raise with_location(ShapeError, f"matmul: operands must be at least 1-D, got {ta.shape} @ {tb.shape}")
+    a2 = expand_dims(ta, 0) if ta.ndim == 1 else ta
+    b2 = expand_dims(tb, -1) if tb.ndim == 1 else tb
+    m, k = a2.shape[-2:]
+    k2, n = b2.shape[-2:]
+    if k != k2:
+        raise with_location(ShapeError, f"matmul: inner dimensions differ: {ta.shape} @ {tb.shape} ({k} != {k2})")
+    try:
+        batch = tuple(np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]))
+    except ValueError:
+        raise with_location(ShapeError, f"matmul: batch dimensions of {ta.shape} and {tb.shape} "
+                            "cannot be broadcast together") from None
+    if b2.ndim == 2:
+        # (..., m, k) @ (k, n): one product of a (batch*m, k) matrix.
+        out = _emit(frame, "matmul", [reshape(a2, (-1, k)), b2])
+    else:
+        nb = prod(batch)
+        a3 = a2 if a2.ndim == 2 else reshape(broadcast_to(a2, batch + (m, k)), (nb, m, k))
+        b3 = reshape(broadcast_to(b2, batch + (k, n)), (nb, k, n))
+        out = _emit(frame, "matmul", [a3, b3])
+    out = reshape(out, batch + (m, n))
+    if ta.ndim == 1:
+        out = squeeze(out, -2)
+    if tb.ndim == 1:
+        out = squeeze(out, -1)
+    return out
+
+
+def dot(a: ArrayLike, b: ArrayLike) -> Tensor:
+    return matmul(a, b)
+
+
+# ------------------------------------------------------------------ creation
+
+def full(shape: Any, value: Scalar, dtype: Any = None) -> Tensor:
+    frame = require_frame("lantern.full")
+    shape = _shape_tuple(shape, "full")
+    dt = canonical_dtype(dtype) if dtype is not None else _default_dtype(value)
+    return _emit(frame, "fill", [], hint="fill", value=_scalar_value(value, dt), shape=shape, dtype=dt)
+
+
+def zeros(shape: Any, dtype: Any = "float32") -> Tensor:
+    return full(shape, 0, dtype)
+
+
+def ones(shape: Any, dtype: Any = "float32") -> Tensor:
+    return full(shape, 1, dtype)
+
+
+def zeros_like(x: ArrayLike, dtype: Any = None) -> Tensor:
+    x = asarray(x)
+    return full(x.shape, 0, dtype or x.type.dtype)
+
+
+def ones_like(x: ArrayLike, dtype: Any = None) -> Tensor:
+    x = asarray(x)
+    return full(x.shape, 1, dtype or x.type.dtype)
+
+
+def full_like(x: ArrayLike, value: Scalar, dtype: Any = None) -> Tensor:
+    x = asarray(x)
+    return full(x.shape, value, dtype or x.type.dtype)
+
+
+def arange(start: Scalar, stop: Scalar | None = None, step: Scalar = 1, dtype: Any = None) -> Tensor:
+    """Like ``np.arange`` with static (Python) bounds."""
+    frame = require_frame("lantern.arange")
+    for v in (start, stop, step):
+        if isinstance(v, Tensor):
+            raise with_location(TraceError, "arange: bounds must be Python numbers (shapes are static)")
+    if stop is None:
+        start, stop = 0, start
+    n = len(np.arange(start, stop, step))
+    all_ints = builtins.all(isinstance(v, (int, np.integer)) for v in (start, stop, step))
+    dt = canonical_dtype(dtype if dtype is not None else ("int64" if all_ints else "float32"))
+    return _emit(frame, "iota", [], hint="arange", n=n, start=start, step=step, dtype=dt)
+
+
+def one_hot(idx: ArrayLike, num_classes: int, dtype: Any = "float32") -> Tensor:
+    """``out[..., c] = (idx[...] == c)`` as ``dtype``."""
+    idx = asarray(idx)
+    if idx.type.dtype not in INT_DTYPES:
+        raise with_location(DTypeError, f"one_hot: indices must be integers, got {idx.type}")
+    classes = arange(int(num_classes), dtype=idx.type.dtype)
+    return astype(equal(expand_dims(idx, -1), classes), dtype)
+
+
+# ------------------------------------------------------------------ indexing
+
+def take(x: ArrayLike, indices: ArrayLike, axis: int = 0) -> Tensor:
+    """Gather along ``axis`` with (staged or constant) integer indices; negative indices wrap."""
+    x = asarray(x)
+    idx = asarray(indices)
+    if idx.type.dtype not in INT_DTYPES:
+        raise with_location(DTypeError, f"take: indices must be integers, got {idx.type}")
+    (a,) = _axes(x, axis, "take")
+    return _emit(x.frame, "take", [x, idx], hint="gather", axis=a)
+
+
+def getitem(x: Tensor, key: Any) -> Tensor:
+    """NumPy basic indexing (ints, slices, None, ...) plus indexing with staged integer tensors."""
+    key = key if isinstance(key, tuple) else (key,)
+    key = tuple(_index_item(k) for k in key)
+    consumed = builtins.sum(1 for k in key if k is not None and k is not Ellipsis)
+    if builtins.sum(1 for k in key if k is Ellipsis) > 1:
+        raise with_location(TraceError, "an index can only have a single ellipsis ('...')")
+    if consumed > x.ndim:
+        raise with_location(OutOfBoundsError, f"too many indices for a tensor of shape {x.shape}: {len(key)} given")
+    if Ellipsis in key:
+        i = key.index(Ellipsis)
+        key = key[:i] + (slice(None),) * (x.ndim - consumed) + key[i + 1:]
+    else:
+        key = key + (slice(None),) * (x.ndim - consumed)
+
+    starts, stops, steps, out_shape = [], [], [], []
+    gathers: list[tuple[int, Tensor]] = []  # (axis in out_shape, index tensor)
+    dim = 0
+    for k in key:
+        if k is None:
+            out_shape.append(1)
+            continue
+        size = x.shape[dim]
+        if isinstance(k, slice):
+            start, stop, step = k.indices(size)
+            starts.append(start), stops.append(stop), steps.append(step)
+            out_shape.append(len(range(start, stop, step)))
+        elif isinstance(k, Tensor):
+            starts.append(0), stops.append(size), steps.append(1)
+            gathers.append((len(out_shape), k))
+            out_shape.append(size)
+        else:
+            i = int(k)
+            if not -size <= i < size:
+                raise with_location(OutOfBoundsError, f"index {i} is out of bounds for axis {dim} with size {size} "
+                                    f"(shape {x.shape})")
+            i %= size
+            starts.append(i), stops.append(i + 1), steps.append(1)
+        dim += 1
+
+    full_slice = builtins.all(s == 0 and e == d and st == 1 for s, e, st, d in zip(starts, stops, steps, x.shape))
+    y = x if full_slice else _emit(x.frame, "slice", [x], starts=tuple(starts), stops=tuple(stops), steps=tuple(steps))
+    y = reshape(y, tuple(out_shape))
+    if builtins.sum(1 for _, t in gathers if t.ndim > 0) and len(gathers) > 1:
+        raise with_location(TraceError, "indexing with a staged index array together with other staged indices "
+                            "is not supported; index one axis at a time")
+    shift = 0
+    for axis, idx in gathers:
+        y = take(y, idx, axis + shift)
+        shift += idx.ndim - 1
+    return y
+
+
+def _index_item(k: Any) -> Any:
+    if k is None or k is Ellipsis or isinstance(k, (slice, Tensor)):
+        if isinstance(k, slice) and builtins.any(isinstance(v, Tensor) for v in (k.start, k.stop, k.step)):
+            raise with_location(TraceError, "slice bounds must be Python ints (shapes are static); "
+                                "use lantern.take or x[i] with a staged integer for a dynamic position")
+        if isinstance(k, Tensor) and k.type.dtype not in INT_DTYPES:
+            if k.type.dtype == "bool":
+                raise with_location(TraceError, "boolean mask indexing gives a data-dependent shape; "
+                                    "use lantern.where instead")
+            raise with_location(DTypeError, f"index tensors must be integers, got {k.type}")
+        return k
+    if isinstance(k, (bool, np.bool_)):
+        raise with_location(TraceError, "boolean indices are not supported")
+    if isinstance(k, (int, np.integer)):
+        return int(k)
+    if isinstance(k, (list, np.ndarray)):
+        arr = np.asarray(k)
+        if arr.dtype.kind not in "iu":
+            raise with_location(TraceError, f"index arrays must hold integers, got {arr.dtype}")
+        return constant(arr.astype(np.int64))
+    raise with_location(TraceError, f"unsupported index {k!r}")
+
+
+__all__ = [name for name in dir() if not name.startswith("_") and name not in {
+    "annotations", "builtins", "prod", "np", "Any", "Callable", "Sequence", "Frame", "Tensor",
+    "TensorType", "Scalar", "ArrayLike"}]

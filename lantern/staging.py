@@ -1,0 +1,341 @@
+"""``@lantern.stage``: trace a Python function per signature, compile it to C, call it natively.
+
+A *signature* is the structure of the arguments (nested tuples/lists/dicts), the shape
+and dtype of every array in it, and the value of every Python constant in it. Each new
+signature is traced once, compiled once (or found in the on-disk cache) and kept.
+
+Inside a function that is being traced, calling a staged function does not run it: it
+becomes a call of an IR function, which is how staged functions recurse (a TreeLSTM over
+a tree stored as child-index arrays). Non-recursive calls are inlined before C is emitted.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from . import ops
+from .control import UnknownRecursiveResult
+from .errors import ArgumentError, DTypeError, LanternError, TraceError
+from .ir.nodes import Block, Call, Function, Module, Var
+from .ir.printer import format_module
+from .ir.types import DTYPES, TensorType
+from .ir.verify import verify
+from .source import Loc, user_location
+from .tensor import Tensor
+from .tracing import Frame, ModuleBuilder, current_frame, tracing, with_location
+from .tree import TreeDef, flatten, unflatten
+
+_STATIC_TYPES = (bool, int, float, str, bytes, type(None))
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """What a staged function expects at one array position of its arguments."""
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def _c_hint(path: str) -> str:
+    hint = re.sub(r"[^0-9A-Za-z]+", "_", path).strip("_")
+    return hint if hint and not hint[0].isdigit() else f"a_{hint}"
+
+
+def _leaf_key(path: str, leaf: Any) -> tuple:
+    """Signature key of one argument leaf; raises ``ArgumentError`` for values lantern cannot take."""
+    if isinstance(leaf, np.ndarray) or isinstance(leaf, np.generic):
+        name = leaf.dtype.name
+        if name not in DTYPES:
+            raise ArgumentError(f"argument {path}: dtype {name} is not supported "
+                                f"(expected one of {', '.join(DTYPES)})")
+        return ("array", leaf.shape, name)
+    if isinstance(leaf, _STATIC_TYPES):
+        return ("static", type(leaf).__name__, leaf)
+    if isinstance(leaf, Tensor):
+        raise ArgumentError(f"argument {path}: {leaf!r} is a staged value from another trace; "
+                            "pass NumPy arrays to a staged function")
+    if hasattr(leaf, "__array__"):
+        return _leaf_key(path, np.asarray(leaf))
+    raise ArgumentError(f"argument {path}: expected a NumPy array, a Python number or a nested "
+                        f"tuple/list/dict of them, got {type(leaf).__name__}")
+
+
+def _as_native_array(spec: ArraySpec, leaf: Any) -> np.ndarray:
+    """``leaf`` as a C-contiguous, aligned, native-order array matching ``spec``, else ``ArgumentError``."""
+    arr = leaf if isinstance(leaf, np.ndarray) else np.asarray(leaf)
+    if arr.shape != spec.shape or arr.dtype.name != spec.dtype:
+        raise ArgumentError(f"argument {spec.path}: expected {spec.dtype} array of shape {spec.shape}, "
+                            f"got {arr.dtype.name if arr.dtype.name in DTYPES or arr.dtype != object else type(leaf).__name__} "
+                            f"of shape {arr.shape}")
+    if not (arr.flags.c_contiguous and arr.flags.aligned and arr.dtype.isnative):
+        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
+    return arr
+
+
+class Executable:
+    """One compiled signature of a staged function: the IR, the C, and the loaded code.
+
+    Calling it runs the native code after checking every argument against the signature
+    it was compiled for (``ArgumentError`` names the argument and both shapes/dtypes).
+    """
+
+    def __init__(self, name: str, param_names: list[str], in_treedef: TreeDef, leaf_keys: list[tuple],
+                 in_paths: list[str], traced: Module, optimized: Module, out_treedef: TreeDef,
+                 out_types: list[TensorType], native: Any):
+        self.name = name
+        self._param_names = param_names
+        self.in_treedef = in_treedef
+        self._leaf_keys = leaf_keys
+        self._array_positions = [i for i, k in enumerate(leaf_keys) if k[0] == "array"]
+        self.in_specs = [ArraySpec(in_paths[i], leaf_keys[i][1], leaf_keys[i][2]) for i in self._array_positions]
+        self.traced_module = traced
+        self.module = optimized
+        self.out_treedef = out_treedef
+        self.out_types = out_types
+        self.native = native
+
+    # ---------------------------------------------------------- inspection
+    @property
+    def ir(self) -> str:
+        """The IR as traced from the user's function (text)."""
+        return format_module(self.traced_module)
+
+    @property
+    def optimized_ir(self) -> str:
+        """The IR after the passes that prepare it for C (inlining, fusion)."""
+        return format_module(self.module)
+
+    @property
+    def c_source(self) -> str:
+        return self.native.c_source
+
+    @property
+    def c_path(self) -> str:
+        return self.native.c_path
+
+    @property
+    def so_path(self) -> str:
+        return self.native.so_path
+
+    # ---------------------------------------------------------- running
+    def run_leaves(self, leaves: list[Any]) -> Any:
+        """Run on the flat leaves of the arguments (statics already matched)."""
+        arrays = [_as_native_array(spec, leaves[i]) for spec, i in zip(self.in_specs, self._array_positions)]
+        outs = self.native(arrays)
+        return unflatten(self.out_treedef, outs)
+
+    def interpret(self, *args: Any, optimized: bool = False, **kwargs: Any) -> Any:
+        """Run the IR (as traced, or after the C-preparing passes) in the NumPy reference interpreter."""
+        from .ir.interpret import interpret
+        leaves = flatten(_bind(self.name, self._signature_like(), args, kwargs))[0]
+        arrays = [np.asarray(leaves[i]) for i in self._array_positions]
+        outs = interpret(self.module if optimized else self.traced_module, arrays)
+        return unflatten(self.out_treedef, outs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        bound = _bind(self.name, self._signature_like(), args, kwargs)
+        leaves, treedef = flatten(bound)
+        if treedef != self.in_treedef:
+            raise ArgumentError(f"{self.name}: arguments have structure {treedef}, expected {self.in_treedef}")
+        paths = [p for p, _ in flatten(bound, paths=True)[0]]
+        for i, (key, leaf) in enumerate(zip(self._leaf_keys, leaves)):
+            if key[0] == "static":
+                got = _leaf_key(paths[i], leaf)
+                if got != key:
+                    raise ArgumentError(f"argument {_path_name(paths[i], self._param_names)}: this executable was "
+                                        f"compiled for the constant {key[2]!r}, got {leaf!r}")
+        return self.run_leaves(leaves)
+
+    def _signature_like(self) -> inspect.Signature:
+        return inspect.Signature([inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                                  for n in self._param_names])
+
+
+def _path_name(path: str, names: list[str]) -> str:
+    # flatten paths of the bound-arguments tuple start with "[i]": name the parameter instead
+    m = re.match(r"\[(\d+)\](.*)", path)
+    return f"{names[int(m.group(1))]}{m.group(2)}" if m else path
+
+
+def _bind(name: str, signature: inspect.Signature, args: tuple, kwargs: dict) -> tuple:
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise ArgumentError(f"{name}(): {exc} (signature {name}{signature})") from None
+    bound.apply_defaults()
+    return tuple(bound.arguments.values())
+
+
+class Staged:
+    """A Python function staged with :func:`stage`. Call it with NumPy arrays."""
+
+    def __init__(self, fn: Callable[..., Any], name: str | None = None):
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "staged")
+        self.signature = inspect.signature(fn)
+        self._param_names = list(self.signature.parameters)
+        self._simple = all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+                           for p in self.signature.parameters.values())
+        self._executables: dict[Any, Executable] = {}
+        self._fast: dict[Any, Executable] = {}
+        self.trace_count = 0
+
+    def __repr__(self) -> str:
+        return f"<lantern.stage {self.name}{self.signature}>"
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        return self if obj is None else functools.partial(self, obj)
+
+    # ---------------------------------------------------------- host calls
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if current_frame() is not None:
+            return self._call_while_tracing(args, kwargs)
+        if not kwargs and self._simple and len(args) == len(self._param_names):
+            try:
+                fast_key = tuple((a.shape, a.dtype) for a in args)
+            except AttributeError:
+                fast_key = None
+            if fast_key is not None and all(type(a) is np.ndarray for a in args):
+                exe = self._fast.get(fast_key)
+                if exe is not None:
+                    return exe.run_leaves(list(args))
+        exe, leaves = self._specialize(args, kwargs)
+        if not kwargs and self._simple and len(args) == len(self._param_names) and \
+                all(type(a) is np.ndarray for a in args):
+            self._fast[tuple((a.shape, a.dtype) for a in args)] = exe
+        return exe.run_leaves(leaves)
+
+    def lower(self, *args: Any, **kwargs: Any) -> Executable:
+        """The compiled executable for these arguments: ``.ir``, ``.c_source``, ``.c_path``; callable."""
+        return self._specialize(args, kwargs)[0]
+
+    def _specialize(self, args: tuple, kwargs: dict) -> tuple[Executable, list[Any]]:
+        bound = _bind(self.name, self.signature, args, kwargs)
+        with_paths, treedef = flatten(bound, paths=True)
+        paths = [_path_name(p, self._param_names) for p, _ in with_paths]
+        leaves = [leaf for _, leaf in with_paths]
+        keys = [_leaf_key(p, leaf) for p, leaf in zip(paths, leaves)]
+        key = (treedef, tuple(keys))
+        exe = self._executables.get(key)
+        if exe is None:
+            exe = self._compile(treedef, keys, paths)
+            self._executables[key] = exe
+        return exe, leaves
+
+    def _compile(self, treedef: TreeDef, keys: list[tuple], paths: list[str]) -> Executable:
+        from .codegen import build_native
+
+        builder = ModuleBuilder()
+        specs: list[Any] = [TensorType(k[1], k[2]) if k[0] == "array" else _Static(k[2]) for k in keys]
+        name = trace_function(builder, self, treedef, specs, paths, entry=True)
+        traced = builder.module(name)
+        verify(traced)
+        native, optimized = build_native(traced, self.name)
+        fn = traced.functions[name]
+        return Executable(self.name, self._param_names, treedef, keys, paths, traced, optimized,
+                          builder.out_treedefs[name], list(fn.result_types or ()), native)
+
+    # ---------------------------------------------------------- calls while tracing
+    def _call_while_tracing(self, args: tuple, kwargs: dict) -> Any:
+        frame = current_frame()
+        assert frame is not None
+        bound = _bind(self.name, self.signature, args, kwargs)
+        with_paths, treedef = flatten(bound, paths=True)
+        paths = [_path_name(p, self._param_names) for p, _ in with_paths]
+        leaves: list[Any] = []
+        specs: list[Any] = []
+        for path, leaf in with_paths:
+            if isinstance(leaf, _STATIC_TYPES):
+                specs.append(_Static(leaf))
+                leaves.append(leaf)
+            else:
+                t = ops.asarray(leaf)
+                specs.append(t.type)
+                leaves.append(t)
+        builder = frame.builder
+        name = trace_function(builder, self, treedef, specs, paths, entry=False)
+        fn = builder.functions.get(name) or builder.in_progress[name]
+        if fn.result_types is None:
+            raise UnknownRecursiveResult(name)
+        outs = [Var(t, self.name) for t in fn.result_types]
+        frame.add(Call(outs, loc=user_location(), fn=name, args=[t.var for t in leaves if isinstance(t, Tensor)]))
+        return unflatten(builder.out_treedefs[name], [Tensor(v, frame) for v in outs])
+
+
+@dataclass(frozen=True)
+class _Static:
+    value: Any
+
+
+def trace_function(builder: ModuleBuilder, staged: Staged, treedef: TreeDef, specs: list[Any],
+                   paths: list[str], entry: bool) -> str:
+    """Trace ``staged`` for one signature into ``builder`` (once); return the IR function's name."""
+    key = (id(staged), treedef, tuple((s.value if isinstance(s, _Static) else s) for s in specs),
+           tuple(type(s.value).__name__ for s in specs if isinstance(s, _Static)))
+    existing = builder.specializations.get(key)
+    if existing is not None:
+        return existing
+    name = builder.fresh_name(re.sub(r"\W", "_", staged.name))
+    builder.specializations[key] = name
+    code = getattr(staged.fn, "__code__", None)
+    loc = Loc(code.co_filename, code.co_firstlineno) if code else user_location()
+    fn = Function(name, Block(), None, loc)
+    builder.in_progress[name] = fn
+    staged.trace_count += 1
+    for attempt in range(2):
+        frame = Frame(builder, name)
+        params = [Var(s, _c_hint(p)) for s, p in zip(specs, paths) if isinstance(s, TensorType)]
+        block = Block(params=params)
+        with tracing(frame), frame.block(block):
+            it = iter(params)
+            args = unflatten(treedef, [s.value if isinstance(s, _Static) else Tensor(next(it), frame) for s in specs])
+            try:
+                out = staged.fn(*args)
+            except UnknownRecursiveResult as exc:
+                raise with_location(TraceError, f"the recursive function {staged.name} calls itself before its "
+                                    "result type is known: put the recursive call inside a lantern.cond branch "
+                                    "whose other branch is a base case") from None
+            except LanternError:
+                raise
+            out_leaves, out_td = flatten(out)
+            results = []
+            for x in out_leaves:
+                if not isinstance(x, (Tensor, bool, int, float, np.ndarray, np.generic)):
+                    raise with_location(DTypeError, f"{staged.name} returned a {type(x).__name__}; return "
+                                        "tensors, numbers or nested tuples/lists/dicts of them", loc)
+                results.append(ops.asarray(x).var)
+            block.results = results
+        result_types = tuple(r.type for r in results)
+        retrace = name in builder.needs_retrace and attempt == 0
+        if attempt == 1 and fn.result_types != result_types:
+            raise with_location(DTypeError, f"recursive function {staged.name}: result types "
+                                f"{[str(t) for t in result_types]} differ from those its base case gave "
+                                f"{[str(t) for t in fn.result_types or ()]}", loc)
+        fn.body, fn.result_types = block, result_types
+        builder.out_treedefs[name] = out_td
+        if not retrace:
+            break
+        builder.needs_retrace.discard(name)
+    del builder.in_progress[name]
+    builder.functions[name] = fn
+    return name
+
+
+def stage(fn: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
+    """Decorator: trace ``fn`` per signature, compile it to native code, and call that.
+
+    ``@lantern.stage`` or ``@lantern.stage(name="...")``. The result has ``.lower(*args)``
+    for inspection and is itself callable with NumPy arrays.
+    """
+    if fn is None:
+        return lambda f: Staged(f, name)
+    if isinstance(fn, Staged):
+        return fn
+    return Staged(fn, name)

@@ -1,0 +1,148 @@
+"""``Tensor``: the staged value (the ``Rep[Tensor]`` of Lantern) users compute with while tracing."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+
+from .errors import ConcretizationError, TraceError
+from .ir.nodes import Var
+from .ir.types import TensorType
+from .tracing import with_location
+
+if TYPE_CHECKING:
+    from .tracing import Frame
+
+
+def _ops():
+    from . import ops
+    return ops
+
+
+_CONCRETE_HINT = ("a staged Tensor has no value while the function is traced. For a branch on it use "
+                  "lantern.cond(pred, true_fn, false_fn, *operands) or lantern.where; for a loop whose "
+                  "trip count depends on it use lantern.while_loop or lantern.fori_loop")
+
+
+class Tensor:
+    """A value of the function being traced: static shape and dtype, no data yet."""
+
+    __slots__ = ("var", "frame")
+    __array_ufunc__ = None  # make NumPy defer `ndarray + Tensor` to Tensor.__radd__
+    __array_priority__ = 1000
+
+    def __init__(self, var: Var, frame: Frame):
+        self.var = var
+        self.frame = frame
+
+    # ---------------------------------------------------------- static attributes
+    @property
+    def type(self) -> TensorType:
+        return self.var.type  # type: ignore[return-value]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.type.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return self.type.ndim
+
+    @property
+    def size(self) -> int:
+        return self.type.size
+
+    @property
+    def T(self) -> Tensor:
+        return _ops().transpose(self)
+
+    def __repr__(self) -> str:
+        return f"Tensor({self.type}, staged %{self.var.name})"
+
+    # ---------------------------------------------------------- no concrete value
+    def _concretize(self, what: str) -> Any:
+        raise with_location(ConcretizationError, f"{what} of {self!r}: {_CONCRETE_HINT}")
+
+    def __bool__(self) -> bool:
+        return self._concretize("bool()")
+
+    def __int__(self) -> int:
+        return self._concretize("int()")
+
+    def __float__(self) -> float:
+        return self._concretize("float()")
+
+    def __index__(self) -> int:
+        return self._concretize("use as a Python index")
+
+    def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        return self._concretize("conversion to a NumPy array")
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise with_location(TraceError, "len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __iter__(self) -> Iterator[Tensor]:
+        # A static first axis: iterating unrolls, like a Python for over a list.
+        for i in range(len(self)):
+            yield self[i]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise with_location(TraceError, "staged tensors are immutable; build a new one "
+                            "(lantern.where, lantern.concatenate) instead of assigning into it")
+
+    __hash__ = object.__hash__
+
+    # ---------------------------------------------------------- operators
+    def __add__(self, o): return _ops().add(self, o)
+    def __radd__(self, o): return _ops().add(o, self)
+    def __sub__(self, o): return _ops().subtract(self, o)
+    def __rsub__(self, o): return _ops().subtract(o, self)
+    def __mul__(self, o): return _ops().multiply(self, o)
+    def __rmul__(self, o): return _ops().multiply(o, self)
+    def __truediv__(self, o): return _ops().divide(self, o)
+    def __rtruediv__(self, o): return _ops().divide(o, self)
+    def __floordiv__(self, o): return _ops().floor_divide(self, o)
+    def __rfloordiv__(self, o): return _ops().floor_divide(o, self)
+    def __mod__(self, o): return _ops().mod(self, o)
+    def __rmod__(self, o): return _ops().mod(o, self)
+    def __pow__(self, o): return _ops().power(self, o)
+    def __rpow__(self, o): return _ops().power(o, self)
+    def __matmul__(self, o): return _ops().matmul(self, o)
+    def __rmatmul__(self, o): return _ops().matmul(o, self)
+    def __neg__(self): return _ops().negative(self)
+    def __pos__(self): return self
+    def __abs__(self): return _ops().abs(self)
+    def __invert__(self): return _ops().logical_not(self)
+    def __and__(self, o): return _ops().logical_and(self, o)
+    def __rand__(self, o): return _ops().logical_and(o, self)
+    def __or__(self, o): return _ops().logical_or(self, o)
+    def __ror__(self, o): return _ops().logical_or(o, self)
+    def __lt__(self, o): return _ops().less(self, o)
+    def __le__(self, o): return _ops().less_equal(self, o)
+    def __gt__(self, o): return _ops().greater(self, o)
+    def __ge__(self, o): return _ops().greater_equal(self, o)
+    def __eq__(self, o): return _ops().equal(self, o)  # type: ignore[override]
+    def __ne__(self, o): return _ops().not_equal(self, o)  # type: ignore[override]
+    def __getitem__(self, key): return _ops().getitem(self, key)
+
+    # ---------------------------------------------------------- NumPy-style methods
+    def sum(self, axis=None, keepdims=False): return _ops().sum(self, axis, keepdims)
+    def mean(self, axis=None, keepdims=False): return _ops().mean(self, axis, keepdims)
+    def max(self, axis=None, keepdims=False): return _ops().max(self, axis, keepdims)
+    def min(self, axis=None, keepdims=False): return _ops().min(self, axis, keepdims)
+    def argmax(self, axis=None, keepdims=False): return _ops().argmax(self, axis, keepdims)
+    def argmin(self, axis=None, keepdims=False): return _ops().argmin(self, axis, keepdims)
+    def reshape(self, *shape): return _ops().reshape(self, shape[0] if len(shape) == 1 else shape)
+    def transpose(self, *axes): return _ops().transpose(self, (axes[0] if len(axes) == 1 else axes) or None)
+    def swapaxes(self, a, b): return _ops().swapaxes(self, a, b)
+    def squeeze(self, axis=None): return _ops().squeeze(self, axis)
+    def flatten(self): return _ops().reshape(self, (-1,))
+    def ravel(self): return _ops().reshape(self, (-1,))
+    def astype(self, dtype): return _ops().astype(self, dtype)
+    def clip(self, lo=None, hi=None): return _ops().clip(self, lo, hi)

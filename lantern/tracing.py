@@ -1,0 +1,127 @@
+"""Trace state: the module being built, the open blocks, and statement emission.
+
+A :class:`Frame` is one function being traced. Its ``blocks`` stack is the lexical
+scope: statements go to the innermost block, and a value may be used only while the
+block that defined it is open (so a value computed inside a ``cond`` branch cannot
+leak out of it).
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Iterator, TypeVar
+
+from .errors import LanternError, TraceError
+from .ir import primitives
+from .ir.nodes import Block, Function, Module, Op, Stmt, Var
+from .ir.types import TensorType
+from .source import Loc, user_location
+
+E = TypeVar("E", bound=LanternError)
+
+
+def with_location(exc_type: type[E], message: str, loc: Loc | None = None) -> E:
+    """An exception whose message ends with the user's file:line."""
+    loc = loc or user_location()
+    return exc_type(f"{message} (at {loc})")
+
+
+class ModuleBuilder:
+    """Collects the functions of one staged program."""
+
+    def __init__(self) -> None:
+        self.functions: dict[str, Function] = {}
+        self.specializations: dict[Any, str] = {}  # (staged function, signature) -> function name
+        self.in_progress: dict[str, Function] = {}
+        self.needs_retrace: set[str] = set()
+        self.out_treedefs: dict[str, Any] = {}  # function name -> structure of its results
+
+    def fresh_name(self, base: str) -> str:
+        name, n = base, 1
+        while name in self.functions or name in self.in_progress:
+            n += 1
+            name = f"{base}_{n}"
+        return name
+
+    def module(self, entry: str) -> Module:
+        return Module(dict(self.functions), entry)
+
+
+class Frame:
+    """One function under trace."""
+
+    def __init__(self, builder: ModuleBuilder, function_name: str):
+        self.builder = builder
+        self.function_name = function_name
+        self.blocks: list[Block] = []
+        self.owner: dict[int, Block] = {}  # var id -> defining block
+
+    @contextlib.contextmanager
+    def block(self, block: Block) -> Iterator[Block]:
+        self.blocks.append(block)
+        for p in block.params:
+            self.owner[p.id] = block
+        try:
+            yield block
+        finally:
+            self.blocks.pop()
+
+    def check_in_scope(self, var: Var, what: str) -> None:
+        owner = self.owner.get(var.id)
+        if owner is None or not any(owner is b for b in self.blocks):
+            raise with_location(TraceError, f"{what}: a value computed inside a lantern.cond branch, loop body "
+                                "or another staged function is used outside it; return it from there instead")
+
+    def add(self, stmt: Stmt) -> None:
+        for v in stmt.operands():
+            self.check_in_scope(v, type(stmt).__name__.lower())
+        self.blocks[-1].stmts.append(stmt)
+        for o in stmt.outs:
+            self.owner[o.id] = self.blocks[-1]
+
+    def emit(self, prim: str, args: list[Var], attrs: dict[str, Any] | None = None, hint: str | None = None) -> Var:
+        """Append ``prim(*args, **attrs)`` to the current block and return its result variable."""
+        attrs = attrs or {}
+        loc = user_location()
+        try:
+            out_type = primitives.infer(prim, [a.type for a in args], attrs)
+        except LanternError as exc:
+            raise with_location(type(exc), str(exc), loc) from None
+        out = Var(out_type, hint or prim)
+        self.add(Op([out], loc=loc, prim=prim, args=list(args), attrs=attrs))
+        return out
+
+
+_state = threading.local()
+
+
+def current_frame() -> Frame | None:
+    stack = getattr(_state, "frames", None)
+    return stack[-1] if stack else None
+
+
+def require_frame(what: str) -> Frame:
+    frame = current_frame()
+    if frame is None:
+        raise with_location(TraceError, f"{what} can only be used inside a function staged with @lantern.stage")
+    return frame
+
+
+@contextlib.contextmanager
+def tracing(frame: Frame) -> Iterator[Frame]:
+    stack = getattr(_state, "frames", None)
+    if stack is None:
+        stack = _state.frames = []
+    stack.append(frame)
+    try:
+        yield frame
+    finally:
+        stack.pop()
+
+
+def is_tracing() -> bool:
+    return current_frame() is not None
+
+
+def new_var(type_: TensorType, hint: str = "t") -> Var:
+    return Var(type_, hint)

@@ -1,0 +1,185 @@
+/*
+ * lantern_runtime.h -- the runtime every generated C file includes.
+ *
+ * Header-only, so each compiled module is self-contained:
+ *   - an arena allocator with stack discipline (lt_mark / lt_alloc / lt_release);
+ *   - error reporting: lt_fail() records a message and unwinds to the entry point;
+ *   - scalar helpers with NumPy semantics (NaN-propagating max/min, floor division,
+ *     integer powers, saturating float-to-int casts);
+ *   - BLAS (OpenBLAS from the scipy-openblas32 wheel) for large matrix products.
+ */
+#ifndef LANTERN_RUNTIME_H
+#define LANTERN_RUNTIME_H
+
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef LANTERN_USE_BLAS
+#include <cblas.h> /* scipy-openblas32 prefixes its symbols with scipy_ */
+#define lt_cblas_sgemm scipy_cblas_sgemm
+#define lt_cblas_dgemm scipy_cblas_dgemm
+#endif
+
+typedef uint8_t lt_bool;
+
+/* ------------------------------------------------------------------ errors */
+
+enum { LT_OK = 0, LT_ERR_INDEX = 1, LT_ERR_MEMORY = 2 };
+
+static _Thread_local jmp_buf lt_unwind;
+static _Thread_local char lt_error_text[1024];
+
+/* Record an error and unwind to the entry point (which releases the arena). */
+__attribute__((noreturn, format(printf, 2, 3), cold))
+static inline void lt_fail(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(lt_error_text, sizeof lt_error_text, fmt, ap);
+    va_end(ap);
+    longjmp(lt_unwind, code);
+}
+
+/* Check a staged index against an axis of size n; negative indices wrap like NumPy. */
+static inline int64_t lt_index(int64_t i, int64_t n, const char *where)
+{
+    if (i < 0)
+        i += n;
+    if (i < 0 || i >= n)
+        lt_fail(LT_ERR_INDEX, "%s: index %lld is out of bounds for an axis of size %lld",
+                where, (long long)(i < 0 ? i - n : i), (long long)n);
+    return i;
+}
+
+/* ------------------------------------------------------------------ arena */
+
+/*
+ * Intermediates live in a chain of chunks. A mark is (chunk, offset); releasing a mark
+ * frees everything allocated after it in O(1). Chunks are kept for reuse, so a function
+ * called in a loop allocates from the system only on its first call.
+ */
+typedef struct lt_chunk {
+    struct lt_chunk *next;
+    size_t size, used;
+    _Alignas(64) unsigned char data[];
+} lt_chunk;
+
+typedef struct {
+    lt_chunk *chunk;
+    size_t used;
+} lt_mark_t;
+
+static _Thread_local lt_chunk *lt_arena_first, *lt_arena_current;
+
+static inline lt_mark_t lt_mark(void)
+{
+    lt_mark_t m = { lt_arena_current, lt_arena_current ? lt_arena_current->used : 0 };
+    return m;
+}
+
+static inline void lt_release(lt_mark_t m)
+{
+    lt_arena_current = m.chunk ? m.chunk : lt_arena_first;
+    if (lt_arena_current)
+        lt_arena_current->used = m.chunk ? m.used : 0;
+}
+
+__attribute__((cold)) static inline void *lt_alloc_slow(size_t n)
+{
+    lt_chunk *c = lt_arena_current ? lt_arena_current->next : lt_arena_first;
+    while (c && c->size < n)  /* skip reusable chunks that are too small */
+        c = c->next;
+    if (!c) {
+        size_t last = lt_arena_current ? lt_arena_current->size : 0;
+        size_t size = n > 2 * last ? n : 2 * last;
+        if (size < ((size_t)1 << 20))
+            size = (size_t)1 << 20;
+        c = aligned_alloc(64, (sizeof(lt_chunk) + size + 63) & ~(size_t)63);
+        if (!c)
+            lt_fail(LT_ERR_MEMORY, "out of memory allocating %zu bytes for intermediates", n);
+        c->size = size;
+        if (lt_arena_current) {
+            c->next = lt_arena_current->next;
+            lt_arena_current->next = c;
+        } else {
+            c->next = lt_arena_first;
+            lt_arena_first = c;
+        }
+    }
+    c->used = n;
+    lt_arena_current = c;
+    return c->data;
+}
+
+/* n bytes, 64-byte aligned, valid until the enclosing mark is released. */
+static inline void *lt_alloc(size_t n)
+{
+    n = (n + 63) & ~(size_t)63;
+    lt_chunk *c = lt_arena_current;
+    if (c && c->used + n <= c->size) {
+        void *p = c->data + c->used;
+        c->used += n;
+        return p;
+    }
+    return lt_alloc_slow(n);
+}
+
+/* ------------------------------------------------------------------ scalar helpers */
+
+#define LT_DEFINE_MINMAX(T, SUF)                                                        \
+    static inline T lt_max_##SUF(T a, T b) { return (a > b || a != a) ? a : b; }        \
+    static inline T lt_min_##SUF(T a, T b) { return (a < b || a != a) ? a : b; }
+LT_DEFINE_MINMAX(float, f32)
+LT_DEFINE_MINMAX(double, f64)
+LT_DEFINE_MINMAX(int32_t, i32)
+LT_DEFINE_MINMAX(int64_t, i64)
+
+/* Python semantics for // and % on integers; division by zero gives 0, as NumPy does. */
+#define LT_DEFINE_INTDIV(T, SUF)                                                        \
+    static inline T lt_floordiv_##SUF(T a, T b)                                         \
+    {                                                                                   \
+        if (b == 0) return 0;                                                           \
+        if (b == -1) return (T)(0 - (uint64_t)a);                                        \
+        T q = a / b;                                                                    \
+        return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;                        \
+    }                                                                                   \
+    static inline T lt_mod_##SUF(T a, T b)                                              \
+    {                                                                                   \
+        if (b == 0 || b == -1) return 0;                                                \
+        T r = a % b;                                                                    \
+        return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;                            \
+    }                                                                                   \
+    static inline T lt_ipow_##SUF(T a, T b)                                             \
+    {                                                                                   \
+        if (b < 0) return a == 1 ? 1 : a == -1 ? ((b & 1) ? -1 : 1) : 0;                \
+        uint64_t r = 1, x = (uint64_t)a;                                                \
+        for (; b; b >>= 1, x *= x)                                                      \
+            if (b & 1) r *= x;                                                          \
+        return (T)r;                                                                    \
+    }
+LT_DEFINE_INTDIV(int32_t, i32)
+LT_DEFINE_INTDIV(int64_t, i64)
+
+/* Float to integer: NaN gives 0 and out-of-range values saturate (C leaves both undefined). */
+#define LT_DEFINE_TOINT(F, FS, T, TS, LO, HI)                                           \
+    static inline T lt_##FS##_to_##TS(F x)                                              \
+    {                                                                                   \
+        if (x != x) return 0;                                                           \
+        if (x <= (F)(LO)) return LO;                                                    \
+        if (x >= (F)(HI)) return HI;                                                    \
+        return (T)x;                                                                    \
+    }
+LT_DEFINE_TOINT(float, f32, int32_t, i32, INT32_MIN, INT32_MAX)
+LT_DEFINE_TOINT(float, f32, int64_t, i64, INT64_MIN, INT64_MAX)
+LT_DEFINE_TOINT(double, f64, int32_t, i32, INT32_MIN, INT32_MAX)
+LT_DEFINE_TOINT(double, f64, int64_t, i64, INT64_MIN, INT64_MAX)
+
+static inline float lt_sigmoid_f32(float x) { return 1.0f / (1.0f + expf(-x)); }
+static inline double lt_sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
+
+#endif /* LANTERN_RUNTIME_H */

@@ -1,0 +1,20 @@
+import os
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty compile cache for tests that count compiles."""
+    monkeypatch.setenv("LANTERN_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def pytest_configure(config):
+    os.environ.setdefault("LANTERN_NUM_THREADS", "1")
