@@ -47,7 +47,11 @@ def compiler() -> list[str]:
 
 
 def user_cflags() -> list[str]:
-    return shlex.split(os.environ.get("CFLAGS", DEFAULT_CFLAGS))
+    """``$CFLAGS`` (default ``-O3 -march=native``); ``LANTERN_WERROR=1`` adds ``-Werror`` (the tests set it)."""
+    flags = shlex.split(os.environ.get("CFLAGS", DEFAULT_CFLAGS))
+    if os.environ.get("LANTERN_WERROR") == "1":
+        flags.append("-Werror")
+    return flags
 
 
 @functools.lru_cache(maxsize=None)

@@ -165,7 +165,11 @@ def _binary(prim: str, ufunc: Callable[..., Any], a: ArrayLike, b: ArrayLike, *,
     if compute == "bool" and prim in ("maximum", "minimum"):
         prim = "logical_or" if prim == "maximum" else "logical_and"
     ta, tb = _lift_as(a, compute), _lift_as(b, compute)
-    return _emit(frame, prim, [ta, tb])
+    return _emit(frame, prim, [ta, tb], hint=_HINTS.get(prim))
+
+
+# Readable variable names for comparison results (and none starting with the runtime's lt_).
+_HINTS = {"lt": "less", "le": "less_eq", "gt": "greater", "ge": "greater_eq", "eq": "equal", "ne": "not_equal"}
 
 
 def add(a: ArrayLike, b: ArrayLike) -> Tensor: return _binary("add", np.add, a, b)
@@ -596,8 +600,9 @@ def getitem(x: Tensor, key: Any) -> Tensor:
         raise with_location(TraceError, "an index can only have a single ellipsis ('...')")
     if consumed > x.ndim:
         raise with_location(OutOfBoundsError, f"too many indices for a tensor of shape {x.shape}: {len(key)} given")
-    if Ellipsis in key:
-        i = key.index(Ellipsis)
+    ellipsis = [i for i, k in enumerate(key) if k is Ellipsis]
+    if ellipsis:
+        i = ellipsis[0]
         key = key[:i] + (slice(None),) * (x.ndim - consumed) + key[i + 1:]
     else:
         key = key + (slice(None),) * (x.ndim - consumed)

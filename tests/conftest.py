@@ -18,3 +18,5 @@ def fresh_cache(tmp_path, monkeypatch):
 
 def pytest_configure(config):
     os.environ.setdefault("LANTERN_NUM_THREADS", "1")
+    # Generated C must compile without warnings: every test compile treats them as errors.
+    os.environ.setdefault("LANTERN_WERROR", "1")
