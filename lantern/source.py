@@ -6,21 +6,25 @@ import os
 import sys
 from dataclasses import dataclass
 
-_PACKAGE_ROOTS: tuple[str, ...] = ()
+# The machinery of tracing. Frames in these files are never "the user's line"; library
+# code written *with* lantern (lantern/demo.py, models, nn layers) is, so C comments can
+# point at it.
+_INTERNAL_MODULES = ("__init__", "control", "errors", "ops", "source", "staging", "tensor", "tracing", "tree")
+_INTERNAL: tuple[str, ...] = ()
 
 
-def _package_roots() -> tuple[str, ...]:
-    global _PACKAGE_ROOTS
-    if not _PACKAGE_ROOTS:
+def _internal_prefixes() -> tuple[str, ...]:
+    global _INTERNAL
+    if not _INTERNAL:
         import lantern
-        roots = {os.path.dirname(os.path.abspath(lantern.__file__)) + os.sep}
-        try:
-            import lantern.codegen as cg
-            roots.add(os.path.dirname(os.path.abspath(cg.__file__)) + os.sep)
-        except ImportError:  # pragma: no cover - codegen is part of the package
-            pass
-        _PACKAGE_ROOTS = tuple(sorted(roots))
-    return _PACKAGE_ROOTS
+        import lantern.codegen
+        import lantern.ir
+        pkg = os.path.dirname(os.path.abspath(lantern.__file__))
+        prefixes = [os.path.join(pkg, f"{m}.py") for m in _INTERNAL_MODULES]
+        for sub in (lantern.ir, lantern.codegen):
+            prefixes.append(os.path.dirname(os.path.abspath(sub.__file__)) + os.sep)
+        _INTERNAL = tuple(prefixes)
+    return _INTERNAL
 
 
 @dataclass(frozen=True)
@@ -42,12 +46,12 @@ UNKNOWN = Loc("<unknown>", 0)
 
 
 def user_location() -> Loc:
-    """The innermost stack frame outside the lantern package."""
-    roots = _package_roots()
+    """The innermost stack frame outside lantern's tracing machinery."""
+    internal = _internal_prefixes()
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not filename.startswith(roots) and not filename.startswith("<frozen"):
+        if not filename.startswith(internal) and not filename.startswith("<frozen"):
             return Loc(filename, frame.f_lineno)
         frame = frame.f_back
     return UNKNOWN
