@@ -27,8 +27,8 @@ def _stmt_lines(stmt: Stmt, indent: str) -> list[str]:
     where = f"    # {stmt.loc}" if stmt.loc.line else ""
     inner = indent + "  "
     if isinstance(stmt, Op):
-        attrs = "".join(f", {k}={_attr(v)}" for k, v in stmt.attrs.items())
-        return [f"{indent}{outs}{stmt.prim}({_vars(stmt.args)}{attrs}){where}"]
+        operands = [f"%{v.name}" for v in stmt.args] + [f"{k}={_attr(v)}" for k, v in stmt.attrs.items()]
+        return [f"{indent}{outs}{stmt.prim}({', '.join(operands)}){where}"]
     if isinstance(stmt, If):
         return [f"{indent}{outs}if %{stmt.pred.name}:{where}", *_block_lines(stmt.then_block, inner),
                 f"{indent}else:", *_block_lines(stmt.else_block, inner)]
