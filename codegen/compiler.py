@@ -99,15 +99,46 @@ def _readable(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_]+", "_", name)[:48] or "fn"
 
 
-def compile_c(text: str, name: str, uses_blas: bool) -> Artifact:
-    """Compile ``text`` to a shared object (or find it in the cache); ``name`` makes file names readable."""
+#: Numbered names the emitter makes from IR variables (never the runtime's ``lt_``/``LT_`` names).
+_NUMBERED = re.compile(r"\b(?!lt_|LT_|scipy_|cblas_|_)([A-Za-z]\w*)_(\d+)\b")
+
+
+def canonical_text(text: str) -> str:
+    """``text`` with every numbered name (``h_12``) renumbered in order of first appearance.
+
+    Variable ids come from a process-wide counter, so the same function traced after
+    different work gets different names. Two C texts with the same canonical form differ
+    only by a consistent (one-to-one) renaming of identifiers, so they compile to the same
+    code: the cache key is computed from this form, and a fresh process finds the binary.
+    """
+    numbers: dict[str, int] = {}
+
+    def renumber(m: re.Match) -> str:
+        n = numbers.setdefault(m.group(0), len(numbers) + 1)
+        return f"{m.group(1)}_{n}"
+
+    return _NUMBERED.sub(renumber, text)
+
+
+def cache_key(text: str, uses_blas: bool) -> str:
+    """Hash of everything that determines the shared object's bytes (see the module docstring)."""
     cc, flags = compiler(), user_cflags()
     h = hashlib.sha256()
-    for part in (VERSION, text, RUNTIME_HEADER.read_text(), _compiler_identity(tuple(cc), tuple(flags)),
-                 " ".join(BASE_FLAGS + flags), repr(blas_paths()) if uses_blas else ""):
+    for part in (VERSION, canonical_text(text), RUNTIME_HEADER.read_text(), " ".join(cc),
+                 _compiler_identity(tuple(cc), tuple(flags)), " ".join(BASE_FLAGS + flags),
+                 repr(blas_paths()) if uses_blas else ""):
         h.update(part.encode())
         h.update(b"\0")
-    key = h.hexdigest()[:32]
+    return h.hexdigest()[:32]
+
+
+def compile_c(text: str, name: str, uses_blas: bool) -> Artifact:
+    """Compile ``text`` to a shared object (or find it in the cache); ``name`` makes file names readable.
+
+    On a cache hit ``c_path`` is the C file the cached binary was compiled from; its numbered
+    names may differ from ``text`` (see :func:`canonical_text`).
+    """
+    key = cache_key(text, uses_blas)
     base = f"{_readable(name)}-{key}"
     directory = cache_dir() / key[:2]
     so_path, c_path = directory / f"{base}.so", directory / f"{base}.c"
@@ -140,9 +171,13 @@ def compile_c(text: str, name: str, uses_blas: bool) -> Artifact:
 
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _dump(text: str, base: str) -> None:
