@@ -323,6 +323,10 @@ class FunctionEmitter:
         dtype = out.type.dtype  # type: ignore[union-attr]
         if op.prim == "reduce_sum":
             init, combine = literal(0, dtype), (lambda acc, v: f"{acc} + {v}")
+        elif dtype == "bool":  # max is any, min is all
+            is_max = op.prim == "reduce_max"
+            init = "0" if is_max else "1"
+            combine = lambda acc, v: f"({acc} {'||' if is_max else '&&'} {v})"  # noqa: E731
         else:
             fn = "max" if op.prim == "reduce_max" else "min"
             sfx = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64"}[dtype]

@@ -203,17 +203,10 @@ def divide(a: ArrayLike, b: ArrayLike) -> Tensor:
 
 
 def floor_divide(a: ArrayLike, b: ArrayLike) -> Tensor:
-    dtype = _promote("floordiv", np.floor_divide, a, b)
-    if dtype in FLOAT_DTYPES:
-        return floor(divide(_lift_as(a, dtype), _lift_as(b, dtype)))
     return _binary("floordiv", np.floor_divide, a, b)
 
 
 def mod(a: ArrayLike, b: ArrayLike) -> Tensor:
-    dtype = _promote("mod", np.remainder, a, b)
-    if dtype in FLOAT_DTYPES:
-        ta, tb = _lift_as(a, dtype), _lift_as(b, dtype)
-        return subtract(ta, multiply(floor(divide(ta, tb)), tb))
     return _binary("mod", np.remainder, a, b)
 
 

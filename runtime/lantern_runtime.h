@@ -165,6 +165,41 @@ LT_DEFINE_MINMAX(int64_t, i64)
 LT_DEFINE_INTDIV(int32_t, i32)
 LT_DEFINE_INTDIV(int64_t, i64)
 
+/* Python semantics for // and % on floats, computed exactly as NumPy does (npy_divmod):
+ * 1.0 // 0.1 == 9.0, not floor(1.0 / 0.1) == 10.0; the remainder takes the divisor's sign. */
+#define LT_DEFINE_FLOATDIV(F, SUF, FMOD, FLOOR, COPYSIGN)                               \
+    static inline F lt_divmod_##SUF(F a, F b, F *modulus)                               \
+    {                                                                                   \
+        F mod = FMOD(a, b);                                                             \
+        if (!b) {                                                                       \
+            *modulus = mod;                                                             \
+            return a / b;                                                               \
+        }                                                                               \
+        F div = (a - mod) / b;                                                          \
+        if (mod) {                                                                      \
+            if (isless(b, 0) != isless(mod, 0)) {                                       \
+                mod += b;                                                               \
+                div -= 1;                                                               \
+            }                                                                           \
+        } else {                                                                        \
+            mod = COPYSIGN(0, b);                                                       \
+        }                                                                               \
+        F q;                                                                            \
+        if (div) {                                                                      \
+            q = FLOOR(div);                                                             \
+            if (isgreater(div - q, (F)0.5))                                             \
+                q += 1;                                                                 \
+        } else {                                                                        \
+            q = COPYSIGN(0, a / b);                                                     \
+        }                                                                               \
+        *modulus = mod;                                                                 \
+        return q;                                                                       \
+    }                                                                                   \
+    static inline F lt_floordiv_##SUF(F a, F b) { F m; return lt_divmod_##SUF(a, b, &m); } \
+    static inline F lt_mod_##SUF(F a, F b) { F m; lt_divmod_##SUF(a, b, &m); return m; }
+LT_DEFINE_FLOATDIV(float, f32, fmodf, floorf, copysignf)
+LT_DEFINE_FLOATDIV(double, f64, fmod, floor, copysign)
+
 /* Float to integer: NaN gives 0 and out-of-range values saturate (C leaves both undefined). */
 #define LT_DEFINE_TOINT(F, FS, T, TS, LO, HI)                                           \
     static inline T lt_##FS##_to_##TS(F x)                                              \

@@ -83,12 +83,12 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
         return (1 / (1 + np.exp(-x))).astype(x.dtype)
 
 
-def _int_floordiv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _floordiv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.floor_divide(a, b)
 
 
-def _int_mod(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _mod(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.remainder(a, b)
 
@@ -132,8 +132,10 @@ for _name, _fn in {"add": np.add, "sub": np.subtract, "mul": np.multiply,
     _elementwise(_name, 2, _fn, allowed=_NUMERIC)
 _elementwise("div", 2, _errstate(np.true_divide), allowed=_FLOAT)
 _elementwise("pow", 2, _ipow, allowed=_NUMERIC)
-_elementwise("floordiv", 2, _int_floordiv, allowed=_INT, differentiable=False)
-_elementwise("mod", 2, _int_mod, allowed=_INT, differentiable=False)
+# Python semantics (floor division; the remainder has the divisor's sign) for every numeric
+# dtype; floats follow NumPy's divmod exactly (1.0 // 0.1 == 9.0), integer division by zero gives 0.
+_elementwise("floordiv", 2, _floordiv, allowed=_NUMERIC, differentiable=False)
+_elementwise("mod", 2, _mod, allowed=_NUMERIC)
 for _name, _fn in {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal,
                    "gt": np.greater, "ge": np.greater_equal}.items():
     _elementwise(_name, 2, _fn, out_dtype="bool", differentiable=False)
