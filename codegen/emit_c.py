@@ -563,11 +563,16 @@ class FunctionEmitter:
                 nexts.append(None)
         return nexts
 
-    def bind_params(self, params: list[Var], outs: list[Var]) -> None:
+    def bind_params(self, params: list[Var], outs: list[Var], block: Block) -> None:
+        """Bind a loop block's parameters to the carried state (scalars by copy, when read)."""
+        from lantern.ir.nodes import walk_stmts
+        read = {v.id for s in walk_stmts(block) for v in s.operands()} | {r.id for r in block.results}
         for p, o in zip(params, outs):
             s = self.storage[o.id]
             if s.kind == "pointer":
                 self.storage[p.id] = _Storage("pointer", s.name)
+            elif p.id not in read:
+                continue  # an unread C local would draw -Wunused-variable
             else:
                 self.storage[p.id] = _Storage("scalar", self.name(p))
                 self.line(f"{self.ctype(p)} {self.name(p)} = {s.name};")
@@ -595,7 +600,7 @@ class FunctionEmitter:
         self.open(f"for (int64_t {self.name(i)} = {self.load(stmt.lo, '0')}; {self.name(i)} < {hi}; {self.name(i)}++)")
         mark = self.fresh("iteration")
         self.line(f"lt_mark_t {mark} = lt_mark();")
-        self.bind_params(carried, stmt.outs)
+        self.bind_params(carried, stmt.outs, stmt.body)
         self.last_loc = None
         self.block_stmts(stmt.body)
         self.update_state(stmt.outs, nexts, stmt.body.results)
@@ -609,14 +614,14 @@ class FunctionEmitter:
         self.open("for (;;)")
         mark = self.fresh("iteration")
         self.line(f"lt_mark_t {mark} = lt_mark();")
-        self.bind_params(stmt.cond.params, stmt.outs)
+        self.bind_params(stmt.cond.params, stmt.outs, stmt.cond)
         self.last_loc = None
         self.block_stmts(stmt.cond)
         self.open(f"if (!{self.load(stmt.cond.results[0], '0')})")
         self.line(f"lt_release({mark});")
         self.line("break;")
         self.close()
-        self.bind_params(stmt.body.params, stmt.outs)
+        self.bind_params(stmt.body.params, stmt.outs, stmt.body)
         self.block_stmts(stmt.body)
         self.update_state(stmt.outs, nexts, stmt.body.results)
         self.line(f"lt_release({mark});")
