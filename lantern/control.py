@@ -14,7 +14,7 @@ from . import ops
 from .errors import DTypeError, ShapeError
 from .ir.nodes import Block, If, Loop, Var, While
 from .ir.types import TensorType, scalar
-from .source import user_location
+from .source import Loc, user_location
 from .tensor import Tensor
 from .tracing import Frame, require_frame, with_location
 from .tree import TreeDef, flatten, unflatten
@@ -23,9 +23,10 @@ from .tree import TreeDef, flatten, unflatten
 class UnknownRecursiveResult(Exception):
     """Internal: a recursive call whose result type is not known yet (see ``staging``)."""
 
-    def __init__(self, function_name: str):
+    def __init__(self, function_name: str, loc: Loc):
         super().__init__(function_name)
         self.function_name = function_name
+        self.loc = loc  # the user's line with the recursive call
 
 
 def _is_weak(x: Any) -> bool:
@@ -54,6 +55,8 @@ def _trace(frame: Frame, fn: Callable[..., Any], params: list[Var], make_args: C
             if not isinstance(x, Tensor) and not isinstance(x, (bool, int, float, np.ndarray, np.generic)):
                 raise with_location(DTypeError, f"a traced body returned {type(x).__name__}; "
                                     "return tensors, numbers or nested tuples/lists/dicts of them")
+            if isinstance(x, Tensor):
+                frame.check_result(x, "a traced body's result")
             tensors.append(ops.asarray(x))
         block.results = [t.var for t in tensors]
     return _Traced(block, treedef, tensors, weak)

@@ -263,7 +263,7 @@ class Staged:
         name = trace_function(builder, self, treedef, specs, paths, entry=False)
         fn = builder.functions.get(name) or builder.in_progress[name]
         if fn.result_types is None:
-            raise UnknownRecursiveResult(name)
+            raise UnknownRecursiveResult(name, user_location())
         outs = [Var(t, self.name) for t in fn.result_types]
         frame.add(Call(outs, loc=user_location(), fn=name, args=[t.var for t in leaves if isinstance(t, Tensor)]))
         return unflatten(builder.out_treedefs[name], [Tensor(v, frame) for v in outs])
@@ -272,6 +272,19 @@ class Staged:
 @dataclass(frozen=True)
 class _Static:
     value: Any
+
+
+#: How often a recursive function may be traced while its result types settle (a base case
+#: returning Python numbers may be widened by the recursive branch, e.g. 0.0 -> float64).
+_MAX_TRACES = 4
+
+
+def _forget(builder: ModuleBuilder, keys: set[Any]) -> None:
+    """Drop the specializations ``keys`` (and their functions), so they are traced again."""
+    for k in keys:
+        fname = builder.specializations.pop(k)
+        builder.functions.pop(fname, None)
+        builder.out_treedefs.pop(fname, None)
 
 
 def trace_function(builder: ModuleBuilder, staged: Staged, treedef: TreeDef, specs: list[Any],
@@ -289,7 +302,12 @@ def trace_function(builder: ModuleBuilder, staged: Staged, treedef: TreeDef, spe
     fn = Function(name, Block(), None, loc)
     builder.in_progress[name] = fn
     staged.trace_count += 1
-    for attempt in range(2):
+    prev: tuple | None = None
+    for attempt in range(_MAX_TRACES):
+        # Functions first traced during this attempt may have typed a recursive call of this
+        # one from a placeholder; they are traced again whenever this attempt is redone.
+        before = set(builder.specializations)
+        builder.needs_retrace.discard(name)
         frame = Frame(builder, name)
         params = [Var(s, _c_hint(p)) for s, p in zip(specs, paths) if isinstance(s, TensorType)]
         block = Block(params=params)
@@ -299,30 +317,41 @@ def trace_function(builder: ModuleBuilder, staged: Staged, treedef: TreeDef, spe
             try:
                 out = staged.fn(*args)
             except UnknownRecursiveResult as exc:
+                _forget(builder, set(builder.specializations) - before)
+                if exc.function_name != name:
+                    # A function further out is still being traced: its cond handles this.
+                    _forget(builder, {key})
+                    del builder.in_progress[name]
+                    raise
                 raise with_location(TraceError, f"the recursive function {staged.name} calls itself before its "
                                     "result type is known: put the recursive call inside a lantern.cond branch "
-                                    "whose other branch is a base case") from None
-            except LanternError:
-                raise
+                                    "whose other branch is a base case", exc.loc) from None
             out_leaves, out_td = flatten(out)
             results = []
             for x in out_leaves:
                 if not isinstance(x, (Tensor, bool, int, float, np.ndarray, np.generic)):
                     raise with_location(DTypeError, f"{staged.name} returned a {type(x).__name__}; return "
                                         "tensors, numbers or nested tuples/lists/dicts of them", loc)
+                if isinstance(x, Tensor):
+                    # The function has returned: point at it (the return line is gone).
+                    frame.check_result(x, f"the result of {staged.name}", loc)
                 results.append(ops.asarray(x).var)
             block.results = results
         result_types = tuple(r.type for r in results)
-        retrace = name in builder.needs_retrace and attempt == 0
-        if attempt == 1 and fn.result_types != result_types:
-            raise with_location(DTypeError, f"recursive function {staged.name}: result types "
-                                f"{[str(t) for t in result_types]} differ from those its base case gave "
-                                f"{[str(t) for t in fn.result_types or ()]}", loc)
+        # Recursive calls in this attempt were typed as `prev` (attempt 0: from the base case
+        # only, and marked for a retrace); stop once a trace reproduces the types it assumed.
+        retrace = name in builder.needs_retrace if attempt == 0 else (out_td, result_types) != prev
+        prev = (out_td, result_types)
         fn.body, fn.result_types = block, result_types
         builder.out_treedefs[name] = out_td
         if not retrace:
             break
-        builder.needs_retrace.discard(name)
+        _forget(builder, set(builder.specializations) - before)
+    else:
+        raise with_location(DTypeError, f"recursive function {staged.name}: its result types do not settle; "
+                            f"the last trace gave {[str(t) for t in result_types]} ({out_td}) after assuming "
+                            "different ones for its recursive calls", loc)
+    builder.needs_retrace.discard(name)
     del builder.in_progress[name]
     builder.functions[name] = fn
     return name

@@ -66,11 +66,23 @@ class Frame:
         finally:
             self.blocks.pop()
 
-    def check_in_scope(self, var: Var, what: str) -> None:
+    def check_in_scope(self, var: Var, what: str, loc: Loc | None = None) -> None:
         owner = self.owner.get(var.id)
-        if owner is None or not any(owner is b for b in self.blocks):
-            raise with_location(TraceError, f"{what}: a value computed inside a lantern.cond branch, loop body "
-                                "or another staged function is used outside it; return it from there instead")
+        if owner is None:
+            raise with_location(TraceError, f"{what}: %{var.name} belongs to another trace (a value leaked from an "
+                                "earlier staged call or from a different staged function); pass it as an argument",
+                                loc)
+        if not any(owner is b for b in self.blocks):
+            raise with_location(TraceError, f"{what}: a value computed inside a lantern.cond branch or loop body "
+                                "is used outside it; return it from there instead", loc)
+
+    def check_result(self, value: Any, what: str, loc: Loc | None = None) -> None:
+        """``value`` (a staged Tensor) may be yielded by the innermost open block."""
+        if getattr(value, "frame", self) is not self:
+            raise with_location(TraceError, f"{what}: {value!r} belongs to another trace (a value leaked from an "
+                                "earlier staged call or from a different staged function); pass it as an argument",
+                                loc)
+        self.check_in_scope(value.var, what, loc)
 
     def add(self, stmt: Stmt) -> None:
         for v in stmt.operands():

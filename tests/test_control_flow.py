@@ -554,3 +554,66 @@ def test_thousand_node_trees(shape):
     out = tree_lstm_root(left, right, words, emb, w, u)
     np.testing.assert_allclose(out[0], expected_lstm[0], rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(out[1], expected_lstm[1], rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------------ recursion: typing corner cases
+
+@lantern.stage
+def tree_sum_weak(left, right, vals, node):
+    # Recursive case first, and the base case is a Python number (weakly typed): the result
+    # type (float64, from vals) is only known after the recursive branch has been typed.
+    return lantern.cond(left[node] >= 0,
+                        lambda: vals[node] + tree_sum_weak(left, right, vals, left[node])
+                        + tree_sum_weak(left, right, vals, right[node]),
+                        lambda: 0.0)
+
+
+@lantern.stage
+def tree_sum_weak_root(left, right, vals):
+    return tree_sum_weak(left, right, vals, lantern.asarray(0))
+
+
+def test_recursive_base_case_python_number_second(rng):
+    left, right = random_tree(rng, 7)
+    vals = rng.standard_normal(15)
+    internal = vals[left >= 0].sum()
+    out = check_staged(tree_sum_weak_root, left, right, vals, expected=np.float64(internal))
+    assert out.dtype == np.float64
+
+
+# Mutual recursion through a helper: the cond is in the outer function ...
+@lantern.stage
+def count_nodes(left, right, node):
+    return lantern.cond(left[node] < 0, lambda: 1, lambda: count_children(left, right, node) + 1)
+
+
+@lantern.stage
+def count_children(left, right, node):
+    return count_nodes(left, right, left[node]) + count_nodes(left, right, right[node])
+
+
+# ... or in the helper.
+@lantern.stage
+def depth_of(left, right, node):
+    return depth_step(left, right, left[node]) + 1
+
+
+@lantern.stage
+def depth_step(left, right, node):
+    # Depth along left children; -1 ends the walk.
+    return lantern.cond(node < 0, lambda: 0, lambda: depth_of(left, right, node))
+
+
+@lantern.stage
+def mutual_root(left, right):
+    return count_nodes(left, right, lantern.asarray(0)), depth_of(left, right, lantern.asarray(0))
+
+
+def test_mutual_recursion_through_helper(rng):
+    left, right = random_tree(rng, 7)
+    depth, node = 0, 0
+    while node >= 0:
+        depth, node = depth + 1, left[node]
+    exe = mutual_root.lower(left, right)
+    assert "call @count_children" in exe.optimized_ir or "call @count_nodes" in exe.optimized_ir
+    check_staged(mutual_root, left, right, expected=(np.int64(15), np.int64(depth)))
