@@ -59,9 +59,16 @@ class NativeFunction:
         self._from_buffer = ffi.from_buffer
 
     def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        outs = [np.empty(shape, dtype) for shape, dtype in self._out_specs]
+        """Run on C-contiguous, aligned, native-order ``arrays`` (the caller checked them); fresh results."""
         fb = self._from_buffer
-        code = self._entry(*[fb(a) for a in arrays], *[fb(o) for o in outs])
+        if len(self._out_specs) == 1:  # the common case, without a second list
+            shape, dtype = self._out_specs[0]
+            out = np.empty(shape, dtype)
+            code = self._entry(*map(fb, arrays), fb(out))
+            outs = [out]
+        else:
+            outs = [np.empty(shape, dtype) for shape, dtype in self._out_specs]
+            code = self._entry(*map(fb, arrays), *map(fb, outs))
         if code:
             message = self._ffi.string(self._lib.lantern_error()).decode(errors="replace")
             if code == 1:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -28,9 +29,10 @@ from .ir.verify import verify
 from .source import Loc, user_location
 from .tensor import Tensor
 from .tracing import Frame, ModuleBuilder, current_frame, tracing, with_location
-from .tree import TreeDef, flatten, unflatten
+from .tree import TreeDef, _sort_key, flatten, unflatten
 
 _STATIC_TYPES = (bool, int, float, str, bytes, type(None))
+_NAN = float("nan")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ def _leaf_key(path: str, leaf: Any) -> tuple:
             raise ArgumentError(f"argument {path}: dtype {name} is not supported "
                                 f"(expected one of {', '.join(DTYPES)})")
         return ("array", leaf.shape, name)
+    if isinstance(leaf, float):
+        # -0.0 == 0.0 but they are different constants; all NaNs are one constant
+        return ("static", type(leaf).__name__, _NAN if leaf != leaf else leaf, math.copysign(1.0, leaf))
     if isinstance(leaf, _STATIC_TYPES):
         return ("static", type(leaf).__name__, leaf)
     if isinstance(leaf, Tensor):
@@ -66,16 +71,66 @@ def _leaf_key(path: str, leaf: Any) -> tuple:
                         f"tuple/list/dict of them, got {type(leaf).__name__}")
 
 
+def _fast_key(items: Any, key: list[Any], leaves: list[Any]) -> bool:
+    """The per-call cache key of ``Staged.__call__``, much cheaper than binding and :func:`flatten`.
+
+    Appends to ``key`` a prefix-free description of ``items`` (a type tag, then the
+    container length or dict keys, or the array shape and dtype, or the number) and to
+    ``leaves`` the leaves in :func:`flatten` order. False where a leaf or container is
+    not one of the common kinds (the caller then takes the general path).
+    """
+    for a in items:
+        t = type(a)
+        if t is np.ndarray:
+            key += (a.shape, a.dtype)
+            leaves.append(a)
+        elif t is float:
+            key += (t, a if a == a else _NAN, math.copysign(1.0, a))
+            leaves.append(a)
+        elif t is int or t is bool or t is str:
+            key += (t, a)
+            leaves.append(a)
+        elif t is tuple or t is list:
+            key += (t, len(a))
+            if not _fast_key(a, key, leaves):
+                return False
+        elif t is dict:
+            try:
+                names = tuple(sorted(a, key=_sort_key))
+            except TypeError:
+                return False
+            key += (t, names)
+            if not _fast_key([a[k] for k in names], key, leaves):
+                return False
+        elif a is None:
+            key.append(None)
+        else:
+            return False
+    return True
+
+
 def _as_native_array(spec: ArraySpec, leaf: Any) -> np.ndarray:
-    """``leaf`` as a C-contiguous, aligned, native-order array matching ``spec``, else ``ArgumentError``."""
-    arr = leaf if isinstance(leaf, np.ndarray) else np.asarray(leaf)
-    if arr.shape != spec.shape or arr.dtype.name != spec.dtype:
-        raise ArgumentError(f"argument {spec.path}: expected {spec.dtype} array of shape {spec.shape}, "
-                            f"got {arr.dtype.name if arr.dtype.name in DTYPES or arr.dtype != object else type(leaf).__name__} "
-                            f"of shape {arr.shape}")
-    if not (arr.flags.c_contiguous and arr.flags.aligned and arr.dtype.isnative):
-        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
-    return arr
+    """``leaf`` as a C-contiguous, aligned, native-order array matching ``spec``, else ``ArgumentError``.
+
+    Arrays that do not fit the C code as they are (views with strides, other byte order,
+    unaligned, subclasses) are copied; the caller's array is never written to.
+    """
+    if isinstance(leaf, (np.ndarray, np.generic, bool, int, float)) or (
+            hasattr(leaf, "__array__") and not isinstance(leaf, (str, bytes))):
+        arr = np.asarray(leaf)
+        got = f"{arr.dtype.name} array of shape {arr.shape}"
+    else:
+        arr, got = None, f"{type(leaf).__name__} {_short_repr(leaf)}"
+    if arr is None or arr.shape != spec.shape or arr.dtype.name != spec.dtype:
+        raise ArgumentError(f"argument {spec.path}: expected {spec.dtype} array of shape {spec.shape}, got {got}")
+    if type(arr) is np.ndarray and arr.flags.c_contiguous and arr.flags.aligned and arr.dtype.isnative:
+        return arr
+    return np.array(arr, dtype=arr.dtype.newbyteorder("="), order="C", copy=True, subok=False)
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class Executable:
@@ -124,11 +179,28 @@ class Executable:
         return self.native.so_path
 
     # ---------------------------------------------------------- running
-    def run_leaves(self, leaves: list[Any]) -> Any:
-        """Run on the flat leaves of the arguments (statics already matched)."""
-        arrays = [_as_native_array(spec, leaves[i]) for spec, i in zip(self.in_specs, self._array_positions)]
+    def run_leaves(self, leaves: list[Any] | tuple[Any, ...]) -> Any:
+        """Run on the flat leaves of the arguments (statics already matched).
+
+        This is the per-call path: an argument that is already a C-contiguous, aligned
+        array of the right shape and native dtype goes to C as it is; anything else goes
+        through :func:`_as_native_array` (copy, or ``ArgumentError``).
+        """
+        try:
+            checks, single = self._checks, self._single_out
+        except AttributeError:
+            checks = self._checks = [(i, spec.shape, np.dtype(spec.dtype), spec)
+                                     for spec, i in zip(self.in_specs, self._array_positions)]
+            single = self._single_out = self.out_treedef.kind == "leaf"
+        arrays = []
+        for i, shape, dtype, spec in checks:
+            a = leaves[i]
+            if not (type(a) is np.ndarray and a.shape == shape and (a.dtype is dtype or a.dtype == dtype)
+                    and a.flags.c_contiguous and a.flags.aligned):
+                a = _as_native_array(spec, a)
+            arrays.append(a)
         outs = self.native(arrays)
-        return unflatten(self.out_treedef, outs)
+        return outs[0] if single else unflatten(self.out_treedef, outs)
 
     def interpret(self, *args: Any, optimized: bool = False, **kwargs: Any) -> Any:
         """Run the IR (as traced, or after the C-preparing passes) in the NumPy reference interpreter."""
@@ -139,17 +211,31 @@ class Executable:
         return unflatten(self.out_treedef, outs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        bound = _bind(self.name, self._signature_like(), args, kwargs)
-        leaves, treedef = flatten(bound)
+        if kwargs or len(args) != len(self._param_names):
+            args = _bind(self.name, self._signature_like(), args, kwargs)
+        key: list[Any] = []
+        leaves: list[Any] = []
+        if _fast_key(args, key, leaves):
+            # arguments whose structure and constants were accepted before need no second look
+            key_t = tuple(key)
+            accepted = self.__dict__.setdefault("_accepted", set())
+            if key_t in accepted:
+                return self.run_leaves(leaves)
+            result = self._checked_call(args)
+            accepted.add(key_t)
+            return result
+        return self._checked_call(args)
+
+    def _checked_call(self, args: tuple) -> Any:
+        leaves, treedef = flatten(args)
         if treedef != self.in_treedef:
             raise ArgumentError(f"{self.name}: arguments have structure {treedef}, expected {self.in_treedef}")
-        paths = [p for p, _ in flatten(bound, paths=True)[0]]
         for i, (key, leaf) in enumerate(zip(self._leaf_keys, leaves)):
             if key[0] == "static":
-                got = _leaf_key(paths[i], leaf)
-                if got != key:
-                    raise ArgumentError(f"argument {_path_name(paths[i], self._param_names)}: this executable was "
-                                        f"compiled for the constant {key[2]!r}, got {leaf!r}")
+                path = _path_name(flatten(args, paths=True)[0][i][0], self._param_names)
+                if _leaf_key(path, leaf) != key:
+                    raise ArgumentError(f"argument {path}: this executable was compiled for the constant "
+                                        f"{key[2]!r}, got {leaf!r}")
         return self.run_leaves(leaves)
 
     def _signature_like(self) -> inspect.Signature:
@@ -197,19 +283,21 @@ class Staged:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if current_frame() is not None:
             return self._call_while_tracing(args, kwargs)
-        if not kwargs and self._simple and len(args) == len(self._param_names):
-            try:
-                fast_key = tuple((a.shape, a.dtype) for a in args)
-            except AttributeError:
-                fast_key = None
-            if fast_key is not None and all(type(a) is np.ndarray for a in args):
-                exe = self._fast.get(fast_key)
-                if exe is not None:
-                    return exe.run_leaves(list(args))
-        exe, leaves = self._specialize(args, kwargs)
-        if not kwargs and self._simple and len(args) == len(self._param_names) and \
-                all(type(a) is np.ndarray for a in args):
-            self._fast[tuple((a.shape, a.dtype) for a in args)] = exe
+        if kwargs or not self._simple or len(args) != len(self._param_names):
+            exe, leaves = self._specialize(args, kwargs)
+            return exe.run_leaves(leaves)
+        # Fast path: a key from the structure, the shapes and dtypes of the arrays and the
+        # values of the numbers, without binding or paths (see _fast_key).
+        key: list[Any] = []
+        leaves: list[Any] = []
+        if not _fast_key(args, key, leaves):
+            exe, leaves = self._specialize(args, kwargs)
+            return exe.run_leaves(leaves)
+        fast_key = tuple(key)
+        exe = self._fast.get(fast_key)
+        if exe is None:
+            exe, leaves = self._specialize(args, kwargs)
+            self._fast[fast_key] = exe
         return exe.run_leaves(leaves)
 
     def lower(self, *args: Any, **kwargs: Any) -> Executable:

@@ -1,0 +1,210 @@
+"""Calling compiled code: arguments are checked in Python before any pointer reaches C."""
+import re
+import threading
+
+import numpy as np
+import pytest
+
+import lantern
+
+
+@lantern.stage
+def layer(params, x):
+    return x @ params["w"] + params["b"]
+
+
+@lantern.stage
+def axpy(a, x, y):
+    return a * x + y
+
+
+@lantern.stage
+def pick(x, i):
+    return x[i] * 2.0
+
+
+@lantern.stage
+def ident(x):
+    return x
+
+
+def _params(rng):
+    return {"w": rng.standard_normal((3, 5)).astype(np.float32), "b": rng.standard_normal(5).astype(np.float32)}
+
+
+def _expected(params, x):
+    return x @ params["w"] + params["b"]
+
+
+@pytest.fixture
+def exe_and_args(rng):
+    params = _params(rng)
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    return layer.lower(params, x), params, x
+
+
+def _raises(fn, *patterns):
+    with pytest.raises(lantern.ArgumentError) as info:
+        fn()
+    for p in patterns:
+        assert re.search(p, str(info.value)), (p, str(info.value))
+    return info.value
+
+
+# ---------------------------------------------------------------- Executable argument checks
+def test_executable_wrong_shape_names_nested_argument(exe_and_args):
+    exe, params, x = exe_and_args
+    bad = dict(params, w=params["w"].T.copy())
+    _raises(lambda: exe(bad, x), r"params\['w'\]", r"\(3, 5\)", r"\(5, 3\)")
+    _raises(lambda: exe(params, x[:2]), r"\bx\b", r"\(4, 3\)", r"\(2, 3\)")
+
+
+def test_executable_wrong_dtype(exe_and_args):
+    exe, params, x = exe_and_args
+    _raises(lambda: exe(params, x.astype(np.float64)), r"\bx\b", "float32", "float64")
+    _raises(lambda: exe(dict(params, b=params["b"].astype(np.int32)), x), r"params\['b'\]", "float32", "int32")
+    _raises(lambda: exe(params, x.astype(np.float16)), r"\bx\b", "float16")
+
+
+def test_executable_wrong_number_or_structure_of_arguments(exe_and_args):
+    exe, params, x = exe_and_args
+    _raises(lambda: exe(params), "missing", "x")
+    _raises(lambda: exe(params, x, x), "too many")
+    _raises(lambda: exe({"w": params["w"]}, x), "structure")
+
+
+def test_executable_non_array_arguments(exe_and_args):
+    exe, params, x = exe_and_args
+    _raises(lambda: exe(params, "not an array"), r"\bx\b", r"\bstr\b", r"\(4, 3\)")
+    _raises(lambda: exe(params, object()), r"\bx\b", r"\bobject\b", r"\(4, 3\)")
+    _raises(lambda: exe(dict(params, w=None), x), "structure")
+
+
+def test_executable_constant_mismatch(rng):
+    x = rng.standard_normal(4)
+    exe = axpy.lower(2.0, x, x)
+    np.testing.assert_allclose(exe(2.0, x, x), 3 * x)
+    _raises(lambda: exe(3.0, x, x), r"\ba\b", "2.0", "3.0")
+
+
+# ---------------------------------------------------------------- staged function argument checks
+@pytest.mark.parametrize("bad", [
+    np.ones(4, np.float16),
+    np.ones(4, np.complex64),
+    np.array([1.0, None, 2.0, 3.0], dtype=object),
+    object(),
+    {1, 2},
+])
+def test_staged_rejects_unsupported_arguments(bad):
+    x = np.ones(4)
+    before = lantern.cache_stats()
+    err = _raises(lambda: axpy(2.0, bad, x), r"\bx\b")
+    assert lantern.cache_stats()["compiles"] == before["compiles"]
+    if isinstance(bad, np.ndarray):
+        assert bad.dtype.name in str(err)
+
+
+def test_staged_wrong_number_of_arguments():
+    x = np.ones(4)
+    _raises(lambda: axpy(2.0, x), "missing", "y")
+    _raises(lambda: axpy(2.0, x, x, x), "too many")
+    _raises(lambda: axpy(2.0, x, x, z=x), "unexpected keyword")
+
+
+# ---------------------------------------------------------------- layouts the C code cannot take as they are
+def test_non_contiguous_big_endian_and_read_only_inputs(rng):
+    params = _params(rng)
+    big = rng.standard_normal((8, 6)).astype(np.float32)
+    cases = {
+        "transposed": big[:3, :4].T,                     # (4, 3), Fortran-ordered view
+        "strided": big[::2, ::2],                         # (4, 3), strides over a larger buffer
+        "big-endian": big[:4, :3].astype(">f4"),
+        "read-only": np.array(big[:4, :3]),
+        "negative strides": big[3::-1, 2::-1],
+    }
+    cases["read-only"].flags.writeable = False
+    frozen_w = params["w"].copy()
+    frozen_w.flags.writeable = False
+    ro_params = {"w": frozen_w, "b": params["b"][::-1].copy()[::-1]}  # b: negative-stride view
+    for name, x in cases.items():
+        snapshot = x.copy()
+        for p in (params, ro_params):
+            out = layer(p, x)
+            np.testing.assert_allclose(out, _expected(p, np.asarray(x, np.float32)), rtol=1e-5, atol=1e-5,
+                                       err_msg=name)
+            assert out.dtype == np.float32 and out.flags.writeable and out.flags.c_contiguous
+        np.testing.assert_array_equal(x, snapshot, err_msg=name)
+        assert x.dtype == snapshot.dtype
+    # the executable takes the same layouts
+    exe = layer.lower(params, cases["strided"])
+    np.testing.assert_allclose(exe(params, cases["big-endian"]), _expected(params, big[:4, :3]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(params["w"], frozen_w)
+
+
+def test_scalar_and_zero_d_inputs():
+    x = np.arange(4.0)
+    np.testing.assert_allclose(axpy(np.float64(3.0), x, x), 4 * x)  # NumPy scalar: a 0-d array argument
+    np.testing.assert_allclose(axpy(np.array(3.0), x, x), 4 * x)
+    np.testing.assert_allclose(axpy(3.0, x, x), 4 * x)  # Python float: a compile-time constant
+    exe = axpy.lower(np.array(3.0), x, x)
+    np.testing.assert_allclose(exe(np.array(0.5), x, x), 1.5 * x)
+    np.testing.assert_allclose(exe(np.float64(0.5), x, x), 1.5 * x)
+
+
+# ---------------------------------------------------------------- results
+def test_results_are_fresh_arrays():
+    x = np.arange(5.0)
+    a = ident(x)
+    b = ident(x)
+    np.testing.assert_array_equal(a, x)
+    for out in (a, b):
+        assert type(out) is np.ndarray and out.flags.writeable and out.flags.owndata
+        assert not np.shares_memory(out, x)
+    assert not np.shares_memory(a, b)
+    a[0] = 100.0
+    np.testing.assert_array_equal(x, np.arange(5.0))
+    np.testing.assert_array_equal(b, x)
+
+
+# ---------------------------------------------------------------- errors at run time
+def test_out_of_bounds_index_at_run_time():
+    x = np.arange(5.0)
+    exe = pick.lower(x, np.int64(0))
+    with pytest.raises(lantern.OutOfBoundsError) as info:
+        pick(x, np.int64(10))
+    message = str(info.value)
+    assert re.search(r"test_calls\.py:\d+", message), message
+    line = int(re.search(r"test_calls\.py:(\d+)", message).group(1))
+    assert "x[i]" in open(__file__).read().splitlines()[line - 1]
+    assert "10" in message and "5" in message
+    assert isinstance(info.value, IndexError)
+    # the process keeps working, repeatedly
+    for i in range(5):
+        assert pick(x, np.int64(i)) == 2.0 * i
+    with pytest.raises(lantern.OutOfBoundsError):
+        exe(x, np.int64(-6))
+    assert exe(x, np.int64(-1)) == 8.0  # negative indices count from the end, as in NumPy
+
+
+def test_calls_from_threads_are_independent():
+    x = np.arange(5.0)
+    pick(x, np.int64(0))
+    errors: list[BaseException] = []
+
+    def work(k):
+        try:
+            for _ in range(200):
+                if k % 2:
+                    with pytest.raises(lantern.OutOfBoundsError):
+                        pick(x, np.int64(7))
+                else:
+                    assert pick(x, np.int64(k % 5)) == 2.0 * (k % 5)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
