@@ -335,6 +335,9 @@ class FunctionEmitter:
             else:
                 init = f"INT{dtype[3:]}_{'MIN' if fn == 'max' else 'MAX'}"
             combine = lambda acc, v: f"lt_{fn}_{sfx}({acc}, {v})"  # noqa: E731
+        # float32 sums accumulate in double: a float32 running sum of 2**25 ones stalls at 2**24.
+        wide = op.prim == "reduce_sum" and dtype == "float32"
+        acc_t = "double" if wide else t
         src = lambda idx: self.load(x, _index(zip(idx, x_strides)))  # noqa: E731
         if (len(xs) - 1) in axes:
             # Innermost axis reduced: accumulate each output element in a register.
@@ -343,26 +346,35 @@ class FunctionEmitter:
             kept_names = [f"i{d}" for d in kept]
             for d in kept:
                 self.open(f"for (int64_t i{d} = 0; i{d} < {xs[d]}; i{d}++)")
-            self.line(f"{t} acc = {init};")
+            self.line(f"{acc_t} acc = {init};")
             for d in red:
                 self.open(f"for (int64_t i{d} = 0; i{d} < {xs[d]}; i{d}++)")
             self.line(f"acc = {combine('acc', src([f'i{d}' for d in range(len(xs))]))};")
             for _ in red:
                 self.close()
-            self.store(out, _index(zip(kept_names, [o_strides[d] for d in kept])), "acc")
+            self.store(out, _index(zip(kept_names, [o_strides[d] for d in kept])), f"({t})acc" if wide else "acc")
             for _ in kept:
                 self.close()
         else:
-            # Innermost axis kept: sweep the input in memory order, updating the output row.
+            # Innermost axis kept: sweep the input in memory order, updating a row of
+            # accumulators (the output itself, or a double buffer for float32 sums).
             n_out = out.type.size  # type: ignore[union-attr]
+            if wide:
+                self.line(f"double *acc = lt_alloc({n_out} * sizeof(double));")
+                self.m.uses_arena = True
+            target = (lambda i: f"acc[{i}]") if wide else (lambda i: self.load(out, i))  # noqa: E731
             self.open(f"for (int64_t i = 0; i < {n_out}; i++)")
-            self.store(out, "i", init)
+            self.line(f"{target('i')} = {init};")
             self.close()
 
             def update(idx: list[str]) -> None:
                 o = _index(zip(idx, o_strides))
-                self.store(out, o, combine(self.load(out, o), src(idx)))
+                self.line(f"{target(o)} = {combine(target(o), src(idx))};")
             self.loop_nest(xs, update)
+            if wide:
+                self.open(f"for (int64_t i = 0; i < {n_out}; i++)")
+                self.store(out, "i", f"({t})acc[i]")
+                self.close()
 
     def arg_reduce(self, op: Op) -> None:
         x, out = op.args[0], op.outs[0]

@@ -159,13 +159,28 @@ def logical_not(x: ArrayLike) -> Tensor:
 def _binary(prim: str, ufunc: Callable[..., Any], a: ArrayLike, b: ArrayLike, *, compare: bool = False) -> Tensor:
     frame = _frame_of(a, b)
     out_dtype = _promote(prim, ufunc, a, b)
-    compute = _promote(prim, np.add, a, b) if compare else out_dtype
+    compute = _compare_dtype(prim, a, b) if compare else out_dtype
+    if compute is None:  # an int64 tensor against a Python int beyond int64: the same for every element
+        big_first = isinstance(a, int)
+        value = bool(ufunc(a, 0) if big_first else ufunc(0, b))
+        return full(asarray(b if big_first else a).shape, value, "bool")
     if compute == "bool" and prim not in ("eq", "ne", "logical_and", "logical_or", "maximum", "minimum"):
         raise with_location(DTypeError, f"{prim}: arithmetic on bool tensors is not supported; use astype first")
     if compute == "bool" and prim in ("maximum", "minimum"):
         prim = "logical_or" if prim == "maximum" else "logical_and"
     ta, tb = _lift_as(a, compute), _lift_as(b, compute)
     return _emit(frame, prim, [ta, tb], hint=_HINTS.get(prim))
+
+
+def _compare_dtype(prim: str, a: ArrayLike, b: ArrayLike) -> str | None:
+    """The dtype a comparison computes in. NumPy 2 compares integer tensors with Python ints
+    that do not fit their dtype exactly (``int32 < 2**40`` is True), so widen for those;
+    None when the int does not even fit int64 (then every element compares alike)."""
+    try:
+        return _promote(prim, np.add, a, b)
+    except OverflowError:
+        big = a if isinstance(a, int) else b
+        return "int64" if -2**63 <= big < 2**63 else None
 
 
 # Readable variable names for comparison results (and none starting with the runtime's lt_).
@@ -499,7 +514,7 @@ def matmul(a: ArrayLike, b: ArrayLike) -> Tensor:
                             "cannot be broadcast together") from None
     if b2.ndim == 2:
         # (..., m, k) @ (k, n): one product of a (batch*m, k) matrix.
-        out = _emit(frame, "matmul", [reshape(a2, (-1, k)), b2])
+        out = _emit(frame, "matmul", [reshape(a2, (prod(a2.shape[:-1]), k)), b2])
     else:
         nb = prod(batch)
         a3 = a2 if a2.ndim == 2 else reshape(broadcast_to(a2, batch + (m, k)), (nb, m, k))
@@ -628,13 +643,23 @@ def getitem(x: Tensor, key: Any) -> Tensor:
     full_slice = builtins.all(s == 0 and e == d and st == 1 for s, e, st, d in zip(starts, stops, steps, x.shape))
     y = x if full_slice else _emit(x.frame, "slice", [x], starts=tuple(starts), stops=tuple(stops), steps=tuple(steps))
     y = reshape(y, tuple(out_shape))
-    if builtins.sum(1 for _, t in gathers if t.ndim > 0) and len(gathers) > 1:
-        raise with_location(TraceError, "indexing with a staged index array together with other staged indices "
-                            "is not supported; index one axis at a time")
-    shift = 0
+    if builtins.sum(1 for _, t in gathers if t.ndim > 0) > 1:
+        raise with_location(TraceError, "indexing with several index arrays at once is not supported; "
+                            "index one axis at a time")
+    shift, array_pos = 0, None
     for axis, idx in gathers:
+        if idx.ndim:
+            array_pos = axis + shift
         y = take(y, idx, axis + shift)
         shift += idx.ndim - 1
+    if array_pos is not None:
+        # NumPy: with an index array present, integers count as advanced indices too; when the
+        # advanced indices are not adjacent, the array's dimensions go first.
+        advanced = [i for i, k in enumerate(key) if isinstance(k, (int, Tensor))]
+        if advanced[-1] - advanced[0] + 1 != len(advanced):
+            nd = builtins.max(idx.ndim for _, idx in gathers)
+            moved = list(range(array_pos, array_pos + nd))
+            y = transpose(y, moved + [d for d in range(y.ndim) if d not in moved])
     return y
 
 

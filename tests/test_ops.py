@@ -465,3 +465,130 @@ def test_astype_between_all_dtypes(src):
     expected = tuple(x.astype(d) for d in ALL_DTYPES)
     check_staged(lambda x: tuple(x.astype(d) for d in ALL_DTYPES) + (lantern.astype(x, np.float32),),
                  x, expected=expected + (x.astype(np.float32),))
+
+
+# ====================================================================== edge cases
+
+def test_zero_d_inputs():
+    x = np.array(1.5, "float32")
+    i = np.array(-2, "int64")
+    both(lambda xp, x, i: (xp.exp(x), x * 2, x + i, x.sum(), xp.max(x), xp.argmax(x), x[None], x[..., None], x.T,
+                           x.reshape(1, 1), xp.stack([x, x * 3]), xp.expand_dims(i, 0), i // 3, i % 3, x > i,
+                           xp.where(x > 0, x, i), xp.mean(x)), x, i)
+
+
+def test_zero_size_arrays():
+    x = np.zeros((0, 3), "float32")
+    y = data((2, 3), "float32")
+    a, b = np.zeros((3, 0), "float64"), np.zeros((0, 4), "float64")
+    both(lambda xp, x, y, a, b: (x.sum(axis=0), x.sum(), x * 2 + 1, x.T, x.reshape(3, 0), xp.concatenate([x, y]),
+                                 a @ b, xp.exp(x), x[:, 1], y[2:], xp.mean(y[:, 3:], axis=0)), x, y, a, b)
+
+
+def test_reduction_of_empty_axis_without_identity_is_an_error():
+    with pytest.raises(lantern.ShapeError, match="zero-size|empty"):
+        lantern.stage(lambda x: x.max(axis=0)).lower(np.zeros((0, 3), "float32"))
+    with pytest.raises(lantern.ShapeError, match="zero-size|empty"):
+        lantern.stage(lambda x: x.argmin(axis=0)).lower(np.zeros((0, 3), "float32"))
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_integer_overflow_wraps_like_numpy(dtype):
+    info = np.iinfo(dtype)
+    a = np.array([info.max, info.min, info.min, info.max, 3], dtype)
+    b = np.array([1, -1, -1, 2, -1], dtype)
+    with np.errstate(over="ignore"):
+        expected = (a + b, a - b, a * b, -a, np.abs(a), a // b, a % b)
+    check_staged(lambda a, b: (a + b, a - b, a * b, -a, abs(a), a // b, a % b), a, b, expected=expected)
+
+
+def test_comparisons_with_out_of_range_python_ints():
+    x = np.array([-3, 0, 7], "int32")
+    both(lambda xp, x: (x < 2 ** 40, x == 2 ** 40, x > -(2 ** 40), x != 2 ** 63, x >= 1.5), x)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_float_floordiv_mod_infinities(dtype):
+    inf, nan = np.inf, np.nan
+    a = np.array([inf, -2.0, 2.0, -inf, 5.0, nan, 3.0], dtype)
+    b = np.array([2.0, inf, inf, -3.0, -inf, 2.0, nan], dtype)
+    with np.errstate(all="ignore"):
+        expected = (a // b, a % b)
+    check_staged(lambda a, b: (a // b, a % b), a, b, expected=expected)
+
+
+def test_staged_indices_combined():
+    x = data((4, 5, 6), "float64", seed=40)
+    i, j = np.array(3, "int64"), np.array(-2, "int32")
+    ids = np.array([[0, -1], [2, 1]], "int64")
+    expected = (x[3, -2], x[3, :, -2], x[ids, 2], x[1:, ids], x[:, 1, ids], x[np.argmax(x.sum((1, 2)))],
+                x[3, ids[0]], x[::-1, 3], x[ids][..., 0],
+                # integers next to an index array are advanced indices: non-adjacent ones put the array's dims first
+                x[3, :, ids], x[ids, :, 1], x[3, 1:4, ids[1]], x[ids, None, 2], x[1, ..., ids], x[:, ids, 1])
+    check_staged(lambda x, i, j, ids: (x[i, j], x[i, :, j], x[ids, 2], x[1:, ids], x[:, 1, ids],
+                                       x[lantern.argmax(x.sum((1, 2)))], x[i, ids[0]], x[::-1, i], x[ids][..., 0],
+                                       x[i, :, ids], x[ids, :, 1], x[3, 1:4, ids[1]], x[ids, None, 2], x[1, ..., ids],
+                                       x[:, ids, 1]),
+                 x, i, j, ids, expected=expected)
+
+
+def test_constant_index_arrays_follow_numpy_placement():
+    x = data((4, 5, 6), "float32", seed=48)
+    both(lambda xp, x: (x[2, :, [0, 5, 1]], x[[1, 0], :, -1], x[:, [4, 4], 0], x[np.array([[1], [2]]), ..., 3]), x)
+
+
+def test_broadcast_to_and_fused_broadcasts():
+    x = data((3, 1), "float32", seed=41)
+    y = data((4,), "float32", seed=42)
+    both(lambda xp, x, y: (xp.broadcast_to(x, (2, 3, 4)), xp.broadcast_to(y, (3, 4)) * x, (x - y) / (x * x + 1),
+                           xp.exp(x - xp.max(x * y, axis=0)), (x * y).sum(0) + y), x, y)
+
+
+def test_matmul_edge_shapes():
+    a1, b1 = data((1, 4), "float32"), data((4, 1), "float32")
+    v = data((1,), "float32")
+    both(lambda xp, a1, b1, v: (a1 @ b1, b1 @ a1, v @ a1[:, :1], a1[0] @ b1, b1[:, 0] @ b1), a1, b1, v)
+
+
+@pytest.mark.parametrize("m,k,n", [(3, 4, 5), (40, 32, 30)])
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_matmul_transposed_operand_attributes(m, k, n, dtype):
+    # The C emitter also handles matmul(trans_a/trans_b) (reverse-mode AD produces them).
+    from lantern.ops import _emit
+
+    a, b = data((2, k, m), dtype, seed=43), data((2, n, k), dtype, seed=44)
+
+    def fn(a, b):
+        return (_emit(a.frame, "matmul", [a, b], trans_a=True, trans_b=True),
+                _emit(a.frame, "matmul", [a[0], b[1].T], trans_a=True),
+                _emit(a.frame, "matmul", [a[1].T, b], trans_b=True))
+    at, bt = a.swapaxes(1, 2), b.swapaxes(1, 2)
+    tol = 1e-4 if dtype == "float32" else None
+    check_staged(fn, a, b, expected=(at @ bt, at[0] @ b[1].T, at[1] @ bt), rtol=tol, atol=tol)
+
+
+def test_larger_reductions_both_loop_orders():
+    x = data((5, 64, 3, 40), "float32", seed=45)
+
+    def fn(xp, x):
+        return (x.sum(axis=(0, 2)), x.max(axis=(1, 3)), x.mean(axis=1), x.min(axis=(0, 1, 3), keepdims=True),
+                xp.argmax(x, axis=1), xp.argmin(x, axis=2), x.sum(axis=(1, 2, 3)), xp.logsumexp(x, axis=(0, 3)))
+    both(fn, x, rtol=5e-5, atol=5e-5)  # sums of up to 7680 float32 terms
+
+
+def test_large_float32_sum_is_accurate():
+    x = np.full(1 << 25, 1.0, "float32")  # a float32 running sum stalls at 2**24
+    out = check_staged(lambda x: (x.sum(), x.reshape(1 << 12, 1 << 13).sum(axis=1).sum()), x)
+    assert out[0] == 1 << 25 and out[1] == 1 << 25
+
+
+def test_astype_special_values():
+    x = np.array([np.nan, -0.0, 0.0, np.inf, -1e-30], "float64")
+    both(lambda xp, x: (x.astype(bool), x.astype("float32"), (x > 0).astype("int32"), x[1:3].astype("int64")), x)
+
+
+def test_softmax_of_integers_and_transpose_4d():
+    i = data((3, 4), "int32", seed=46)
+    x = data((2, 3, 4, 5), "float32", seed=47)
+    both(lambda xp, i, x: (xp.softmax(i), xp.log_softmax(i, axis=0), xp.transpose(x, (3, 1, 0, 2)), x.T,
+                           x.swapaxes(1, 3).reshape(2, 5, -1), xp.stack([x.sum(), x.max()])), i, x)

@@ -84,12 +84,12 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _floordiv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(all="ignore"):
         return np.floor_divide(a, b)
 
 
 def _mod(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(all="ignore"):
         return np.remainder(a, b)
 
 
