@@ -568,7 +568,7 @@ class FunctionEmitter:
             self.declare(o)
             self.copy(o, i)
             if self.storage[o.id].kind == "pointer" and o.type.shape:  # type: ignore[union-attr]
-                nxt = self.name(o) + "_next"
+                nxt = "next_" + self.name(o)  # ends in the var's number, like every numbered name
                 self.line(f"{self.ctype(o)} *{nxt} = lt_alloc({o.type.nbytes});")  # type: ignore[union-attr]
                 nexts.append(nxt)
             else:
