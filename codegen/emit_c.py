@@ -505,10 +505,17 @@ class FunctionEmitter:
         st = _strides(x.type.shape)  # type: ignore[union-attr]
         a = op.attrs
         base = sum(s * t for s, t in zip(a["starts"], st))
-        o_st = _strides(out.type.shape)  # type: ignore[union-attr]
-        self.loop_nest(out.type.shape, lambda idx: self.store(  # type: ignore[union-attr]
-            out, _index(zip(idx, o_st)),
-            self.load(x, _index(((idx[k], a["steps"][k] * st[k]) for k in range(len(st))), base))))
+        oshape = out.type.shape  # type: ignore[union-attr]
+        o_st = _strides(oshape)
+        # Axes of extent 1 get no loop (their index is 0).
+        loops = tuple(d for d in oshape if d != 1)
+
+        def body(names: list[str]) -> None:
+            it = iter(names)
+            idx = [next(it) if d != 1 else None for d in oshape]
+            self.store(out, _index((i, c) for i, c in zip(idx, o_st) if i),
+                       self.load(x, _index(((idx[k], a["steps"][k] * st[k]) for k in range(len(st)) if idx[k]), base)))
+        self.loop_nest(loops, body)
 
     def op_concatenate(self, op: Op) -> None:
         out = op.outs[0]
@@ -533,14 +540,20 @@ class FunctionEmitter:
         pre, n, inner = prod(xs[:axis]), xs[axis], prod(xs[axis + 1:])
         m = idx.type.size  # type: ignore[union-attr]
         where = f"{self.where(op)}: indexing axis {axis} of shape {tuple(xs)}"
-        self.open(f"for (int64_t p = 0; p < {pre}; p++)")
-        self.open(f"for (int64_t j = 0; j < {m}; j++)")
-        self.line(f'int64_t row = lt_index((int64_t){self.load(idx, "j")}, {n}, "{where}");')
-        self.open(f"for (int64_t r = 0; r < {inner}; r++)")
-        self.store(out, f"(p * {m} + j) * {inner} + r", self.load(x, f"(p * {n} + row) * {inner} + r"))
-        self.close()
-        self.close()
-        self.close()
+        # Loops of extent 1 are left out (their index is 0).
+        p, j, r = ("p" if pre > 1 else None), ("j" if m > 1 else None), ("r" if inner > 1 else None)
+        if not (p or j):
+            self.open_scope()  # keeps `row` local
+        for var, extent in ((p, pre), (j, m)):
+            if var:
+                self.open(f"for (int64_t {var} = 0; {var} < {extent}; {var}++)")
+        self.line(f'int64_t row = lt_index((int64_t){self.load(idx, j or "0")}, {n}, "{where}");')
+        if r:
+            self.open(f"for (int64_t r = 0; r < {inner}; r++)")
+        terms = lambda *ts: _index((v, c) for v, c in ts if v)  # noqa: E731
+        self.store(out, terms((p, m * inner), (j, inner), (r, 1)), self.load(x, terms((p, n * inner), ("row", inner), (r, 1))))
+        for _ in range(sum(1 for v in (p, j, r) if v) + (not (p or j))):
+            self.close()
 
     # ------------------------------------------------------------ control flow
     def emit_if(self, stmt: If) -> None:
