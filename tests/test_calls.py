@@ -68,6 +68,8 @@ def test_executable_wrong_dtype(exe_and_args):
 
 def test_executable_wrong_number_or_structure_of_arguments(exe_and_args):
     exe, params, x = exe_and_args
+    np.testing.assert_allclose(exe(params, x), _expected(params, x), rtol=1e-5)  # accepted once ...
+    np.testing.assert_allclose(exe(x=x, params=params), _expected(params, x), rtol=1e-5)
     _raises(lambda: exe(params), "missing", "x")
     _raises(lambda: exe(params, x, x), "too many")
     _raises(lambda: exe({"w": params["w"]}, x), "structure")
@@ -78,6 +80,32 @@ def test_executable_non_array_arguments(exe_and_args):
     _raises(lambda: exe(params, "not an array"), r"\bx\b", r"\bstr\b", r"\(4, 3\)")
     _raises(lambda: exe(params, object()), r"\bx\b", r"\bobject\b", r"\(4, 3\)")
     _raises(lambda: exe(dict(params, w=None), x), "structure")
+
+
+def test_python_constants_key_by_value_sign_and_type():
+    x, y = np.ones(2), np.full(2, -0.0)
+    before = axpy.trace_count
+    assert not np.signbit(axpy(0.0, x, y)).any()
+    assert np.signbit(axpy(-0.0, x, y)).all()  # -0.0 == 0.0, but it is another constant
+    assert not np.signbit(axpy(0.0, x, y)).any()
+    assert axpy.trace_count == before + 2
+    for _ in range(3):  # every NaN is the same constant: one compile, not one per call
+        assert np.isnan(axpy(float("nan"), x, y)).all()
+    assert axpy.trace_count == before + 3
+    np.testing.assert_array_equal(axpy(2, x, y), 2 * x)  # int 2 is not float 2.0
+    assert axpy.lower(2, x, y) is not axpy.lower(2.0, x, y)
+
+
+def test_nested_arguments_take_the_right_executable(rng):
+    params = _params(rng)
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    out = layer(params, x)
+    np.testing.assert_allclose(out, _expected(params, x), rtol=1e-5, atol=1e-5)
+    p64 = {k: v.astype(np.float64) for k, v in params.items()}
+    assert layer(p64, x).dtype == np.float64  # a nested dtype change is a new signature
+    with pytest.raises(lantern.ShapeError):
+        layer({"w": params["w"].T.copy(), "b": params["b"]}, x)
+    np.testing.assert_allclose(layer(params, x), out)
 
 
 def test_executable_constant_mismatch(rng):

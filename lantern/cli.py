@@ -1,0 +1,176 @@
+"""``python -m lantern`` (or ``lantern``): inspect what a staged function compiles to; run the demo.
+
+    python -m lantern inspect mymodel:layer --arg f32[4,3] --arg f32[3,5] --arg f32[5]
+    python -m lantern inspect path/to/file.py:step --arg "{'w': f32[3,3], 'b': f32[3]}" --arg f32[2,3]
+    python -m lantern inspect mymodel:scale --arg f64[8] --static k=2.0
+    python -m lantern demo
+
+An argument is an array type ``DTYPE[SHAPE]`` (``f32[4,3]``, ``i64[]`` for a 0-d array;
+dtypes f32 f64 i32 i64 bool), a Python literal (a compile-time constant such as ``2.0``
+or ``'tanh'``), or a nested tuple/list/dict of those. ``--static name=VALUE`` (or
+``--arg name=VALUE``) passes a keyword argument.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import importlib.util
+import os
+import re
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+DTYPE_NAMES = {"f32": "float32", "f64": "float64", "i32": "int32", "i64": "int64", "bool": "bool",
+               "float32": "float32", "float64": "float64", "int32": "int32", "int64": "int64"}
+_ARRAY_TYPE = re.compile(r"\b(" + "|".join(DTYPE_NAMES) + r")\[([^\[\]]*)\]")
+SECTIONS = ("ir", "optimized", "c")
+
+
+def parse_value(text: str) -> Any:
+    """An argument from the command line: array types become zero arrays, the rest is a Python literal."""
+    arrays: list[np.ndarray] = []
+
+    def to_marker(m: re.Match) -> str:
+        dims = [d.strip() for d in m.group(2).split(",") if d.strip()]
+        try:
+            shape = tuple(int(d) for d in dims)
+        except ValueError:
+            raise ValueError(f"bad shape in {m.group(0)!r}: dimensions must be integers") from None
+        if any(d < 0 for d in shape):
+            raise ValueError(f"bad shape in {m.group(0)!r}: dimensions must not be negative")
+        arrays.append(np.zeros(shape, DTYPE_NAMES[m.group(1)]))
+        return f"__lantern_array_{len(arrays) - 1}__"
+
+    marked = _ARRAY_TYPE.sub(lambda m: repr(to_marker(m)), text)
+    try:
+        value = ast.literal_eval(marked)
+    except (ValueError, SyntaxError):
+        raise ValueError(f"cannot read {text!r}: expected an array type such as f32[4,3] or i64[], a Python "
+                         "literal, or a tuple/list/dict of them") from None
+
+    def restore(v: Any) -> Any:
+        if isinstance(v, str):
+            m = re.fullmatch(r"__lantern_array_(\d+)__", v)
+            return arrays[int(m.group(1))] if m else v
+        if isinstance(v, (tuple, list)):
+            return type(v)(restore(x) for x in v)
+        if isinstance(v, dict):
+            return {k: restore(x) for k, x in v.items()}
+        return v
+
+    return restore(value)
+
+
+def _argument(text: str) -> Any:
+    try:
+        return parse_value(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _keyword(text: str) -> tuple[str, Any]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, _argument(value)
+
+
+def _positional_or_keyword(text: str) -> tuple[str | None, Any]:
+    m = re.match(r"([A-Za-z_]\w*)=(?!=)", text)
+    if m:
+        return _keyword(text)
+    return None, _argument(text)
+
+
+def load_function(target: str) -> Any:
+    """``module:function`` or ``path/to/file.py:function`` (``function`` may be dotted: ``Class.method``)."""
+    module_name, sep, attr = target.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"expected MODULE:FUNCTION or FILE.py:FUNCTION, got {target!r}")
+    if module_name.endswith(".py") or os.sep in module_name or "/" in module_name:
+        path = os.path.abspath(module_name)
+        if not os.path.isfile(path):
+            raise ValueError(f"no such file: {module_name}")
+        name = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules.setdefault(name, module)
+        sys.path.insert(0, os.path.dirname(path))
+        spec.loader.exec_module(module)
+    else:
+        sys.path.insert(0, os.getcwd())
+        module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"{module_name} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"{target} is not callable")
+    return obj
+
+
+def inspect_command(args: argparse.Namespace) -> int:
+    import lantern
+
+    fn = load_function(args.target)
+    staged = fn if isinstance(fn, lantern.Staged) else lantern.stage(fn)
+    positional = [v for k, v in args.args if k is None]
+    keywords = {k: v for k, v in args.args if k is not None}
+    keywords.update(dict(args.static))
+    exe = staged.lower(*positional, **keywords)
+    shown = args.only or list(SECTIONS)
+    parts = []
+    if "ir" in shown:
+        parts.append(f"// ---- IR of {staged.name} (as traced)\n{exe.ir.rstrip()}")
+    if "optimized" in shown:
+        parts.append(f"// ---- IR prepared for C (inlined, fused)\n{exe.optimized_ir.rstrip()}")
+    if "c" in shown:
+        parts.append(f"// ---- C: {exe.c_path}\n// shared object: {exe.so_path}\n{exe.c_source.rstrip()}")
+    print("\n\n".join(parts))
+    return 0
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    from . import demo  # imported here: it is a larger program, and nothing else needs it
+
+    result = demo.main()
+    return result if isinstance(result, int) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lantern", description="Lantern for Python: a staged compiler to C.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ins = sub.add_parser("inspect", help="print the IR and the generated C of a function for given argument types",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ins.add_argument("target", metavar="MODULE:FUNCTION", help="a dotted module or a .py file, then the function")
+    ins.add_argument("--arg", dest="args", action="append", type=_positional_or_keyword, default=[],
+                     metavar="TYPE", help="an argument, in order: f32[4,3], i64[], 2.0, {'w': f32[3]}, or NAME=...")
+    ins.add_argument("--static", action="append", type=_keyword, default=[], metavar="NAME=VALUE",
+                     help="a keyword argument (a Python constant or an array type)")
+    ins.add_argument("--only", action="append", choices=SECTIONS, help="print only this section (repeatable)")
+    ins.set_defaults(run=inspect_command)
+    demo = sub.add_parser("demo", help="train the small demo model (lantern.demo)")
+    demo.set_defaults(run=demo_command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .errors import LanternError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (LanternError, ValueError, ImportError) as exc:
+        print(f"lantern {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
