@@ -62,6 +62,18 @@ def _trace(frame: Frame, fn: Callable[..., Any], params: list[Var], make_args: C
     return _Traced(block, treedef, tensors, weak)
 
 
+#: A Python number of each kind, as NumPy's promotion sees it (weak), by the dtype it was staged as.
+_WEAK_KIND = {"bool": False, "int64": 0, "float32": 0.0}
+
+
+def _join_weak(strong: str | None, weak: list[str]) -> str:
+    """The dtype of outputs where ``weak`` ones are Python numbers: NumPy 2 promotion (``x if p
+    else 2.5`` with an int ``x`` is float64); Python numbers alone: the widest kind's default."""
+    if strong is None:
+        return max(weak, key=list(_WEAK_KIND).index)
+    return np.result_type(np.zeros((), strong), *(_WEAK_KIND[w] for w in weak)).name
+
+
 def _unify(frame: Frame, what: str, traced: list[_Traced], names: Sequence[str]) -> list[TensorType]:
     """Make corresponding outputs agree; Python-number outputs adopt the other side's dtype."""
     first = traced[0]
@@ -78,6 +90,8 @@ def _unify(frame: Frame, what: str, traced: list[_Traced], names: Sequence[str])
             listing = ", ".join(f"{n} gives {c}" for n, c in zip(names, cands))
             raise with_location(DTypeError if {c.shape for c in cands} == {target.shape} else ShapeError,
                                 f"{what}: output {i} differs: {listing}")
+        target = TensorType(target.shape, _join_weak(target.dtype if strong else None,
+                                                     [c.dtype for c, t in zip(cands, traced) if t.weak[i]]))
         for t in traced:
             if t.types[i] != target:
                 with frame.block(t.block):
@@ -143,7 +157,7 @@ def _carried(what: str, frame: Frame, init_td: TreeDef, init: list[Tensor], body
     for i, (t0, t1) in enumerate(zip(init, body.leaves)):
         if t0.type == t1.type:
             continue
-        if t0.shape == t1.shape and body.weak[i]:
+        if t0.shape == t1.shape and body.weak[i] and _join_weak(t0.type.dtype, [t1.type.dtype]) == t0.type.dtype:
             with frame.block(body.block):
                 body.leaves[i] = ops.astype(t1, t0.type.dtype)
                 body.block.results[i] = body.leaves[i].var

@@ -617,3 +617,52 @@ def test_mutual_recursion_through_helper(rng):
     exe = mutual_root.lower(left, right)
     assert "call @count_children" in exe.optimized_ir or "call @count_nodes" in exe.optimized_ir
     check_staged(mutual_root, left, right, expected=(np.int64(15), np.int64(depth)))
+
+
+# ------------------------------------------------------------------ Python numbers in branches
+
+def _weak_mix(p, x):
+    # An int and a float literal: the output is a float (not the int truncating 2.5), and a
+    # tensor branch against a float literal follows NumPy promotion (int64 with 2.5 -> float64).
+    return lantern.cond(p > 0, lambda: 1, lambda: 2.5), lantern.cond(p > 0, lambda: x.sum(), lambda: 2.5)
+
+
+@pytest.mark.parametrize("p", [1.0, -1.0])
+def test_cond_python_numbers_promote(p):
+    x = np.arange(3)
+    out = check_staged(lantern.stage(_weak_mix), F(p), x,
+                       expected=(F(1.0), np.float64(3)) if p > 0 else (F(2.5), np.float64(2.5)))
+    assert out[0].dtype == np.float32 and out[1].dtype == np.float64
+
+
+def _triangular(n):
+    # The inner loop's bound is the outer loop's index.
+    return lantern.fori_loop(0, n, lambda i, acc: lantern.fori_loop(0, i, lambda j, a: a + j * i, acc), 0)
+
+
+def test_inner_loop_bound_is_outer_index():
+    check_staged(lantern.stage(_triangular), i64(6), expected=np.int64(sum(j * i for i in range(6) for j in range(i))))
+
+
+def test_recursive_function_as_entry(rng):
+    left, right = random_tree(rng, 7)
+    vals = rng.standard_normal(15)
+    exe = tree_sum.lower(left, right, vals, i64(0))
+    assert "call @tree_sum" in exe.optimized_ir
+    check_staged(tree_sum, left, right, vals, i64(3), expected=_tree_sum_ref(left, right, vals, 3))
+
+
+@lantern.stage
+def nary_sum(children, vals, node):
+    # An n-ary tree (children padded with -1): the recursive call sits in a cond in a loop body.
+    def child(k, acc):
+        c = children[node, k]
+        return lantern.cond(c >= 0, lambda: acc + nary_sum(children, vals, c), lambda: acc)
+    return lantern.fori_loop(0, children.shape[1], child, vals[node])
+
+
+def test_recursion_inside_loop_body(rng):
+    children = i64([[1, 2, 3], [4, -1, -1], [-1, -1, -1], [5, 6, -1], [-1] * 3, [-1] * 3, [-1] * 3])
+    vals = rng.standard_normal(7)
+    check_staged(nary_sum, children, vals, i64(0), expected=vals.sum())
+    check_staged(nary_sum, children, vals, i64(3), expected=vals[[3, 5, 6]].sum())

@@ -431,3 +431,11 @@ def test_all_messages_are_single_location():
     with pytest.raises(ShapeError) as info:
         f(a(3, 2), F(1))
     assert len(re.findall(r"\(at [^)]*\)", str(info.value))) == 1, str(info.value)
+
+
+def test_fori_loop_python_float_into_int_carry():
+    @lantern.stage
+    def f(x):
+        return lantern.fori_loop(0, 3, lambda i, c: 2.5, 0)  # LINE:weak-truncate
+
+    raises_at(DTypeError, f, a(3), line_of="# LINE:weak-truncate", match=["i64[]", "f32[]"])
