@@ -485,9 +485,11 @@ class FunctionEmitter:
         out = op.outs[0]
         self.declare(out)
         a = op.attrs
+        # Integer bounds count in int64 (exact beyond 2**53), others in double.
+        exact = all(isinstance(v, (int, np.integer)) for v in (a["start"], a["step"]))
+        via, i = ("int64", "i") if exact else ("float64", "(double)i")
         self.open(f"for (int64_t i = 0; i < {a['n']}; i++)")
-        self.store(out, "i", f"({self.ctype(out)})({literal(a['start'], 'float64')} + "
-                   f"{literal(a['step'], 'float64')} * (double)i)")
+        self.store(out, "i", f"({self.ctype(out)})({literal(a['start'], via)} + {literal(a['step'], via)} * {i})")
         self.close()
 
     def op_transpose(self, op: Op) -> None:

@@ -164,10 +164,11 @@ def _binary(prim: str, ufunc: Callable[..., Any], a: ArrayLike, b: ArrayLike, *,
         big_first = isinstance(a, int)
         value = bool(ufunc(a, 0) if big_first else ufunc(0, b))
         return full(asarray(b if big_first else a).shape, value, "bool")
-    if compute == "bool" and prim not in ("eq", "ne", "logical_and", "logical_or", "maximum", "minimum"):
-        raise with_location(DTypeError, f"{prim}: arithmetic on bool tensors is not supported; use astype first")
-    if compute == "bool" and prim in ("maximum", "minimum"):
-        prim = "logical_or" if prim == "maximum" else "logical_and"
+    if compute == "bool" and not compare:
+        # NumPy on bools: + and maximum are "or", * and minimum are "and"; the rest is an error.
+        prim = _BOOL_PRIMS.get(prim, prim)
+        if prim not in ("logical_and", "logical_or"):
+            raise with_location(DTypeError, f"{prim}: arithmetic on bool tensors is not supported; use astype first")
     ta, tb = _lift_as(a, compute), _lift_as(b, compute)
     return _emit(frame, prim, [ta, tb], hint=_HINTS.get(prim))
 
@@ -182,6 +183,8 @@ def _compare_dtype(prim: str, a: ArrayLike, b: ArrayLike) -> str | None:
         big = a if isinstance(a, int) else b
         return "int64" if -2**63 <= big < 2**63 else None
 
+
+_BOOL_PRIMS = {"add": "logical_or", "maximum": "logical_or", "mul": "logical_and", "minimum": "logical_and"}
 
 # Readable variable names for comparison results (and none starting with the runtime's lt_).
 _HINTS = {"lt": "less", "le": "less_eq", "gt": "greater", "ge": "greater_eq", "eq": "equal", "ne": "not_equal"}
@@ -229,7 +232,8 @@ remainder = mod
 
 
 def power(a: ArrayLike, b: ArrayLike) -> Tensor:
-    if isinstance(a, Tensor) and isinstance(b, _PY_SCALARS) and not isinstance(b, bool):
+    if isinstance(a, Tensor) and isinstance(b, _PY_SCALARS) and not isinstance(b, bool) \
+            and _promote("pow", np.power, a, b) == a.type.dtype:  # int32 ** 2.0 is float64
         if b == 2:
             return multiply(a, a)
         if b == 1:

@@ -592,3 +592,23 @@ def test_softmax_of_integers_and_transpose_4d():
     x = data((2, 3, 4, 5), "float32", seed=47)
     both(lambda xp, i, x: (xp.softmax(i), xp.log_softmax(i, axis=0), xp.transpose(x, (3, 1, 0, 2)), x.T,
                            x.swapaxes(1, 3).reshape(2, 5, -1), xp.stack([x.sum(), x.max()])), i, x)
+
+
+def test_bool_arithmetic_and_comparisons_like_numpy():
+    a, b = data((2, 3), "bool", seed=49), data((3,), "bool", seed=50)
+    both(lambda xp, a, b: (a + b, a * b, a < b, a >= True, b > False, a * 2, a - 1, a + 0.5, xp.maximum(a, b),
+                           xp.minimum(a, True)), a, b)
+
+
+def test_numpy_scalars_are_strong_and_powers_promote():
+    x = data((3,), "float32", seed=51)
+    i = data((3,), "int32", seed=52)
+    out = both(lambda xp, x, i: (x * np.float64(2.0), np.float64(2.0) * x, x + np.float32(1), np.ones(3) + x,
+                                 x + np.int64(3), i ** 2.0, i ** 2, i ** 0.5, i ** 1, i * np.int32(2)), x, i)
+    assert out[0].dtype == np.float64 and out[5].dtype == np.float64 and out[6].dtype == np.int32
+
+
+def test_arange_is_exact_for_large_integers():
+    x = np.zeros(1, "int64")
+    check_staged(lambda x: (lantern.arange(2 ** 60, 2 ** 60 + 3) + x, lantern.arange(-2 ** 62, 2 ** 62, 2 ** 61)), x,
+                 expected=(np.arange(2 ** 60, 2 ** 60 + 3), np.arange(-2 ** 62, 2 ** 62, 2 ** 61)))
