@@ -189,20 +189,10 @@ class FunctionEmitter:
         body = self.fn.body
         for p in body.params:
             self.storage[p.id] = _Storage("pointer", self.name(p))
-        # Destination passing: a result computed by a top-level statement is written
-        # straight into the caller's buffer instead of being copied there at the end.
-        counts: dict[int, int] = {}
-        for r in body.results:
-            counts[r.id] = counts.get(r.id, 0) + 1
-        top_defined = {o.id: s for s in body.stmts for o in s.outs}
-        for k, r in enumerate(body.results):
-            s = top_defined.get(r.id)
-            if counts[r.id] == 1 and s is not None and self._allocates(s):
-                self.dest[r.id] = f"result{k}"
         self.line("lt_mark_t mark = lt_mark();")
-        self.block_stmts(body)
+        self.block_stmts(body, [f"result{k}" for k in range(len(body.results))])
         for k, r in enumerate(body.results):
-            if self.dest.get(r.id) != f"result{k}":
+            if self.storage[r.id].name != f"result{k}":
                 dst = Var(r.type, "result")
                 self.storage[dst.id] = _Storage("pointer", f"result{k}")
                 self.copy(dst, r)
@@ -215,7 +205,22 @@ class FunctionEmitter:
             return stmt.prim not in ("reshape", "constant") and not (stmt.prim == "fill" and not stmt.outs[0].type.shape)
         return isinstance(stmt, (Fused, If, Call))
 
-    def block_stmts(self, block: Block) -> None:
+    def block_stmts(self, block: Block, dests: list[str | None] | None = None) -> None:
+        """Emit ``block``'s statements.
+
+        Destination passing: ``dests`` names, per result, a buffer the result ends up in (the
+        caller's result, an ``if``'s output, a loop's spare state buffer). A result computed by
+        a top-level statement of the block is written straight there instead of being copied
+        afterwards; the caller's copy then finds the same storage and emits nothing.
+        """
+        counts: dict[int, int] = {}
+        for r in block.results:
+            counts[r.id] = counts.get(r.id, 0) + 1
+        top_defined = {o.id: s for s in block.stmts for o in s.outs}
+        for r, d in zip(block.results, dests or ()):
+            s = top_defined.get(r.id)
+            if d is not None and counts[r.id] == 1 and s is not None and self._allocates(s):
+                self.dest[r.id] = d
         for stmt in block.stmts:
             self.stmt(stmt)
 
@@ -572,7 +577,8 @@ class FunctionEmitter:
 
     def branch(self, block: Block, outs: list[Var]) -> None:
         self.last_loc = None
-        self.block_stmts(block)
+        self.block_stmts(block, [self.storage[o.id].name if self.storage[o.id].kind == "pointer" else None
+                                 for o in outs])
         for o, r in zip(outs, block.results):
             self.copy(o, r)
 
@@ -608,7 +614,7 @@ class FunctionEmitter:
         # Arrays: copy every new value into the spare buffer, then swap buffers, so a
         # result that aliases another carried value is never overwritten early.
         for o, nxt, r in zip(outs, nexts, results):
-            if nxt is not None:
+            if nxt is not None and self.storage[r.id].name != nxt:  # else computed in place
                 self.line(f"memcpy({nxt}, {self.ptr(r)}, {o.type.nbytes});")  # type: ignore[union-attr]
         for o, nxt, r in zip(outs, nexts, results):
             if nxt is None:
@@ -629,7 +635,7 @@ class FunctionEmitter:
         self.line(f"lt_mark_t {mark} = lt_mark();")
         self.bind_params(carried, stmt.outs, stmt.body)
         self.last_loc = None
-        self.block_stmts(stmt.body)
+        self.block_stmts(stmt.body, nexts)
         self.update_state(stmt.outs, nexts, stmt.body.results)
         self.line(f"lt_release({mark});")
         self.close()
@@ -649,7 +655,7 @@ class FunctionEmitter:
         self.line("break;")
         self.close()
         self.bind_params(stmt.body.params, stmt.outs, stmt.body)
-        self.block_stmts(stmt.body)
+        self.block_stmts(stmt.body, nexts)
         self.update_state(stmt.outs, nexts, stmt.body.results)
         self.line(f"lt_release({mark});")
         self.close()
