@@ -29,7 +29,7 @@ from .c_types import C_TYPE, FLOATS, elementwise_expr, literal
 
 #: Matrix products with at least this many multiply-adds (M*N*K) call BLAS; smaller ones
 #: run as generated loops. Chosen with benchmarks/matmul_threshold.py (see RESULTS.md).
-BLAS_MIN_MACS = int(os.environ.get("LANTERN_BLAS_MIN_MACS", 32768))
+BLAS_MIN_MACS = int(os.environ.get("LANTERN_BLAS_MIN_MACS", 4096))
 
 
 @dataclass
