@@ -6,6 +6,7 @@ across tests so the compile cache keeps the number of distinct kernels small.
 """
 import re
 import sys
+from collections import namedtuple
 
 import numpy as np
 import pytest
@@ -669,3 +670,20 @@ def test_recursion_inside_loop_body(rng):
     vals = rng.standard_normal(7)
     check_staged(nary_sum, children, vals, i64(0), expected=vals.sum())
     check_staged(nary_sum, children, vals, i64(3), expected=vals[[3, 5, 6]].sum())
+
+
+State = namedtuple("State", ["h", "steps"])
+
+
+def _namedtuple_state(x, p):
+    def body(i, s):
+        return State(lantern.cond(p > 0, lambda: s.h * 0.5, lambda: s.h + x), s.steps + 1)
+    return lantern.fori_loop(0, 3, body, State(x, 0))
+
+
+@pytest.mark.parametrize("p", [1.0, -1.0])
+def test_namedtuple_state_through_loop_and_cond(rng, p):
+    x = f32(rng, 4)
+    out = check_staged(lantern.stage(_namedtuple_state), x, F(p),
+                       expected=State(x * F(0.125) if p > 0 else x * 4, np.int64(3)))
+    assert type(out) is State
