@@ -349,6 +349,7 @@ def logsumexp(x: ArrayLike, axis: Any = None, keepdims: bool = False) -> Tensor:
     x = _float(x)
     axes = _axes(x, axis, "logsumexp")
     m = max(x, axes, keepdims=True)
+    m = where(equal(subtract(m, m), 0), m, 0)  # an infinite maximum (a row of -inf) would give inf - inf
     out = add(log(sum(exp(subtract(x, m)), axes, keepdims=True)), m)
     return out if keepdims else squeeze(out, axes)
 

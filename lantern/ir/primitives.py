@@ -129,7 +129,7 @@ _elementwise("logical_not", 1, np.logical_not, allowed=("bool",), differentiable
 
 for _name, _fn in {"add": np.add, "sub": np.subtract, "mul": np.multiply,
                    "maximum": np.maximum, "minimum": np.minimum}.items():
-    _elementwise(_name, 2, _fn, allowed=_NUMERIC)
+    _elementwise(_name, 2, _errstate(_fn), allowed=_NUMERIC)
 _elementwise("div", 2, _errstate(np.true_divide), allowed=_FLOAT)
 _elementwise("pow", 2, _ipow, allowed=_NUMERIC)
 # Python semantics (floor division; the remainder has the divisor's sign) for every numeric
