@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-
 import numpy as np
+from timing import per_call_us
 
 import lantern
 
@@ -28,17 +27,6 @@ def fma3(x, y, z):
 @lantern.stage
 def nested(params, x):
     return x * params["w"] + params["b"]
-
-
-def _per_call_us(fn, reps: int, inner: int) -> list[float]:
-    fn()  # compile / warm up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        times.append((time.perf_counter() - t0) / inner * 1e6)
-    return times
 
 
 def cases():
@@ -60,10 +48,10 @@ def cases():
 def run(reps: int, inner: int) -> list[tuple[str, str, list[float]]]:
     rows = []
     for name, staged, exe, numpy_fn in cases():
-        rows.append((name, "staged function", _per_call_us(staged, reps, inner)))
+        rows.append((name, "staged function", per_call_us(staged, reps, inner)))
         if exe is not None:
-            rows.append((name, "Executable (f.lower)", _per_call_us(exe, reps, inner)))
-        rows.append((name, "NumPy", _per_call_us(numpy_fn, reps, inner)))
+            rows.append((name, "Executable (f.lower)", per_call_us(exe, reps, inner)))
+        rows.append((name, "NumPy", per_call_us(numpy_fn, reps, inner)))
     return rows
 
 

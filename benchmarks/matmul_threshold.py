@@ -17,7 +17,8 @@ import os
 import statistics
 import subprocess
 import sys
-import time
+
+from timing import per_call_us
 
 SQUARE = [4, 8, 12, 16, 24, 32, 40, 48, 64, 96, 128, 192, 256]
 # RNN-like: a batch of hidden states times a recurrent/gate matrix (vanilla RNN, LSTM gates)
@@ -29,26 +30,6 @@ RNN = [(1, 64, 64), (1, 128, 128), (1, 256, 256), (1, 512, 512), (1, 128, 512), 
 
 def shapes() -> list[tuple[str, int, int, int]]:
     return [("square", n, n, n) for n in SQUARE] + [("rnn", m, k, n) for m, k, n in RNN]
-
-
-def _time_us(fn, target_s: float = 0.15, reps: int = 15) -> float:
-    fn()
-    inner, t0 = 1, time.perf_counter()
-    while True:  # calibrate a batch of about target_s / reps
-        for _ in range(inner):
-            fn()
-        dt = time.perf_counter() - t0
-        if dt > target_s / reps / 4 or inner > 1 << 16:
-            break
-        inner *= 4
-        t0 = time.perf_counter()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        times.append((time.perf_counter() - t0) / inner * 1e6)
-    return statistics.median(times)
 
 
 def worker(dtype: str) -> list[dict]:
@@ -75,7 +56,7 @@ def worker(dtype: str) -> list[dict]:
                 emit_c.BLAS_MIN_MACS = saved
             assert ("cblas" in exes[path].c_source) == (path == "blas"), path
             np.testing.assert_allclose(exes[path](a, b), a @ b, rtol=1e-3, atol=1e-3)
-        t = {path: _time_us(lambda e=e: e(a, b)) for path, e in exes.items()}
+        t = {path: statistics.median(per_call_us(lambda e=e: e(a, b), reps=15)) for path, e in exes.items()}
         rows.append({"family": family, "m": m, "k": k, "n": n, "macs": m * k * n,
                      "loop_us": t["loop"], "blas_us": t["blas"]})
         print(f"  {family:6s} {m:4d}x{k:4d} @ {k:4d}x{n:4d}  macs {m * k * n:>10,d}  "
