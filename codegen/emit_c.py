@@ -26,6 +26,7 @@ from lantern.ir.types import TensorType
 from lantern.source import Loc
 
 from .c_types import C_TYPE, FLOATS, elementwise_expr, literal
+from .passes.inline import recursive_functions
 
 #: Matrix products with at least this many multiply-adds (M*N*K) call BLAS; smaller ones
 #: run as generated loops. Chosen with benchmarks/matmul_threshold.py (see RESULTS.md).
@@ -145,10 +146,10 @@ class FunctionEmitter:
     def copy(self, dst: Var, src: Var) -> None:
         """dst = src (same type); dst already has storage."""
         d, s = self.storage[dst.id], self.storage[src.id]
+        if s.kind == d.kind and s.name == d.name:
+            return  # already there (destination passing)
         if d.kind != "pointer" or not dst.type.shape:  # type: ignore[union-attr]
             self.store(dst, "0", self.load(src, "0"))
-        elif s.kind == "pointer" and s.name == d.name:
-            return
         else:
             self.line(f"memcpy({d.name}, {self.ptr(src)}, {dst.type.nbytes});")  # type: ignore[union-attr]
 
@@ -189,6 +190,8 @@ class FunctionEmitter:
         body = self.fn.body
         for p in body.params:
             self.storage[p.id] = _Storage("pointer", self.name(p))
+        if self.fn.name in self.m.recursive:
+            self.line(f'lt_stack_check("{self.fn.name} ({self.fn.loc})");')
         self.line("lt_mark_t mark = lt_mark();")
         self.block_stmts(body, [f"result{k}" for k in range(len(body.results))])
         for k, r in enumerate(body.results):
@@ -669,6 +672,7 @@ class ModuleEmitter:
         self.uses_blas = False
         self.uses_arena = False
         self.constants: list[str] = []
+        self.recursive = recursive_functions(module)
 
     def constant_array(self, value: np.ndarray, name: str) -> str:
         cname = f"{name}_data"
@@ -697,12 +701,12 @@ class ModuleEmitter:
             f"int lantern_entry({', '.join(params) or 'void'})",
             "{",
             "    lt_mark_t mark = lt_mark();",
+            *(["    lt_stack_init();"] if self.recursive else []),
             "    switch (setjmp(lt_unwind)) {",
             "    case 0:",
             "        break;",
-            "    case LT_ERR_INDEX:",
-            "        lt_release(mark);",
-            "        return LT_ERR_INDEX;",
+            *[line for code in ("LT_ERR_INDEX", "LT_ERR_MEMORY", "LT_ERR_STACK") for line in (
+                f"    case {code}:", "        lt_release(mark);", f"        return {code};")],
             "    default:",
             "        lt_release(mark);",
             "        return LT_ERR_MEMORY;",

@@ -7,7 +7,7 @@ import threading
 import cffi
 import numpy as np
 
-from lantern.errors import NativeError, OutOfBoundsError
+from lantern.errors import NativeError, OutOfBoundsError, RecursionDepthError
 from lantern.ir.types import TensorType
 
 from .compiler import Artifact, blas_paths
@@ -73,5 +73,7 @@ class NativeFunction:
             message = self._ffi.string(self._lib.lantern_error()).decode(errors="replace")
             if code == 1:
                 raise OutOfBoundsError(message)
+            if code == 3:
+                raise RecursionDepthError(message)
             raise NativeError(message)
         return outs

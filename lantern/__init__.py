@@ -6,7 +6,8 @@ the native code directly.
 """
 from .control import cond, fori_loop, while_loop
 from .errors import (ArgumentError, CompileError, ConcretizationError, DTypeError, IRVerificationError,
-                     LanternError, NativeError, OutOfBoundsError, ShapeError, TraceError)
+                     LanternError, NativeError, OutOfBoundsError, RecursionDepthError, ShapeError,
+                     TraceError)
 from .ops import (abs, add, arange, argmax, argmin, asarray, astype, broadcast_to, clip, concatenate, constant,
                   cos, divide, dot, equal, exp, expand_dims, expm1, floor, floor_divide, full, full_like, greater,
                   greater_equal, less, less_equal, log, log1p, log_softmax, logical_and, logical_not, logical_or,

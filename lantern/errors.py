@@ -51,3 +51,7 @@ class OutOfBoundsError(LanternError, IndexError):
 
 class NativeError(LanternError, RuntimeError):
     """Generated code stopped with an error other than a bad index (out of memory, ...)."""
+
+
+class RecursionDepthError(NativeError, RecursionError):
+    """A recursive staged function went deeper than the C stack allows."""

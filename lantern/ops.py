@@ -59,7 +59,7 @@ def constant(value: Any, dtype: Any = None) -> Tensor:
     if arr.dtype == object:
         raise with_location(DTypeError, f"cannot stage a value of type {type(value).__name__}")
     dt = canonical_dtype(dtype if dtype is not None else arr.dtype)
-    arr = np.ascontiguousarray(arr, dtype=dt)
+    arr = np.array(arr, dtype=dt, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
     if arr.ndim == 0:
         return _emit(frame, "fill", [], hint="c", value=arr.item(), shape=(), dtype=dt)
     arr.setflags(write=False)

@@ -11,6 +11,11 @@
 #ifndef LANTERN_RUNTIME_H
 #define LANTERN_RUNTIME_H
 
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* pthread_getattr_np: the bounds of this thread's stack */
+#endif
+#include <pthread.h>
+
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -29,7 +34,7 @@ typedef uint8_t lt_bool;
 
 /* ------------------------------------------------------------------ errors */
 
-enum { LT_OK = 0, LT_ERR_INDEX = 1, LT_ERR_MEMORY = 2 };
+enum { LT_OK = 0, LT_ERR_INDEX = 1, LT_ERR_MEMORY = 2, LT_ERR_STACK = 3 };
 
 static _Thread_local jmp_buf lt_unwind;
 static _Thread_local char lt_error_text[1024];
@@ -54,6 +59,39 @@ static inline int64_t lt_index(int64_t i, int64_t n, const char *where)
         lt_fail(LT_ERR_INDEX, "%s: index %lld is out of bounds for an axis of size %lld",
                 where, (long long)(i < 0 ? i - n : i), (long long)n);
     return i;
+}
+
+/* ------------------------------------------------------------------ stack depth */
+
+/*
+ * Recursive staged functions recurse in C. Rather than let a very deep tree overflow the
+ * C stack (a segfault), each recursive function checks that at least LT_STACK_RESERVE
+ * bytes of this thread's stack remain, and fails cleanly otherwise.
+ */
+#define LT_STACK_RESERVE ((uintptr_t)256 * 1024)
+static _Thread_local uintptr_t lt_stack_floor; /* 0: not known yet; 1: unknown, no check */
+
+static inline void lt_stack_init(void)
+{
+    if (lt_stack_floor)
+        return;
+    pthread_attr_t attr;
+    void *low = NULL;
+    size_t size = 0;
+    lt_stack_floor = 1;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+        if (pthread_attr_getstack(&attr, &low, &size) == 0 && low)
+            lt_stack_floor = (uintptr_t)low + LT_STACK_RESERVE;
+        pthread_attr_destroy(&attr);
+    }
+}
+
+static inline void lt_stack_check(const char *function)
+{
+    char probe;
+    if ((uintptr_t)&probe < lt_stack_floor)
+        lt_fail(LT_ERR_STACK, "%s: recursion too deep for the C stack (the tree or call chain is deeper "
+                "than this thread's stack allows)", function);
 }
 
 /* ------------------------------------------------------------------ arena */

@@ -687,3 +687,31 @@ def test_namedtuple_state_through_loop_and_cond(rng, p):
     out = check_staged(lantern.stage(_namedtuple_state), x, F(p),
                        expected=State(x * F(0.125) if p > 0 else x * 4, np.int64(3)))
     assert type(out) is State
+
+
+@lantern.stage
+def _chain_sum(node, values, child):
+    return lantern.cond(child[node] < 0, lambda: values[node],
+                        lambda: _chain_sum(child[node], values, child) + values[node])
+
+
+def test_recursion_deeper_than_the_c_stack_raises_instead_of_crashing():
+    n = 300_000
+    child = np.arange(1, n + 1, dtype=np.int64)
+    child[-1] = -1
+    values = np.ones(n)
+    with pytest.raises(lantern.RecursionDepthError, match="recursion too deep"):
+        _chain_sum(np.int64(0), values, child)
+    # The arena and the error state are reset: a shallower call on the same code works.
+    assert _chain_sum(np.int64(n - 500), values, child) == 500.0
+
+
+def test_numpy_scalars_are_zero_dimensional_constants():
+    def f(x):
+        total = lantern.fori_loop(0, 3, lambda i, c: c + x.sum(), np.float32(0))
+        assert lantern.asarray(np.float32(0)).shape == ()
+        return total + np.float32(1)
+
+    x = np.ones(3, np.float32)
+    out = check_staged(f, x)
+    assert out.shape == () and out.dtype == np.float32 and out == 10.0
