@@ -100,31 +100,11 @@ def _readable(name: str) -> str:
 
 
 #: Numbered names the emitter makes from IR variables (never the runtime's ``lt_``/``LT_`` names).
-_NUMBERED = re.compile(r"\b(?!lt_|LT_|scipy_|cblas_|_)([A-Za-z]\w*)_(\d+)\b")
-
-
-def canonical_text(text: str) -> str:
-    """``text`` with every numbered name (``h_12``) renumbered in order of first appearance.
-
-    Variable ids come from a process-wide counter, so the same function traced after
-    different work gets different names. Two C texts with the same canonical form differ
-    only by a consistent (one-to-one) renaming of identifiers, so they compile to the same
-    code: the cache key is computed from this form, and a fresh process finds the binary.
-    """
-    numbers: dict[str, int] = {}
-
-    def renumber(m: re.Match) -> str:
-        n = numbers.setdefault(m.group(0), len(numbers) + 1)
-        return f"{m.group(1)}_{n}"
-
-    return _NUMBERED.sub(renumber, text)
-
-
 def cache_key(text: str, uses_blas: bool) -> str:
     """Hash of everything that determines the shared object's bytes (see the module docstring)."""
     cc, flags = compiler(), user_cflags()
     h = hashlib.sha256()
-    for part in (VERSION, canonical_text(text), RUNTIME_HEADER.read_text(), " ".join(cc),
+    for part in (VERSION, text, RUNTIME_HEADER.read_text(), " ".join(cc),
                  _compiler_identity(tuple(cc), tuple(flags)), " ".join(BASE_FLAGS + flags),
                  repr(blas_paths()) if uses_blas else ""):
         h.update(part.encode())
@@ -133,11 +113,7 @@ def cache_key(text: str, uses_blas: bool) -> str:
 
 
 def compile_c(text: str, name: str, uses_blas: bool) -> Artifact:
-    """Compile ``text`` to a shared object (or find it in the cache); ``name`` makes file names readable.
-
-    On a cache hit ``c_path`` is the C file the cached binary was compiled from; its numbered
-    names may differ from ``text`` (see :func:`canonical_text`).
-    """
+    """Compile ``text`` to a shared object (or find it in the cache); ``name`` makes file names readable."""
     key = cache_key(text, uses_blas)
     base = f"{_readable(name)}-{key}"
     directory = cache_dir() / key[:2]

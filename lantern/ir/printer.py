@@ -1,17 +1,27 @@
 """A readable text form of the IR."""
 from __future__ import annotations
 
+import contextvars
+
 import numpy as np
 
+from .names import Namer
 from .nodes import Accumulate, Apply, Block, Call, Function, Fused, If, Lambda, Loop, Module, Op, Stmt, Var, While
 
 
+_namer: contextvars.ContextVar[Namer] = contextvars.ContextVar("namer")
+
+
+def _n(v: Var) -> str:
+    return _namer.get()(v)
+
+
 def _vars(vs: list[Var]) -> str:
-    return ", ".join(f"%{v.name}" for v in vs)
+    return ", ".join(f"%{_n(v)}" for v in vs)
 
 
 def _typed(vs: list[Var]) -> str:
-    return ", ".join(f"%{v.name}: {v.type}" for v in vs)
+    return ", ".join(f"%{_n(v)}: {v.type}" for v in vs)
 
 
 def _attr(value) -> str:
@@ -27,14 +37,14 @@ def _stmt_lines(stmt: Stmt, indent: str) -> list[str]:
     where = f"    # {stmt.loc}" if stmt.loc.line else ""
     inner = indent + "  "
     if isinstance(stmt, Op):
-        operands = [f"%{v.name}" for v in stmt.args] + [f"{k}={_attr(v)}" for k, v in stmt.attrs.items()]
+        operands = [f"%{_n(v)}" for v in stmt.args] + [f"{k}={_attr(v)}" for k, v in stmt.attrs.items()]
         return [f"{indent}{outs}{stmt.prim}({', '.join(operands)}){where}"]
     if isinstance(stmt, If):
-        return [f"{indent}{outs}if %{stmt.pred.name}:{where}", *_block_lines(stmt.then_block, inner),
+        return [f"{indent}{outs}if %{_n(stmt.pred)}:{where}", *_block_lines(stmt.then_block, inner),
                 f"{indent}else:", *_block_lines(stmt.else_block, inner)]
     if isinstance(stmt, Loop):
         i, *carried = stmt.body.params
-        return [f"{indent}{outs}for %{i.name} in range(%{stmt.lo.name}, %{stmt.hi.name}) "
+        return [f"{indent}{outs}for %{_n(i)} in range(%{_n(stmt.lo)}, %{_n(stmt.hi)}) "
                 f"carry ({_typed(carried)}) = ({_vars(stmt.init)}):{where}",
                 *_block_lines(stmt.body, inner)]
     if isinstance(stmt, While):
@@ -49,9 +59,9 @@ def _stmt_lines(stmt: Stmt, indent: str) -> list[str]:
     if isinstance(stmt, Lambda):
         return [f"{indent}{outs}lambda ({_typed(stmt.body.params)}):{where}", *_block_lines(stmt.body, inner)]
     if isinstance(stmt, Apply):
-        return [f"{indent}{outs}apply %{stmt.fn.name}({_vars(stmt.args)}){where}"]
+        return [f"{indent}{outs}apply %{_n(stmt.fn)}({_vars(stmt.args)}){where}"]
     if isinstance(stmt, Accumulate):
-        return [f"{indent}%{stmt.target.name} += %{stmt.value.name}{where}"]
+        return [f"{indent}%{_n(stmt.target)} += %{_n(stmt.value)}{where}"]
     raise TypeError(f"unknown statement {type(stmt).__name__}")
 
 
@@ -63,7 +73,15 @@ def _block_lines(block: Block, indent: str) -> list[str]:
     return lines
 
 
-def format_function(fn: Function) -> str:
+def format_function(fn: Function, namer: Namer | None = None) -> str:
+    token = _namer.set(namer or Namer())
+    try:
+        return _format_function(fn)
+    finally:
+        _namer.reset(token)
+
+
+def _format_function(fn: Function) -> str:
     results = ", ".join(map(str, fn.result_types or ()))
     head = f"func @{fn.name}({_typed(fn.body.params)}) -> ({results}):"
     lines = [head, *_block_lines(fn.body, "  ")]
@@ -74,4 +92,5 @@ def format_function(fn: Function) -> str:
 def format_module(module: Module) -> str:
     """The module as text; the entry function comes last."""
     order = [n for n in module.functions if n != module.entry] + [module.entry]
-    return "\n\n".join(format_function(module.functions[n]) for n in order) + "\n"
+    namer = Namer()
+    return "\n\n".join(format_function(module.functions[n], namer) for n in order) + "\n"
