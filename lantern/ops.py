@@ -77,14 +77,19 @@ def asarray(x: ArrayLike, dtype: Any = None) -> Tensor:
     return constant(x, dtype)
 
 
-def _dtype_proxy(x: ArrayLike) -> Any:
+def _dtype_proxy(x: ArrayLike, op: str) -> Any:
     """Something NumPy's promotion treats like ``x``: weak for Python scalars."""
     if isinstance(x, Tensor):
         return np.zeros((), x.dtype)
     if isinstance(x, _PY_SCALARS):
         return x
     arr = np.asarray(x)
-    canonical_dtype(arr.dtype)
+    if arr.dtype == object:
+        raise with_location(DTypeError, f"{op}: an operand is a {type(x).__name__}, not a tensor, array or number")
+    try:
+        canonical_dtype(arr.dtype)
+    except DTypeError as exc:
+        raise with_location(DTypeError, f"{op}: {exc}") from None
     return np.zeros((), arr.dtype)
 
 
@@ -103,7 +108,7 @@ def astype(x: ArrayLike, dtype: Any) -> Tensor:
 
 
 def _promote(name: str, ufunc: Callable[..., Any], *xs: ArrayLike) -> str:
-    proxies = [_dtype_proxy(x) for x in xs]
+    proxies = [_dtype_proxy(x, name) for x in xs]
     try:
         with np.errstate(all="ignore"):
             out = np.asarray(ufunc(*proxies))

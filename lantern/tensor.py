@@ -19,6 +19,13 @@ def _ops():
     return ops
 
 
+# NumPy ufunc name -> lantern.ops function
+_UFUNCS = {n: n for n in ("add", "subtract", "multiply", "divide", "floor_divide", "power", "negative", "exp",
+                          "log", "log1p", "expm1", "sin", "cos", "tanh", "sqrt", "floor", "sign", "maximum",
+                          "minimum", "equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
+                          "logical_and", "logical_or", "logical_not", "matmul", "square")}
+_UFUNCS.update(true_divide="divide", remainder="mod", absolute="abs")
+
 _CONCRETE_HINT = ("a staged Tensor has no value while the function is traced. For a branch on it use "
                   "lantern.cond(pred, true_fn, false_fn, *operands) or lantern.where; for a loop whose "
                   "trip count depends on it use lantern.while_loop or lantern.fori_loop")
@@ -28,8 +35,16 @@ class Tensor:
     """A value of the function being traced: static shape and dtype, no data yet."""
 
     __slots__ = ("var", "frame")
-    __array_ufunc__ = None  # make NumPy defer `ndarray + Tensor` to Tensor.__radd__
     __array_priority__ = 1000
+
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        """``np.exp(t)``, ``ndarray + t``: NumPy ufuncs with a lantern counterpart are staged."""
+        name = _UFUNCS.get(ufunc.__name__)
+        if method != "__call__" or kwargs or name is None:
+            call = ufunc.__name__ + ("" if method == "__call__" else f".{method}")
+            raise with_location(TraceError, f"NumPy's {call} cannot run on a staged tensor; use the lantern "
+                                "function of the same name (lantern.sum, lantern.exp, ...)")
+        return getattr(_ops(), name)(*inputs)
 
     def __init__(self, var: Var, frame: Frame):
         self.var = var
