@@ -19,7 +19,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from lantern.ir.nodes import Block, Call, Function, Fused, If, Loop, Module, Op, Stmt, Var, While
+from lantern.ir.nodes import (Accumulate, Apply, Block, Call, Function, Fused, If, Lambda, Loop, Module, Op, Stmt,
+                              Var, While, free_vars, walk_stmts)
 from lantern.ir.primitives import ELEMENTWISE, PRIMITIVES
 from lantern.ir.names import Namer
 from lantern.ir.printer import format_function
@@ -66,23 +67,30 @@ def _comment(text: str) -> str:
 
 
 class _Storage:
-    __slots__ = ("kind", "name")
+    __slots__ = ("kind", "name", "env", "env_type")
 
-    def __init__(self, kind: str, name: str):
-        self.kind = kind  # 'scalar', 'pointer' or 'literal'
-        self.name = name  # C name, or the literal text
+    def __init__(self, kind: str, name: str, env: str = "", env_type: str = ""):
+        self.kind = kind  # 'scalar', 'pointer', 'literal' or 'lambda'
+        self.name = name  # C name (an lvalue), the literal text, or the lambda's C function
+        self.env = env    # for a lambda: pointer expression of its environment
+        self.env_type = env_type  # and the environment's struct type
 
 
 class FunctionEmitter:
-    def __init__(self, module_emitter: ModuleEmitter, fn: Function):
+    def __init__(self, module_emitter: ModuleEmitter, fn: Function, c_name: str | None = None,
+                 env_param: str = "", captured: dict[int, _Storage] | None = None):
         self.m = module_emitter
         self.fn = fn
+        self.c_name = c_name or f"fn_{fn.name}"
+        self.env_param = env_param  # "struct lambda_3_env *env" for a lambda body
         self.lines: list[str] = []
         self.depth = 1
         self.storage: dict[int, _Storage] = {}
         self.dest: dict[int, str] = {}  # result var id -> result parameter name
         self.last_loc: Loc | None = None
         self.counter = 0
+        if captured:
+            self.storage.update(captured)
 
     # ------------------------------------------------------------ small helpers
     def line(self, text: str) -> None:
@@ -185,7 +193,9 @@ class FunctionEmitter:
     def signature(self) -> str:
         params = [f"{self.ctype(p)} *{self.name(p)}" for p in self.fn.body.params]
         params += [f"{C_TYPE[t.dtype]} *result{k}" for k, t in enumerate(self.fn.result_types or ())]  # type: ignore[union-attr]
-        return f"static void fn_{self.fn.name}({', '.join(params) or 'void'})"
+        if self.env_param:
+            params.insert(0, self.env_param)
+        return f"static void {self.c_name}({', '.join(params) or 'void'})"
 
     def emit(self) -> list[str]:
         body = self.fn.body
@@ -207,7 +217,7 @@ class FunctionEmitter:
     def _allocates(stmt: Stmt) -> bool:
         if isinstance(stmt, Op):
             return stmt.prim not in ("reshape", "constant") and not (stmt.prim == "fill" and not stmt.outs[0].type.shape)
-        return isinstance(stmt, (Fused, If, Call))
+        return isinstance(stmt, (Fused, If, Call, Apply))
 
     def block_stmts(self, block: Block, dests: list[str | None] | None = None) -> None:
         """Emit ``block``'s statements.
@@ -232,7 +242,7 @@ class FunctionEmitter:
         if isinstance(stmt, Op):
             self.comment_loc([stmt.loc])
             kind = PRIMITIVES[stmt.prim].kind
-            if stmt.prim == "fill" and not stmt.outs[0].type.shape:
+            if stmt.prim == "fill" and not stmt.outs[0].type.shape and stmt.outs[0].id not in self.m.mutated:
                 self.storage[stmt.outs[0].id] = _Storage("literal", literal(stmt.attrs["value"], stmt.attrs["dtype"]))
             elif kind == ELEMENTWISE:
                 self.elementwise(stmt.outs, stmt.args, stmt.args, [stmt], stmt.outs)
@@ -253,8 +263,72 @@ class FunctionEmitter:
                 self.declare(o)
             args = [self.ptr(a) for a in stmt.args] + [self.ptr(o) for o in stmt.outs]
             self.line(f"fn_{stmt.fn}({', '.join(args)});")
+        elif isinstance(stmt, Lambda):
+            self.emit_lambda(stmt)
+        elif isinstance(stmt, Apply):
+            self.comment_loc([stmt.loc])
+            for o in stmt.outs:
+                self.declare(o)
+            k = self.storage[stmt.fn.id]
+            args = [k.env] + [self.ptr(a) for a in stmt.args] + [self.ptr(o) for o in stmt.outs]
+            self.line(f"{k.name}({', '.join(args)});")
+        elif isinstance(stmt, Accumulate):
+            self.comment_loc([stmt.loc])
+            self.emit_accumulate(stmt)
         else:
-            raise NotImplementedError(f"C emission of {type(stmt).__name__} (arrives with reverse-mode AD)")
+            raise NotImplementedError(f"C emission of {type(stmt).__name__}")
+
+    # ------------------------------------------------------------ continuations
+    def emit_lambda(self, stmt: Lambda) -> None:
+        """Closure conversion: a static C function plus an environment struct on this frame.
+
+        Continuations are only called while the frame that made them is live ("downward"),
+        so the environment can hold plain pointers to this frame's values and buffers.
+        Scalars are captured by address, since the continuation may accumulate into them.
+        """
+        k = self.m.next_lambda()
+        c_name, env_type = f"lambda_{k}", f"struct lambda_{k}_env"
+        fields, inits, captured = [], [], {}
+        for v in free_vars(stmt.body):
+            s = self.storage[v.id]
+            field = self.name(v)
+            if s.kind == "literal":
+                captured[v.id] = s
+                continue
+            if s.kind == "lambda":
+                fields.append(f"{s.env_type} *{field};")
+                inits.append(f".{field} = {s.env}")
+                captured[v.id] = _Storage("lambda", s.name, f"env->{field}", s.env_type)
+                continue
+            fields.append(f"{self.ctype(v)} *{field};")
+            inits.append(f".{field} = {self.ptr(v)}")
+            captured[v.id] = (_Storage("pointer", f"env->{field}") if s.kind == "pointer"
+                              else _Storage("scalar", f"(*env->{field})"))
+        self.m.structs.append(f"{env_type} {{\n" + "\n".join(f"    {f}" for f in fields or ["char unused;"]) + "\n};")
+        env = f"env_{k}"
+        self.line(f"{env_type} {env} = {{ {', '.join(inits) or '0'} }};")
+        out = stmt.outs[0]
+        self.storage[out.id] = _Storage("lambda", c_name, f"&{env}", env_type)
+        body_fn = Function(c_name, stmt.body, out.type.results, stmt.loc)  # type: ignore[union-attr]
+        sub = FunctionEmitter(self.m, body_fn, c_name, f"{env_type} *env", captured)
+        self.m.lambdas.append((sub.signature(), sub.emit(), stmt.loc))
+
+    def emit_accumulate(self, stmt: Accumulate) -> None:
+        t, v = stmt.target, stmt.value
+        row = v.type.size  # type: ignore[union-attr]
+        if stmt.index is None and not t.type.shape:  # type: ignore[union-attr]
+            self.store(t, "0", f"{self.load(t, '0')} + {self.load(v, '0')}")
+            return
+        self.open_scope()
+        if stmt.index is not None:
+            n = t.type.shape[0]  # type: ignore[union-attr]
+            self.line(f'int64_t base = lt_index({self.load(stmt.index, "0")}, {n}, "{self.where(stmt)}") * {row};')
+        else:
+            self.line("int64_t base = 0;")
+        self.open(f"for (int64_t i = 0; i < {row}; i++)")
+        self.line(f"{self.ptr(t)}[base + i] += {self.load(v, 'i')};")
+        self.close()
+        self.close()
 
     # ------------------------------------------------------------ elementwise loops
     def elementwise(self, outs: list[Var], inputs: list[Var], params: list[Var], body: list[Stmt],
@@ -566,6 +640,41 @@ class FunctionEmitter:
         for _ in range(sum(1 for v in (p, j, r) if v) + (not (p or j))):
             self.close()
 
+    def zero(self, v: Var) -> None:
+        self.line(f"memset({self.ptr(v)}, 0, {v.type.nbytes});")  # type: ignore[union-attr]
+
+    def op_unslice(self, op: Op) -> None:
+        """Adjoint of a slice: zeros, with the value written where the slice read."""
+        g, out = op.args[0], op.outs[0]
+        self.declare(out)
+        self.zero(out)
+        st = _strides(out.type.shape)  # type: ignore[union-attr]
+        a = op.attrs
+        base = sum(s * t for s, t in zip(a["starts"], st))
+        g_st = _strides(g.type.shape)  # type: ignore[union-attr]
+        self.loop_nest(g.type.shape, lambda idx: self.store(  # type: ignore[union-attr]
+            out, _index(((idx[k], a["steps"][k] * st[k]) for k in range(len(st))), base),
+            self.load(g, _index(zip(idx, g_st)))))
+
+    def op_scatter(self, op: Op) -> None:
+        """Adjoint of take: zeros, with each row of the value added at its index (repeats add up)."""
+        g, idx = op.args
+        out = op.outs[0]
+        self.declare(out)
+        self.zero(out)
+        axis = op.attrs["axis"]
+        os_ = out.type.shape  # type: ignore[union-attr]
+        pre, n, inner = prod(os_[:axis]), os_[axis], prod(os_[axis + 1:])
+        m = idx.type.size  # type: ignore[union-attr]
+        self.open(f"for (int64_t p = 0; p < {pre}; p++)")
+        self.open(f"for (int64_t j = 0; j < {m}; j++)")
+        self.line(f'int64_t row = lt_index((int64_t){self.load(idx, "j")}, {n}, "{self.where(op)}");')
+        self.open(f"for (int64_t r = 0; r < {inner}; r++)")
+        self.line(f"{self.ptr(out)}[(p * {n} + row) * {inner} + r] += {self.load(g, f'(p * {m} + j) * {inner} + r')};")
+        self.close()
+        self.close()
+        self.close()
+
     # ------------------------------------------------------------ control flow
     def emit_if(self, stmt: If) -> None:
         self.comment_loc([stmt.loc])
@@ -675,6 +784,16 @@ class ModuleEmitter:
         self.constants: list[str] = []
         self.recursive = recursive_functions(module)
         self.names = Namer()
+        self.structs: list[str] = []
+        self.lambdas: list[tuple[str, list[str], Loc]] = []
+        self._lambda_count = 0
+        #: variables updated in place (adjoint buffers): never inlined as literals
+        self.mutated = {s.target.id for fn in module.functions.values() for s in walk_stmts(fn.body)
+                        if isinstance(s, Accumulate)}
+
+    def next_lambda(self) -> int:
+        self._lambda_count += 1
+        return self._lambda_count
 
     def constant_array(self, value: np.ndarray, name: str) -> str:
         cname = f"{name}_data"
@@ -694,6 +813,9 @@ class ModuleEmitter:
             lines = fe.emit()
             bodies.append("\n".join([_comment(f"IR function @{fn.name}, from {fn.loc}") if fn.loc.line else "", *lines]).strip())
             prototypes.append(fe.signature() + ";")
+        for signature, lines, loc in self.lambdas:
+            bodies.append("\n".join([_comment(f"continuation (the rest of the program after {loc})"), *lines]))
+            prototypes.append(signature + ";")
         params = [f"void *{self.names(p)}" for p in entry.body.params]
         params += [f"void *result{k}" for k in range(len(entry.result_types or ()))]
         args = [f"({C_TYPE[p.type.dtype]} *){self.names(p)}" for p in entry.body.params]  # type: ignore[union-attr]
@@ -733,6 +855,8 @@ class ModuleEmitter:
         parts = ["\n".join(header), "\n".join(includes)]
         if self.constants:
             parts.append("\n".join(self.constants))
+        if self.structs:
+            parts.append("\n\n".join(self.structs))
         parts.append("\n".join(prototypes))
         parts.extend(bodies)
         parts.append("\n".join(wrapper))

@@ -5,10 +5,11 @@ from lantern.ir.nodes import Accumulate, Apply, Block, Call, Function, Module, S
 from lantern.ir.rewrite import with_blocks
 
 
-def _has_effects(stmt: Stmt) -> bool:
+def has_effects(stmt: Stmt) -> bool:
+    """True for statements that update memory in place or may (calls, continuations)."""
     if isinstance(stmt, (Accumulate, Apply, Call)):
         return True
-    return any(_has_effects(s) for b in stmt.blocks() for s in walk_stmts(b))
+    return any(has_effects(s) for b in stmt.blocks() for s in walk_stmts(b))
 
 
 def _prune(block: Block, live: set[int]) -> Block:
@@ -16,7 +17,7 @@ def _prune(block: Block, live: set[int]) -> Block:
     needed = set(live) | {r.id for r in block.results}
     kept: list[Stmt] = []
     for stmt in reversed(block.stmts):
-        if not _has_effects(stmt) and not any(o.id in needed for o in stmt.outs):
+        if not has_effects(stmt) and not any(o.id in needed for o in stmt.outs):
             continue
         # Nested blocks: their own results are always needed (the statement's outs read them).
         inner = [_prune(b, needed) for b in stmt.blocks()]

@@ -13,6 +13,8 @@ from lantern.ir.nodes import Block, Function, Fused, Module, Op, Stmt, Var, free
 from lantern.ir.primitives import ELEMENTWISE, PRIMITIVES
 from lantern.ir.rewrite import fresh, with_blocks
 
+from .dce import has_effects as _has_effects
+
 
 def _fusible(stmt: Stmt) -> bool:
     if not isinstance(stmt, Op) or PRIMITIVES[stmt.prim].kind != ELEMENTWISE:
@@ -72,6 +74,12 @@ def _group_statements(stmts: list[Stmt]) -> list[Stmt | _Group]:
             open_by_var[stmt.outs[0].id] = joined
             slot[id(joined)] = len(placed)
             placed.append(joined)
+        elif _has_effects(stmt):
+            # In-place updates (adjoints) and calls that may make them: no group may be
+            # moved across, so every open group closes here.
+            for g in set(open_by_var.values()):
+                close(g)
+            placed.append(stmt)
         else:
             for v in _reads(stmt):
                 g = open_by_var.get(v.id)

@@ -70,7 +70,10 @@ class Interpreter:
             return get(stmt.fn)(*[get(v) for v in stmt.args])
         if isinstance(stmt, Accumulate):
             target = get(stmt.target)
-            np.add(target, get(stmt.value), out=target, casting="unsafe")
+            if stmt.index is not None:
+                target[int(get(stmt.index))] += get(stmt.value)
+            else:
+                np.add(target, get(stmt.value), out=target)
             return []
         raise TypeError(f"unknown statement {type(stmt).__name__}")
 

@@ -175,13 +175,18 @@ class Apply(Stmt):
 
 @dataclass(eq=False)
 class Accumulate(Stmt):
-    """In-place ``target += value`` (value broadcast to target's shape); defines nothing."""
+    """In-place ``target += value``; defines nothing.
+
+    With ``index`` (an int64 scalar) it is ``target[index] += value`` along axis 0, the
+    value having the shape of one row. ``value`` has exactly the (row) shape of ``target``.
+    """
 
     target: Var = None  # type: ignore[assignment]
     value: Var = None  # type: ignore[assignment]
+    index: Var | None = None
 
     def operands(self) -> list[Var]:
-        return [self.target, self.value]
+        return [self.target, self.value] + ([self.index] if self.index is not None else [])
 
 
 @dataclass(eq=False)

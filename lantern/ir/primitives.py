@@ -377,3 +377,48 @@ def _ref_take(x: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
 
 
 _register("take", "take", _infer_take, _ref_take)
+
+
+# ---------------------------------------------------------------- adjoints of data movement
+
+def _infer_unslice(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    (g,) = types
+    shape = tuple(attrs["shape"])
+    sliced = _infer_slice([TensorType(shape, g.dtype)], {"starts": attrs["starts"], "stops": attrs["stops"],
+                                                          "steps": attrs["steps"]})
+    if sliced.shape != g.shape:
+        raise ShapeError(f"unslice: value of shape {g.shape} does not fit slice of {shape} (gives {sliced.shape})")
+    return TensorType(shape, g.dtype)
+
+
+def _ref_unslice(g: np.ndarray, shape, starts, stops, steps) -> np.ndarray:
+    out = np.zeros(shape, g.dtype)
+    out[tuple(slice(a, b if b >= 0 else None, c) for a, b, c in zip(starts, stops, steps))] = g
+    return out
+
+
+# The adjoint of ``slice``: zeros of ``shape`` with ``g`` written where the slice read.
+_register("unslice", "unslice", _infer_unslice, _ref_unslice)
+
+
+def _infer_scatter_add(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    g, idx = types
+    axis, size = attrs["axis"], attrs["size"]
+    if idx.dtype not in INT_DTYPES:
+        raise DTypeError(f"scatter_add: indices must be integers, got {idx.dtype}")
+    if g.shape[axis:axis + idx.ndim] != idx.shape:
+        raise ShapeError(f"scatter_add: values {g.shape} do not match indices {idx.shape} at axis {axis}")
+    return TensorType(g.shape[:axis] + (size,) + g.shape[axis + idx.ndim:], g.dtype)
+
+
+def _ref_scatter_add(g: np.ndarray, idx: np.ndarray, axis: int, size: int) -> np.ndarray:
+    out = np.zeros(g.shape[:axis] + (size,) + g.shape[axis + idx.ndim:], g.dtype)
+    moved = np.moveaxis(out, axis, 0)
+    rows = np.reshape(np.moveaxis(g.reshape(g.shape[:axis] + (-1,) + g.shape[axis + idx.ndim:]), axis, 0),
+                      (idx.size,) + moved.shape[1:])
+    np.add.at(moved, np.where(idx < 0, idx + size, idx).ravel(), rows)
+    return out
+
+
+# The adjoint of ``take``: zeros with the rows of ``g`` added at the indices (repeats add up).
+_register("scatter_add", "scatter", _infer_scatter_add, _ref_scatter_add)

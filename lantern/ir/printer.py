@@ -61,7 +61,8 @@ def _stmt_lines(stmt: Stmt, indent: str) -> list[str]:
     if isinstance(stmt, Apply):
         return [f"{indent}{outs}apply %{_n(stmt.fn)}({_vars(stmt.args)}){where}"]
     if isinstance(stmt, Accumulate):
-        return [f"{indent}%{_n(stmt.target)} += %{_n(stmt.value)}{where}"]
+        at = f"[%{_n(stmt.index)}]" if stmt.index is not None else ""
+        return [f"{indent}%{_n(stmt.target)}{at} += %{_n(stmt.value)}{where}"]
     raise TypeError(f"unknown statement {type(stmt).__name__}")
 
 

@@ -30,7 +30,8 @@ def with_operands(stmt: Stmt, f: Callable[[Var], Var]) -> Stmt:
     if isinstance(stmt, Apply):
         return dataclasses.replace(stmt, fn=f(stmt.fn), args=[f(a) for a in stmt.args])
     if isinstance(stmt, Accumulate):
-        return dataclasses.replace(stmt, target=f(stmt.target), value=f(stmt.value))
+        return dataclasses.replace(stmt, target=f(stmt.target), value=f(stmt.value),
+                                   index=f(stmt.index) if stmt.index is not None else None)
     if isinstance(stmt, Lambda):
         return dataclasses.replace(stmt)
     raise TypeError(f"unknown statement {type(stmt).__name__}")
