@@ -841,6 +841,7 @@ class ModuleEmitter:
             "}",
             "",
             "const char *lantern_error(void) { return lt_error_text; }",
+            "size_t lantern_arena_in_use(void) { return lt_arena_in_use(); }",
         ]
         sig = format_function(entry, self.names).splitlines()[0].removeprefix("func ").rstrip(":")
         header = [

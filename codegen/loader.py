@@ -52,11 +52,15 @@ class NativeFunction:
             _configure_blas()
         ffi = cffi.FFI()
         params = ", ".join(["void *"] * (source.num_inputs + source.num_outputs)) or "void"
-        ffi.cdef(f"int lantern_entry({params}); const char *lantern_error(void);")
+        ffi.cdef(f"int lantern_entry({params}); const char *lantern_error(void); size_t lantern_arena_in_use(void);")
         self._ffi = ffi
         self._lib = ffi.dlopen(artifact.so_path)
         self._entry = self._lib.lantern_entry
         self._from_buffer = ffi.from_buffer
+
+    def arena_in_use(self) -> int:
+        """Bytes of intermediates this module's arena holds now (on this thread); 0 between calls."""
+        return int(self._lib.lantern_arena_in_use())
 
     def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """Run on C-contiguous, aligned, native-order ``arrays`` (the caller checked them); fresh results."""

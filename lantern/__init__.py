@@ -4,6 +4,7 @@ Decorate a function with :func:`stage`; call it with NumPy arrays. The first cal
 signature traces it into a typed IR, emits C, compiles and loads it; later calls run
 the native code directly.
 """
+from .ad import grad, value_and_grad
 from .control import cond, fori_loop, while_loop
 from .errors import (ArgumentError, CompileError, ConcretizationError, DTypeError, IRVerificationError,
                      LanternError, NativeError, OutOfBoundsError, RecursionDepthError, ShapeError,

@@ -17,11 +17,12 @@ def _internal_prefixes() -> tuple[str, ...]:
     global _INTERNAL
     if not _INTERNAL:
         import lantern
+        import lantern.ad
         import lantern.codegen
         import lantern.ir
         pkg = os.path.dirname(os.path.abspath(lantern.__file__))
         prefixes = [os.path.join(pkg, f"{m}.py") for m in _INTERNAL_MODULES]
-        for sub in (lantern.ir, lantern.codegen):
+        for sub in (lantern.ir, lantern.codegen, lantern.ad):
             prefixes.append(os.path.dirname(os.path.abspath(sub.__file__)) + os.sep)
         _INTERNAL = tuple(prefixes)
     return _INTERNAL

@@ -334,6 +334,18 @@ class Staged:
     def _call_while_tracing(self, args: tuple, kwargs: dict) -> Any:
         frame = current_frame()
         assert frame is not None
+        call = self.trace_call(args, kwargs)
+        fn = frame.builder.functions.get(call.name) or frame.builder.in_progress[call.name]
+        if fn.result_types is None:
+            raise UnknownRecursiveResult(call.name, user_location())
+        outs = [Var(t, self.name) for t in fn.result_types]
+        frame.add(Call(outs, loc=user_location(), fn=call.name, args=[t.var for t in call.tensors]))
+        return unflatten(frame.builder.out_treedefs[call.name], [Tensor(v, frame) for v in outs])
+
+    def trace_call(self, args: tuple, kwargs: dict) -> TracedCall:
+        """Trace this function for the arguments of a call made while tracing (once per signature)."""
+        frame = current_frame()
+        assert frame is not None
         bound = _bind(self.name, self.signature, args, kwargs)
         with_paths, treedef = flatten(bound, paths=True)
         paths = [_path_name(p, self._param_names) for p, _ in with_paths]
@@ -347,14 +359,18 @@ class Staged:
                 t = ops.asarray(leaf)
                 specs.append(t.type)
                 leaves.append(t)
-        builder = frame.builder
-        name = trace_function(builder, self, treedef, specs, paths, entry=False)
-        fn = builder.functions.get(name) or builder.in_progress[name]
-        if fn.result_types is None:
-            raise UnknownRecursiveResult(name, user_location())
-        outs = [Var(t, self.name) for t in fn.result_types]
-        frame.add(Call(outs, loc=user_location(), fn=name, args=[t.var for t in leaves if isinstance(t, Tensor)]))
-        return unflatten(builder.out_treedefs[name], [Tensor(v, frame) for v in outs])
+        name = trace_function(frame.builder, self, treedef, specs, paths, entry=False)
+        return TracedCall(name, bound, leaves, [t for t in leaves if isinstance(t, Tensor)])
+
+
+@dataclass
+class TracedCall:
+    """A staged function traced for one call: its IR function, the bound arguments and their leaves."""
+
+    name: str
+    bound: tuple
+    leaves: list[Any]     # flat leaves of ``bound``: staged tensors and Python constants
+    tensors: list[Tensor]  # the tensor leaves: the IR function's parameters, in order
 
 
 @dataclass(frozen=True)
@@ -385,7 +401,7 @@ def trace_function(builder: ModuleBuilder, staged: Staged, treedef: TreeDef, spe
         return existing
     name = builder.fresh_name(re.sub(r"\W", "_", staged.name))
     builder.specializations[key] = name
-    code = getattr(staged.fn, "__code__", None)
+    code = getattr(inspect.unwrap(staged.fn), "__code__", None)
     loc = Loc(code.co_filename, code.co_firstlineno) if code else user_location()
     fn = Function(name, Block(), None, loc)
     builder.in_progress[name] = fn

@@ -55,6 +55,9 @@ class Frame:
         self.function_name = function_name
         self.blocks: list[Block] = []
         self.owner: dict[int, Block] = {}  # var id -> defining block
+        #: while set, statements record this location instead of the caller's line
+        #: (code a transformation emits belongs to the statement it came from)
+        self.loc_override: Loc | None = None
 
     @contextlib.contextmanager
     def block(self, block: Block) -> Iterator[Block]:
@@ -94,7 +97,7 @@ class Frame:
     def emit(self, prim: str, args: list[Var], attrs: dict[str, Any] | None = None, hint: str | None = None) -> Var:
         """Append ``prim(*args, **attrs)`` to the current block and return its result variable."""
         attrs = attrs or {}
-        loc = user_location()
+        loc = self.loc_override or user_location()
         try:
             out_type = primitives.infer(prim, [a.type for a in args], attrs)
         except LanternError as exc:

@@ -154,6 +154,18 @@ __attribute__((cold)) static inline void *lt_alloc_slow(size_t n)
     return c->data;
 }
 
+/* Bytes of intermediates currently allocated (0 between calls: every call releases its mark). */
+static inline size_t lt_arena_in_use(void)
+{
+    size_t total = 0;
+    for (lt_chunk *c = lt_arena_first; c; c = c->next) {
+        total += c->used;
+        if (c == lt_arena_current)
+            break;
+    }
+    return lt_arena_current ? total : 0;
+}
+
 /* n bytes, 64-byte aligned, valid until the enclosing mark is released. */
 static inline void *lt_alloc(size_t n)
 {

@@ -1,0 +1,206 @@
+"""Backward rules: for each differentiable primitive, the adjoint contribution to each operand.
+
+A rule gets the output's adjoint ``g``, the forward operands ``xs``, the forward result
+``y`` and the primitive's attributes, all as staged tensors, and returns one contribution
+per operand (``None`` where no gradient flows). Contributions may have a broadcast shape;
+the transformation sums them back to the operand's shape. Rules are written with the same
+staged operations users write, so they read like the math.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .. import ops
+from ..tensor import Tensor
+
+Rule = Callable[[Tensor, list[Tensor], Tensor, dict[str, Any]], list[Tensor | None]]
+RULES: dict[str, Rule] = {}
+
+
+def rule(*names: str) -> Callable[[Rule], Rule]:
+    def register(fn: Rule) -> Rule:
+        for n in names:
+            RULES[n] = fn
+        return fn
+    return register
+
+
+def primitive(name: str, args: list[Tensor], **attrs: Any) -> Tensor:
+    """Emit a primitive directly (for the few adjoints the NumPy-like API does not express)."""
+    frame = args[0].frame
+    return Tensor(frame.emit(name, [a.var for a in args], attrs), frame)
+
+
+def unbroadcast(g: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Sum ``g`` over the axes broadcasting added or stretched, giving ``shape``."""
+    if g.shape == shape:
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape) if d == 1 and g.shape[lead + i] != 1)
+    return ops.reshape(ops.sum(g, axes), shape)
+
+
+# ------------------------------------------------------------------ elementwise
+
+@rule("add")
+def _add(g, xs, y, attrs): return [g, g]
+@rule("sub")
+def _sub(g, xs, y, attrs): return [g, -g]
+@rule("mul")
+def _mul(g, xs, y, attrs): return [g * xs[1], g * xs[0]]
+@rule("div")
+def _div(g, xs, y, attrs): return [g / xs[1], -g * y / xs[1]]
+@rule("neg")
+def _neg(g, xs, y, attrs): return [-g]
+@rule("exp")
+def _exp(g, xs, y, attrs): return [g * y]
+@rule("expm1")
+def _expm1(g, xs, y, attrs): return [g * (y + 1)]
+@rule("log")
+def _log(g, xs, y, attrs): return [g / xs[0]]
+@rule("log1p")
+def _log1p(g, xs, y, attrs): return [g / (xs[0] + 1)]
+@rule("sin")
+def _sin(g, xs, y, attrs): return [g * ops.cos(xs[0])]
+@rule("cos")
+def _cos(g, xs, y, attrs): return [-g * ops.sin(xs[0])]
+@rule("tanh")
+def _tanh(g, xs, y, attrs): return [g * (1 - y * y)]
+@rule("sigmoid")
+def _sigmoid(g, xs, y, attrs): return [g * y * (1 - y)]
+@rule("sqrt")
+def _sqrt(g, xs, y, attrs): return [g * 0.5 / y]
+@rule("rsqrt")
+def _rsqrt(g, xs, y, attrs): return [g * -0.5 * y / xs[0]]
+@rule("abs")
+def _abs(g, xs, y, attrs): return [g * ops.sign(xs[0])]
+@rule("relu")
+def _relu(g, xs, y, attrs): return [ops.where(xs[0] > 0, g, 0)]
+@rule("mod")
+def _mod(g, xs, y, attrs): return [g, -g * ops.floor_divide(xs[0], xs[1])]
+@rule("broadcast")
+def _broadcast(g, xs, y, attrs): return [g]  # summed back by the transformation
+
+
+@rule("pow")
+def _pow(g, xs, y, attrs):
+    a, b = xs
+    # d/db a**b = a**b log a; taken as 0 where a <= 0 (where the power is not differentiable in b)
+    return [g * b * ops.power(a, b - 1), ops.where(a > 0, g * y * ops.log(ops.where(a > 0, a, 1)), 0)]
+
+
+def _extremum(take_a: Callable[[Tensor, Tensor], Tensor]) -> Rule:
+    def rule_fn(g, xs, y, attrs):
+        a, b = xs
+        tie = ops.astype(ops.equal(a, b), g.dtype) * 0.5  # ties split evenly, as in PyTorch and JAX
+        wa = ops.astype(take_a(a, b), g.dtype) + tie
+        return [g * wa, g * (1 - wa)]
+    return rule_fn
+
+
+RULES["maximum"] = _extremum(ops.greater)
+RULES["minimum"] = _extremum(ops.less)
+
+
+@rule("where")
+def _where(g, xs, y, attrs):
+    c = xs[0]
+    return [None, ops.where(c, g, 0), ops.where(c, 0, g)]
+
+
+@rule("cast")
+def _cast(g, xs, y, attrs):
+    return [ops.astype(g, xs[0].dtype)]
+
+
+# ------------------------------------------------------------------ reductions
+
+def _keepdims_shape(x: Tensor, axes: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+
+
+@rule("reduce_sum")
+def _reduce_sum(g, xs, y, attrs):
+    x = xs[0]
+    return [ops.broadcast_to(ops.reshape(g, _keepdims_shape(x, attrs["axes"])), x.shape)]
+
+
+@rule("reduce_max", "reduce_min")
+def _reduce_extremum(g, xs, y, attrs):
+    # The gradient is shared evenly among the elements that attain the extremum.
+    x = xs[0]
+    keep = _keepdims_shape(x, attrs["axes"])
+    hit = ops.astype(ops.equal(x, ops.reshape(y, keep)), g.dtype)
+    count = ops.sum(hit, attrs["axes"], keepdims=True)
+    return [hit * (ops.reshape(g, keep) / count)]
+
+
+# ------------------------------------------------------------------ matrix product
+
+@rule("matmul")
+def _matmul(g, xs, y, attrs):
+    a, b = xs
+    ta, tb = bool(attrs.get("trans_a")), bool(attrs.get("trans_b"))
+    # y = op(a) @ op(b). Each adjoint is another product; transposes become flags for BLAS.
+    if ta:
+        da = primitive("matmul", [b, g], trans_a=tb, trans_b=True)      # op(b) @ g^T
+    else:
+        da = primitive("matmul", [g, b], trans_a=False, trans_b=not tb)  # g @ op(b)^T
+    if tb:
+        db = primitive("matmul", [g, a], trans_a=True, trans_b=ta)       # g^T @ op(a)
+    else:
+        db = primitive("matmul", [a, g], trans_a=not ta, trans_b=False)  # op(a)^T @ g
+    # A 2-D operand used by every matrix of a batch gets the sum over the batch.
+    if a.ndim == 2 and da.ndim == 3:
+        da = ops.sum(da, 0)
+    if b.ndim == 2 and db.ndim == 3:
+        db = ops.sum(db, 0)
+    return [da, db]
+
+
+# ------------------------------------------------------------------ data movement
+
+@rule("reshape")
+def _reshape(g, xs, y, attrs): return [ops.reshape(g, xs[0].shape)]
+
+
+@rule("transpose")
+def _transpose(g, xs, y, attrs):
+    perm = attrs["perm"]
+    inverse = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inverse[p] = i
+    return [ops.transpose(g, inverse)]
+
+
+@rule("slice")
+def _slice(g, xs, y, attrs):
+    return [primitive("unslice", [g], shape=xs[0].shape, starts=attrs["starts"], stops=attrs["stops"],
+                      steps=attrs["steps"])]
+
+
+@rule("unslice")
+def _unslice(g, xs, y, attrs):
+    return [primitive("slice", [g], starts=attrs["starts"], stops=attrs["stops"], steps=attrs["steps"])]
+
+
+@rule("concatenate")
+def _concatenate(g, xs, y, attrs):
+    axis, out, start = attrs["axis"], [], 0
+    for x in xs:
+        index = [slice(None)] * g.ndim
+        index[axis] = slice(start, start + x.shape[axis])
+        out.append(g[tuple(index)])
+        start += x.shape[axis]
+    return out
+
+
+@rule("take")
+def _take(g, xs, y, attrs):
+    x, idx = xs
+    return [primitive("scatter_add", [g, idx], axis=attrs["axis"], size=x.shape[attrs["axis"]]), None]
+
+
+@rule("scatter_add")
+def _scatter_add(g, xs, y, attrs):
+    return [ops.take(g, xs[1], attrs["axis"]), None]

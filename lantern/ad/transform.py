@@ -1,0 +1,272 @@
+"""Reverse-mode AD as a continuation-passing transformation of the IR (Wang et al., ICFP 2019).
+
+The transformer walks a block with a *meta-level* continuation ``k`` (a Python callable
+that emits "the rest of the program" and returns the function's final values). For a
+primitive ``y = f(x)`` it emits the forward statement and a zero adjoint ``y_bar``, lets
+the rest of the block (and ``k``) be emitted, then emits ``x_bar += f_vjp(x, y, y_bar)``.
+Straight-line code therefore comes out as forward statements, then the backward ones in
+reverse order: no tape, no closures.
+
+Only control flow makes the continuation real:
+
+* ``If``: the rest of the program becomes one IR ``Lambda`` (a continuation with free
+  variables, closure-converted in C to a function plus an environment on the stack),
+  applied at the end of each branch's forward part; each branch then runs its backward part.
+* counted ``Loop`` with static bounds: the forward loop stores each iteration's carried
+  state in a ``[n, ...]`` array; after the rest of the program, a reverse loop recomputes
+  each iteration's forward part from its stored state and runs its backward part. (CPS
+  through the loop would nest one C frame per iteration; this keeps the C stack flat for
+  loops of any length, at the price of running each body forward twice.)
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from .. import ops
+from ..errors import TraceError
+from ..ir.nodes import Accumulate, Apply, Block, Call, Function, If, Lambda, Loop, Op, Stmt, Var, While
+from ..ir.primitives import PRIMITIVES
+from ..ir.rewrite import clone_block
+from ..ir.types import FLOAT_DTYPES, FnType, TensorType, scalar
+from ..tensor import Tensor
+from ..tracing import Frame, with_location
+from .rules import RULES, unbroadcast
+
+Continuation = Callable[[], list[Tensor]]
+
+
+def _is_float(v: Var) -> bool:
+    return isinstance(v.type, TensorType) and v.type.dtype in FLOAT_DTYPES
+
+
+def activity(block: Block, active: set[int]) -> None:
+    """Add to ``active`` every variable of ``block`` that depends differentiably on one in it."""
+    for s in block.stmts:
+        if isinstance(s, Op):
+            if PRIMITIVES[s.prim].differentiable and any(a.id in active for a in s.args):
+                active.update(o.id for o in s.outs if _is_float(o))
+        elif isinstance(s, If):
+            for b in s.blocks():
+                activity(b, active)
+            for k, o in enumerate(s.outs):
+                if _is_float(o) and any(b.results[k].id in active for b in s.blocks()):
+                    active.add(o.id)
+        elif isinstance(s, (Loop, While)):
+            carried = s.body.params[1:] if isinstance(s, Loop) else s.body.params
+            params = [carried] + ([s.cond.params] if isinstance(s, While) else [])
+            while True:  # fixpoint: a carried value becomes active once its update is
+                for ps in params:
+                    active.update(p.id for p, x in zip(ps, s.init) if x.id in active and _is_float(p))
+                before = len(active)
+                for b in s.blocks():
+                    activity(b, active)
+                for ps in params:
+                    active.update(p.id for p, r in zip(ps, s.body.results) if r.id in active and _is_float(p))
+                if len(active) == before:
+                    break
+            active.update(o.id for o, p in zip(s.outs, carried) if p.id in active)
+        else:
+            raise TypeError(f"activity of {type(s).__name__}")
+
+
+class Differentiator:
+    """Emits, into ``frame``, the CPS-transformed body of one function."""
+
+    def __init__(self, frame: Frame, fn: Function, wrt: list[int], loss_index: int):
+        self.frame = frame
+        self.fn = fn
+        self.wrt = wrt
+        self.loss_index = loss_index
+        self.val: dict[int, Tensor] = {}   # old variable -> its value in the new function
+        self.adj: dict[int, Tensor] = {}   # old variable -> its adjoint buffer
+        self.static: dict[int, int | float | bool] = {}  # old 0-d constants
+        self.active: set[int] = {fn.body.params[i].id for i in wrt if _is_float(fn.body.params[i])}
+        activity(fn.body, self.active)
+
+    # ------------------------------------------------------------ helpers
+    def tensor(self, v: Var) -> Tensor:
+        return Tensor(v, self.frame)
+
+    def zeros_for(self, old: Var) -> None:
+        if old.id in self.active:
+            t: TensorType = old.type  # type: ignore[assignment]
+            self.adj[old.id] = ops.zeros(t.shape, t.dtype)
+
+    def accumulate(self, old: Var, contribution: Tensor | None) -> None:
+        """``old_bar += contribution`` (summed back over broadcast axes)."""
+        target = self.adj.get(old.id)
+        if target is None or contribution is None:
+            return
+        value = ops.astype(unbroadcast(contribution, target.shape), target.dtype)
+        self.frame.add(Accumulate([], loc=self.frame.loc_override or self.fn.loc, target=target.var, value=value.var))
+
+    def at(self, stmt: Stmt) -> None:
+        self.frame.loc_override = stmt.loc
+
+    # ------------------------------------------------------------ the transformation
+    def run(self, params: list[Var]) -> list[Tensor]:
+        """Bind the new function's ``params``; return its results: the values, then the gradients."""
+        self.frame.loc_override = self.fn.loc
+        for old, new in zip(self.fn.body.params, params):
+            self.val[old.id] = self.tensor(new)
+            self.zeros_for(old)
+        values = self.block(self.fn.body.stmts, self.final)
+        grads = []
+        for i in self.wrt:
+            p = self.fn.body.params[i]
+            grads.append(self.adj[p.id] if p.id in self.adj else ops.zeros(p.type.shape, p.type.dtype))  # type: ignore[union-attr]
+        return values + grads
+
+    def final(self) -> list[Tensor]:
+        """The innermost continuation: seed d loss / d loss = 1, hand back the forward values."""
+        loss = self.fn.body.results[self.loss_index]
+        self.frame.loc_override = self.fn.loc
+        self.accumulate(loss, ops.ones((), loss.type.dtype))  # type: ignore[union-attr]
+        return [self.val[r.id] for r in self.fn.body.results]
+
+    def block(self, stmts: list[Stmt], k: Continuation) -> list[Tensor]:
+        """Forward part of ``stmts``, then ``k``, then the backward part; returns ``k``'s values."""
+        done: list[Op] = []
+        for idx, s in enumerate(stmts):
+            if isinstance(s, Op):
+                self.forward_op(s)
+                done.append(s)
+                continue
+            rest = stmts[idx + 1:]
+            result = self.control(s, lambda: self.block(rest, k))
+            break
+        else:
+            result = k()
+        for s in reversed(done):
+            self.backward_op(s)
+        return result
+
+    def forward_op(self, s: Op) -> None:
+        self.at(s)
+        out = s.outs[0]
+        new = Var(out.type, out.hint)
+        self.frame.add(Op([new], loc=s.loc, prim=s.prim, args=[self.val[a.id].var for a in s.args], attrs=s.attrs))
+        self.val[out.id] = self.tensor(new)
+        if s.prim == "fill" and out.type.shape == ():  # type: ignore[union-attr]
+            self.static[out.id] = s.attrs["value"]
+        self.zeros_for(out)
+
+    def backward_op(self, s: Op) -> None:
+        out = s.outs[0]
+        if out.id not in self.adj or not any(a.id in self.adj for a in s.args):
+            return
+        self.at(s)
+        contributions = RULES[s.prim](self.adj[out.id], [self.val[a.id] for a in s.args], self.val[out.id], s.attrs)
+        for a, c in zip(s.args, contributions):
+            self.accumulate(a, c)
+
+    def control(self, s: Stmt, rest: Continuation) -> list[Tensor]:
+        if isinstance(s, If):
+            return self.control_if(s, rest)
+        if isinstance(s, Loop):
+            return self.control_loop(s, rest)
+        what = {While: "lantern.while_loop", Call: "a recursive staged function"}.get(type(s), type(s).__name__)
+        raise with_location(TraceError, f"reverse-mode AD through {what} is not implemented yet", s.loc)
+
+    # ------------------------------------------------------------ conditionals
+    def control_if(self, s: If, rest: Continuation) -> list[Tensor]:
+        frame = self.frame
+        self.at(s)
+        for o in s.outs:  # adjoints of the outputs live outside the branches
+            self.zeros_for(o)
+        # The rest of the program, reified once as a continuation taking the If's outputs.
+        params = [Var(o.type, o.hint) for o in s.outs]
+        body = Block(params=params)
+        with frame.block(body):
+            for o, p in zip(s.outs, params):
+                self.val[o.id] = self.tensor(p)
+            finals = rest()
+            body.results = [t.var for t in finals]
+        k = Var(FnType(tuple(p.type for p in params), tuple(t.var.type for t in finals)), "k")
+        frame.add(Lambda([k], loc=s.loc, body=body))
+
+        def branch(old: Block) -> Block:
+            new = Block()
+            with frame.block(new):
+                def call_rest() -> list[Tensor]:
+                    self.at(s)
+                    outs = [Var(t.var.type, "rest") for t in finals]
+                    frame.add(Apply(outs, loc=s.loc, fn=k, args=[self.val[r.id].var for r in old.results]))
+                    for o, r in zip(s.outs, old.results):  # the branch's results get the outputs' adjoints
+                        if o.id in self.adj:
+                            self.accumulate(r, self.adj[o.id])
+                    return [self.tensor(v) for v in outs]
+                new.results = [t.var for t in self.block(old.stmts, call_rest)]
+            return new
+
+        then_block, else_block = branch(s.then_block), branch(s.else_block)
+        outs = [Var(t.var.type, "result") for t in finals]
+        self.at(s)
+        frame.add(If(outs, loc=s.loc, pred=self.val[s.pred.id].var, then_block=then_block, else_block=else_block))
+        return [self.tensor(v) for v in outs]
+
+    # ------------------------------------------------------------ counted loops
+    def control_loop(self, s: Loop, rest: Continuation) -> list[Tensor]:
+        frame = self.frame
+        self.at(s)
+        lo, hi = self.static.get(s.lo.id), self.static.get(s.hi.id)
+        if lo is None or hi is None:
+            raise with_location(TraceError, "reverse-mode AD through a fori_loop needs Python int bounds "
+                                "(staged bounds are not implemented yet)", s.loc)
+        lo, hi = int(lo), int(hi)
+        n = max(hi - lo, 0)
+        i_old, *carry_old = s.body.params
+        # Forward: the loop as written, storing the state each iteration starts from.
+        saved = [ops.zeros((n,) + c.type.shape, c.type.dtype) for c in carry_old]  # type: ignore[union-attr]
+        i_new = Var(scalar("int64"), i_old.hint)
+        carry_new = [Var(c.type, c.hint) for c in carry_old]
+        body = Block(params=[i_new, *carry_new])
+        with frame.block(body):
+            row = ops.subtract(self.tensor(i_new), lo) if lo else self.tensor(i_new)
+            for stack, c in zip(saved, carry_new):
+                frame.add(Accumulate([], loc=s.loc, target=stack.var, value=c, index=row.var))
+            subst = {i_old.id: i_new, **{c.id: cn for c, cn in zip(carry_old, carry_new)}}
+            subst.update({v_id: t.var for v_id, t in self.val.items() if v_id not in subst})
+            copy = clone_block(Block([], s.body.stmts, s.body.results), subst)
+            for stmt in copy.stmts:
+                frame.add(stmt)
+            body.results = copy.results
+        outs = [Var(o.type, o.hint) for o in s.outs]
+        frame.add(Loop(outs, loc=s.loc, lo=self.val[s.lo.id].var, hi=self.val[s.hi.id].var,
+                       init=[self.val[x.id].var for x in s.init], body=body))
+        for o, v in zip(s.outs, outs):
+            self.val[o.id] = self.tensor(v)
+            self.zeros_for(o)
+        finals = rest()
+        # Backward: iterations in reverse, each recomputed from its stored state.
+        active = [k for k, c in enumerate(carry_old) if c.id in self.active]
+        if active and n:
+            self.at(s)
+            j = Var(scalar("int64"), "j")
+            bars = [Var(carry_old[k].type, carry_old[k].hint + "_bar") for k in active]
+            back = Block(params=[j, *bars])
+            with frame.block(back):
+                i_t = ops.subtract(hi - 1, self.tensor(j))
+                self.val[i_old.id] = i_t
+                for stack, c in zip(saved, carry_old):
+                    self.val[c.id] = ops.take(stack, ops.subtract(i_t, lo) if lo else i_t)
+                    self.zeros_for(c)
+
+                def seed() -> list[Tensor]:
+                    self.at(s)
+                    for k, bar in zip(active, bars):
+                        self.accumulate(s.body.results[k], self.tensor(bar))
+                    return []
+
+                self.block(s.body.stmts, seed)
+                back.results = [self.adj[carry_old[k].id].var for k in active]
+            bar_outs = [Var(b.type, b.hint) for b in bars]
+            self.at(s)
+            frame.add(Loop(bar_outs, loc=s.loc, lo=ops.constant(0, "int64").var, hi=ops.constant(n, "int64").var,
+                           init=[self.adj[s.outs[k].id].var for k in active], body=back))
+            for k, b in zip(active, bar_outs):
+                self.accumulate(s.init[k], self.tensor(b))
+        elif active:  # no iterations: the outputs are the initial values
+            for k in active:
+                self.accumulate(s.init[k], self.adj[s.outs[k].id])
+        return finals
