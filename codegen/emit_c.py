@@ -201,7 +201,7 @@ class FunctionEmitter:
         body = self.fn.body
         for p in body.params:
             self.storage[p.id] = _Storage("pointer", self.name(p))
-        if self.fn.name in self.m.recursive:
+        if self.fn.name in self.m.recursive or self.env_param:  # continuations may recurse (loops)
             self.line(f'lt_stack_check("{self.fn.name} ({self.fn.loc})");')
         self.line("lt_mark_t mark = lt_mark();")
         self.block_stmts(body, [f"result{k}" for k in range(len(body.results))])
@@ -288,6 +288,9 @@ class FunctionEmitter:
         """
         k = self.m.next_lambda()
         c_name, env_type = f"lambda_{k}", f"struct lambda_{k}_env"
+        env = f"env_{k}"
+        out = stmt.outs[0]
+        self.storage[out.id] = _Storage("lambda", c_name, f"&{env}", env_type)  # before capture: letrec
         fields, inits, captured = [], [], {}
         for v in free_vars(stmt.body):
             s = self.storage[v.id]
@@ -305,10 +308,7 @@ class FunctionEmitter:
             captured[v.id] = (_Storage("pointer", f"env->{field}") if s.kind == "pointer"
                               else _Storage("scalar", f"(*env->{field})"))
         self.m.structs.append(f"{env_type} {{\n" + "\n".join(f"    {f}" for f in fields or ["char unused;"]) + "\n};")
-        env = f"env_{k}"
         self.line(f"{env_type} {env} = {{ {', '.join(inits) or '0'} }};")
-        out = stmt.outs[0]
-        self.storage[out.id] = _Storage("lambda", c_name, f"&{env}", env_type)
         body_fn = Function(c_name, stmt.body, out.type.results, stmt.loc)  # type: ignore[union-attr]
         sub = FunctionEmitter(self.m, body_fn, c_name, f"{env_type} *env", captured)
         self.m.lambdas.append((sub.signature(), sub.emit(), stmt.loc))
@@ -787,9 +787,11 @@ class ModuleEmitter:
         self.structs: list[str] = []
         self.lambdas: list[tuple[str, list[str], Loc]] = []
         self._lambda_count = 0
-        #: variables updated in place (adjoint buffers): never inlined as literals
-        self.mutated = {s.target.id for fn in module.functions.values() for s in walk_stmts(fn.body)
-                        if isinstance(s, Accumulate)}
+        #: variables that may be updated in place (adjoint buffers, and anything passed by
+        #: reference to a function or continuation): never inlined as literals
+        self.mutated = {v.id for fn in module.functions.values() for s in walk_stmts(fn.body)
+                        for v in ([s.target] if isinstance(s, Accumulate) else
+                                  s.args if isinstance(s, (Apply, Call)) else [])}
 
     def next_lambda(self) -> int:
         self._lambda_count += 1
@@ -825,7 +827,7 @@ class ModuleEmitter:
             f"int lantern_entry({', '.join(params) or 'void'})",
             "{",
             "    lt_mark_t mark = lt_mark();",
-            *(["    lt_stack_init();"] if self.recursive else []),
+            *(["    lt_stack_init();"] if self.recursive or self.lambdas else []),
             "    switch (setjmp(lt_unwind)) {",
             "    case 0:",
             "        break;",

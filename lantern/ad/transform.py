@@ -17,6 +17,12 @@ Only control flow makes the continuation real:
   each iteration's forward part from its stored state and runs its backward part. (CPS
   through the loop would nest one C frame per iteration; this keeps the C stack flat for
   loops of any length, at the price of running each body forward twice.)
+* ``While`` (and a counted loop with staged bounds, rewritten as one): the trip count is
+  known only at run time, so the loop is written in CPS as a continuation that applies
+  itself (``loop(state, state_bar)``: if the condition holds, run the body and call
+  ``loop`` on the new state, then run the body's backward part; otherwise run the rest of
+  the program). Each iteration is one C frame holding its own intermediates until its
+  backward part has run; the stack guard turns a too-deep loop into a clean error.
 """
 from __future__ import annotations
 
@@ -164,9 +170,22 @@ class Differentiator:
         if isinstance(s, If):
             return self.control_if(s, rest)
         if isinstance(s, Loop):
+            if self.static.get(s.lo.id) is None or self.static.get(s.hi.id) is None:
+                return self.control_while(self.loop_as_while(s), rest)
             return self.control_loop(s, rest)
-        what = {While: "lantern.while_loop", Call: "a recursive staged function"}.get(type(s), type(s).__name__)
+        if isinstance(s, While):
+            return self.control_while(s, rest)
+        what = {Call: "a recursive staged function"}.get(type(s), type(s).__name__)
         raise with_location(TraceError, f"reverse-mode AD through {what} is not implemented yet", s.loc)
+
+    def forward_copy(self, block: Block, params: list[Var]) -> list[Var]:
+        """Emit ``block``'s statements as they are (no adjoints), its parameters bound to ``params``."""
+        subst = {v_id: t.var for v_id, t in self.val.items()}
+        subst.update({p.id: new for p, new in zip(block.params, params)})
+        copy = clone_block(Block([], block.stmts, block.results), subst)
+        for stmt in copy.stmts:
+            self.frame.add(stmt)
+        return copy.results
 
     # ------------------------------------------------------------ conditionals
     def control_if(self, s: If, rest: Continuation) -> list[Tensor]:
@@ -209,11 +228,7 @@ class Differentiator:
     def control_loop(self, s: Loop, rest: Continuation) -> list[Tensor]:
         frame = self.frame
         self.at(s)
-        lo, hi = self.static.get(s.lo.id), self.static.get(s.hi.id)
-        if lo is None or hi is None:
-            raise with_location(TraceError, "reverse-mode AD through a fori_loop needs Python int bounds "
-                                "(staged bounds are not implemented yet)", s.loc)
-        lo, hi = int(lo), int(hi)
+        lo, hi = int(self.static[s.lo.id]), int(self.static[s.hi.id])
         n = max(hi - lo, 0)
         i_old, *carry_old = s.body.params
         # Forward: the loop as written, storing the state each iteration starts from.
@@ -225,12 +240,7 @@ class Differentiator:
             row = ops.subtract(self.tensor(i_new), lo) if lo else self.tensor(i_new)
             for stack, c in zip(saved, carry_new):
                 frame.add(Accumulate([], loc=s.loc, target=stack.var, value=c, index=row.var))
-            subst = {i_old.id: i_new, **{c.id: cn for c, cn in zip(carry_old, carry_new)}}
-            subst.update({v_id: t.var for v_id, t in self.val.items() if v_id not in subst})
-            copy = clone_block(Block([], s.body.stmts, s.body.results), subst)
-            for stmt in copy.stmts:
-                frame.add(stmt)
-            body.results = copy.results
+            body.results = self.forward_copy(s.body, [i_new, *carry_new])
         outs = [Var(o.type, o.hint) for o in s.outs]
         frame.add(Loop(outs, loc=s.loc, lo=self.val[s.lo.id].var, hi=self.val[s.hi.id].var,
                        init=[self.val[x.id].var for x in s.init], body=body))
@@ -270,3 +280,71 @@ class Differentiator:
             for k in active:
                 self.accumulate(s.init[k], self.adj[s.outs[k].id])
         return finals
+
+    # ------------------------------------------------------------ loops decided at run time
+    def loop_as_while(self, s: Loop) -> While:
+        """``for i in range(lo, hi)`` with staged bounds, as a while loop over ``(i, *state)``."""
+        i_old, *carry = s.body.params
+        i64 = scalar("int64")
+        ic, ib = Var(i64, "i"), Var(i64, "i")
+        cc, cb = [Var(c.type, c.hint) for c in carry], [Var(c.type, c.hint) for c in carry]
+        below = Var(scalar("bool"), "less")
+        cond = Block([ic, *cc], [Op([below], loc=s.loc, prim="lt", args=[ic, s.hi])], [below])
+        copy = clone_block(Block([], s.body.stmts, s.body.results), {i_old.id: ib, **{c.id: x for c, x in zip(carry, cb)}})
+        one, nxt = Var(i64, "c"), Var(i64, "i")
+        step = [Op([one], loc=s.loc, prim="fill", attrs={"value": 1, "shape": (), "dtype": "int64"}),
+                Op([nxt], loc=s.loc, prim="add", args=[ib, one])]
+        body = Block([ib, *cb], copy.stmts + step, [nxt, *copy.results])
+        loop = While([Var(i64, "i"), *s.outs], loc=s.loc, init=[s.lo, *s.init], cond=cond, body=body)
+        activity(Block([], [loop], []), self.active)  # the copied body has new variables
+        return loop
+
+    def control_while(self, s: While, rest: Continuation) -> list[Tensor]:
+        frame = self.frame
+        self.at(s)
+        act = [k for k, p in enumerate(s.body.params) if p.id in self.active]
+        state = [Var(x.type, x.hint) for x in s.init]
+        bars = [Var(s.init[k].type, s.init[k].hint + "_bar") for k in act]
+        body = Block(params=state + bars)  # loop(state, state_bar): the rest of the program from here
+        outer = frame.blocks[-1]
+        with frame.block(body):
+            pred = self.forward_copy(s.cond, state)[0]
+            done = Block()  # the loop ends: the rest of the program, with outputs = state
+            with frame.block(done):
+                for o, v in zip(s.outs, state):
+                    self.val[o.id] = self.tensor(v)
+                for k, b in zip(act, bars):
+                    self.adj[s.outs[k].id] = self.tensor(b)
+                finals = rest()
+                done.results = [t.var for t in finals]
+            loop = Var(FnType(tuple(v.type for v in body.params), tuple(t.var.type for t in finals)), "loop")
+            frame.owner[loop.id] = outer  # letrec: in scope in its own body
+
+            def next_iteration() -> list[Tensor]:
+                self.at(s)
+                new_bars = [ops.zeros(s.init[k].type.shape, s.init[k].type.dtype) for k in act]  # type: ignore[union-attr]
+                outs = [Var(t.var.type, "rest") for t in finals]
+                frame.add(Apply(outs, loc=s.loc, fn=loop,
+                                args=[self.val[r.id].var for r in s.body.results] + [b.var for b in new_bars]))
+                for k, b in zip(act, new_bars):
+                    self.accumulate(s.body.results[k], b)
+                return [self.tensor(v) for v in outs]
+
+            again = Block()
+            with frame.block(again):
+                for p, v in zip(s.body.params, state):
+                    self.val[p.id] = self.tensor(v)
+                for k, b in zip(act, bars):
+                    self.adj[s.body.params[k].id] = self.tensor(b)
+                again.results = [t.var for t in self.block(s.body.stmts, next_iteration)]
+            outs = [Var(t.var.type, "result") for t in finals]
+            self.at(s)
+            frame.add(If(outs, loc=s.loc, pred=pred, then_block=again, else_block=done))
+            body.results = outs
+        frame.add(Lambda([loop], loc=s.loc, body=body))
+        init_bars = [ops.zeros(s.init[k].type.shape, s.init[k].type.dtype) for k in act]  # type: ignore[union-attr]
+        outs = [Var(t.var.type, "result") for t in finals]
+        frame.add(Apply(outs, loc=s.loc, fn=loop, args=[self.val[x.id].var for x in s.init] + [b.var for b in init_bars]))
+        for k, b in zip(act, init_bars):
+            self.accumulate(s.init[k], b)
+        return [self.tensor(v) for v in outs]

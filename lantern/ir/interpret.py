@@ -65,7 +65,11 @@ class Interpreter:
             return self.call(stmt.fn, [get(v) for v in stmt.args])
         if isinstance(stmt, Lambda):
             captured = dict(env)
-            return [lambda *args: self.block(stmt.body, args, dict(captured))]
+
+            def closure(*args: Any) -> list[Any]:
+                return self.block(stmt.body, args, dict(captured))
+            captured[stmt.outs[0].id] = closure  # letrec: the body may call itself
+            return [closure]
         if isinstance(stmt, Apply):
             return get(stmt.fn)(*[get(v) for v in stmt.args])
         if isinstance(stmt, Accumulate):

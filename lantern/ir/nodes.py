@@ -154,7 +154,11 @@ class Call(Stmt):
 
 @dataclass(eq=False)
 class Lambda(Stmt):
-    """Defines ``outs[0]``, a function value (continuation) that may read free variables."""
+    """Defines ``outs[0]``, a function value (continuation) that may read free variables.
+
+    The body may apply ``outs[0]`` itself (letrec): that is how a loop whose trip count is
+    decided at run time is written in continuation-passing style.
+    """
 
     body: Block = field(default_factory=Block)
 

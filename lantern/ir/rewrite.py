@@ -85,8 +85,10 @@ def clone_block(block: Block, subst: Subst, inline: InlineHook | None = None, re
                     subst[o.id] = r
                 continue
         new = with_operands(stmt, get)
+        # A lambda's own name is in scope in its body (letrec), so define it first.
+        outs = [define(o) for o in stmt.outs] if isinstance(stmt, Lambda) else []
         new = with_blocks(new, [clone_block(b, subst if not isinstance(stmt, Fused) else {}, inline, rename)
                                 for b in stmt.blocks()])
-        new.outs = [define(o) for o in stmt.outs]
+        new.outs = outs or [define(o) for o in stmt.outs]
         stmts.append(new)
     return Block(params, stmts, [get(r) for r in block.results])

@@ -101,7 +101,8 @@ class _Verifier:
                 _fail(where, "a lambda defines one function value")
             ftype = stmt.outs[0].type
             self.types_match(stmt.body.params, list(ftype.params), where, "lambda params")
-            self.block(stmt.body, scope, where)
+            # letrec: the body may apply the lambda itself (a loop in continuation-passing style)
+            self.block(stmt.body, scope | {stmt.outs[0].id}, where)
             self.types_match(stmt.body.results, list(ftype.results), where, "lambda results")
         elif isinstance(stmt, Apply):
             ftype = stmt.fn.type
