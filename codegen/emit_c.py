@@ -13,6 +13,7 @@ Storage of a variable:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from math import prod
 from typing import Callable, Iterable
@@ -24,7 +25,7 @@ from lantern.ir.nodes import (Accumulate, Apply, Block, Call, Function, Fused, I
 from lantern.ir.primitives import ELEMENTWISE, PRIMITIVES
 from lantern.ir.names import Namer
 from lantern.ir.printer import format_function
-from lantern.ir.types import TensorType
+from lantern.ir.types import FnType, TensorType
 from lantern.source import Loc
 
 from .c_types import C_TYPE, FLOATS, elementwise_expr, literal
@@ -190,17 +191,33 @@ class FunctionEmitter:
             self.close()
 
     # ------------------------------------------------------------ functions
+    def closure(self, v: Var) -> str:
+        """``v``, a function value, as a C closure (function pointer plus environment)."""
+        s = self.storage[v.id]
+        if s.kind == "closure":
+            return s.name
+        return f"({self.m.cont_type(v.type)}){{ {s.name}, {s.env} }}"  # type: ignore[arg-type]
+
+    def arg(self, v: Var) -> str:
+        """How ``v`` is passed to a function or continuation: tensors by pointer, closures by value."""
+        return self.closure(v) if isinstance(v.type, FnType) else self.ptr(v)
+
     def signature(self) -> str:
-        params = [f"{self.ctype(p)} *{self.name(p)}" for p in self.fn.body.params]
+        params = [f"{self.m.cont_type(p.type)} {self.name(p)}" if isinstance(p.type, FnType)
+                  else f"{self.ctype(p)} *{self.name(p)}" for p in self.fn.body.params]
         params += [f"{C_TYPE[t.dtype]} *result{k}" for k, t in enumerate(self.fn.result_types or ())]  # type: ignore[union-attr]
         if self.env_param:
-            params.insert(0, self.env_param)
+            params.insert(0, "void *env_")  # any continuation can be called through a pointer
         return f"static void {self.c_name}({', '.join(params) or 'void'})"
 
     def emit(self) -> list[str]:
         body = self.fn.body
         for p in body.params:
-            self.storage[p.id] = _Storage("pointer", self.name(p))
+            self.storage[p.id] = _Storage("closure" if isinstance(p.type, FnType) else "pointer", self.name(p))
+        if self.env_param:
+            env_type = self.env_param.split(" *")[0]
+            uses_env = any(s.name.startswith(("env->", "(*env->")) for s in self.storage.values())
+            self.line(f"{env_type} *env = env_;" if uses_env else "(void)env_;")
         if self.fn.name in self.m.recursive or self.env_param:  # continuations may recurse (loops)
             self.line(f'lt_stack_check("{self.fn.name} ({self.fn.loc})");')
         self.line("lt_mark_t mark = lt_mark();")
@@ -211,7 +228,10 @@ class FunctionEmitter:
                 self.storage[dst.id] = _Storage("pointer", f"result{k}")
                 self.copy(dst, r)
         self.line("lt_release(mark);")
-        return [self.signature(), "{", *self.lines, "}"]
+        text = "\n".join(self.lines)
+        unused = [f"    (void){self.name(p)}; /* not needed by this signature */" for p in body.params
+                  if not re.search(rf"\b{re.escape(self.name(p))}\b", text)]
+        return [self.signature(), "{", *unused, *self.lines, "}"]
 
     @staticmethod
     def _allocates(stmt: Stmt) -> bool:
@@ -261,7 +281,7 @@ class FunctionEmitter:
             self.comment_loc([stmt.loc])
             for o in stmt.outs:
                 self.declare(o)
-            args = [self.ptr(a) for a in stmt.args] + [self.ptr(o) for o in stmt.outs]
+            args = [self.arg(a) for a in stmt.args] + [self.ptr(o) for o in stmt.outs]
             self.line(f"fn_{stmt.fn}({', '.join(args)});")
         elif isinstance(stmt, Lambda):
             self.emit_lambda(stmt)
@@ -270,8 +290,11 @@ class FunctionEmitter:
             for o in stmt.outs:
                 self.declare(o)
             k = self.storage[stmt.fn.id]
-            args = [k.env] + [self.ptr(a) for a in stmt.args] + [self.ptr(o) for o in stmt.outs]
-            self.line(f"{k.name}({', '.join(args)});")
+            args = [self.arg(a) for a in stmt.args] + [self.ptr(o) for o in stmt.outs]
+            if k.kind == "closure":  # a continuation received as a parameter: call through the pointer
+                self.line(f"{k.name}.fn({', '.join([f'{k.name}.env'] + args)});")
+            else:  # a continuation made here: a direct call
+                self.line(f"{k.name}({', '.join([k.env] + args)});")
         elif isinstance(stmt, Accumulate):
             self.comment_loc([stmt.loc])
             self.emit_accumulate(stmt)
@@ -303,6 +326,11 @@ class FunctionEmitter:
                 inits.append(f".{field} = {s.env}")
                 captured[v.id] = _Storage("lambda", s.name, f"env->{field}", s.env_type)
                 continue
+            if s.kind == "closure":
+                fields.append(f"{self.m.cont_type(v.type)} {field};")  # type: ignore[arg-type]
+                inits.append(f".{field} = {s.name}")
+                captured[v.id] = _Storage("closure", f"env->{field}")
+                continue
             fields.append(f"{self.ctype(v)} *{field};")
             inits.append(f".{field} = {self.ptr(v)}")
             captured[v.id] = (_Storage("pointer", f"env->{field}") if s.kind == "pointer"
@@ -310,7 +338,7 @@ class FunctionEmitter:
         self.m.structs.append(f"{env_type} {{\n" + "\n".join(f"    {f}" for f in fields or ["char unused;"]) + "\n};")
         self.line(f"{env_type} {env} = {{ {', '.join(inits) or '0'} }};")
         body_fn = Function(c_name, stmt.body, out.type.results, stmt.loc)  # type: ignore[union-attr]
-        sub = FunctionEmitter(self.m, body_fn, c_name, f"{env_type} *env", captured)
+        sub = FunctionEmitter(self.m, body_fn, c_name, f"{env_type} *env_", captured)
         self.m.lambdas.append((sub.signature(), sub.emit(), stmt.loc))
 
     def emit_accumulate(self, stmt: Accumulate) -> None:
@@ -785,6 +813,8 @@ class ModuleEmitter:
         self.recursive = recursive_functions(module)
         self.names = Namer()
         self.structs: list[str] = []
+        self.typedefs: list[str] = []
+        self.cont_types: dict[FnType, str] = {}
         self.lambdas: list[tuple[str, list[str], Loc]] = []
         self._lambda_count = 0
         #: variables that may be updated in place (adjoint buffers, and anything passed by
@@ -792,6 +822,19 @@ class ModuleEmitter:
         self.mutated = {v.id for fn in module.functions.values() for s in walk_stmts(fn.body)
                         for v in ([s.target] if isinstance(s, Accumulate) else
                                   s.args if isinstance(s, (Apply, Call)) else [])}
+
+    def cont_type(self, t: FnType) -> str:
+        """The C closure type for continuations of type ``t`` (declared once per type)."""
+        name = self.cont_types.get(t)
+        if name is None:
+            name = self.cont_types[t] = f"lt_cont_{len(self.cont_types) + 1}"
+            if not all(isinstance(p, TensorType) for p in t.params + t.results):
+                raise NotImplementedError("continuations taking continuations")
+            args = ["void *env"] + [f"{C_TYPE[p.dtype]} *" for p in t.params]  # type: ignore[union-attr]
+            args += [f"{C_TYPE[r.dtype]} *" for r in t.results]  # type: ignore[union-attr]
+            self.typedefs.append(f"/* a continuation {t} */\ntypedef struct {{\n    void (*fn)({', '.join(args)});\n"
+                                 f"    void *env;\n}} {name};")
+        return name
 
     def next_lambda(self) -> int:
         self._lambda_count += 1
@@ -858,6 +901,8 @@ class ModuleEmitter:
         parts = ["\n".join(header), "\n".join(includes)]
         if self.constants:
             parts.append("\n".join(self.constants))
+        if self.typedefs:
+            parts.append("\n\n".join(self.typedefs))
         if self.structs:
             parts.append("\n\n".join(self.structs))
         parts.append("\n".join(prototypes))

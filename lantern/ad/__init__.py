@@ -10,7 +10,8 @@ import functools
 from typing import Any, Callable, Sequence
 
 from ..errors import TraceError
-from ..ir.nodes import Block, Call, Function, Module, Var, walk_stmts
+from ..ir.nodes import Block, Call, Function, Module, Var
+from ..ir.types import FnType
 from ..ir.types import FLOAT_DTYPES
 from ..staging import Staged
 from ..tensor import Tensor
@@ -21,13 +22,10 @@ from .transform import Differentiator
 __all__ = ["grad", "value_and_grad"]
 
 
-def _inlined(builder_functions: dict[str, Function], name: str) -> Function:
+def _inlined(builder_functions: dict[str, Function], name: str) -> dict[str, Function]:
+    """The functions ``name`` needs with non-recursive calls inlined (recursive ones stay)."""
     from ..codegen.passes.inline import inline_calls
-    module = inline_calls(Module(dict(builder_functions), name))
-    fn = module.functions[name]
-    if any(isinstance(s, Call) for s in walk_stmts(fn.body)):
-        raise with_location(TraceError, "reverse-mode AD through recursive staged functions is not implemented yet")
-    return fn
+    return inline_calls(Module(dict(builder_functions), name)).functions
 
 
 def _differentiate(frame: Frame, name: str, wrt: list[int], loss_index: int) -> str:
@@ -36,17 +34,42 @@ def _differentiate(frame: Frame, name: str, wrt: list[int], loss_index: int) -> 
     key = ("grad", name, tuple(wrt), loss_index)
     if key in builder.specializations:
         return builder.specializations[key]
-    fn = _inlined(builder.functions, name)
+    functions = _inlined(builder.functions, name)
+    fn = functions[name]
     gname = builder.fresh_name(f"{name}_grad")
     gframe = Frame(builder, gname)
     params = [Var(p.type, p.hint) for p in fn.body.params]
     block = Block(params=params)
+    cps = functools.partial(_cps_version, builder, functions)
     with tracing(gframe), gframe.block(block):
-        results = Differentiator(gframe, fn, wrt, loss_index).run(params)
+        results = Differentiator(gframe, fn, wrt, loss_index, cps).run(params)
         block.results = [t.var for t in results]
     builder.functions[gname] = Function(gname, block, tuple(r.type for r in block.results), fn.loc)
     builder.specializations[key] = gname
     return gname
+
+
+def _cps_version(builder: Any, functions: dict[str, Function], name: str, final_types: tuple) -> str:
+    """``<name>_cps(args, args_bar, k)`` for continuations returning ``final_types`` (built once)."""
+    key = ("cps", name, final_types)
+    if key in builder.specializations:
+        return builder.specializations[key]
+    fn = functions[name]
+    cname = builder.fresh_name(f"{name}_cps")
+    builder.specializations[key] = cname  # before tracing: the body calls it recursively
+    floats = [p for p in fn.body.params if p.type.dtype in FLOAT_DTYPES]  # type: ignore[union-attr]
+    float_results = [t for t in fn.result_types or () if t.dtype in FLOAT_DTYPES]  # type: ignore[union-attr]
+    params = [Var(p.type, p.hint) for p in fn.body.params]
+    bars = [Var(p.type, p.hint + "_bar") for p in floats]
+    k = Var(FnType(tuple(fn.result_types or ()) + tuple(float_results), final_types), "k")
+    frame = Frame(builder, cname)
+    block = Block(params=params + bars + [k])
+    wrt = [i for i, p in enumerate(fn.body.params) if p.type.dtype in FLOAT_DTYPES]  # type: ignore[union-attr]
+    with tracing(frame), frame.block(block):
+        d = Differentiator(frame, fn, wrt, 0, functools.partial(_cps_version, builder, functions), final_types)
+        block.results = [t.var for t in d.run_cps(params, bars, k)]
+    builder.functions[cname] = Function(cname, block, final_types, fn.loc)
+    return cname
 
 
 def value_and_grad(fun: Callable[..., Any], argnums: int | Sequence[int] = 0,

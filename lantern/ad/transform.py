@@ -23,6 +23,12 @@ Only control flow makes the continuation real:
   ``loop`` on the new state, then run the body's backward part; otherwise run the rest of
   the program). Each iteration is one C frame holding its own intermediates until its
   backward part has run; the stack guard turns a too-deep loop into a clean error.
+* ``Call`` of a recursive function ``f``: ``f`` gets a CPS version
+  ``f_cps(args, args_bar, k)`` that runs ``f``'s forward part, calls ``k(results,
+  results_bar)`` (the rest of the caller, as a continuation value: a function pointer and
+  an environment in C), then runs ``f``'s backward part into ``args_bar``. Adjoint
+  buffers travel by reference, so parameters used at every node of a tree receive the
+  sum over all nodes.
 """
 from __future__ import annotations
 
@@ -71,6 +77,9 @@ def activity(block: Block, active: set[int]) -> None:
                 if len(active) == before:
                     break
             active.update(o.id for o, p in zip(s.outs, carried) if p.id in active)
+        elif isinstance(s, Call):
+            if any(a.id in active for a in s.args):
+                active.update(o.id for o in s.outs if _is_float(o))
         else:
             raise TypeError(f"activity of {type(s).__name__}")
 
@@ -78,11 +87,15 @@ def activity(block: Block, active: set[int]) -> None:
 class Differentiator:
     """Emits, into ``frame``, the CPS-transformed body of one function."""
 
-    def __init__(self, frame: Frame, fn: Function, wrt: list[int], loss_index: int):
+    def __init__(self, frame: Frame, fn: Function, wrt: list[int], loss_index: int,
+                 cps: Callable[[str, tuple], str] | None = None, final_types: tuple | None = None):
         self.frame = frame
         self.fn = fn
         self.wrt = wrt
         self.loss_index = loss_index
+        #: name of a recursive function's CPS version, for continuations returning ``final_types``
+        self.cps = cps
+        self.final_types = final_types or tuple(r.type for r in fn.body.results)
         self.val: dict[int, Tensor] = {}   # old variable -> its value in the new function
         self.adj: dict[int, Tensor] = {}   # old variable -> its adjoint buffer
         self.static: dict[int, int | float | bool] = {}  # old 0-d constants
@@ -122,6 +135,29 @@ class Differentiator:
             p = self.fn.body.params[i]
             grads.append(self.adj[p.id] if p.id in self.adj else ops.zeros(p.type.shape, p.type.dtype))  # type: ignore[union-attr]
         return values + grads
+
+    def run_cps(self, params: list[Var], bars: list[Var], k: Var) -> list[Tensor]:
+        """The body of ``f_cps(params, bars, k)``: forward, ``k(results, results_bar)``, backward into ``bars``."""
+        self.frame.loc_override = self.fn.loc
+        floats = [p for p in self.fn.body.params if _is_float(p)]
+        for old, new in zip(self.fn.body.params, params):
+            self.val[old.id] = self.tensor(new)
+        for old, bar in zip(floats, bars):
+            if old.id in self.active:
+                self.adj[old.id] = self.tensor(bar)  # the caller's buffers, by reference
+
+        def call_k() -> list[Tensor]:
+            self.frame.loc_override = self.fn.loc
+            results = self.fn.body.results
+            result_bars = {i: ops.zeros(r.type.shape, r.type.dtype) for i, r in enumerate(results) if _is_float(r)}  # type: ignore[union-attr]
+            outs = [Var(t, "result") for t in self.final_types]
+            self.frame.add(Apply(outs, loc=self.fn.loc, fn=k,
+                                 args=[self.val[r.id].var for r in results] + [b.var for b in result_bars.values()]))
+            for i, b in result_bars.items():
+                self.accumulate(results[i], b)
+            return [self.tensor(v) for v in outs]
+
+        return self.block(self.fn.body.stmts, call_k)
 
     def final(self) -> list[Tensor]:
         """The innermost continuation: seed d loss / d loss = 1, hand back the forward values."""
@@ -175,8 +211,9 @@ class Differentiator:
             return self.control_loop(s, rest)
         if isinstance(s, While):
             return self.control_while(s, rest)
-        what = {Call: "a recursive staged function"}.get(type(s), type(s).__name__)
-        raise with_location(TraceError, f"reverse-mode AD through {what} is not implemented yet", s.loc)
+        if isinstance(s, Call) and self.cps is not None:
+            return self.control_call(s, rest)
+        raise with_location(TraceError, f"reverse-mode AD through {type(s).__name__} is not implemented", s.loc)
 
     def forward_copy(self, block: Block, params: list[Var]) -> list[Var]:
         """Emit ``block``'s statements as they are (no adjoints), its parameters bound to ``params``."""
@@ -347,4 +384,31 @@ class Differentiator:
         frame.add(Apply(outs, loc=s.loc, fn=loop, args=[self.val[x.id].var for x in s.init] + [b.var for b in init_bars]))
         for k, b in zip(act, init_bars):
             self.accumulate(s.init[k], b)
+        return [self.tensor(v) for v in outs]
+
+    # ------------------------------------------------------------ recursive functions
+    def control_call(self, s: Call, rest: Continuation) -> list[Tensor]:
+        frame = self.frame
+        self.at(s)
+        cps_name = self.cps(s.fn, self.final_types)  # type: ignore[misc]
+        floats = [k for k, o in enumerate(s.outs) if _is_float(o)]
+        results = [Var(o.type, o.hint) for o in s.outs]
+        bars = [Var(s.outs[k].type, s.outs[k].hint + "_bar") for k in floats]
+        body = Block(params=results + bars)  # the rest of the caller, given the call's results
+        with frame.block(body):
+            for o, v in zip(s.outs, results):
+                self.val[o.id] = self.tensor(v)
+            for k, b in zip(floats, bars):
+                if s.outs[k].id in self.active:
+                    self.adj[s.outs[k].id] = self.tensor(b)
+            finals = rest()
+            body.results = [t.var for t in finals]
+        k = Var(FnType(tuple(v.type for v in body.params), self.final_types), "k")
+        frame.add(Lambda([k], loc=s.loc, body=body))
+        self.at(s)
+        arg_bars = [self.adj[a.id] if a.id in self.adj else ops.zeros(a.type.shape, a.type.dtype)  # type: ignore[union-attr]
+                    for a in s.args if _is_float(a)]
+        outs = [Var(t, "result") for t in self.final_types]
+        frame.add(Call(outs, loc=s.loc, fn=cps_name,
+                       args=[self.val[a.id].var for a in s.args] + [b.var for b in arg_bars] + [k]))
         return [self.tensor(v) for v in outs]

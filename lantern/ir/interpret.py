@@ -5,6 +5,8 @@ output, so a wrong rewrite shows up as a numeric difference.
 """
 from __future__ import annotations
 
+import sys
+import threading
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -83,5 +85,34 @@ class Interpreter:
 
 
 def interpret(module: Module, args: Sequence[Any]) -> list[np.ndarray]:
-    """Run the entry function of ``module`` on flat NumPy ``args``; returns its flat results."""
-    return Interpreter(module).call(module.entry, [np.asarray(a) for a in args])
+    """Run the entry function of ``module`` on flat NumPy ``args``; returns its flat results.
+
+    Recursion in the program (trees, loops in continuation-passing style) is recursion
+    here, so it runs on a thread with a large stack and a high recursion limit.
+    """
+    arrays = [np.asarray(a) for a in args]
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = Interpreter(module).call(module.entry, arrays)
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    old_limit, old_stack = sys.getrecursionlimit(), threading.stack_size()
+    sys.setrecursionlimit(max(old_limit, _RECURSION_LIMIT))
+    threading.stack_size(_STACK_BYTES)
+    try:
+        worker = threading.Thread(target=run, name="lantern-interpret")
+        worker.start()
+    finally:
+        threading.stack_size(old_stack)
+    worker.join()
+    sys.setrecursionlimit(old_limit)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+_RECURSION_LIMIT = 200_000
+_STACK_BYTES = 1 << 30  # virtual; only what the recursion touches is committed
