@@ -311,7 +311,7 @@ class FunctionEmitter:
         """
         k = self.m.next_lambda()
         c_name, env_type = f"lambda_{k}", f"struct lambda_{k}_env"
-        env = f"env_{k}"
+        env = f"cont_env{k}"
         out = stmt.outs[0]
         self.storage[out.id] = _Storage("lambda", c_name, f"&{env}", env_type)  # before capture: letrec
         fields, inits, captured = [], [], {}

@@ -28,7 +28,7 @@ from .ir.types import DTYPES, TensorType
 from .ir.verify import verify
 from .source import Loc, user_location
 from .tensor import Tensor
-from .tracing import Frame, ModuleBuilder, current_frame, tracing, with_location
+from .tracing import Frame, ModuleBuilder, current_frame, name_var, tracing, user_variable_names, with_location
 from .tree import TreeDef, _sort_key, flatten, unflatten
 
 _STATIC_TYPES = (bool, int, float, str, bytes, type(None))
@@ -414,12 +414,15 @@ def trace_function(builder: ModuleBuilder, staged: Staged, treedef: TreeDef, spe
         builder.needs_retrace.discard(name)
         frame = Frame(builder, name)
         params = [Var(s, _c_hint(p)) for s, p in zip(specs, paths) if isinstance(s, TensorType)]
+        for p in params:
+            name_var(p, p.hint)  # named after the argument
         block = Block(params=params)
         with tracing(frame), frame.block(block):
             it = iter(params)
             args = unflatten(treedef, [s.value if isinstance(s, _Static) else Tensor(next(it), frame) for s in specs])
             try:
-                out = staged.fn(*args)
+                with user_variable_names():
+                    out = staged.fn(*args)
             except UnknownRecursiveResult as exc:
                 _forget(builder, set(builder.specializations) - before)
                 if exc.function_name != name:

@@ -8,6 +8,8 @@ leak out of it).
 from __future__ import annotations
 
 import contextlib
+import keyword
+import sys
 import threading
 from typing import Any, Iterator, TypeVar
 
@@ -140,3 +142,43 @@ def is_tracing() -> bool:
 
 def new_var(type_: TensorType, hint: str = "t") -> Var:
     return Var(type_, hint)
+
+
+# ---------------------------------------------------------------- readable names
+
+_named: set[int] = set()  # ids of variables already named after the user's code
+
+
+def name_var(var: Var, name: str) -> None:
+    """Give ``var`` a name taken from the user's code (only the first name sticks)."""
+    if var.id not in _named and name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("_"):
+        var.hint = name
+        _named.add(var.id)
+
+
+@contextlib.contextmanager
+def user_variable_names() -> Iterator[None]:
+    """While user code is traced, name staged values after the local variables holding them.
+
+    When a user function returns, each of its locals that holds a staged tensor lends its
+    name to the tensor's variable, so the IR and the C say ``h_12`` rather than ``tanh_12``.
+    """
+    from .source import _internal_prefixes
+    from .tensor import Tensor
+
+    previous = sys.getprofile()
+    internal = _internal_prefixes()
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "return" and not frame.f_code.co_filename.startswith(internal):
+            for local, value in frame.f_locals.items():
+                if isinstance(value, Tensor):
+                    name_var(value.var, local)
+        if previous is not None:
+            previous(frame, event, arg)
+
+    sys.setprofile(profile)
+    try:
+        yield
+    finally:
+        sys.setprofile(previous)

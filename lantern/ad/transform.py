@@ -84,6 +84,34 @@ def activity(block: Block, active: set[int]) -> None:
             raise TypeError(f"activity of {type(s).__name__}")
 
 
+def usefulness(block: Block, useful: set[int]) -> None:
+    """Add to ``useful`` every variable that ``useful`` ones depend on differentiably (reverse reachability)."""
+    for s in reversed(block.stmts):
+        if isinstance(s, Op):
+            if PRIMITIVES[s.prim].differentiable and s.outs[0].id in useful:
+                useful.update(a.id for a in s.args)
+        elif isinstance(s, If):
+            for k, o in enumerate(s.outs):
+                if o.id in useful:
+                    useful.update(b.results[k].id for b in s.blocks())
+            for b in s.blocks():
+                usefulness(b, useful)
+        elif isinstance(s, (Loop, While)):
+            carried = s.body.params[1:] if isinstance(s, Loop) else s.body.params
+            while True:  # fixpoint over iterations
+                before = len(useful)
+                for k, (o, p) in enumerate(zip(s.outs, carried)):
+                    if o.id in useful or p.id in useful:
+                        useful.add(s.body.results[k].id)
+                usefulness(s.body, useful)
+                useful.update(x.id for x, p in zip(s.init, carried) if p.id in useful)
+                if len(useful) == before:
+                    break
+        elif isinstance(s, Call):
+            if any(o.id in useful for o in s.outs):
+                useful.update(a.id for a in s.args)
+
+
 class Differentiator:
     """Emits, into ``frame``, the CPS-transformed body of one function."""
 
@@ -99,17 +127,28 @@ class Differentiator:
         self.val: dict[int, Tensor] = {}   # old variable -> its value in the new function
         self.adj: dict[int, Tensor] = {}   # old variable -> its adjoint buffer
         self.static: dict[int, int | float | bool] = {}  # old 0-d constants
+        # A variable needs an adjoint if it depends on a differentiated input (active) and
+        # the differentiated outputs depend on it (useful).
         self.active: set[int] = {fn.body.params[i].id for i in wrt if _is_float(fn.body.params[i])}
         activity(fn.body, self.active)
+        # (A CPS body hands all its results to a continuation: any of them may matter.)
+        useful = ({fn.body.results[loss_index].id} if final_types is None
+                  else {r.id for r in fn.body.results if _is_float(r)})
+        usefulness(fn.body, useful)
+        self.active &= useful
 
     # ------------------------------------------------------------ helpers
     def tensor(self, v: Var) -> Tensor:
         return Tensor(v, self.frame)
 
     def zeros_for(self, old: Var) -> None:
+        """A zero adjoint buffer ``<name>_bar`` for an active variable."""
         if old.id in self.active:
-            t: TensorType = old.type  # type: ignore[assignment]
-            self.adj[old.id] = ops.zeros(t.shape, t.dtype)
+            self.adj[old.id] = self.zeros(old, f"{old.hint}_bar")
+
+    def zeros(self, like: Var, hint: str) -> Tensor:
+        t: TensorType = like.type  # type: ignore[assignment]
+        return self.tensor(self.frame.emit("fill", [], {"value": 0, "shape": t.shape, "dtype": t.dtype}, hint=hint))
 
     def accumulate(self, old: Var, contribution: Tensor | None) -> None:
         """``old_bar += contribution`` (summed back over broadcast axes)."""
@@ -149,7 +188,7 @@ class Differentiator:
         def call_k() -> list[Tensor]:
             self.frame.loc_override = self.fn.loc
             results = self.fn.body.results
-            result_bars = {i: ops.zeros(r.type.shape, r.type.dtype) for i, r in enumerate(results) if _is_float(r)}  # type: ignore[union-attr]
+            result_bars = {i: self.zeros(r, f"{r.hint}_bar") for i, r in enumerate(results) if _is_float(r)}
             outs = [Var(t, "result") for t in self.final_types]
             self.frame.add(Apply(outs, loc=self.fn.loc, fn=k,
                                  args=[self.val[r.id].var for r in results] + [b.var for b in result_bars.values()]))
@@ -262,6 +301,11 @@ class Differentiator:
         return [self.tensor(v) for v in outs]
 
     # ------------------------------------------------------------ counted loops
+    def out_bar(self, s: Loop, k: int) -> Tensor:
+        """The adjoint of the loop's ``k``-th output; zeros when only its use inside the loop matters."""
+        bar = self.adj.get(s.outs[k].id)
+        return bar if bar is not None else self.zeros(s.outs[k], f"{s.outs[k].hint}_bar")
+
     def control_loop(self, s: Loop, rest: Continuation) -> list[Tensor]:
         frame = self.frame
         self.at(s)
@@ -269,7 +313,9 @@ class Differentiator:
         n = max(hi - lo, 0)
         i_old, *carry_old = s.body.params
         # Forward: the loop as written, storing the state each iteration starts from.
-        saved = [ops.zeros((n,) + c.type.shape, c.type.dtype) for c in carry_old]  # type: ignore[union-attr]
+        saved = [self.tensor(frame.emit("fill", [], {"value": 0, "shape": (n,) + c.type.shape,  # type: ignore[union-attr]
+                                                     "dtype": c.type.dtype}, hint=f"saved_{c.hint}"))  # type: ignore[union-attr]
+                 for c in carry_old]
         i_new = Var(scalar("int64"), i_old.hint)
         carry_new = [Var(c.type, c.hint) for c in carry_old]
         body = Block(params=[i_new, *carry_new])
@@ -310,12 +356,12 @@ class Differentiator:
             bar_outs = [Var(b.type, b.hint) for b in bars]
             self.at(s)
             frame.add(Loop(bar_outs, loc=s.loc, lo=ops.constant(0, "int64").var, hi=ops.constant(n, "int64").var,
-                           init=[self.adj[s.outs[k].id].var for k in active], body=back))
+                           init=[self.out_bar(s, k).var for k in active], body=back))
             for k, b in zip(active, bar_outs):
                 self.accumulate(s.init[k], self.tensor(b))
         elif active:  # no iterations: the outputs are the initial values
             for k in active:
-                self.accumulate(s.init[k], self.adj[s.outs[k].id])
+                self.accumulate(s.init[k], self.adj.get(s.outs[k].id))
         return finals
 
     # ------------------------------------------------------------ loops decided at run time
@@ -359,7 +405,7 @@ class Differentiator:
 
             def next_iteration() -> list[Tensor]:
                 self.at(s)
-                new_bars = [ops.zeros(s.init[k].type.shape, s.init[k].type.dtype) for k in act]  # type: ignore[union-attr]
+                new_bars = [self.zeros(s.body.results[k], f"{s.body.params[k].hint}_bar") for k in act]
                 outs = [Var(t.var.type, "rest") for t in finals]
                 frame.add(Apply(outs, loc=s.loc, fn=loop,
                                 args=[self.val[r.id].var for r in s.body.results] + [b.var for b in new_bars]))
@@ -379,7 +425,7 @@ class Differentiator:
             frame.add(If(outs, loc=s.loc, pred=pred, then_block=again, else_block=done))
             body.results = outs
         frame.add(Lambda([loop], loc=s.loc, body=body))
-        init_bars = [ops.zeros(s.init[k].type.shape, s.init[k].type.dtype) for k in act]  # type: ignore[union-attr]
+        init_bars = [self.zeros(s.init[k], f"{s.init[k].hint}_bar") for k in act]
         outs = [Var(t.var.type, "result") for t in finals]
         frame.add(Apply(outs, loc=s.loc, fn=loop, args=[self.val[x.id].var for x in s.init] + [b.var for b in init_bars]))
         for k, b in zip(act, init_bars):
@@ -406,8 +452,7 @@ class Differentiator:
         k = Var(FnType(tuple(v.type for v in body.params), self.final_types), "k")
         frame.add(Lambda([k], loc=s.loc, body=body))
         self.at(s)
-        arg_bars = [self.adj[a.id] if a.id in self.adj else ops.zeros(a.type.shape, a.type.dtype)  # type: ignore[union-attr]
-                    for a in s.args if _is_float(a)]
+        arg_bars = [self.adj[a.id] if a.id in self.adj else self.zeros(a, "unused_bar") for a in s.args if _is_float(a)]
         outs = [Var(t, "result") for t in self.final_types]
         frame.add(Call(outs, loc=s.loc, fn=cps_name,
                        args=[self.val[a.id].var for a in s.args] + [b.var for b in arg_bars] + [k]))

@@ -1,0 +1,103 @@
+"""The CPS transformation itself: loops decided at run time, recursion, naming, what gets an adjoint."""
+import re
+
+import numpy as np
+import pytest
+
+import lantern
+from lantern.testing import check_grads
+
+
+def _two_state_loop(w, xs):
+    # c only matters through h inside the loop; its final value is unused.
+    def body(i, state):
+        h, c = state
+        c = lantern.tanh(c * w + xs[i])
+        return lantern.sigmoid(h + c), c
+
+    h, _ = lantern.fori_loop(0, xs.shape[0], body, (lantern.zeros(3, "float64"), lantern.zeros(3, "float64")))
+    return (h * h).sum()
+
+
+def test_carried_value_whose_final_value_is_unused(rng):
+    check_grads(_two_state_loop, rng.standard_normal(3), rng.standard_normal((4, 3)), argnums=(0, 1))
+
+
+def _while_loss(w, x):
+    def cond(c):
+        return (c[0] < 4) & (lantern.abs(c[1]).sum() < 100.0)
+
+    def body(c):
+        n, h = c
+        return n + 1, lantern.tanh(h * w + x)
+
+    _, h = lantern.while_loop(cond, body, (0, x))
+    return (h * h).sum() + w.sum()
+
+
+def test_while_loop_gradient(rng):
+    check_grads(_while_loss, rng.standard_normal(3), rng.standard_normal(3), argnums=(0, 1))
+
+
+def test_fori_loop_with_staged_bounds(rng):
+    def loss(w, xs, n):
+        h = lantern.fori_loop(0, n, lambda i, h: lantern.tanh(h * w + xs[i]), lantern.zeros(3, "float64"))
+        return (h * h).sum()
+
+    w, xs = rng.standard_normal(3), rng.standard_normal((6, 3))
+    for n in (0, 1, 4):
+        check_grads(loss, w, xs, np.int64(n), argnums=(0, 1))
+
+
+def test_while_loop_of_ten_thousand_iterations():
+    def loss(w):
+        _, s = lantern.while_loop(lambda c: c[0] < 10_000, lambda c: (c[0] + 1, c[1] * 0.9999 + w), (0, w))
+        return s.sum()
+
+    exe = lantern.value_and_grad(loss).lower(np.ones(2))
+    value, g = exe(np.ones(2))
+    # s_n = 0.9999^n s_0 + w (1 - 0.9999^n) / (1 - 0.9999), with s_0 = w
+    a = 0.9999 ** 10_000
+    np.testing.assert_allclose(g, np.full(2, a + (1 - a) / (1 - 0.9999)), rtol=1e-9)
+    assert exe.native.arena_in_use() == 0
+
+
+@lantern.stage
+def _tree_value(node, w, values, left, right):
+    leaf = lambda: lantern.tanh(values[node] * w)  # noqa: E731
+    inner = lambda: lantern.tanh(_tree_value(left[node], w, values, left, right) * w  # noqa: E731
+                                 + _tree_value(right[node], w, values, left, right) + values[node])
+    return lantern.cond(left[node] < 0, leaf, inner)
+
+
+def _tree_loss(w, values, left, right):
+    return _tree_value(np.int64(0), w, values, left, right) ** 2
+
+
+def test_recursive_function_gradient_sums_over_all_nodes(rng):
+    left = np.array([1, 3, -1, -1, -1], np.int64)
+    right = np.array([2, 4, -1, -1, -1], np.int64)
+    check_grads(_tree_loss, np.float64(0.7), rng.standard_normal(5), left, right, argnums=(0, 1))
+
+
+def test_gradient_c_is_named_after_user_variables_and_skips_unneeded_adjoints():
+    def loss(w, x):
+        h = lantern.tanh(x @ w)
+        s = h.sum()
+        y = lantern.cond(s > 0, lambda: h * 2.0, lambda: h - 1.0)
+        return (y * y).sum()
+
+    exe = lantern.value_and_grad(loss).lower(np.ones((3, 2)), np.ones((4, 3)))
+    c = exe.c_source
+    assert "double *h_bar_" in c and "y_bar_" in c
+    # the forward tanh comes before the continuation call, which comes before the backward use of h_bar
+    assert c.index("tanh(") < c.index("lambda_1(&cont_env1") < c.rindex("h_bar_")
+    # s feeds only the predicate: it gets no adjoint
+    assert "double s_" in c and not re.search(r"\bs_bar_", c)
+
+
+def test_ad_errors_are_clear():
+    with pytest.raises(lantern.TraceError, match="scalar"):
+        lantern.grad(lambda x: x * 2.0)(np.ones(3))
+    with pytest.raises(lantern.TraceError, match="float scalar"):
+        lantern.grad(lambda x: (x > 0).sum())(np.ones(3))
