@@ -117,6 +117,14 @@ def test_mod_float():
     check_grads(lambda a, b: wsum(lantern.mod(a, b)) + wsum(a % 0.8) + wsum(1.7 % b), a, b, argnums=(0, 1))
 
 
+def test_integer_operands_promote_and_take_no_gradient():
+    x = rand(3, 4, lo=0.5, hi=1.5)
+    x[np.abs(x - 1.0) < 0.05] += 0.1  # x % 1 jumps at 1
+    n = np.array([1, 2, 3, 4], dtype=np.int64)
+    check_grads(lambda x, n: (wsum(lantern.power(n, x)) + wsum(lantern.maximum(x, n - 2)) + wsum(x % n)
+                              + wsum(n / x) + wsum(lantern.where(x > 1, n, x))), x, n)
+
+
 def test_astype_round_trip_gradients():
     x64 = rand(3, 4)
 
