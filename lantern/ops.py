@@ -27,7 +27,7 @@ _PY_SCALARS = (bool, int, float)
 def _frame_of(*xs: Any) -> Frame:
     frame = require_frame("lantern operations on tensors")
     for x in xs:
-        if isinstance(x, Tensor) and x.frame is not frame:
+        if isinstance(x, Tensor) and frame.adopt(x).frame is not frame:
             raise with_location(TraceError, f"{x!r} belongs to another trace (a value leaked from an "
                                 "earlier staged call or from a different staged function)")
     return frame
@@ -73,6 +73,7 @@ def _scalar_value(value: Scalar, dtype: str) -> Scalar:
 def asarray(x: ArrayLike, dtype: Any = None) -> Tensor:
     """``x`` as a staged tensor (constants are embedded)."""
     if isinstance(x, Tensor):
+        x = _frame_of(x).adopt(x)  # a value of an enclosing function, captured
         return astype(x, dtype) if dtype is not None else x
     return constant(x, dtype)
 

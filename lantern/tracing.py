@@ -16,6 +16,7 @@ from typing import Any, Iterator, TypeVar
 from .errors import LanternError, TraceError
 from .ir import primitives
 from .ir.nodes import Block, Function, Module, Op, Stmt, Var
+from .ir.rewrite import with_operands
 from .ir.types import TensorType
 from .source import Loc, user_location
 
@@ -52,9 +53,14 @@ class ModuleBuilder:
 class Frame:
     """One function under trace."""
 
-    def __init__(self, builder: ModuleBuilder, function_name: str):
+    def __init__(self, builder: ModuleBuilder, function_name: str, parent: Frame | None = None):
         self.builder = builder
         self.function_name = function_name
+        #: the frame this function is traced inside, when it may read that frame's values
+        #: (a function handed to grad); each value read becomes an extra parameter
+        self.parent = parent
+        self.captured: list[tuple[Var, Var]] = []  # (value in the parent, parameter here)
+        self._capture_of: dict[int, Var] = {}
         self.blocks: list[Block] = []
         self.owner: dict[int, Block] = {}  # var id -> defining block
         #: while set, statements record this location instead of the caller's line
@@ -70,6 +76,31 @@ class Frame:
             yield block
         finally:
             self.blocks.pop()
+
+    def capture(self, var: Var) -> Var | None:
+        """The parameter standing here for ``var`` of an enclosing frame (made on first use), or None."""
+        if var.id in self._capture_of:
+            return self._capture_of[var.id]
+        parent = self.parent
+        if parent is None:
+            return None
+        owner = parent.owner.get(var.id)
+        outer = var if owner is not None and any(owner is b for b in parent.blocks) else parent.capture(var)
+        if outer is None:
+            return None
+        param = Var(var.type, var.hint)
+        self.blocks[0].params.append(param)
+        self.owner[param.id] = self.blocks[0]
+        self._capture_of[var.id] = param
+        self.captured.append((outer, param))
+        return param
+
+    def adopt(self, tensor: Any) -> Any:
+        """``tensor`` as a value of this frame: itself, or the capture of an enclosing frame's value."""
+        if tensor.frame is self:
+            return tensor
+        param = self.capture(tensor.var)
+        return tensor if param is None else type(tensor)(param, self)
 
     def check_in_scope(self, var: Var, what: str, loc: Loc | None = None) -> None:
         owner = self.owner.get(var.id)
@@ -90,6 +121,10 @@ class Frame:
         self.check_in_scope(value.var, what, loc)
 
     def add(self, stmt: Stmt) -> None:
+        captured = {v.id: p for v in stmt.operands() if v.id not in self.owner
+                    for p in [self.capture(v)] if p is not None}
+        if captured:
+            stmt = with_operands(stmt, lambda v: captured.get(v.id, v))
         for v in stmt.operands():
             self.check_in_scope(v, type(stmt).__name__.lower())
         self.blocks[-1].stmts.append(stmt)

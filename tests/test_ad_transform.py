@@ -101,3 +101,38 @@ def test_ad_errors_are_clear():
         lantern.grad(lambda x: x * 2.0)(np.ones(3))
     with pytest.raises(lantern.TraceError, match="float scalar"):
         lantern.grad(lambda x: (x > 0).sum())(np.ones(3))
+
+
+def test_second_order_gradients_of_straight_line_code():
+    f = lambda x: lantern.sum(lantern.grad(lambda y: lantern.sum(y * y * y))(x))  # noqa: E731
+    x = np.array([1.0, 2.0, 3.0])
+    np.testing.assert_allclose(lantern.grad(f)(x), 6 * x)
+    check_grads(f, x)
+
+
+def test_function_given_to_grad_may_close_over_staged_values(rng):
+    def g(w, idx):
+        # the inner loss reads `idx` from the enclosing staged function; it is a constant for grad
+        inner = lantern.grad(lambda w: (lantern.tanh(w[idx]) ** 2).sum() + (w[1:3] ** 3).sum())(w)
+        return (inner * inner).sum()
+
+    check_grads(g, np.array([0.3, -0.2, 0.5, 0.9]), np.array([0, 2, 2], np.int64))
+
+
+def test_train_step_with_a_closure_over_the_batch(rng):
+    @lantern.stage
+    def step(w, x, y):
+        loss, g = lantern.value_and_grad(lambda w: ((x @ w - y) ** 2).mean())(w)
+        return w - 0.1 * g, loss
+
+    w, x, y = rng.standard_normal(3), rng.standard_normal((8, 3)), rng.standard_normal(8)
+    new_w, loss = step(w, x, y)
+    np.testing.assert_allclose(loss, ((x @ w - y) ** 2).mean())
+    np.testing.assert_allclose(new_w, w - 0.1 * (2 / 8) * x.T @ (x @ w - y))
+
+
+def test_grad_of_a_gradient_through_control_flow_is_a_clear_error():
+    inner = lambda y: lantern.cond(y.sum() > 0, lambda: (y * y).sum(), lambda: y.sum())  # noqa: E731
+    f = lambda x: lantern.sum(lantern.grad(inner)(x))  # noqa: E731
+    with pytest.raises(lantern.TraceError, match="not supported yet"):
+        lantern.grad(f)(np.ones(3))
