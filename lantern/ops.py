@@ -34,6 +34,7 @@ def _frame_of(*xs: Any) -> Frame:
 
 
 def _emit(frame: Frame, prim: str, args: Sequence[Tensor], hint: str | None = None, **attrs: Any) -> Tensor:
+    args = [frame.adopt(a) for a in args]  # values of an enclosing function are captured
     for a in args:
         frame.check_in_scope(a.var, prim)
     return Tensor(frame.emit(prim, [a.var for a in args], attrs, hint), frame)
