@@ -310,9 +310,6 @@ def _cond_in_loop(x, w):
     return (lantern.fori_loop(0, 4, body, x) * x).sum()
 
 
-@pytest.mark.xfail(raises=lantern.CompileError, strict=True,
-                   reason="lantern bug: in the backward loop the cond's continuation does not read the cond's "
-                          "output, and the C lambda's unused parameter fails -Werror (-Wunused-parameter)")
 def test_cond_inside_loop_body(v3):
     w = np.array([0.7, -0.8, 1.2])
     check_grads(_cond_in_loop, v3, w, argnums=(0, 1))
@@ -365,3 +362,253 @@ def test_long_linear_recurrence_gradient_wrt_sequence(rng, n):
     np.testing.assert_allclose(gx, ex, rtol=1e-10, atol=1e-12)
     if n < 100:  # the interpreter too (it is slow for 10,000 iterations)
         assert_trees_close(exe.interpret(a, x), (value, (ga, gx)), RTOL, ATOL)
+
+
+# ------------------------------------------------------------------ RNN and LSTM language models
+
+V, H, T = 10, 6, 8  # vocabulary, hidden size, sequence length
+
+
+def rnn_loss(p, inputs, targets, h0):
+    """min-char-rnn: one-hot input, h = tanh(Wxh x + Whh h + bh), softmax cross-entropy."""
+    def step(t, state):
+        h, loss = state
+        x = lantern.one_hot(inputs[t], V, "float64")
+        h = lantern.tanh(p["Wxh"] @ x + p["Whh"] @ h + p["bh"])
+        logp = lantern.log_softmax(p["Why"] @ h + p["by"])
+        return h, loss - logp[targets[t]]
+
+    return lantern.fori_loop(0, inputs.shape[0], step, (h0, lantern.zeros((), "float64")))[1]
+
+
+def lstm_loss(p, inputs, targets, state0):
+    """LSTM with a row-gather embedding (a column of Wx), gates i, f, o, g; same output layer."""
+    def step(t, state):
+        h, c, loss = state
+        z = p["Wx"][:, inputs[t]] + p["Wh"] @ h + p["b"]
+        i = lantern.sigmoid(z[:H])
+        f = lantern.sigmoid(z[H:2 * H])
+        o = lantern.sigmoid(z[2 * H:3 * H])
+        g = lantern.tanh(z[3 * H:])
+        c = f * c + i * g
+        h = o * lantern.tanh(c)
+        logp = lantern.log_softmax(p["Why"] @ h + p["by"])
+        return h, c, loss - logp[targets[t]]
+
+    h0, c0 = state0
+    return lantern.fori_loop(0, inputs.shape[0], step, (h0, c0, lantern.zeros((), "float64")))[2]
+
+
+def _softmax(y):
+    e = np.exp(y - y.max())
+    return e / e.sum()
+
+
+def rnn_numpy(p, inputs, targets, h0):
+    """Forward and hand-derived backpropagation through time; returns loss, d params, d h0."""
+    hs, ps, loss = {-1: h0}, {}, 0.0
+    for t, (a, b) in enumerate(zip(inputs, targets)):
+        hs[t] = np.tanh(p["Wxh"][:, a] + p["Whh"] @ hs[t - 1] + p["bh"])
+        ps[t] = _softmax(p["Why"] @ hs[t] + p["by"])
+        loss -= np.log(ps[t][b])
+    d = {k: np.zeros_like(v) for k, v in p.items()}
+    dh_next = np.zeros(H)
+    for t in reversed(range(len(inputs))):
+        dy = ps[t].copy()
+        dy[targets[t]] -= 1
+        d["Why"] += np.outer(dy, hs[t])
+        d["by"] += dy
+        dh = p["Why"].T @ dy + dh_next
+        draw = (1 - hs[t] ** 2) * dh
+        d["bh"] += draw
+        d["Wxh"][:, inputs[t]] += draw
+        d["Whh"] += np.outer(draw, hs[t - 1])
+        dh_next = p["Whh"].T @ draw
+    return loss, d, dh_next
+
+
+def _sig(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def lstm_numpy(p, inputs, targets, state0):
+    """Forward and hand-derived backpropagation through time; returns loss, d params, (d h0, d c0)."""
+    h0, c0 = state0
+    hs, cs, gates, ps, loss = {-1: h0}, {-1: c0}, {}, {}, 0.0
+    for t, (a, b) in enumerate(zip(inputs, targets)):
+        z = p["Wx"][:, a] + p["Wh"] @ hs[t - 1] + p["b"]
+        i, f, o, g = _sig(z[:H]), _sig(z[H:2 * H]), _sig(z[2 * H:3 * H]), np.tanh(z[3 * H:])
+        cs[t] = f * cs[t - 1] + i * g
+        hs[t] = o * np.tanh(cs[t])
+        gates[t] = (i, f, o, g)
+        ps[t] = _softmax(p["Why"] @ hs[t] + p["by"])
+        loss -= np.log(ps[t][b])
+    d = {k: np.zeros_like(v) for k, v in p.items()}
+    dh_next, dc_next = np.zeros(H), np.zeros(H)
+    for t in reversed(range(len(inputs))):
+        i, f, o, g = gates[t]
+        dy = ps[t].copy()
+        dy[targets[t]] -= 1
+        d["Why"] += np.outer(dy, hs[t])
+        d["by"] += dy
+        dh = p["Why"].T @ dy + dh_next
+        tc = np.tanh(cs[t])
+        do = dh * tc
+        dc = dc_next + dh * o * (1 - tc ** 2)
+        di, df, dg = dc * g, dc * cs[t - 1], dc * i
+        dz = np.concatenate([di * i * (1 - i), df * f * (1 - f), do * o * (1 - o), dg * (1 - g ** 2)])
+        d["b"] += dz
+        d["Wx"][:, inputs[t]] += dz
+        d["Wh"] += np.outer(dz, hs[t - 1])
+        dh_next, dc_next = p["Wh"].T @ dz, dc * f
+    return loss, d, (dh_next, dc_next)
+
+
+def _rnn_case(seed=1):
+    rng = np.random.default_rng(seed)
+    p = {"Wxh": rng.standard_normal((H, V)) * 0.5, "Whh": rng.standard_normal((H, H)) * 0.5,
+         "bh": rng.standard_normal(H) * 0.1, "Why": rng.standard_normal((V, H)) * 0.5,
+         "by": rng.standard_normal(V) * 0.1}
+    inputs, targets = rng.integers(0, V, T), rng.integers(0, V, T)
+    return p, inputs, targets, rng.standard_normal(H) * 0.3
+
+
+def _lstm_case(seed=2):
+    rng = np.random.default_rng(seed)
+    p = {"Wx": rng.standard_normal((4 * H, V)) * 0.5, "Wh": rng.standard_normal((4 * H, H)) * 0.5,
+         "b": rng.standard_normal(4 * H) * 0.1, "Why": rng.standard_normal((V, H)) * 0.5,
+         "by": rng.standard_normal(V) * 0.1}
+    inputs, targets = rng.integers(0, V, T), rng.integers(0, V, T)
+    return p, inputs, targets, (rng.standard_normal(H) * 0.3, rng.standard_normal(H) * 0.3)
+
+
+MODELS = {"rnn": (rnn_loss, rnn_numpy, _rnn_case), "lstm": (lstm_loss, lstm_numpy, _lstm_case)}
+
+
+def _model_grads(name):
+    loss_fn, _, case = MODELS[name]
+    args = case()
+    exe = lantern.value_and_grad(loss_fn, (0, 3)).lower(*args)
+    return args, exe, exe(*args)
+
+
+def _rel_close(actual, expected, what):
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max(), err_msg=what)
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm"])
+def test_language_model_gradients_match_hand_derived_bptt(name):
+    args, exe, (value, (gp, gstate)) = _model_grads(name)
+    loss, ep, estate = MODELS[name][1](*args)
+    np.testing.assert_allclose(value, loss, rtol=1e-12, err_msg="loss vs NumPy forward")
+    np.testing.assert_allclose(lantern.stage(MODELS[name][0])(*args), loss, rtol=1e-12, err_msg="staged forward")
+    assert set(gp) == set(ep)
+    for k in ep:
+        assert np.abs(ep[k]).max() > 1e-3  # every parameter really gets a gradient
+        _rel_close(gp[k], ep[k], f"d loss / d {k}")
+    for got, want, what in zip(gstate if name == "lstm" else (gstate,), estate if name == "lstm" else (estate,),
+                               ("h0", "c0")):
+        _rel_close(got, want, f"d loss / d {what}")
+    assert_trees_close(exe.interpret(*args), (value, (gp, gstate)), RTOL, ATOL, "interpreter vs native")
+    assert exe.native.arena_in_use() == 0
+
+
+def _torch_loss(torch, name, p, inputs, targets, state0):
+    F = torch.nn.functional
+    h = state0[0] if name == "lstm" else state0
+    c = state0[1] if name == "lstm" else None
+    loss = torch.zeros((), dtype=torch.float64)
+    for a, b in zip(inputs, targets):
+        if name == "rnn":
+            h = torch.tanh(p["Wxh"][:, a] + p["Whh"] @ h + p["bh"])
+        else:
+            z = p["Wx"][:, a] + p["Wh"] @ h + p["b"]
+            i, f, o, g = torch.sigmoid(z[:H]), torch.sigmoid(z[H:2 * H]), torch.sigmoid(z[2 * H:3 * H]), torch.tanh(z[3 * H:])
+            c = f * c + i * g
+            h = o * torch.tanh(c)
+        loss = loss - F.log_softmax(p["Why"] @ h + p["by"], dim=0)[b]
+    return loss
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm"])
+def test_language_model_gradients_match_torch(name):
+    torch = pytest.importorskip("torch")
+    (p, inputs, targets, state0), _, (value, (gp, gstate)) = _model_grads(name)
+    tp = {k: torch.tensor(v, requires_grad=True) for k, v in p.items()}
+    ts = tuple(torch.tensor(s, requires_grad=True) for s in (state0 if name == "lstm" else (state0,)))
+    loss = _torch_loss(torch, name, tp, inputs.tolist(), targets.tolist(), ts if name == "lstm" else ts[0])
+    loss.backward()
+    np.testing.assert_allclose(value, loss.item(), rtol=1e-12)
+    for k in p:
+        _rel_close(gp[k], tp[k].grad.numpy(), f"d loss / d {k} vs torch")
+    for got, t in zip(gstate if name == "lstm" else (gstate,), ts):
+        _rel_close(got, t.grad.numpy(), "d loss / d initial state vs torch")
+
+
+# ------------------------------------------------------------------ memory and readability
+
+def test_arena_back_at_mark_after_gradient_with_loop_and_cond():
+    x, w = np.array([0.5, 0.2, -0.1]), np.array([0.9, 1.3, 0.4])
+    exe = lantern.value_and_grad(_loop_in_cond, (0, 1)).lower(x, w)
+    assert exe.native.arena_in_use() == 0
+    for sign in (1.0, -1.0, 1.0):  # the looped branch, the other one, the looped one again
+        first = exe(sign * x, w)
+        assert exe.native.arena_in_use() == 0
+    assert_trees_close(exe(x, w), first, 0, 0, "repeated calls give the same result")
+
+
+def _straight(x, w):
+    a = lantern.sin(x * w)
+    b = lantern.tanh(a)
+    c = lantern.log(b + 2.0)
+    return c.sum()
+
+
+def test_straight_line_c_reads_forward_then_backward_in_reverse():
+    x, w = np.array([0.3, -0.2, 0.5]), np.array([1.1, 0.7, -0.4])
+    exe = lantern.value_and_grad(_straight, (0, 1)).lower(x, w)
+    value, (gx, gw) = exe(x, w)
+    b = np.tanh(np.sin(x * w))
+    chain = 1 / (b + 2) * (1 - b * b) * np.cos(x * w)
+    _close(value, np.log(b + 2).sum())
+    _close(gx, chain * w)
+    _close(gw, chain * x)
+    src = exe.c_source
+    body = src[src.index("static void fn_value_and_grad__straight("):src.index("lantern_entry(")]
+    assert "tape" not in body.lower()
+    # Forward statements: sin, then tanh, then log; then the backward ones in reverse order:
+    # log's (divide by b + 2), tanh's (1 - y*y), sin's (cos).
+    fwd = [body.index(s) for s in ("sin(", "tanh(", "log(")]
+    back = [body.index(re.search(p, body).group()) for p in (r"\w+\[i\] / add_\w+\[i\]", r"1\.0 - ", r"cos\(")]
+    assert fwd == sorted(fwd) and back == sorted(back) and fwd[-1] < back[0], (fwd, back)
+    # Comments name the user's source lines, forward in order and backward in reverse.
+    code = _straight.__code__
+    lines = {text: code.co_firstlineno + k for k, text in enumerate(
+        ["", "a = lantern.sin(x * w)", "b = lantern.tanh(a)", "c = lantern.log(b + 2.0)", "return c.sum()"]) if text}
+    comments = [c for c in re.findall(r"/\* (.*?) \*/", body) if "test_grad_programs.py:" in c]
+    for text, line in lines.items():
+        assert any(f"test_grad_programs.py:{line}: {text}" in c for c in comments), (text, comments)
+    ret = next(k for k, c in enumerate(comments) if "return c.sum()" in c)
+
+    def last(text):
+        return max(k for k, c in enumerate(comments) if text in c)
+
+    def first(text):
+        return min(k for k, c in enumerate(comments) if text in c)
+
+    assert first("a = lantern.sin") <= first("b = lantern.tanh") <= first("c = lantern.log") < ret
+    assert ret < last("c = lantern.log") < last("b = lantern.tanh") < last("a = lantern.sin")
+
+
+def test_cond_gradient_c_has_continuation_function_and_environment():
+    x, w = np.array([0.3, -0.2, 0.5]), np.array([1.1, 0.7, -0.4])
+    src = lantern.value_and_grad(_branchy, (0, 1)).lower(x, w).c_source
+    env = re.search(r"struct (lambda_\w+)_env \{", src)
+    assert env, "no environment struct for the continuation"
+    name = env.group(1)
+    assert re.search(rf"^static void {name}\([^;]*\)$", src, re.M), "no continuation function"
+    assert re.search(rf"struct {name}_env \*env\b", src), "the continuation does not read its environment"
+    instance = re.search(rf"struct {name}_env (\w+) = \{{", src)
+    assert instance, "no environment built on the creating frame"
+    # Called from both branches of the if, with that environment.
+    assert len(re.findall(rf"\b{name}\(&{instance.group(1)}\b", src)) == 2
