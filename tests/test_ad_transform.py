@@ -136,3 +136,52 @@ def test_grad_of_a_gradient_through_control_flow_is_a_clear_error():
     f = lambda x: lantern.sum(lantern.grad(inner)(x))  # noqa: E731
     with pytest.raises(lantern.TraceError, match="not supported yet"):
         lantern.grad(f)(np.ones(3))
+
+
+H = 4
+
+
+@lantern.stage
+def _tree_lstm_like(node, p, emb, words, left, right):
+    def leaf():
+        return lantern.tanh(emb[words[node]] @ p["W"] + p["b"])
+
+    def inner():
+        hl = _tree_lstm_like(left[node], p, emb, words, left, right)
+        hr = _tree_lstm_like(right[node], p, emb, words, left, right)
+        return lantern.tanh(hl @ p["Ul"] + hr @ p["Ur"] + p["b"])
+
+    return lantern.cond(left[node] < 0, leaf, inner)
+
+
+def _tree_state_loss(p, emb, words, left, right):
+    h = _tree_lstm_like(np.int64(0), p, emb, words, left, right)
+    return (h * h).sum()
+
+
+def _random_tree(rng, n_leaves):
+    left, right = [], []
+
+    def build(k):
+        i = len(left)
+        left.append(-1), right.append(-1)
+        if k > 1:
+            s = int(rng.integers(1, k))
+            left[i], right[i] = build(s), build(k - s)
+        return i
+
+    build(n_leaves)
+    return np.array(left, np.int64), np.array(right, np.int64)
+
+
+@pytest.mark.parametrize("leaves", [1, 7, 500])
+def test_gradient_over_random_trees(rng, leaves):
+    left, right = _random_tree(rng, leaves)  # 2 * leaves - 1 nodes: 999 for 500 leaves
+    words = rng.integers(0, 7, len(left))
+    p = {"W": rng.standard_normal((3, H)) * 0.5, "Ul": rng.standard_normal((H, H)) * 0.5,
+         "Ur": rng.standard_normal((H, H)) * 0.5, "b": rng.standard_normal(H) * 0.1}
+    emb = rng.standard_normal((7, 3))
+    check_grads(_tree_state_loss, p, emb, words, left, right, argnums=(0, 1))
+    exe = lantern.value_and_grad(_tree_state_loss, argnums=(0, 1)).lower(p, emb, words, left, right)
+    exe(p, emb, words, left, right)
+    assert exe.native.arena_in_use() == 0
