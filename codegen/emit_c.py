@@ -668,6 +668,21 @@ class FunctionEmitter:
         for _ in range(sum(1 for v in (p, j, r) if v) + (not (p or j))):
             self.close()
 
+    def op_random(self, op: Op) -> None:
+        """random_uniform: counter-based uniform [0, 1) values from an int64 key (lt_uniform_* in the runtime)."""
+        key, out = op.args[0], op.outs[0]
+        self.declare(out)
+        uniform = "lt_uniform_f32" if out.type.dtype == "float32" else "lt_uniform_f64"  # type: ignore[union-attr]
+        self.open_scope()  # keeps `seed` local
+        self.line(f"uint64_t seed = lt_random_seed({self.load(key, '0')});")
+        if out.type.shape:  # type: ignore[union-attr]
+            self.open(f"for (int64_t i = 0; i < {out.type.size}; i++)")  # type: ignore[union-attr]
+            self.store(out, "i", f"{uniform}(seed, i)")
+            self.close()
+        else:
+            self.store(out, "0", f"{uniform}(seed, 0)")
+        self.close()
+
     def zero(self, v: Var) -> None:
         self.line(f"memset({self.ptr(v)}, 0, {v.type.nbytes});")  # type: ignore[union-attr]
 

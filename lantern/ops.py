@@ -599,6 +599,32 @@ def one_hot(idx: ArrayLike, num_classes: int, dtype: Any = "float32") -> Tensor:
     return astype(equal(expand_dims(idx, -1), classes), dtype)
 
 
+def random_uniform(key: ArrayLike, shape: Any, dtype: Any = "float32") -> Tensor:
+    """Uniform values in [0, 1) of a static ``shape``, drawn in the generated code.
+
+    ``key`` (a Python int or a staged integer scalar) determines them completely: the same
+    key gives the same values, on every run and in the reference interpreter (a counter-based
+    SplitMix64 stream, see ``random_uniform`` in :mod:`lantern.ir.primitives`). Draws that must
+    differ need different keys (e.g. ``step * 1000 + layer``). Not differentiable.
+    """
+    frame = require_frame("lantern.random_uniform")
+    shape = _shape_tuple(shape, "random_uniform")
+    if -1 in shape:
+        raise with_location(ShapeError, f"random_uniform: shape must be fully known, got {shape}")
+    dt = canonical_dtype(dtype)
+    if dt not in FLOAT_DTYPES:
+        raise with_location(DTypeError, f"random_uniform: dtype must be float32 or float64, got {dt}")
+    if isinstance(key, (bool, np.bool_)) or not isinstance(key, (int, np.integer, Tensor)):
+        raise with_location(DTypeError, f"random_uniform: key must be an integer, got {key!r}")
+    if isinstance(key, Tensor):
+        k = asarray(key)
+        if k.type.dtype not in INT_DTYPES or k.ndim != 0:
+            raise with_location(DTypeError, f"random_uniform: key must be an integer scalar, got {k.type}")
+    else:
+        k = constant(int(key), "int64")
+    return _emit(frame, "random_uniform", [astype(k, "int64")], hint="uniform", shape=shape, dtype=dt)
+
+
 # ------------------------------------------------------------------ indexing
 
 def take(x: ArrayLike, indices: ArrayLike, axis: int = 0) -> Tensor:

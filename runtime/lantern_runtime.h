@@ -267,4 +267,33 @@ LT_DEFINE_TOINT(double, f64, int64_t, i64, INT64_MIN, INT64_MAX)
 static inline float lt_sigmoid_f32(float x) { return 1.0f / (1.0f + expf(-x)); }
 static inline double lt_sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
 
+/* ------------------------------------------------------------------ random numbers */
+
+/*
+ * Counter-based uniform random numbers (the random_uniform primitive): element i of a
+ * draw with key k is mix64(seed + (i + 1) * golden) with seed = mix64(k + golden), i.e.
+ * the SplitMix64 stream seeded by k. The top 24 / 53 bits give a float in [0, 1) exactly,
+ * so the NumPy reference (lantern/ir/primitives.py) produces identical values.
+ */
+#define LT_GOLDEN64 UINT64_C(0x9E3779B97F4A7C15)
+
+static inline uint64_t lt_mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+    return z ^ (z >> 31);
+}
+
+static inline uint64_t lt_random_seed(int64_t key) { return lt_mix64((uint64_t)key + LT_GOLDEN64); }
+
+static inline float lt_uniform_f32(uint64_t seed, int64_t i)
+{
+    return (float)(lt_mix64(seed + ((uint64_t)i + 1) * LT_GOLDEN64) >> 40) * 0x1.0p-24f;
+}
+
+static inline double lt_uniform_f64(uint64_t seed, int64_t i)
+{
+    return (double)(lt_mix64(seed + ((uint64_t)i + 1) * LT_GOLDEN64) >> 11) * 0x1.0p-53;
+}
+
 #endif /* LANTERN_RUNTIME_H */

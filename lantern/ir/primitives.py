@@ -422,3 +422,43 @@ def _ref_scatter_add(g: np.ndarray, idx: np.ndarray, axis: int, size: int) -> np
 
 # The adjoint of ``take``: zeros with the rows of ``g`` added at the indices (repeats add up).
 _register("scatter_add", "scatter", _infer_scatter_add, _ref_scatter_add)
+
+
+# ---------------------------------------------------------------- random numbers
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finalizer on uint64 arrays (wrapping arithmetic, as in C)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _infer_random_uniform(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    if len(types) != 1 or types[0].shape != () or types[0].dtype != "int64":
+        raise DTypeError(f"random_uniform: the key must be a 0-d int64, got {types}")
+    if attrs["dtype"] not in FLOAT_DTYPES:
+        raise DTypeError(f"random_uniform: dtype must be float32 or float64, got {attrs['dtype']}")
+    return TensorType(tuple(attrs["shape"]), attrs["dtype"])
+
+
+def _ref_random_uniform(key: np.ndarray, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Counter-based: element ``i`` (flat, row-major) is ``mix64(seed + (i + 1) * golden)`` with
+    ``seed = mix64(key + golden)`` -- the SplitMix64 stream seeded by the key. The top 24
+    (float32) or 53 (float64) bits give a value in [0, 1) exactly, so C (``lt_uniform_*`` in
+    the runtime) produces the same bits."""
+    with np.errstate(over="ignore"):
+        seed = _mix64(np.asarray(key, np.int64).astype(np.uint64).reshape(1) + _GOLDEN)
+        counters = np.arange(1, int(np.prod(shape)) + 1, dtype=np.uint64)
+        bits = _mix64(seed + counters * _GOLDEN)
+    if dtype == "float32":
+        out = (bits >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -24)
+    else:
+        out = (bits >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    return out.reshape(shape)
+
+
+# Uniform [0, 1) values of ``shape`` determined by an int64 key (same in NumPy and C).
+_register("random_uniform", "random", _infer_random_uniform, _ref_random_uniform, differentiable=False)
