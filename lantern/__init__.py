@@ -19,6 +19,8 @@ from .ops import (abs, add, arange, argmax, argmin, asarray, astype, broadcast_t
 from .staging import Executable, Staged, stage
 from .tensor import Tensor
 
+from . import nn  # noqa: E402  (layers and losses; after the ops they are written with)
+
 __version__ = "0.1.0"
 
 float32, float64, int32, int64 = "float32", "float64", "int32", "int64"
