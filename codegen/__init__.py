@@ -3,6 +3,7 @@
 The pipeline, top to bottom::
 
     module = inline_calls(module)          # non-recursive calls become straight-line code
+    module = forward_single_accumulations(module)   # one-contribution adjoints need no buffer
     module = eliminate_dead_code(module)
     module = fuse_elementwise(module)      # elementwise chains become single loops
     source = emit_module(module)           # one C file
@@ -19,10 +20,10 @@ from lantern.ir.verify import verify
 from .compiler import compile_c
 from .emit_c import emit_module
 from .loader import NativeFunction
-from .passes import eliminate_dead_code, fuse_elementwise, inline_calls
+from .passes import eliminate_dead_code, forward_single_accumulations, fuse_elementwise, inline_calls
 
 Pass = Callable[[Module], Module]
-PASSES: tuple[Pass, ...] = (inline_calls, eliminate_dead_code, fuse_elementwise)
+PASSES: tuple[Pass, ...] = (inline_calls, forward_single_accumulations, eliminate_dead_code, fuse_elementwise)
 
 
 def prepare(module: Module, passes: tuple[Pass, ...] = PASSES) -> Module:

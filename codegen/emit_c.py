@@ -34,6 +34,12 @@ from .passes.inline import recursive_functions
 #: Matrix products with at least this many multiply-adds (M*N*K) call BLAS; smaller ones
 #: run as generated loops. Chosen with benchmarks/matmul_threshold.py (see RESULTS.md).
 BLAS_MIN_MACS = int(os.environ.get("LANTERN_BLAS_MIN_MACS", 4096))
+#: A floating-point sum may be reassociated (vectorized) here, as BLAS and NumPy do; elsewhere
+#: the compiler keeps C's order of operations (no -ffast-math). Needs -fopenmp-simd, not OpenMP.
+SIMD_SUM = "#pragma omp simd reduction(+:acc)"
+
+#: The same threshold for products with a single row or column (m == 1 or n == 1).
+VECTOR_BLAS_MIN_MACS = int(os.environ.get("LANTERN_VECTOR_BLAS_MIN_MACS", 1 << 20))
 
 
 @dataclass
@@ -67,6 +73,27 @@ def _comment(text: str) -> str:
     return "/* " + text.replace("*/", "* /") + " */"
 
 
+def _reads(stmt: Stmt) -> list[Var]:
+    return list(stmt.operands()) + [v for b in stmt.blocks() for v in free_vars(b)]
+
+
+def _use_counts(block: Block) -> dict[int, int]:
+    """How often each variable is read (operands and yielded results, nested blocks included)."""
+    counts: dict[int, int] = {}
+
+    def visit(b: Block) -> None:
+        for s in b.stmts:
+            for v in s.operands():
+                counts[v.id] = counts.get(v.id, 0) + 1
+            for inner in s.blocks():
+                visit(inner)
+        for r in b.results:
+            counts[r.id] = counts.get(r.id, 0) + 1
+
+    visit(block)
+    return counts
+
+
 class _Storage:
     __slots__ = ("kind", "name", "env", "env_type")
 
@@ -90,6 +117,9 @@ class FunctionEmitter:
         self.dest: dict[int, str] = {}  # result var id -> result parameter name
         self.last_loc: Loc | None = None
         self.counter = 0
+        self.uses = _use_counts(fn.body)
+        self.accumulate_into: dict[int, Var] = {}  # value id -> the buffer it is added to
+        self.accumulating: set[int] = set()        # variables whose stores are +=
         if captured:
             self.storage.update(captured)
 
@@ -131,15 +161,20 @@ class FunctionEmitter:
 
     def store(self, v: Var, index: str, expr: str) -> None:
         s = self.storage[v.id]
+        op = "+=" if v.id in self.accumulating else "="
         if s.kind == "pointer":
-            self.line(f"{s.name}[{index if v.type.shape else '0'}] = {expr};")  # type: ignore[union-attr]
+            self.line(f"{s.name}[{index if v.type.shape else '0'}] {op} {expr};")  # type: ignore[union-attr]
         else:
-            self.line(f"{s.name} = {expr};")
+            self.line(f"{s.name} {op} {expr};")
 
     def declare(self, v: Var) -> None:
         """Give ``v`` fresh storage: a scalar local, the result buffer, or arena memory."""
         t: TensorType = v.type  # type: ignore[assignment]
-        if v.id in self.dest:
+        target = self.accumulate_into.get(v.id)
+        if target is not None:  # computed straight into the buffer it is added to
+            self.storage[v.id] = self.storage[target.id]
+            self.accumulating.add(v.id)
+        elif v.id in self.dest:
             self.storage[v.id] = _Storage("pointer", self.dest[v.id])
         elif t.shape == ():
             self.storage[v.id] = _Storage("scalar", self.name(v))
@@ -255,16 +290,44 @@ class FunctionEmitter:
             s = top_defined.get(r.id)
             if d is not None and counts[r.id] == 1 and s is not None and self._allocates(s):
                 self.dest[r.id] = d
+        self.find_accumulations(block)
         for stmt in block.stmts:
-            self.stmt(stmt)
+            if not (isinstance(stmt, Accumulate) and stmt.value.id in self.accumulate_into):
+                self.stmt(stmt)
+
+    def find_accumulations(self, block: Block) -> None:
+        """``t = a @ b; ...; x_bar += t`` with ``t`` read nowhere else: compute ``t`` into ``x_bar`` with ``+=``.
+
+        Also for elementwise loops. Saves the temporary and a second pass over it (the
+        per-step weight gradients of an RNN are such outer products).
+        """
+        position = {o.id: i for i, s in enumerate(block.stmts) for o in s.outs}
+        for j, acc in enumerate(block.stmts):
+            if not isinstance(acc, Accumulate) or acc.index is not None or self.uses.get(acc.value.id) != 1:
+                continue
+            i = position.get(acc.value.id)
+            if i is None:
+                continue
+            producer = block.stmts[i]
+            if not ((isinstance(producer, Op) and (producer.prim == "matmul" or
+                                                   PRIMITIVES[producer.prim].kind == ELEMENTWISE)
+                     and not (producer.prim == "fill" and not producer.outs[0].type.shape))
+                    or isinstance(producer, Fused)):
+                continue
+            between = block.stmts[i:j]  # the producer must not read the target either
+            if any(acc.target.id in {v.id for v in _reads(s)} for s in between):
+                continue
+            self.accumulate_into[acc.value.id] = acc.target
 
     def stmt(self, stmt: Stmt) -> None:
         if isinstance(stmt, Op):
-            self.comment_loc([stmt.loc])
             kind = PRIMITIVES[stmt.prim].kind
             if stmt.prim == "fill" and not stmt.outs[0].type.shape and stmt.outs[0].id not in self.m.mutated:
+                # a scalar constant: inlined where it is used, no code (and no comment) here
                 self.storage[stmt.outs[0].id] = _Storage("literal", literal(stmt.attrs["value"], stmt.attrs["dtype"]))
-            elif kind == ELEMENTWISE:
+                return
+            self.comment_loc([stmt.loc])
+            if kind == ELEMENTWISE:
                 self.elementwise(stmt.outs, stmt.args, stmt.args, [stmt], stmt.outs)
             else:
                 getattr(self, f"op_{kind}")(stmt)
@@ -348,14 +411,22 @@ class FunctionEmitter:
             self.store(t, "0", f"{self.load(t, '0')} + {self.load(v, '0')}")
             return
         self.open_scope()
-        if stmt.index is not None:
+        index = stmt.index
+        k = index.type.size if index is not None else 1  # type: ignore[union-attr]
+        row //= k
+        if k > 1:
+            self.open(f"for (int64_t j = 0; j < {k}; j++)")
+        if index is not None:
             n = t.type.shape[0]  # type: ignore[union-attr]
-            self.line(f'int64_t base = lt_index({self.load(stmt.index, "0")}, {n}, "{self.where(stmt)}") * {row};')
+            at = self.load(index, "j" if k > 1 else "0")
+            self.line(f'int64_t base = lt_index({at}, {n}, "{self.where(stmt)}") * {row};')
         else:
             self.line("int64_t base = 0;")
         self.open(f"for (int64_t i = 0; i < {row}; i++)")
-        self.line(f"{self.ptr(t)}[base + i] += {self.load(v, 'i')};")
+        self.line(f"{self.ptr(t)}[base + i] += {self.load(v, 'j * ' + str(row) + ' + i' if k > 1 else 'i')};")
         self.close()
+        if k > 1:
+            self.close()
         self.close()
 
     # ------------------------------------------------------------ elementwise loops
@@ -459,6 +530,8 @@ class FunctionEmitter:
                 self.open(f"for (int64_t i{d} = 0; i{d} < {xs[d]}; i{d}++)")
             self.line(f"{acc_t} acc = {init};")
             for d in red:
+                if op.prim == "reduce_sum" and d == red[-1] and dtype in FLOATS:
+                    self.line(SIMD_SUM)
                 self.open(f"for (int64_t i{d} = 0; i{d} < {xs[d]}; i{d}++)")
             self.line(f"acc = {combine('acc', src([f'i{d}' for d in range(len(xs))]))};")
             for _ in red:
@@ -529,12 +602,16 @@ class FunctionEmitter:
         pa, pb, pc = self.ptr(a), self.ptr(b), self.ptr(out)
         dtype = out.type.dtype  # type: ignore[union-attr]
         t = self.ctype(out)
-        if dtype in FLOATS and m * n * k >= BLAS_MIN_MACS:
+        # A single row or column (vector-matrix products of RNNs) runs faster as a
+        # generated loop than through BLAS's general kernels, until it is very large.
+        vector = m == 1 or n == 1 or k == 1
+        if dtype in FLOATS and m * n * k >= (VECTOR_BLAS_MIN_MACS if vector else BLAS_MIN_MACS):
             self.m.uses_blas = True
             gemm = "lt_cblas_sgemm" if dtype == "float32" else "lt_cblas_dgemm"
             flags = f"CblasRowMajor, {'CblasTrans' if ta else 'CblasNoTrans'}, {'CblasTrans' if tb else 'CblasNoTrans'}"
+            beta = 1 if out.id in self.accumulating else 0
             call = (f"{gemm}({flags}, {m}, {n}, {k}, 1, {pa} + {{ao}}, {ash[-1]}, {pb} + {{bo}}, {bsh[-1]}, "
-                    f"0, {pc} + {{co}}, {n});")
+                    f"{beta}, {pc} + {{co}}, {n});")
             if batch == 1:
                 self.line(call.format(ao=0, bo=0, co=0).replace(" + 0,", ","))
             else:
@@ -552,9 +629,10 @@ class FunctionEmitter:
         self.open(f"for (int64_t i = 0; i < {m}; i++)")
         if not tb:
             # i-k-j order: the innermost loop runs along rows of b and c (vectorizes).
-            self.open(f"for (int64_t j = 0; j < {n}; j++)")
-            self.line(f"{pc}[{co}i * {n} + j] = {zero};")
-            self.close()
+            if out.id not in self.accumulating:
+                self.open(f"for (int64_t j = 0; j < {n}; j++)")
+                self.line(f"{pc}[{co}i * {n} + j] = {zero};")
+                self.close()
             self.open(f"for (int64_t kk = 0; kk < {k}; kk++)")
             self.line(f"{t} aik = {A('i', 'kk')};")
             self.open(f"for (int64_t j = 0; j < {n}; j++)")
@@ -565,10 +643,12 @@ class FunctionEmitter:
             # b transposed: each element is a dot product of two contiguous rows.
             self.open(f"for (int64_t j = 0; j < {n}; j++)")
             self.line(f"{t} acc = {zero};")
+            if dtype in FLOATS:
+                self.line(SIMD_SUM)
             self.open(f"for (int64_t kk = 0; kk < {k}; kk++)")
             self.line(f"acc += {A('i', 'kk')} * {pb}[{bo}j * {k} + kk];")
             self.close()
-            self.line(f"{pc}[{co}i * {n} + j] = acc;")
+            self.line(f"{pc}[{co}i * {n} + j] {'+=' if out.id in self.accumulating else '='} acc;")
             self.close()
         self.close()
         if batched:

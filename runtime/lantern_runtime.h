@@ -264,7 +264,34 @@ LT_DEFINE_TOINT(float, f32, int64_t, i64, INT64_MIN, INT64_MAX)
 LT_DEFINE_TOINT(double, f64, int32_t, i32, INT32_MIN, INT32_MAX)
 LT_DEFINE_TOINT(double, f64, int64_t, i64, INT64_MIN, INT64_MAX)
 
-static inline float lt_sigmoid_f32(float x) { return 1.0f / (1.0f + expf(-x)); }
+/*
+ * float32 tanh as the rational approximation Eigen and XLA use (odd degree-13 numerator,
+ * even degree-6 denominator on [-7.99, 7.99], where tanh is 1 to float precision beyond):
+ * a few ulp, branch-free, so loops over it vectorize; libm's tanhf does neither.
+ * NaN passes through (both comparisons are false). float64 keeps libm's tanh.
+ */
+static inline float lt_tanh_f32(float x)
+{
+    const float clamp = 7.99881172180175781f;
+    x = x < -clamp ? -clamp : (x > clamp ? clamp : x);
+    const float x2 = x * x;
+    float p = -2.76076847742355e-16f;
+    p = p * x2 + 2.00018790482477e-13f;
+    p = p * x2 - 8.60467152213735e-11f;
+    p = p * x2 + 5.12229709037114e-08f;
+    p = p * x2 + 1.48572235717979e-05f;
+    p = p * x2 + 6.37261928875436e-04f;
+    p = p * x2 + 4.89352455891786e-03f;
+    p = p * x;
+    float q = 1.19825839466702e-06f;
+    q = q * x2 + 1.18534705686654e-04f;
+    q = q * x2 + 2.26843463243900e-03f;
+    q = q * x2 + 4.89352518554385e-03f;
+    return p / q;
+}
+
+/* sigmoid(x) = (1 + tanh(x / 2)) / 2: vectorizes, and never overflows. */
+static inline float lt_sigmoid_f32(float x) { return 0.5f + 0.5f * lt_tanh_f32(0.5f * x); }
 static inline double lt_sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
 
 /* ------------------------------------------------------------------ random numbers */

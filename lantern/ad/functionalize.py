@@ -40,10 +40,11 @@ def functionalize(block: Block) -> Block:
             continue
         target, value = latest(s.target), latest(s.value)
         t: TensorType = target.type  # type: ignore[assignment]
-        if s.index is not None:  # target[index] += value, as target + scatter_add([value], [index])
-            row, reshape_v = _op("reshape", [value], TensorType((1,) + value.type.shape, t.dtype), s.loc,  # type: ignore[union-attr]
-                                 "row", shape=(1,) + value.type.shape)  # type: ignore[union-attr]
-            idx, reshape_i = _op("reshape", [latest(s.index)], TensorType((1,), "int64"), s.loc, "index", shape=(1,))
+        if s.index is not None:  # target[index] += value, as target + scatter_add(rows, positions)
+            k = s.index.type.size  # type: ignore[union-attr]
+            rows_shape = (k,) + t.shape[1:]
+            row, reshape_v = _op("reshape", [value], TensorType(rows_shape, t.dtype), s.loc, "rows", shape=rows_shape)
+            idx, reshape_i = _op("reshape", [latest(s.index)], TensorType((k,), "int64"), s.loc, "index", shape=(k,))
             value, scatter = _op("scatter_add", [row, idx], t, s.loc, "update", axis=0, size=t.shape[0])
             stmts += [reshape_v, reshape_i, scatter]
         new, add = _op("add", [target, value], t, s.loc, target.hint)

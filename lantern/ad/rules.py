@@ -195,9 +195,19 @@ def _concatenate(g, xs, y, attrs):
     return out
 
 
+class Rows:
+    """A contribution to some rows only: ``x_bar[index] += rows`` (the adjoint of a gather)."""
+
+    def __init__(self, rows: Tensor, index: Tensor):
+        self.rows, self.index = rows, index
+
+
 @rule("take")
 def _take(g, xs, y, attrs):
     x, idx = xs
+    if attrs["axis"] == 0 and idx.ndim <= 1:
+        # Embedding rows: add into the gathered rows in place, not into a zero matrix.
+        return [Rows(g, ops.astype(idx, "int64")), None]
     return [primitive("scatter_add", [g, idx], axis=attrs["axis"], size=x.shape[attrs["axis"]]), None]
 
 

@@ -42,7 +42,7 @@ from ..ir.rewrite import clone_block
 from ..ir.types import FLOAT_DTYPES, FnType, TensorType, scalar
 from ..tensor import Tensor
 from ..tracing import Frame, with_location
-from .rules import RULES, unbroadcast
+from .rules import RULES, Rows, unbroadcast
 
 Continuation = Callable[[], list[Tensor]]
 
@@ -150,10 +150,15 @@ class Differentiator:
         t: TensorType = like.type  # type: ignore[assignment]
         return self.tensor(self.frame.emit("fill", [], {"value": 0, "shape": t.shape, "dtype": t.dtype}, hint=hint))
 
-    def accumulate(self, old: Var, contribution: Tensor | None) -> None:
+    def accumulate(self, old: Var, contribution: Tensor | Rows | None) -> None:
         """``old_bar += contribution`` (summed back over broadcast axes)."""
         target = self.adj.get(old.id)
         if target is None or contribution is None:
+            return
+        if isinstance(contribution, Rows):
+            rows = ops.astype(contribution.rows, target.dtype)
+            self.frame.add(Accumulate([], loc=self.frame.loc_override or self.fn.loc, target=target.var,
+                                      value=rows.var, index=contribution.index.var))
             return
         value = ops.astype(unbroadcast(contribution, target.shape), target.dtype)
         self.frame.add(Accumulate([], loc=self.frame.loc_override or self.fn.loc, target=target.var, value=value.var))

@@ -77,7 +77,7 @@ class Interpreter:
         if isinstance(stmt, Accumulate):
             target = get(stmt.target)
             if stmt.index is not None:
-                target[int(get(stmt.index))] += get(stmt.value)
+                np.add.at(target, get(stmt.index), get(stmt.value))
             else:
                 np.add(target, get(stmt.value), out=target)
             return []

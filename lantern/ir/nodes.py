@@ -181,8 +181,10 @@ class Apply(Stmt):
 class Accumulate(Stmt):
     """In-place ``target += value``; defines nothing.
 
-    With ``index`` (an int64 scalar) it is ``target[index] += value`` along axis 0, the
-    value having the shape of one row. ``value`` has exactly the (row) shape of ``target``.
+    With ``index`` (int64, a scalar or a vector of K positions) it is
+    ``target[index] += value`` along axis 0: ``value`` has the shape of one row of
+    ``target``, or K rows, and repeated positions add up. Without ``index``, ``value``
+    has exactly the shape of ``target``.
     """
 
     target: Var = None  # type: ignore[assignment]

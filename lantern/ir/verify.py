@@ -114,11 +114,12 @@ class _Verifier:
             t, v = stmt.target.type, stmt.value.type
             if not isinstance(t, TensorType) or not isinstance(v, TensorType) or t.dtype != v.dtype:
                 _fail(where, f"accumulate: {v} into {t}")
-            row = t.shape[1:] if stmt.index is not None else t.shape
-            if v.shape != row:
-                _fail(where, f"accumulate: value shape {v.shape} does not match {row}")
-            if stmt.index is not None and stmt.index.type != scalar("int64"):
-                _fail(where, f"accumulate: index must be i64[], got {stmt.index.type}")
+            index = stmt.index
+            if index is not None and (index.type.dtype != "int64" or index.type.ndim > 1):  # type: ignore[union-attr]
+                _fail(where, f"accumulate: index must be an i64 scalar or vector, got {index.type}")
+            rows = (index.type.shape + t.shape[1:]) if index is not None else t.shape  # type: ignore[union-attr]
+            if v.shape != rows:
+                _fail(where, f"accumulate: value shape {v.shape} does not match {rows}")
         else:
             _fail(where, f"unknown statement {type(stmt).__name__}")
         for o in stmt.outs:

@@ -1,0 +1,75 @@
+"""Adjoints that receive one contribution need no buffer: ``z = 0; z += v`` becomes ``z = v``.
+
+Reverse-mode AD gives every active value a zero-initialised adjoint and adds each
+contribution to it in place. Most values are used once, so most adjoints receive exactly
+one contribution; this pass replaces such a buffer by the contribution itself. That
+removes a zero fill and an accumulation loop each, and, since in-place updates are
+barriers to fusion, lets the backward elementwise code fuse into single loops.
+
+A buffer qualifies when it is a zero ``fill`` whose only in-place update is one
+``Accumulate`` (no index) in the same block, nothing reads it between the two, and
+neither it nor the contribution is updated in place or passed by reference anywhere.
+"""
+from __future__ import annotations
+
+from lantern.ir.nodes import Accumulate, Apply, Block, Call, Function, Module, Op, Stmt, Var, free_vars, walk_stmts
+from lantern.ir.rewrite import with_blocks, with_operands
+
+
+def _reads(stmt: Stmt) -> list[Var]:
+    return list(stmt.operands()) + [v for b in stmt.blocks() for v in free_vars(b)]
+
+
+def _candidates(fn: Function) -> tuple[dict[int, int], set[int]]:
+    """Accumulation counts per target, and variables passed by reference (to calls/continuations)."""
+    counts: dict[int, int] = {}
+    by_reference: set[int] = set()
+    for s in walk_stmts(fn.body):
+        if isinstance(s, Accumulate):
+            counts[s.target.id] = counts.get(s.target.id, 0) + (1 if s.index is None else 2)
+        elif isinstance(s, (Call, Apply)):
+            by_reference.update(a.id for a in s.args)
+    return counts, by_reference
+
+
+def _rename(block: Block, subst: dict[int, Var]) -> Block:
+    def get(v: Var) -> Var:
+        return subst.get(v.id, v)
+    stmts = [with_blocks(with_operands(s, get), [_rename(b, subst) for b in s.blocks()]) for s in block.stmts]
+    return Block(list(block.params), stmts, [get(r) for r in block.results])
+
+
+def _simplify(block: Block, counts: dict[int, int], by_reference: set[int], subst: dict[int, Var]) -> Block:
+    """One pass in program order, so chains (``a_bar += b_bar``, ``b_bar += v``) collapse too."""
+    def get(v: Var) -> Var:
+        return subst.get(v.id, v)
+
+    pending: dict[int, int] = {}  # zero buffer -> index of its fill, while nothing has read it
+    drop: set[int] = set()
+    for j, t in enumerate(block.stmts):
+        if isinstance(t, Accumulate) and t.index is None and t.target.id in pending:
+            v = get(t.value)
+            if counts.get(v.id, 0) == 0 and v.id not in by_reference:
+                drop.update((pending.pop(t.target.id), j))
+                subst[t.target.id] = v
+                counts[t.target.id] = 0  # no longer updated in place: it is v now
+                continue
+        for v in _reads(t):
+            pending.pop(v.id, None)  # read before its contribution arrived: keep the buffer
+        if (isinstance(t, Op) and t.prim == "fill" and t.attrs["value"] == 0 and counts.get(t.outs[0].id) == 1
+                and t.outs[0].id not in by_reference):
+            pending[t.outs[0].id] = j
+    kept = [s for k, s in enumerate(block.stmts) if k not in drop]
+    renamed = _rename(Block(list(block.params), kept, list(block.results)), subst)
+    return Block(renamed.params,
+                 [with_blocks(s, [_simplify(b, counts, by_reference, subst) for b in s.blocks()]) for s in renamed.stmts],
+                 renamed.results)
+
+
+def forward_single_accumulations(module: Module) -> Module:
+    functions = {}
+    for name, fn in module.functions.items():
+        counts, by_reference = _candidates(fn)
+        body = _simplify(fn.body, counts, by_reference, {})
+        functions[name] = Function(name, body, fn.result_types, fn.loc)
+    return Module(functions, module.entry)
