@@ -154,6 +154,10 @@ class Executable:
         self.out_treedef = out_treedef
         self.out_types = out_types
         self.native = native
+        # precomputed for the per-call path
+        self._checks = [(i, spec.shape, np.dtype(spec.dtype), spec) for spec, i in zip(self.in_specs, self._array_positions)]
+        self._single_out = out_treedef.kind == "leaf"
+        self._accepted: set[tuple] = set()  # argument keys (structure and constants) already checked
 
     # ---------------------------------------------------------- inspection
     @property
@@ -186,21 +190,15 @@ class Executable:
         array of the right shape and native dtype goes to C as it is; anything else goes
         through :func:`_as_native_array` (copy, or ``ArgumentError``).
         """
-        try:
-            checks, single = self._checks, self._single_out
-        except AttributeError:
-            checks = self._checks = [(i, spec.shape, np.dtype(spec.dtype), spec)
-                                     for spec, i in zip(self.in_specs, self._array_positions)]
-            single = self._single_out = self.out_treedef.kind == "leaf"
         arrays = []
-        for i, shape, dtype, spec in checks:
+        for i, shape, dtype, spec in self._checks:
             a = leaves[i]
             if not (type(a) is np.ndarray and a.shape == shape and (a.dtype is dtype or a.dtype == dtype)
                     and a.flags.c_contiguous and a.flags.aligned):
                 a = _as_native_array(spec, a)
             arrays.append(a)
         outs = self.native(arrays)
-        return outs[0] if single else unflatten(self.out_treedef, outs)
+        return outs[0] if self._single_out else unflatten(self.out_treedef, outs)
 
     def interpret(self, *args: Any, optimized: bool = False, **kwargs: Any) -> Any:
         """Run the IR (as traced, or after the C-preparing passes) in the NumPy reference interpreter."""
@@ -218,11 +216,10 @@ class Executable:
         if _fast_key(args, key, leaves):
             # arguments whose structure and constants were accepted before need no second look
             key_t = tuple(key)
-            accepted = self.__dict__.setdefault("_accepted", set())
-            if key_t in accepted:
+            if key_t in self._accepted:
                 return self.run_leaves(leaves)
             result = self._checked_call(args)
-            accepted.add(key_t)
+            self._accepted.add(key_t)
             return result
         return self._checked_call(args)
 
