@@ -246,45 +246,37 @@ class TreeLSTMCell(Layer):
         return ops.zeros(shape, self.dtype), ops.zeros(shape, self.dtype)
 
 
-def _pad2d(x: Tensor, ph: int, pw: int) -> Tensor:
-    """Zeros around the last two axes (by concatenating zero blocks)."""
-    if ph:
-        z = ops.zeros(x.shape[:-2] + (ph, x.shape[-1]), x.dtype)
-        x = ops.concatenate([z, x, z], axis=-2)
-    if pw:
-        z = ops.zeros(x.shape[:-1] + (pw,), x.dtype)
-        x = ops.concatenate([z, x, z], axis=-1)
-    return x
+def _pad(x: Tensor, axis: int, p: int) -> Tensor:
+    """``p`` zeros on both sides of ``axis`` (by concatenating zero blocks)."""
+    if not p:
+        return x
+    z = ops.zeros(x.shape[:axis] + (p,) + x.shape[axis + 1:], x.dtype)
+    return ops.concatenate([z, x, z], axis=axis)
 
 
-def _stack(xs: list[Tensor], axis: int) -> Tensor:
-    """``ops.stack`` of same-typed tensors. (``ops.concatenate`` of more than three tensors trips
-    over its dtype promotion, which calls ``np.add`` with every operand; here all share a dtype.)"""
-    if len(xs) == 1:
-        return ops.expand_dims(xs[0], axis)
-    parts = [ops.expand_dims(x, axis) for x in xs]
-    return ops._emit(ops._frame_of(*parts), "concatenate", parts, hint="concat", axis=axis % parts[0].ndim)
-
-
-def _windows(x: Tensor, kh: int, kw: int, sh: int, sw: int) -> tuple[list[Tensor], int, int]:
-    """For each kernel offset (row-major), the strided view ``x[..., di::sh, dj::sw]`` of the output's extent."""
-    h, w = x.shape[-2:]
-    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
-    return [x[..., di:di + sh * (oh - 1) + 1:sh, dj:dj + sw * (ow - 1) + 1:sw]
-            for di in range(kh) for dj in range(kw)], oh, ow
+def _gather_windows(x: Tensor, axis: int, k: int, s: int, out: int) -> Tensor:
+    """``x`` with ``axis`` (size n) replaced by ``k * out`` positions ``d + s * o`` (kernel offset
+    ``d`` major): one gather with a small constant index, nothing when it is the identity."""
+    idx = np.array([d + s * o for d in range(k) for o in range(out)], np.int64)
+    if len(idx) == x.shape[axis] and np.array_equal(idx, np.arange(len(idx))):
+        return x
+    return ops.take(x, idx, axis=axis)
 
 
 class Conv2d(Layer):
     """2-D convolution (cross-correlation, as PyTorch) over NCHW input.
 
     Parameters ``{"weight": [out, in, kh, kw], "bias": [out]}``, uniform in ``±1/sqrt(in*kh*kw)``
-    as PyTorch. Computed as im2col from static strided slices (one per kernel offset) followed
-    by one matrix product ``weight[out, in*kh*kw] @ columns[in*kh*kw, N*OH*OW]``; zero padding is
-    concatenated around the input. Input ``[N, C, H, W]`` or ``[C, H, W]``.
+    as PyTorch. Computed as im2col followed by one matrix product
+    ``weight[out, in*kh*kw] @ columns[in*kh*kw, OH*OW*N]`` (BLAS when large). The columns come
+    from two gathers with small constant indices (kernel rows, then kernel columns, strides
+    included) of the zero-padded input, not one slice per kernel offset, so the generated C and
+    its compile time do not grow with the kernel size. Input ``[N, C, H, W]`` or ``[C, H, W]``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] = 1,
-                 padding: int | tuple[int, int] = 0, bias: bool = True, dtype: Any = "float32"):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, bias: bool = True,
+                 dtype: Any = "float32"):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = _pair(kernel_size, "Conv2d kernel_size")
         self.stride = _pair(stride, "Conv2d stride")
@@ -320,20 +312,26 @@ class Conv2d(Layer):
         dtype = ops._promote("Conv2d", np.add, x, w)
         x, w = ops._lift_as(x, dtype), ops._lift_as(w, dtype)
         n, c = x.shape[:2]
-        # [C, N, H, W] so that the columns come out as [C*kh*kw, N*OH*OW] with no further copy.
-        xt = _pad2d(ops.transpose(x, (1, 0, 2, 3)), ph, pw)
-        views, oh, ow = _windows(xt, kh, kw, sh, sw)
-        cols = ops.reshape(_stack(views, axis=1), (c * kh * kw, n * oh * ow))
-        y = ops.matmul(ops.reshape(w, (w.shape[0], c * kh * kw)), cols)  # [out, N*OH*OW]
+        out_ch = w.shape[0]
+        oh, ow = (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
+        # im2col in a handful of whole-array operations (so the C stays small whatever the
+        # kernel size): batch last, [C, H, W, N], so every gathered row is N contiguous values;
+        # pad; gather the kernel rows, then the kernel columns; order as [C, kh, kw, OH, OW, N].
+        xt = ops.transpose(x, (1, 2, 3, 0))
+        xt = _pad(_pad(xt, 1, ph), 2, pw)
+        xt = _gather_windows(_gather_windows(xt, 1, kh, sh, oh), 2, kw, sw, ow)  # [C, kh*OH, kw*OW, N]
+        xt = ops.transpose(ops.reshape(xt, (c, kh, oh, kw, ow, n)), (0, 1, 3, 2, 4, 5))
+        cols = ops.reshape(xt, (c * kh * kw, oh * ow * n))
+        y = ops.matmul(ops.reshape(w, (out_ch, c * kh * kw)), cols)  # [out, OH*OW*N]: one product
         if self.bias:
             y = y + ops.expand_dims(ops.asarray(params["bias"]), 1)
-        return ops.transpose(ops.reshape(y, (w.shape[0], n, oh, ow)), (1, 0, 2, 3))
+        return ops.transpose(ops.reshape(y, (out_ch, oh, ow, n)), (3, 0, 1, 2))
 
 
 class MaxPool2d(Layer):
     """Max over ``kernel_size`` windows of the last two axes (NCHW or CHW), no padding; the
     output has ``floor((H - k) / stride) + 1`` rows as PyTorch. ``stride`` defaults to the kernel size;
-    then it is a reshape and one reduction, else the maximum of strided slices. Gradients of ties
+    then it is a reshape and one reduction, else two gathers of the windows and one reduction. Gradients of ties
     are shared among the tied elements (PyTorch routes them to one). No parameters."""
 
     def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None):
@@ -359,11 +357,10 @@ class MaxPool2d(Layer):
             lead = x.shape[:-2]
             blocks = ops.reshape(x, lead + (oh, kh, ow, kw))
             return ops.max(blocks, (len(lead) + 1, len(lead) + 3))
-        views, _, _ = _windows(x, kh, kw, sh, sw)
-        out = views[0]
-        for v in views[1:]:
-            out = ops.maximum(out, v)
-        return out
+        # Overlapping or sparse windows: gather them (as Conv2d does), then one reduction.
+        lead = x.shape[:-2]
+        x = _gather_windows(_gather_windows(x, x.ndim - 2, kh, sh, oh), x.ndim - 1, kw, sw, ow)
+        return ops.max(ops.reshape(x, lead + (kh, oh, kw, ow)), (len(lead), len(lead) + 2))
 
 
 class Dropout(Layer):

@@ -71,7 +71,8 @@ def ref_treelstm(p, x, hl, cl, hr, cr):
         Ul, Ur = blk[name]
         return x @ W.T + b + hl @ Ul.T + hr @ Ur.T
 
-    i, fl, fr, o = sigmoid(pre(Wi, bi, "i")), sigmoid(pre(Wf, bf, "fl")), sigmoid(pre(Wf, bf, "fr")), sigmoid(pre(Wo, bo, "o"))
+    i, o = sigmoid(pre(Wi, bi, "i")), sigmoid(pre(Wo, bo, "o"))
+    fl, fr = sigmoid(pre(Wf, bf, "fl")), sigmoid(pre(Wf, bf, "fr"))
     u = np.tanh(pre(Wu, bu, "u"))
     c = i * u + fl * cl + fr * cr
     return o * np.tanh(c), c
