@@ -476,11 +476,19 @@ def squeeze(x: ArrayLike, axis: int | Sequence[int] | None = None) -> Tensor:
     return reshape(x, tuple(d for i, d in enumerate(x.shape) if i not in axes))
 
 
+def _common_dtype(name: str, xs: Sequence[ArrayLike]) -> str:
+    """NumPy's promotion of all of ``xs`` together (pairwise; ufuncs take at most two)."""
+    dtype = _promote(name, np.add, xs[0], xs[1])
+    for x in xs[2:]:
+        dtype = _promote(name, np.add, np.zeros((), dtype), x)
+    return dtype
+
+
 def concatenate(xs: Sequence[ArrayLike], axis: int = 0) -> Tensor:
     frame = _frame_of(*xs)
     if not xs:
         raise with_location(ShapeError, "concatenate: need at least one array")
-    dtype = _promote("concatenate", np.add, *xs) if len(xs) > 1 else asarray(xs[0]).type.dtype
+    dtype = asarray(xs[0]).type.dtype if len(xs) == 1 else _common_dtype("concatenate", xs)
     if builtins.all(_is_bool(x) for x in xs):
         dtype = "bool"
     ts = [_lift_as(x, dtype) for x in xs]

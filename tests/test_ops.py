@@ -632,3 +632,13 @@ def test_logsumexp_with_infinite_rows():
     check_staged(lambda x: (lantern.logsumexp(x, axis=1), lantern.log_softmax(x[1]), lantern.softmax(x[1])), x,
                  expected=(np.array([-inf, lse1, inf], "float32"), np.array([1 - lse1, -inf, 2 - lse1], "float32"),
                            np.exp(np.array([1 - lse1, -inf, 2 - lse1], "float32"))))
+
+
+def test_concatenate_and_stack_many_inputs_with_mixed_dtypes():
+    a = np.arange(3, dtype=np.int32)
+    b = np.linspace(0, 1, 3, dtype=np.float32)
+
+    def f(a, b):
+        return lantern.concatenate([a, b, a, b, a]), lantern.stack([a, a, a, a], axis=1)
+
+    check_staged(f, a, b, expected=(np.concatenate([a, b, a, b, a]), np.stack([a, a, a, a], axis=1)))
