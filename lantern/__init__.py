@@ -20,6 +20,7 @@ from .staging import Executable, Staged, stage
 from .tensor import Tensor
 
 from . import nn  # noqa: E402  (layers and losses; after the ops they are written with)
+from . import optim  # noqa: E402
 
 __version__ = "0.1.0"
 
