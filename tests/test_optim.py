@@ -140,3 +140,27 @@ def test_train_step_lowers_the_loss(rng, opt):
         params, state, loss = step(params, state, x, y)
         losses.append(float(loss))
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_fit_reports_progress_and_records_losses(rng, capsys, tmp_path):
+    from lantern.train import fit
+    opt = optim.Adagrad(0.5)
+    x = rng.standard_normal((16, 3))
+    y = x @ np.array([1.0, -2.0, 0.5])
+
+    @lantern.stage
+    def step(params, state, x, y):
+        loss, g = lantern.value_and_grad(lambda p: ((x @ p - y) ** 2).mean())(params)
+        params, state = opt.update(g, state, params)
+        return params, state, loss
+
+    params = np.zeros(3)
+    batches = ((x, y) for _ in range(1000))
+    history = fit(step, params, opt.init(params), batches, steps=20, log_every=10)
+    assert len(history.losses) == 20 and history.losses[-1] < history.losses[0]
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[-1].startswith("step     20  loss")
+    pytest.importorskip("matplotlib")
+    from lantern.train import save_loss_curve
+    save_loss_curve(history.losses, str(tmp_path / "loss.png"))
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
