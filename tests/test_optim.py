@@ -142,7 +142,7 @@ def test_train_step_lowers_the_loss(rng, opt):
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_fit_reports_progress_and_records_losses(rng, capsys, tmp_path):
+def test_fit_reports_progress_and_records_losses(rng, capsys):
     from lantern.train import fit
     opt = optim.Adagrad(0.5)
     x = rng.standard_normal((16, 3))
@@ -160,7 +160,10 @@ def test_fit_reports_progress_and_records_losses(rng, capsys, tmp_path):
     assert len(history.losses) == 20 and history.losses[-1] < history.losses[0]
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and out[-1].startswith("step     20  loss")
+
+
+def test_loss_curve_png(tmp_path):
     pytest.importorskip("matplotlib")
     from lantern.train import save_loss_curve
-    save_loss_curve(history.losses, str(tmp_path / "loss.png"))
+    save_loss_curve([3.0, 2.0, 1.5, 1.2], str(tmp_path / "loss.png"))
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
