@@ -20,7 +20,8 @@ from .staging import Executable, Staged, stage
 from .tensor import Tensor
 
 from . import nn  # noqa: E402  (layers and losses; after the ops they are written with)
-from . import optim  # noqa: E402
+from . import optim  # noqa: E402  (optimizers and gradient clipping)
+from . import train  # noqa: E402  (fit: a training loop with progress and loss curve)
 
 __version__ = "0.1.0"
 

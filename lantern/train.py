@@ -1,82 +1,162 @@
-"""A training loop with a one-line progress display and an optional loss-curve PNG.
+"""A small training loop: feeds batches to a staged step, shows progress, records the losses.
 
-``step`` is a staged function ``step(params, opt_state, *batch) -> (params, opt_state,
-loss, ...)``: forward, backward and the update in one native call. ``fit`` only feeds it
-batches, shows progress and records the losses.
+    opt = lantern.optim.Adam(1e-3)
+
+    @lantern.stage
+    def step(params, opt_state, x, y):
+        loss, grads = lantern.value_and_grad(loss_fn)(params, x, y)
+        params, opt_state = opt.update(grads, opt_state, params)
+        return params, opt_state, loss
+
+    result = lantern.train.fit(step, params, opt.init(params), batches, steps=1000, plot="loss.png")
+    params, losses = result.params, result.losses
+
+The progress display is one line (step, smoothed loss, steps/s) redrawn in place when the
+output is a terminal, and plain periodic lines otherwise (logs, CI, notebooks' captured
+output). The steps/s figure leaves out the first step, which traces and compiles.
+``plot=...`` needs matplotlib (``pip install 'lantern-staged[plot]'``).
 """
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple, TextIO
 
 import numpy as np
 
+__all__ = ["FitResult", "fit", "save_loss_curve", "smooth"]
 
-@dataclass
-class History:
+_MATPLOTLIB_HINT = "writing the loss curve needs matplotlib: pip install 'lantern-staged[plot]' (or matplotlib)"
+
+
+class FitResult(NamedTuple):
     params: Any
     opt_state: Any
-    losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def steps_per_second(self) -> float:
-        return len(self.losses) / self.seconds if self.seconds else float("nan")
+    losses: np.ndarray  # one float64 per step run
+    aux: Any            # what the last step returned after the loss (None when it returned only a loss)
+    seconds: float      # wall time of the whole loop, first (compiling) step included
 
 
-def fit(step: Callable[..., tuple], params: Any, opt_state: Any, batches: Iterable[tuple], *,
-        steps: int | None = None, log_every: int = 100, plot: str | None = None, out: Any = None) -> History:
-    """Run ``step`` over ``batches`` (at most ``steps``); return the final state and the losses.
-
-    Progress (step, smoothed loss, steps/s) is redrawn on one line in a terminal and
-    printed every ``log_every`` steps otherwise. ``plot="loss.png"`` writes the loss curve
-    (needs matplotlib: ``pip install 'lantern-staged[plot]'``).
-    """
-    out = out or sys.stdout
-    tty = hasattr(out, "isatty") and out.isatty()
-    history = History(params, opt_state)
-    smooth = None
-    start = time.perf_counter()
-    for i, batch in enumerate(batches, start=1):
-        if steps is not None and i > steps:
-            break
-        params, opt_state, loss, *_ = step(params, opt_state, *batch)
-        value = float(loss)
-        history.losses.append(value)
-        smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
-        if tty or i % log_every == 0:
-            rate = i / (time.perf_counter() - start)
-            line = f"step {i:6d}  loss {smooth:.4f}  {rate:8.1f} steps/s"
-            out.write(("\r" + line) if tty else line + "\n")
-            out.flush()
-    history.seconds = time.perf_counter() - start
-    if tty:
-        out.write("\n")
-    history.params, history.opt_state = params, opt_state
-    if plot:
-        save_loss_curve(history.losses, plot)
-    return history
+def smooth(losses: Iterable[float], beta: float = 0.9) -> np.ndarray:
+    """Exponential moving average with bias correction (so the first values are not pulled to 0)."""
+    out, avg = [], 0.0
+    for n, value in enumerate(losses, start=1):
+        avg = beta * avg + (1.0 - beta) * float(value)
+        out.append(avg / (1.0 - beta ** n))
+    return np.asarray(out, dtype=np.float64)
 
 
-def save_loss_curve(losses: list[float], path: str) -> None:
-    """Write the loss curve (raw and smoothed) as a PNG."""
+def _need_matplotlib() -> None:
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise RuntimeError("writing a loss curve needs matplotlib: pip install 'lantern-staged[plot]'") from exc
-    x = np.arange(1, len(losses) + 1)
-    window = max(1, len(losses) // 50)
-    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(x, losses, alpha=0.3, label="loss")
-    ax.plot(x[window - 1:], smooth, label=f"mean of {window}")
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError(_MATPLOTLIB_HINT) from None
+
+
+def save_loss_curve(losses: Iterable[float], path: str, beta: float = 0.9) -> None:
+    """Write the loss per step (light) and its moving average (dark) as a PNG at ``path``."""
+    _need_matplotlib()
+    from matplotlib.figure import Figure  # no pyplot: leaves the user's backend and figures alone
+
+    losses = np.asarray(list(losses), dtype=np.float64)
+    steps = np.arange(1, len(losses) + 1)
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    ax = fig.add_subplot()
+    ax.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=1, label="loss")
+    ax.plot(steps, smooth(losses, beta), color="tab:blue", linewidth=2, label="smoothed")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    fig.savefig(path, format="png")
+
+
+def _batch_source(batches: Any, steps: int | None) -> Iterable[Any]:
+    if callable(batches):
+        if steps is None:
+            raise ValueError("fit: with a function of the step index as batches, say how many steps (steps=...)")
+        return (batches(i) for i in range(steps))
+    return batches
+
+
+def fit(step: Callable[..., Any], params: Any, opt_state: Any, batches: Iterable[Any] | Callable[[int], Any], *,
+        steps: int | None = None, log_every: int | None = None, smoothing: float = 0.9,
+        plot: str | None = None, file: TextIO | None = None) -> FitResult:
+    """Run ``step(params, opt_state, *batch) -> (params, opt_state, loss[, aux...])`` over ``batches``.
+
+    ``batches``: an iterable of batches (a tuple is spread into arguments, anything else is
+    one argument) or a function ``i -> batch``; ``steps`` stops after that many (required
+    with a function). ``log_every``: steps between progress lines when the output is not a
+    terminal (default: a tenth of ``steps``, or 100); 0 prints nothing. A terminal gets one
+    line redrawn about ten times a second. ``plot``: a PNG path for the loss curve.
+    Ctrl-C stops the loop early and still returns what was trained.
+    """
+    if plot:
+        _need_matplotlib()  # before training, not after
+    if steps is not None and steps < 0:
+        raise ValueError(f"fit: steps={steps} must be >= 0")
+    out = sys.stdout if file is None else file
+    tty = bool(getattr(out, "isatty", lambda: False)())
+    if log_every is None:
+        log_every = max(1, steps // 10) if steps else 100
+    quiet = log_every == 0
+    total = f"/{steps}" if steps is not None else ""
+
+    losses: list[float] = []
+    aux: Any = None
+    avg = 0.0
+    start = time.perf_counter()
+    after_first = start
+    last_draw = 0.0
+    last_line = ""
+
+    def line(i: int, now: float) -> str:
+        rate = f"{(i - 1) / (now - after_first):.1f} steps/s" if i > 1 and now > after_first else "compiling"
+        return f"step {i}{total}  loss {avg / (1.0 - smoothing ** i):.4f}  {rate}"
+
+    try:
+        for i, batch in enumerate(_batch_source(batches, steps), start=1):
+            if steps is not None and i > steps:
+                break
+            args = batch if isinstance(batch, tuple) else (batch,)
+            result = step(params, opt_state, *args)
+            if not isinstance(result, tuple) or len(result) < 3:
+                raise TypeError("fit: step must return (params, opt_state, loss[, aux...]), got "
+                                f"{type(result).__name__}" + (f" of {len(result)}" if isinstance(result, tuple) else ""))
+            params, opt_state, loss = result[:3]
+            aux = None if len(result) == 3 else result[3] if len(result) == 4 else result[3:]
+            value = float(loss)
+            losses.append(value)
+            avg = smoothing * avg + (1.0 - smoothing) * value
+            now = time.perf_counter()
+            if i == 1:
+                after_first = now
+            if quiet:
+                continue
+            if tty:
+                if now - last_draw >= 0.1:
+                    text = line(i, now)
+                    out.write("\r" + text.ljust(len(last_line)))
+                    out.flush()
+                    last_draw, last_line = now, text
+            elif i % log_every == 0 or i == steps:
+                out.write(line(i, now) + "\n")
+                out.flush()
+    except KeyboardInterrupt:
+        if not quiet:
+            out.write(f"\ninterrupted after {len(losses)} steps\n")
+    seconds = time.perf_counter() - start
+    if not quiet and losses:
+        n = len(losses)
+        if tty:
+            out.write("\r" + line(n, time.perf_counter()).ljust(len(last_line)) + "\n")
+        rest = f", then {(n - 1) / max(seconds - (after_first - start), 1e-9):.1f} steps/s" if n > 1 else ""
+        out.write(f"{n} steps in {seconds:.2f} s (first step {after_first - start:.2f} s{rest})\n")
+        out.flush()
+    history = np.asarray(losses, dtype=np.float64)
+    if plot and losses:
+        save_loss_curve(history, plot, smoothing)
+        if not quiet:
+            out.write(f"loss curve written to {plot}\n")
+    return FitResult(params, opt_state, history, aux, seconds)
