@@ -51,6 +51,7 @@ def init_params(vocab: int, hidden: int) -> dict[str, np.ndarray]:
 def lantern_step():
     import lantern
     from lantern import nn
+    from lantern.demo import clipped_adagrad
 
     def loss_fn(p, xs, ys, h0):
         def body(t, carry):
@@ -63,12 +64,7 @@ def lantern_step():
     @lantern.stage
     def step(p, mem, xs, ys, h0):
         (loss, h), g = lantern.value_and_grad(loss_fn, has_aux=True)(p, xs, ys, h0)
-        new_p, new_mem = {}, {}
-        for k in p:
-            gk = lantern.clip(g[k], -CLIP, CLIP)
-            new_mem[k] = mem[k] + gk * gk
-            new_p[k] = p[k] - LR * gk / lantern.sqrt(new_mem[k] + 1e-8)
-        return new_p, new_mem, loss, h
+        return (*clipped_adagrad(p, mem, g, LR, CLIP), loss, h)
 
     return step
 

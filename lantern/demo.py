@@ -46,16 +46,21 @@ def sequence_loss(params, inputs, targets, h0):
     return total / inputs.shape[0], h
 
 
+def clipped_adagrad(params, memory, grads, lr: float = LEARNING_RATE, clip: float = CLIP):
+    """min-char-rnn's update: clip to +-clip, ``mem += g^2``, ``p -= lr g / sqrt(mem + 1e-8)``."""
+    new_params, new_memory = {}, {}
+    for k in params:
+        g = lantern.clip(grads[k], -clip, clip)
+        new_memory[k] = memory[k] + g * g
+        new_params[k] = params[k] - lr * g / lantern.sqrt(new_memory[k] + 1e-8)
+    return new_params, new_memory
+
+
 @lantern.stage
 def train_step(params, memory, inputs, targets, h0):
     """Forward, backward, clipping and Adagrad in one native call."""
     (loss, h), grads = lantern.value_and_grad(sequence_loss, has_aux=True)(params, inputs, targets, h0)
-    new_params, new_memory = {}, {}
-    for k in params:
-        g = lantern.clip(grads[k], -CLIP, CLIP)
-        new_memory[k] = memory[k] + g * g
-        new_params[k] = params[k] - LEARNING_RATE * g / lantern.sqrt(new_memory[k] + 1e-8)
-    return new_params, new_memory, loss, h
+    return (*clipped_adagrad(params, memory, grads), loss, h)
 
 
 @lantern.stage
