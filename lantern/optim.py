@@ -173,13 +173,13 @@ class Optimizer:
         for i, (g, p) in enumerate(zip(g_leaves, p_leaves)):
             dt = xp.dtype(p)
 
-            def scalar(x: Any, dt: Any = dt) -> Any:  # a step-dependent coefficient in the parameter dtype
+            def scalar(x: Any, dt: Any = dt) -> Any:  # x (e.g. a step-dependent coefficient) in the parameter dtype
                 return xp.astype(x, dt)
 
             p2, s2 = self._leaf(xp, step, scalar, g, p, [s[i] for s in slot_leaves])
-            new_p.append(p2)
+            new_p.append(scalar(p2))  # parameters and slots keep the parameter's dtype (as in PyTorch)
             for lst, v in zip(new_slots, s2):
-                lst.append(v)
+                lst.append(scalar(v))
         new_state = dict(state)
         new_state["step"] = step
         for slot, lst in zip(self.slots, new_slots):

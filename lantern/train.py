@@ -66,6 +66,8 @@ def save_loss_curve(losses: Iterable[float], path: str, beta: float = 0.9) -> No
     ax.plot(steps, smooth(losses, beta), color="tab:blue", linewidth=2, label="smoothed")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
+    if len(losses) and np.all(losses > 0) and losses.max() > 100 * losses.min():
+        ax.set_yscale("log")  # losses spanning orders of magnitude
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -112,7 +114,8 @@ def fit(step: Callable[..., Any], params: Any, opt_state: Any, batches: Iterable
     last_line = ""
 
     def line(i: int, now: float) -> str:
-        rate = f"{(i - 1) / (now - after_first):.1f} steps/s" if i > 1 and now > after_first else "compiling"
+        rate = (f"{(i - 1) / (now - after_first):.1f} steps/s" if i > 1 and now > after_first
+                else f"first step {now - start:.2f} s")  # the first call traces and compiles (or loads)
         return f"step {i}{total}  loss {avg / (1.0 - smoothing ** i):.4f}  {rate}"
 
     try:
