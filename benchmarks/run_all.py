@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_rnn.py"]
+BENCHMARKS = ["bench_rnn.py", "bench_lstm.py"]
 
 if __name__ == "__main__":
     for name in BENCHMARKS:

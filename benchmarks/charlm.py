@@ -1,0 +1,186 @@
+"""Character language models (vanilla RNN, LSTM), one training step per call: Lantern vs PyTorch.
+
+Shared by ``bench_rnn.py`` and ``bench_lstm.py``. Settings from Lantern's NeurIPS'18 CPU
+evaluation: Adagrad (lr 0.1, min-char-rnn's ``g / sqrt(mem + 1e-8)``), gradients clipped to
++-5, characters of ``pydoc_data.topics``. Every framework starts from the same NumPy
+parameters; the first-step losses must agree.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+LR, CLIP = 0.1, 5.0
+
+
+def make_data(seq: int, batch: int, steps: int):
+    from lantern.data import CharVocab, text_corpus
+    text = text_corpus()
+    vocab = CharVocab(text)
+    ids = vocab.encode(text)
+    span = seq * steps + 1
+    starts = [b * (len(ids) // batch) for b in range(batch)]
+    batches = []
+    for s in range(steps):
+        xs = np.stack([ids[o + s * seq:o + s * seq + seq] for o in starts], axis=1)  # [seq, batch]
+        ys = np.stack([ids[o + s * seq + 1:o + s * seq + seq + 1] for o in starts], axis=1)
+        batches.append((xs, ys))
+    assert span < len(ids) // batch
+    return len(vocab), batches
+
+
+def init_params(model: str, vocab: int, hidden: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    out = {"Why": (rng.standard_normal((hidden, vocab)) * 0.01).astype(np.float32), "by": np.zeros(vocab, np.float32)}
+    if model == "rnn":  # min-char-rnn's initialisation
+        out.update(Wxh=(rng.standard_normal((vocab, hidden)) * 0.01).astype(np.float32),
+                   Whh=(rng.standard_normal((hidden, hidden)) * 0.01).astype(np.float32),
+                   bh=np.zeros(hidden, np.float32))
+    else:  # PyTorch's LSTMCell initialisation and layout (one-hot characters in)
+        from lantern import nn
+        out.update(nn.LSTMCell(vocab, hidden).init(rng))
+    return out
+
+
+def zero_state(model: str, batch: int, hidden: int) -> tuple:
+    h = np.zeros((batch, hidden), np.float32)
+    return (h,) if model == "rnn" else (h, h.copy())
+
+
+# ---------------------------------------------------------------------------- Lantern
+def lantern_step(model: str):
+    import lantern
+    from lantern import nn
+    from lantern.demo import clipped_adagrad
+
+    def cell(p, x, state):
+        if model == "rnn":
+            return (lantern.tanh(p["Wxh"][x] + state[0] @ p["Whh"] + p["bh"]),)
+        vocab = p["Why"].shape[1]
+        return nn.LSTMCell(vocab, p["Why"].shape[0])(p, lantern.one_hot(x, vocab), state)
+
+    def loss_fn(p, xs, ys, state0):
+        def body(t, carry):
+            state, total = carry
+            state = cell(p, xs[t], state)
+            return state, total + nn.cross_entropy(state[0] @ p["Why"] + p["by"], ys[t], reduction="sum")
+        state, total = lantern.fori_loop(0, xs.shape[0], body, (state0, lantern.zeros((), "float32")))
+        return total / xs.size, state
+
+    @lantern.stage
+    def step(p, mem, xs, ys, h0):
+        (loss, h), g = lantern.value_and_grad(loss_fn, has_aux=True)(p, xs, ys, h0)
+        return (*clipped_adagrad(p, mem, g, LR, CLIP), loss, h)
+
+    return step
+
+
+# ---------------------------------------------------------------------------- PyTorch
+def torch_step(torch, model: str, compiled: bool):
+    F = torch.nn.functional
+
+    def cell(p, x, state):
+        if model == "rnn":
+            return (torch.tanh(p["Wxh"][x] + state[0] @ p["Whh"] + p["bh"]),)
+        h, c = state
+        gates = F.linear(F.one_hot(x, p["Why"].shape[1]).float(), p["weight_ih"], p["bias_ih"]) \
+            + F.linear(h, p["weight_hh"], p["bias_hh"])
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    def loss_fn(p, xs, ys, state):
+        total = 0.0
+        for t in range(xs.shape[0]):
+            state = cell(p, xs[t], state)
+            total = total + F.cross_entropy(state[0] @ p["Why"] + p["by"], ys[t], reduction="sum")
+        return total / xs.numel(), state
+
+    fn = torch.compile(loss_fn) if compiled else loss_fn
+
+    def step(p, mem, xs, ys, state):
+        loss, state = fn(p, xs, ys, state)
+        grads = torch.autograd.grad(loss, list(p.values()))
+        with torch.no_grad():
+            for (k, v), g in zip(p.items(), grads):
+                g = g.clamp(-CLIP, CLIP)
+                mem[k] += g * g
+                v -= LR * g / torch.sqrt(mem[k] + 1e-8)
+        return loss.detach(), tuple(s.detach() for s in state)
+
+    return step
+
+
+def run(model: str, config: tuple[int, int, int], args, torch) -> None:
+    hidden, seq, batch = config
+    steps = 3 if args.quick else 100
+    vocab, batches = make_data(seq, batch, steps)
+    params = init_params(model, vocab, hidden)
+    rows, first_losses = [], {}
+
+    step = lantern_step(model)
+    state = {"p": params, "m": {k: np.zeros_like(v) for k, v in params.items()},
+             "s": zero_state(model, batch, hidden), "i": 0}
+
+    def lantern_once():
+        xs, ys = batches[state["i"] % steps]
+        state["i"] += 1
+        state["p"], state["m"], loss, state["s"] = step(state["p"], state["m"], xs, ys, state["s"])
+        return loss
+
+    first_losses["lantern"] = float(step(params, state["m"], *batches[0], state["s"])[2])
+    rows.append({"framework": "lantern", **harness.time_steps(lantern_once, steps, 2 if args.quick else args.repeats)})
+
+    if torch is not None:
+        for compiled in ([False] if args.quick else [False, True]):
+            name = "torch.compile" if compiled else "torch eager"
+            tstep = torch_step(torch, model, compiled)
+
+            def fresh() -> tuple[dict, dict]:
+                p = {k: torch.tensor(v).requires_grad_(True) for k, v in params.items()}
+                return p, {k: torch.zeros_like(v) for k, v in p.items()}
+
+            tb = [(torch.tensor(x), torch.tensor(y)) for x, y in batches]
+            s0 = tuple(torch.tensor(a) for a in zero_state(model, batch, hidden))
+            first_losses[name] = float(tstep(*fresh(), *tb[0], s0)[0])
+            p, mem = fresh()
+            tstate = {"s": s0, "i": 0}
+
+            def torch_once():
+                xs, ys = tb[tstate["i"] % steps]
+                tstate["i"] += 1
+                _, tstate["s"] = tstep(p, mem, xs, ys, tstate["s"])
+
+            rows.append({"framework": name, **harness.time_steps(torch_once, steps, 2 if args.quick else args.repeats)})
+
+    spread = max(first_losses.values()) - min(first_losses.values())
+    extra = {"first_step_losses": first_losses, "first_loss_max_difference": spread}
+    if not args.quick:
+        code = ("import sys; sys.path.insert(0, 'benchmarks'); import charlm as b, numpy as np; "
+                f"v, bt = b.make_data({seq}, {batch}, 1); p = b.init_params({model!r}, v, {hidden}); "
+                "m = {k: np.zeros_like(x) for k, x in p.items()}; "
+                f"b.lantern_step({model!r})(p, m, *bt[0], b.zero_state({model!r}, {batch}, {hidden}))")
+        with tempfile.TemporaryDirectory() as cache:
+            os.environ["LANTERN_CACHE_DIR"] = cache
+            extra["fresh_process_first_call_s"] = round(harness.fresh_process_seconds(code), 2)
+            extra["fresh_process_cache_hit_s"] = round(harness.fresh_process_seconds(code), 2)
+            extra["python_startup_and_imports_s"] = round(harness.fresh_process_seconds(
+                "import sys; sys.path.insert(0, 'benchmarks'); import charlm, lantern, lantern.nn"), 2)
+            del os.environ["LANTERN_CACHE_DIR"]
+    harness.report(f"{model}_h{hidden}_s{seq}_b{batch}", {"hidden": hidden, "seq": seq, "batch": batch,
+                                                            "threads": args.threads}, rows, extra)
+    assert spread < 1e-4, f"first-step losses disagree: {first_losses}"
+
+
+def main(model: str, configs: list[tuple[int, int, int]], description: str) -> None:
+    args = harness.parse_args(description)
+    torch = harness.torch_or_none()
+    for config in configs:
+        run(model, config, args, torch)
