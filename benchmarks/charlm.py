@@ -1,4 +1,4 @@
-"""Character language models (vanilla RNN, LSTM), one training step per call: Lantern vs PyTorch.
+"""Character language models (vanilla RNN, LSTM), one training step per call: Lantern vs PyTorch and JAX.
 
 Shared by ``bench_rnn.py`` and ``bench_lstm.py``. Settings from Lantern's NeurIPS'18 CPU
 evaluation: Adagrad (lr 0.1, min-char-rnn's ``g / sqrt(mem + 1e-8)``), gradients clipped to
@@ -7,9 +7,7 @@ parameters; the first-step losses must agree.
 """
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -118,30 +116,82 @@ def torch_step(torch, model: str, compiled: bool):
     return step
 
 
-def run(model: str, config: tuple[int, int, int], args, torch) -> None:
+# ---------------------------------------------------------------------------- JAX
+def jax_step(jax, model: str):
+    """The same step under one ``jax.jit``: ``lax.scan`` over the sequence, value_and_grad, clip, Adagrad."""
+    jnp = jax.numpy
+
+    def cell(p, x, state):
+        if model == "rnn":
+            return (jnp.tanh(p["Wxh"][x] + state[0] @ p["Whh"] + p["bh"]),)
+        h, c = state
+        onehot = jax.nn.one_hot(x, p["Why"].shape[1], dtype=h.dtype)
+        gates = onehot @ p["weight_ih"].T + p["bias_ih"] + h @ p["weight_hh"].T + p["bias_hh"]
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        return jax.nn.sigmoid(o) * jnp.tanh(c), c
+
+    def loss_fn(p, xs, ys, state):
+        def body(carry, xy):
+            state, total = carry
+            x, y = xy
+            state = cell(p, x, state)
+            logp = jax.nn.log_softmax(state[0] @ p["Why"] + p["by"], axis=-1)
+            return (state, total - jnp.take_along_axis(logp, y[:, None], axis=-1).sum()), None
+
+        (state, total), _ = jax.lax.scan(body, (state, jnp.zeros((), jnp.float32)), (xs, ys))
+        return total / xs.size, state
+
+    @jax.jit
+    def step(p, mem, xs, ys, state):
+        (loss, state), g = jax.value_and_grad(loss_fn, has_aux=True)(p, xs, ys, state)
+        g = {k: jnp.clip(v, -CLIP, CLIP) for k, v in g.items()}
+        mem = {k: mem[k] + g[k] * g[k] for k in mem}
+        p = {k: p[k] - LR * g[k] / jnp.sqrt(mem[k] + 1e-8) for k in p}
+        return p, mem, loss, state
+
+    return step
+
+
+# ---------------------------------------------------------------------------- driver
+def lantern_setup(model: str, hidden: int, seq: int, batch: int):
+    """Data, parameters and the staged step; returns a thunk running one step (fresh-process timing)."""
+    vocab, batches = make_data(seq, batch, 1)
+    params = init_params(model, vocab, hidden)
+    mem = {k: np.zeros_like(v) for k, v in params.items()}
+    step = lantern_step(model)
+    return lambda: step(params, mem, *batches[0], zero_state(model, batch, hidden))
+
+
+def run(model: str, config: tuple[int, int, int], args, torch, jax) -> None:
     hidden, seq, batch = config
     steps = 3 if args.quick else 100
     vocab, batches = make_data(seq, batch, steps)
     params = init_params(model, vocab, hidden)
     rows, first_losses = [], {}
 
-    step = lantern_step(model)
-    state = {"p": params, "m": {k: np.zeros_like(v) for k, v in params.items()},
-             "s": zero_state(model, batch, hidden), "i": 0}
+    def timed_row(name, first, once):
+        out, first_s = harness.timed(first)
+        first_losses[name] = float(out)
+        rows.append({"framework": name, "first_call_s": round(first_s, 3),
+                     **harness.time_steps(once, steps, args.repeats)})
 
-    def lantern_once():
-        xs, ys = batches[state["i"] % steps]
-        state["i"] += 1
-        state["p"], state["m"], loss, state["s"] = step(state["p"], state["m"], xs, ys, state["s"])
-        return loss
+    if "lantern" in args.frameworks:
+        step = lantern_step(model)
+        state = {"p": params, "m": {k: np.zeros_like(v) for k, v in params.items()},
+                 "s": zero_state(model, batch, hidden), "i": 0}
 
-    first_losses["lantern"] = float(step(params, state["m"], *batches[0], state["s"])[2])
-    rows.append({"framework": "lantern", **harness.time_steps(lantern_once, steps, 2 if args.quick else args.repeats)})
+        def lantern_once():
+            xs, ys = batches[state["i"] % steps]
+            state["i"] += 1
+            state["p"], state["m"], loss, state["s"] = step(state["p"], state["m"], xs, ys, state["s"])
+            return loss
+
+        timed_row("lantern", lambda: step(params, state["m"], *batches[0], state["s"])[2], lantern_once)
 
     if torch is not None:
-        for compiled in ([False] if args.quick else [False, True]):
-            name = "torch.compile" if compiled else "torch eager"
-            tstep = torch_step(torch, model, compiled)
+        for name in [f for f in ("torch eager", "torch.compile") if f in args.frameworks]:
+            tstep = torch_step(torch, model, name == "torch.compile")
 
             def fresh() -> tuple[dict, dict]:
                 p = {k: torch.tensor(v).requires_grad_(True) for k, v in params.items()}
@@ -149,7 +199,6 @@ def run(model: str, config: tuple[int, int, int], args, torch) -> None:
 
             tb = [(torch.tensor(x), torch.tensor(y)) for x, y in batches]
             s0 = tuple(torch.tensor(a) for a in zero_state(model, batch, hidden))
-            first_losses[name] = float(tstep(*fresh(), *tb[0], s0)[0])
             p, mem = fresh()
             tstate = {"s": s0, "i": 0}
 
@@ -158,29 +207,34 @@ def run(model: str, config: tuple[int, int, int], args, torch) -> None:
                 tstate["i"] += 1
                 _, tstate["s"] = tstep(p, mem, xs, ys, tstate["s"])
 
-            rows.append({"framework": name, **harness.time_steps(torch_once, steps, 2 if args.quick else args.repeats)})
+            timed_row(name, lambda: tstep(*fresh(), *tb[0], s0)[0], torch_once)
 
-    spread = max(first_losses.values()) - min(first_losses.values())
-    extra = {"first_step_losses": first_losses, "first_loss_max_difference": spread}
-    if not args.quick:
-        code = ("import sys; sys.path.insert(0, 'benchmarks'); import charlm as b, numpy as np; "
-                f"v, bt = b.make_data({seq}, {batch}, 1); p = b.init_params({model!r}, v, {hidden}); "
-                "m = {k: np.zeros_like(x) for k, x in p.items()}; "
-                f"b.lantern_step({model!r})(p, m, *bt[0], b.zero_state({model!r}, {batch}, {hidden}))")
-        with tempfile.TemporaryDirectory() as cache:
-            os.environ["LANTERN_CACHE_DIR"] = cache
-            extra["fresh_process_first_call_s"] = round(harness.fresh_process_seconds(code), 2)
-            extra["fresh_process_cache_hit_s"] = round(harness.fresh_process_seconds(code), 2)
-            extra["python_startup_and_imports_s"] = round(harness.fresh_process_seconds(
-                "import sys; sys.path.insert(0, 'benchmarks'); import charlm, lantern, lantern.nn"), 2)
-            del os.environ["LANTERN_CACHE_DIR"]
+    if jax is not None:
+        jnp = jax.numpy
+        jstep = jax_step(jax, model)
+        jb = [(jnp.asarray(x), jnp.asarray(y)) for x, y in batches]
+        s0 = tuple(jnp.asarray(a) for a in zero_state(model, batch, hidden))
+        jstate = {"p": {k: jnp.asarray(v) for k, v in params.items()}, "s": s0, "i": 0}
+        jstate["m"] = {k: jnp.zeros_like(v) for k, v in jstate["p"].items()}
+
+        def jax_once():
+            xs, ys = jb[jstate["i"] % steps]
+            jstate["i"] += 1
+            jstate["p"], jstate["m"], loss, jstate["s"] = jstep(jstate["p"], jstate["m"], xs, ys, jstate["s"])
+            loss.block_until_ready()
+
+        timed_row("jax.jit", lambda: jstep(jstate["p"], jstate["m"], *jb[0], s0)[2].block_until_ready(), jax_once)
+
+    extra = {"first_step_losses": first_losses, "first_loss_max_difference": harness.check_losses(first_losses, 1e-4)}
+    if not args.no_fresh and "lantern" in args.frameworks:
+        extra["lantern_fresh_process"] = harness.fresh_process(
+            "charlm", f"lantern_setup({model!r}, {hidden}, {seq}, {batch})")
     harness.report(f"{model}_h{hidden}_s{seq}_b{batch}", {"hidden": hidden, "seq": seq, "batch": batch,
                                                             "threads": args.threads}, rows, extra)
-    assert spread < 1e-4, f"first-step losses disagree: {first_losses}"
 
 
 def main(model: str, configs: list[tuple[int, int, int]], description: str) -> None:
     args = harness.parse_args(description)
-    torch = harness.torch_or_none()
+    torch, jax = harness.torch_or_none(args), harness.jax_or_none(args)
     for config in configs:
-        run(model, config, args, torch)
+        run(model, config, args, torch, jax)
