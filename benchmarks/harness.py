@@ -37,7 +37,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-RESULTS = HERE / "results"
+RESULTS = Path(os.environ.get("LANTERN_BENCH_RESULTS") or HERE / "results")  # tests point it elsewhere
 FRAMEWORKS = ("lantern", "torch eager", "torch.compile", "jax.jit")
 
 
@@ -267,7 +267,7 @@ def plot(name: str, rows: list[dict[str, Any]], unit: str) -> Path | None:
 def report(name: str, config: dict[str, Any], rows: list[dict[str, Any]], extra: dict[str, Any],
            unit: str = "step") -> dict[str, Any]:
     """Write ``results/<name>.json`` (+ ``.md``, ``.png``) and print the Markdown table."""
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"benchmark": name, "unit": unit, "config": config, "machine": machine(), "rows": rows, **extra,
            "date": time.strftime("%Y-%m-%d %H:%M")}
     table = markdown(name, config, rows, unit)
@@ -275,7 +275,7 @@ def report(name: str, config: dict[str, Any], rows: list[dict[str, Any]], extra:
     (RESULTS / f"{name}.md").write_text(table + "\n\n" + "\n".join(notes) + "\n")
     png = plot(name, rows, unit)
     if png is not None:
-        out["chart"] = str(png.relative_to(ROOT))
+        out["chart"] = str(png)
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2))
     print("\n" + table + "\n")
     for line in notes:

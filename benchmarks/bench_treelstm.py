@@ -1,0 +1,304 @@
+"""Binary TreeLSTM sentiment-style classifier, one epoch of per-tree training: Lantern vs PyTorch and JAX.
+
+Settings of Lantern's NeurIPS'18 TreeLSTM benchmark: frozen 300-d embeddings, hidden 150,
+5 classes predicted at every node (cross-entropy summed over the nodes of a tree), Adagrad
+lr 0.05, batch 1 tree.
+
+Trees are deterministic and need no download: sentences of ``pydoc_data.topics`` (4 to 20
+words), each binarized as a balanced tree (split at the middle); a node's label is the
+total length of the words it spans modulo 5. Nodes are numbered in pre-order (root 0,
+children after their parent) and stored as child-index arrays (``-1`` for a leaf) padded
+to ``MAX_NODES``, so every tree is the same signature (one compiled kernel).
+
+* Lantern: a recursive staged function over the child-index arrays, differentiated in CPS
+  (the recursion becomes a recursive C function taking its continuation);
+* PyTorch eager: Python recursion over the same tree;
+* JAX: a padded formulation under one ``jax.jit``: all leaves' gates in one product, then a
+  ``lax.fori_loop`` over the ``MAX_NODES`` slots in reverse pre-order (children before
+  parents), each slot computing the inner-node cell and selecting it for inner nodes; the
+  losses of all real nodes at once at the end. (``torch.compile`` is not run: recursion over
+  a different tree each step would recompile for every tree shape.)
+
+Model (``H = 150``)::
+
+    leaf:  i, o, u = split(emb[word] @ Wx + bx);          c = sig(i) * tanh(u)
+    inner: i, fl, fr, o, u = split([h_l, h_r] @ U + bu);  c = sig(i) * tanh(u) + sig(fl) * c_l + sig(fr) * c_r
+    both:  h = sig(o) * tanh(c);   loss += cross_entropy(h @ Wout + bout, label)
+
+    python benchmarks/bench_treelstm.py [--quick] [--threads N] [--trees K]
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+EMBED, HIDDEN, CLASSES, LR = 300, 150, 5, 0.05
+MIN_WORDS, MAX_WORDS = 4, 20
+MAX_NODES = 2 * MAX_WORDS - 1
+
+
+# ---------------------------------------------------------------------------- data
+def make_trees(count: int) -> tuple[int, list[dict[str, np.ndarray]]]:
+    """``count`` binarized sentences: (vocabulary size, list of padded tree arrays)."""
+    from lantern.data import text_corpus
+    sentences = []
+    for s in re.split(r"(?<=[.!?])\s+", text_corpus()):
+        words = re.findall(r"[a-z]+", s.lower())
+        if MIN_WORDS <= len(words) <= MAX_WORDS:
+            sentences.append(words)
+        if len(sentences) == count:
+            break
+    vocab = {w: i for i, w in enumerate(sorted({w for s in sentences for w in s}))}
+    trees = []
+    for words in sentences:
+        left, right, word, label = [], [], [], []
+
+        def build(lo: int, hi: int) -> int:  # words[lo:hi]; returns the node's index (pre-order)
+            k = len(left)
+            left.append(-1), right.append(-1), word.append(0)
+            label.append(sum(len(w) for w in words[lo:hi]) % CLASSES)
+            if hi - lo == 1:
+                word[k] = vocab[words[lo]]
+            else:
+                mid = (lo + hi + 1) // 2
+                left[k] = build(lo, mid)
+                right[k] = build(mid, hi)
+            return k
+
+        build(0, len(words))
+        n = len(left)
+        pad = MAX_NODES - n
+        trees.append({"left": np.array(left + [-1] * pad, np.int64), "right": np.array(right + [-1] * pad, np.int64),
+                      "words": np.array(word + [0] * pad, np.int64), "labels": np.array(label + [0] * pad, np.int64),
+                      "mask": np.array([1.0] * n + [0.0] * pad, np.float32), "n": n})
+    return len(vocab), trees
+
+
+def init_params(vocab: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Frozen embeddings and the trained parameters (uniform in +-1/sqrt(H), as PyTorch's cells)."""
+    rng = np.random.default_rng(0)
+    emb = (rng.standard_normal((vocab, EMBED)) * 0.1).astype(np.float32)
+    b = 1 / np.sqrt(HIDDEN)
+
+    def u(*shape):
+        return rng.uniform(-b, b, shape).astype(np.float32)
+
+    return emb, {"Wx": u(EMBED, 3 * HIDDEN), "bx": u(3 * HIDDEN), "U": u(2 * HIDDEN, 5 * HIDDEN),
+                 "bu": u(5 * HIDDEN), "Wout": u(HIDDEN, CLASSES), "bout": u(CLASSES)}
+
+
+# ---------------------------------------------------------------------------- Lantern
+def lantern_step():
+    import lantern
+    from lantern import nn, optim
+
+    H = HIDDEN
+    opt = optim.Adagrad(lr=LR)
+
+    def node_loss(p, h, label):
+        return nn.cross_entropy(h @ p["Wout"] + p["bout"], label, reduction="sum")
+
+    @lantern.stage
+    def tree(p, emb, words, left, right, labels, node):
+        """(h, c, summed loss of the subtree) of ``node``."""
+        def leaf():
+            g = emb[words[node]] @ p["Wx"] + p["bx"]
+            c = lantern.sigmoid(g[:H]) * lantern.tanh(g[2 * H:])
+            h = lantern.sigmoid(g[H:2 * H]) * lantern.tanh(c)
+            return h, c, node_loss(p, h, labels[node])
+
+        def inner():
+            hl, cl, ll = tree(p, emb, words, left, right, labels, left[node])
+            hr, cr, lr = tree(p, emb, words, left, right, labels, right[node])
+            g = lantern.concatenate([hl, hr]) @ p["U"] + p["bu"]
+            c = (lantern.sigmoid(g[:H]) * lantern.tanh(g[4 * H:]) + lantern.sigmoid(g[H:2 * H]) * cl
+                 + lantern.sigmoid(g[2 * H:3 * H]) * cr)
+            h = lantern.sigmoid(g[3 * H:4 * H]) * lantern.tanh(c)
+            return h, c, ll + lr + node_loss(p, h, labels[node])
+
+        return lantern.cond(left[node] < 0, leaf, inner)
+
+    def loss_fn(p, emb, words, left, right, labels):
+        return tree(p, emb, words, left, right, labels, lantern.asarray(np.int64(0)))[2]
+
+    @lantern.stage
+    def step(p, state, emb, words, left, right, labels):
+        loss, g = lantern.value_and_grad(loss_fn)(p, emb, words, left, right, labels)
+        p, state = opt.update(g, state, p)
+        return p, state, loss
+
+    return step, opt
+
+
+def lantern_setup(trees: int = 1):
+    """One training step on the first tree (fresh-process timing)."""
+    vocab, ts = make_trees(trees)
+    emb, params = init_params(vocab)
+    step, opt = lantern_step()
+    state = opt.init(params)
+    t = ts[0]
+    return lambda: step(params, state, emb, t["words"], t["left"], t["right"], t["labels"])
+
+
+# ---------------------------------------------------------------------------- PyTorch
+def torch_epoch_fns(torch, emb_np, params_np):
+    F = torch.nn.functional
+    H = HIDDEN
+    emb = torch.tensor(emb_np)  # frozen
+
+    def tree_loss(p, t, node):
+        if t["left"][node] < 0:
+            g = emb[t["words"][node]] @ p["Wx"] + p["bx"]
+            c = torch.sigmoid(g[:H]) * torch.tanh(g[2 * H:])
+            h = torch.sigmoid(g[H:2 * H]) * torch.tanh(c)
+            loss = 0.0
+        else:
+            hl, cl, ll = tree_loss(p, t, t["left"][node])
+            hr, cr, lr = tree_loss(p, t, t["right"][node])
+            g = torch.cat([hl, hr]) @ p["U"] + p["bu"]
+            c = (torch.sigmoid(g[:H]) * torch.tanh(g[4 * H:]) + torch.sigmoid(g[H:2 * H]) * cl
+                 + torch.sigmoid(g[2 * H:3 * H]) * cr)
+            h = torch.sigmoid(g[3 * H:4 * H]) * torch.tanh(c)
+            loss = ll + lr
+        logits = h @ p["Wout"] + p["bout"]
+        return h, c, loss + F.cross_entropy(logits[None], t["labels_t"][node:node + 1], reduction="sum")
+
+    def make():
+        p = {k: torch.tensor(v).requires_grad_(True) for k, v in params_np.items()}
+        return p, torch.optim.Adagrad(list(p.values()), lr=LR)
+
+    def step(p, opt, t):
+        opt.zero_grad(set_to_none=True)
+        loss = tree_loss(p, t, 0)[2]
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return make, step
+
+
+def torch_tree(torch, t):
+    """Python ints for the recursion (as a define-by-run user would hold the tree), labels as a tensor."""
+    return {"left": t["left"].tolist(), "right": t["right"].tolist(), "words": t["words"].tolist(),
+            "labels_t": torch.tensor(t["labels"])}
+
+
+# ---------------------------------------------------------------------------- JAX
+def jax_step(jax):
+    jnp, lax = jax.numpy, jax.lax
+    H = HIDDEN
+
+    def loss_fn(p, emb, words, left, right, labels, mask):
+        gl = emb[words] @ p["Wx"] + p["bx"]  # every slot's leaf gates at once: [MAX_NODES, 3H]
+        cl = jax.nn.sigmoid(gl[:, :H]) * jnp.tanh(gl[:, 2 * H:])
+        hl = jax.nn.sigmoid(gl[:, H:2 * H]) * jnp.tanh(cl)
+        is_leaf = left < 0
+
+        def body(k, hc):
+            hs, cs = hc
+            i = MAX_NODES - 1 - k  # reverse pre-order: children (higher indices) first
+            a, b = jnp.maximum(left[i], 0), jnp.maximum(right[i], 0)
+            g = jnp.concatenate([hs[a], hs[b]]) @ p["U"] + p["bu"]
+            c = (jax.nn.sigmoid(g[:H]) * jnp.tanh(g[4 * H:]) + jax.nn.sigmoid(g[H:2 * H]) * cs[a]
+                 + jax.nn.sigmoid(g[2 * H:3 * H]) * cs[b])
+            h = jax.nn.sigmoid(g[3 * H:4 * H]) * jnp.tanh(c)
+            h, c = jnp.where(is_leaf[i], hs[i], h), jnp.where(is_leaf[i], cs[i], c)
+            return hs.at[i].set(h), cs.at[i].set(c)
+
+        hs, _ = lax.fori_loop(0, MAX_NODES, body, (hl, cl))
+        logp = jax.nn.log_softmax(hs @ p["Wout"] + p["bout"], axis=-1)
+        return -(jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0] * mask).sum()
+
+    @jax.jit
+    def step(p, acc, emb, words, left, right, labels, mask):
+        loss, g = jax.value_and_grad(loss_fn)(p, emb, words, left, right, labels, mask)
+        acc = {k: acc[k] + g[k] * g[k] for k in acc}
+        p = {k: p[k] - LR * g[k] / (jnp.sqrt(acc[k]) + 1e-10) for k in p}
+        return p, acc, loss
+
+    return step
+
+
+# ---------------------------------------------------------------------------- driver
+def main() -> None:
+    args = harness.parse_args(__doc__.splitlines()[0], lambda p: p.add_argument(
+        "--trees", type=int, default=None, help="trees per epoch (default 200, 4 with --quick)"))
+    args.frameworks = [f for f in args.frameworks if f != "torch.compile"]
+    torch, jax = harness.torch_or_none(args), harness.jax_or_none(args)
+    count = args.trees or (4 if args.quick else 200)
+    repeats = args.repeats
+    vocab, trees = make_trees(count)
+    emb, params = init_params(vocab)
+    rows, first_losses, epoch_losses = [], {}, {}
+
+    def timed_row(name, first, epoch):
+        out, first_s = harness.timed(first)
+        first_losses[name] = float(out)
+        rows.append({"framework": name, "first_call_s": round(first_s, 3),
+                     **harness.time_steps(epoch, 1, repeats, warmup=1)})
+
+    if "lantern" in args.frameworks:
+        step, opt = lantern_step()
+        ls = {"p": params, "s": opt.init(params)}
+
+        def lantern_epoch():
+            total = 0.0
+            for t in trees:
+                ls["p"], ls["s"], loss = step(ls["p"], ls["s"], emb, t["words"], t["left"], t["right"], t["labels"])
+                total += float(loss)
+            epoch_losses.setdefault("lantern", []).append(total / len(trees))
+
+        t0 = trees[0]
+        timed_row("lantern", lambda: step(params, opt.init(params), emb, t0["words"], t0["left"], t0["right"],
+                                          t0["labels"])[2], lantern_epoch)
+
+    if torch is not None and "torch eager" in args.frameworks:
+        make, tstep = torch_epoch_fns(torch, emb, params)
+        tt = [torch_tree(torch, t) for t in trees]
+        p, topt = make()
+
+        def torch_epoch():
+            total = 0.0
+            for t in tt:
+                total += float(tstep(p, topt, t))
+            epoch_losses.setdefault("torch eager", []).append(total / len(tt))
+
+        timed_row("torch eager", lambda: tstep(*make(), tt[0]), torch_epoch)
+
+    if jax is not None:
+        jnp = jax.numpy
+        jstep = jax_step(jax)
+        jemb = jnp.asarray(emb)
+        jt = [tuple(jnp.asarray(t[k]) for k in ("words", "left", "right", "labels", "mask")) for t in trees]
+        jp = {k: jnp.asarray(v) for k, v in params.items()}
+        js = {"p": jp, "a": {k: jnp.zeros_like(v) for k, v in jp.items()}}
+
+        def jax_epoch():
+            total = 0.0
+            for t in jt:
+                js["p"], js["a"], loss = jstep(js["p"], js["a"], jemb, *t)
+                total += float(loss)  # blocks on the result
+            epoch_losses.setdefault("jax.jit", []).append(total / len(jt))
+
+        timed_row("jax.jit", lambda: jstep(jp, js["a"], jemb, *jt[0])[2].block_until_ready(), jax_epoch)
+
+    scale = max(1.0, max(abs(v) for v in first_losses.values()))
+    extra = {"trees_per_epoch": len(trees), "nodes_per_epoch": int(sum(t["n"] for t in trees)),
+             "max_nodes": MAX_NODES, "first_step_losses": first_losses,
+             "first_loss_max_difference": harness.check_losses(first_losses, 1e-4 * scale),
+             "mean_loss_first_timed_epoch": {k: v[1] if len(v) > 1 else v[0] for k, v in epoch_losses.items()},
+             "mean_loss_last_epoch": {k: v[-1] for k, v in epoch_losses.items()}}
+    if not args.no_fresh and "lantern" in args.frameworks:
+        extra["lantern_fresh_process"] = harness.fresh_process("bench_treelstm", "lantern_setup()")
+    harness.report("treelstm", {"embed": EMBED, "hidden": HIDDEN, "classes": CLASSES, "trees": len(trees),
+                                "threads": args.threads}, rows, extra, unit="epoch")
+
+
+if __name__ == "__main__":
+    main()
