@@ -62,6 +62,7 @@ def flatten(tree: Any, paths: bool = False) -> tuple[list[Any], TreeDef]:
         return LEAF
 
     treedef = go(tree, "")
+    del go  # it refers to itself: a reference cycle that would keep every leaf alive until gc runs
     return leaves, treedef
 
 
@@ -84,6 +85,7 @@ def unflatten(treedef: TreeDef, leaves: list[Any]) -> Any:
         return td.aux(*children)
 
     result = go(treedef)
+    del go  # break the cycle through its own closure cell, which holds ``leaves`` (see flatten)
     return result
 
 

@@ -236,3 +236,33 @@ def test_calls_from_threads_are_independent():
     for t in threads:
         t.join()
     assert errors == []
+
+
+@pytest.mark.parametrize("via", ["staged", "flatten"])
+def test_results_are_freed_without_the_cycle_collector(via):
+    """Results and arguments are not held in reference cycles (large outputs would pile up until gc runs)."""
+    import gc
+    import weakref
+
+    from lantern.tree import flatten, unflatten
+
+    @lantern.stage
+    def pair(p, x):
+        return {"w": p["w"] * x, "b": p["b"] + x}, x.sum()
+
+    p = {"w": np.ones(3, np.float32), "b": np.zeros(3, np.float32)}
+    x = np.ones(3, np.float32)
+    gc.disable()
+    try:
+        if via == "staged":
+            out = pair(p, x)
+            refs = [weakref.ref(out[0]["w"]), weakref.ref(out[0]["b"])]
+        else:
+            leaves, td = flatten(p)
+            out = unflatten(td, [leaf.copy() for leaf in leaves])
+            refs = [weakref.ref(a) for a in out.values()]
+            del leaves
+        del out
+        assert [r() for r in refs] == [None, None]
+    finally:
+        gc.enable()
