@@ -106,11 +106,14 @@ class _Storage:
 
 class FunctionEmitter:
     def __init__(self, module_emitter: ModuleEmitter, fn: Function, c_name: str | None = None,
-                 env_param: str = "", captured: dict[int, _Storage] | None = None):
+                 env_param: str = "", captured: dict[int, _Storage] | None = None,
+                 env_locals: list[tuple[str, str]] | None = None):
         self.m = module_emitter
         self.fn = fn
         self.c_name = c_name or f"fn_{fn.name}"
         self.env_param = env_param  # "struct lambda_3_env *env" for a lambda body
+        # (C type, name) of environment pointers a lambda body reads through a local of that name
+        self.env_locals = env_locals or []
         self.lines: list[str] = []
         self.depth = 1
         self.storage: dict[int, _Storage] = {}
@@ -249,10 +252,6 @@ class FunctionEmitter:
         body = self.fn.body
         for p in body.params:
             self.storage[p.id] = _Storage("closure" if isinstance(p.type, FnType) else "pointer", self.name(p))
-        if self.env_param:
-            env_type = self.env_param.split(" *")[0]
-            uses_env = any(s.name.startswith(("env->", "(*env->")) for s in self.storage.values())
-            self.line(f"{env_type} *env = env_;" if uses_env else "(void)env_;")
         if self.fn.name in self.m.recursive or self.env_param:  # continuations may recurse (loops)
             self.line(f'lt_stack_check("{self.fn.name} ({self.fn.loc})");')
         self.line("lt_mark_t mark = lt_mark();")
@@ -266,7 +265,23 @@ class FunctionEmitter:
         text = "\n".join(self.lines)
         unused = [f"    (void){self.name(p)}; /* not needed by this signature */" for p in body.params
                   if not re.search(rf"\b{re.escape(self.name(p))}\b", text)]
-        return [self.signature(), "{", *unused, *self.lines, "}"]
+        return [self.signature(), "{", *unused, *self.env_prologue(text), *self.lines, "}"]
+
+    def env_prologue(self, text: str) -> list[str]:
+        """A lambda body's first lines: its environment, and a local copy of each pointer it reads from it.
+
+        Reading ``env->p[j]`` in a loop makes gcc reload the pointer (any store might change
+        ``*env``) and vectorize contiguous reads as gathers, several times slower than through
+        a local (benchmarks/env_pointer_gather.c).
+        """
+        if not self.env_param:
+            return []
+        env_type = self.env_param.split(" *")[0]
+        used = [(ctype, name) for ctype, name in self.env_locals
+                if re.search(rf"(?<![.>\w]){re.escape(name)}\b", text)]
+        if not used and "env->" not in text:
+            return ["    (void)env_;"]
+        return [f"    {env_type} *env = env_;", *(f"    {ctype} *{name} = env->{name};" for ctype, name in used)]
 
     @staticmethod
     def _allocates(stmt: Stmt) -> bool:
@@ -377,7 +392,7 @@ class FunctionEmitter:
         env = f"cont_env{k}"
         out = stmt.outs[0]
         self.storage[out.id] = _Storage("lambda", c_name, f"&{env}", env_type)  # before capture: letrec
-        fields, inits, captured = [], [], {}
+        fields, inits, captured, env_locals = [], [], {}, []
         for v in free_vars(stmt.body):
             s = self.storage[v.id]
             field = self.name(v)
@@ -396,12 +411,13 @@ class FunctionEmitter:
                 continue
             fields.append(f"{self.ctype(v)} *{field};")
             inits.append(f".{field} = {self.ptr(v)}")
-            captured[v.id] = (_Storage("pointer", f"env->{field}") if s.kind == "pointer"
-                              else _Storage("scalar", f"(*env->{field})"))
+            env_locals.append((self.ctype(v), field))  # read through a local copy of the pointer
+            captured[v.id] = (_Storage("pointer", field) if s.kind == "pointer"
+                              else _Storage("scalar", f"(*{field})"))
         self.m.structs.append(f"{env_type} {{\n" + "\n".join(f"    {f}" for f in fields or ["char unused;"]) + "\n};")
         self.line(f"{env_type} {env} = {{ {', '.join(inits) or '0'} }};")
         body_fn = Function(c_name, stmt.body, out.type.results, stmt.loc)  # type: ignore[union-attr]
-        sub = FunctionEmitter(self.m, body_fn, c_name, f"{env_type} *env_", captured)
+        sub = FunctionEmitter(self.m, body_fn, c_name, f"{env_type} *env_", captured, env_locals)
         self.m.lambdas.append((sub.signature(), sub.emit(), stmt.loc))
 
     def emit_accumulate(self, stmt: Accumulate) -> None:
