@@ -18,7 +18,7 @@ from lantern.ir.nodes import Module
 from lantern.ir.verify import verify
 
 from .compiler import compile_c
-from .emit_c import emit_module
+from .emit_c import EmitOptions, emit_module
 from .loader import NativeFunction
 from .passes import eliminate_dead_code, forward_single_accumulations, fuse_elementwise, inline_calls
 
@@ -33,13 +33,13 @@ def prepare(module: Module, passes: tuple[Pass, ...] = PASSES) -> Module:
     return module
 
 
-def build_native(module: Module, title: str) -> tuple[NativeFunction, Module]:
-    """Prepare, emit, compile (or fetch from the cache) and load ``module``."""
+def build_native(module: Module, title: str, options: EmitOptions = EmitOptions()) -> tuple[NativeFunction, Module]:
+    """Prepare, emit (with the checks ``options`` ask for), compile (or fetch from the cache) and load ``module``."""
     prepared = prepare(module)
-    source = emit_module(prepared, title)
+    source = emit_module(prepared, title, options)
     artifact = compile_c(source.text, title, source.uses_blas)
     out_types = list(prepared.entry_function.result_types or ())
     return NativeFunction(artifact, source, out_types), prepared  # type: ignore[arg-type]
 
 
-__all__ = ["PASSES", "NativeFunction", "build_native", "compile_c", "emit_module", "prepare"]
+__all__ = ["PASSES", "EmitOptions", "NativeFunction", "build_native", "compile_c", "emit_module", "prepare"]

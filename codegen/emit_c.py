@@ -38,8 +38,45 @@ BLAS_MIN_MACS = int(os.environ.get("LANTERN_BLAS_MIN_MACS", 4096))
 #: the compiler keeps C's order of operations (no -ffast-math). Needs -fopenmp-simd, not OpenMP.
 SIMD_SUM = "#pragma omp simd reduction(+:acc)"
 
+#: Non-elementwise primitives whose result is checked by check_finite (the rest move values).
+_ARITHMETIC = frozenset({"reduce_sum", "matmul", "scatter_add"})
+#: Elementwise primitives that give finite results for finite operands: check_finite skips them
+#: (a NaN they pass on was reported where it was made).
+_FINITE_PRESERVING = frozenset({"broadcast", "where", "neg", "abs", "sign", "relu", "floor", "maximum", "minimum",
+                                "sin", "cos", "tanh", "sigmoid"})
+
 #: The same threshold for products with a single row or column (m == 1 or n == 1).
 VECTOR_BLAS_MIN_MACS = int(os.environ.get("LANTERN_VECTOR_BLAS_MIN_MACS", 1 << 20))
+
+
+@dataclass(frozen=True)
+class EmitOptions:
+    """Checks compiled into the C (they change its text, hence its cache key).
+
+    ``check_indices``: staged indices (take, scatter_add, indexed accumulation, so also the
+    child indices of a recursive tree walk) are checked against their axis; off, they only
+    wrap negative values, as NumPy does, and an index out of range is undefined behaviour.
+    ``check_finite``: every floating-point result (elementwise ops, reductions, products,
+    gradient accumulations) and every floating-point argument is checked for NaN/Inf.
+    ``max_depth``: recursive staged functions fail beyond this depth (0: only the C stack limits).
+    """
+
+    check_indices: bool = True
+    check_finite: bool = False
+    max_depth: int = 0
+
+
+def _c_string(text: str) -> str:
+    """``text`` as a C string literal (non-ASCII and control characters escaped)."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif " " <= ch <= "~" and ch != "?":  # "?" could start a trigraph
+            out.append(ch)
+        else:
+            out.append("".join(f"\\{b:03o}" for b in ch.encode()))
+    return '"' + "".join(out) + '"'
 
 
 @dataclass
@@ -204,6 +241,33 @@ class FunctionEmitter:
     def where(self, stmt: Stmt) -> str:
         return f"{os.path.basename(stmt.loc.file)}:{stmt.loc.line}"
 
+    def index_expr(self, index: str, n: int, where: str) -> str:
+        """A staged index into an axis of size ``n``: checked (``lt_index``) unless ``check_indices`` is off."""
+        if self.m.options.check_indices:
+            return f"lt_index({index}, {n}, {_c_string(where)})"
+        return f"lt_wrap({index}, {n})"
+
+    # ------------------------------------------------------------ check_finite
+    @staticmethod
+    def finite_where(what: str, stmt: Stmt) -> str:
+        """What a non-finite report names: the op (in the gradient of which op), the user's line."""
+        loc = stmt.loc
+        if loc.adjoint_of:
+            what = f"{what} in the gradient of {loc.adjoint_of}"
+        text = loc.text()
+        return f"{what} at {loc}: {text}" if text else f"{what} at {loc}"
+
+    def check_finite(self, v: Var, where: str) -> None:
+        """Check every element of ``v`` (a floating-point value with storage) for NaN/Inf."""
+        t = v.type
+        if not (self.m.options.check_finite and isinstance(t, TensorType) and t.dtype in FLOATS):
+            return
+        s = self.storage[v.id]
+        if s.kind not in ("pointer", "scalar"):
+            return
+        sfx = "f32" if t.dtype == "float32" else "f64"
+        self.line(f"lt_check_finite_{sfx}({self.ptr(v)}, {t.size}, {_c_string(where)});")
+
     def comment_loc(self, locs: list[Loc]) -> None:
         locs = [loc for loc in dict.fromkeys(locs) if loc.line]
         if not locs or locs == [self.last_loc]:
@@ -252,8 +316,16 @@ class FunctionEmitter:
         body = self.fn.body
         for p in body.params:
             self.storage[p.id] = _Storage("closure" if isinstance(p.type, FnType) else "pointer", self.name(p))
+        who = _c_string(f"the gradient's continuation at {self.fn.loc}" if self.env_param
+                        else f"{self.fn.name} ({self.fn.loc})")
         if self.fn.name in self.m.recursive or self.env_param:  # continuations may recurse (loops)
-            self.line(f'lt_stack_check("{self.fn.name} ({self.fn.loc})");')
+            self.line(f"lt_stack_check({who});")
+        counted = self.fn.name in self.m.recursive and self.m.options.max_depth > 0
+        if counted:
+            self.line(f"lt_depth_enter({self.m.options.max_depth}, {who});")
+        if self.m.options.check_finite and self.fn.name == self.m.module.entry:
+            for p in body.params:  # a NaN passed in is reported as the argument's, not the first op's
+                self.check_finite(p, f"argument {p.hint}")
         self.line("lt_mark_t mark = lt_mark();")
         self.block_stmts(body, [f"result{k}" for k in range(len(body.results))])
         for k, r in enumerate(body.results):
@@ -262,6 +334,8 @@ class FunctionEmitter:
                 self.storage[dst.id] = _Storage("pointer", f"result{k}")
                 self.copy(dst, r)
         self.line("lt_release(mark);")
+        if counted:
+            self.line("lt_depth--;")
         text = "\n".join(self.lines)
         unused = [f"    (void){self.name(p)}; /* not needed by this signature */" for p in body.params
                   if not re.search(rf"\b{re.escape(self.name(p))}\b", text)]
@@ -346,6 +420,8 @@ class FunctionEmitter:
                 self.elementwise(stmt.outs, stmt.args, stmt.args, [stmt], stmt.outs)
             else:
                 getattr(self, f"op_{kind}")(stmt)
+                if stmt.prim in _ARITHMETIC:  # data movement cannot make a finite value non-finite
+                    self.check_finite(stmt.outs[0], self.finite_where(stmt.prim, stmt))
         elif isinstance(stmt, Fused):
             self.comment_loc([s.loc for s in stmt.body.stmts])
             self.elementwise(stmt.outs, stmt.inputs, stmt.body.params, stmt.body.stmts, stmt.body.results)
@@ -376,6 +452,7 @@ class FunctionEmitter:
         elif isinstance(stmt, Accumulate):
             self.comment_loc([stmt.loc])
             self.emit_accumulate(stmt)
+            self.check_finite(stmt.target, self.finite_where(f"the sum of gradients {self.name(stmt.target)}", stmt))
         else:
             raise NotImplementedError(f"C emission of {type(stmt).__name__}")
 
@@ -435,7 +512,7 @@ class FunctionEmitter:
         if index is not None:
             n = t.type.shape[0]  # type: ignore[union-attr]
             at = self.load(index, "j" if k > 1 else "0")
-            self.line(f'int64_t base = lt_index({at}, {n}, "{self.where(stmt)}") * {row};')
+            self.line(f'int64_t base = {self.index_expr(at, n, self.where(stmt))} * {row};')
         else:
             self.line("int64_t base = 0;")
         self.open(f"for (int64_t i = 0; i < {row}; i++)")
@@ -464,17 +541,26 @@ class FunctionEmitter:
             src = bound[v.id]
             return self.load(src, index_for(src))
 
+        # check_finite: each floating-point op's value is checked where it is computed, so the
+        # report names the op itself, not the end of its fused group.
+        checked = {s.outs[0].id: self.finite_where(s.prim, s) for s in body
+                   if self.m.options.check_finite and s.outs[0].type.dtype in FLOATS  # type: ignore[union-attr]
+                   and s.prim not in _FINITE_PRESERVING}
+
         def emit_body(index_for: Callable[[Var], str], out_index: str) -> None:
             for s in body:
                 assert isinstance(s, Op)
                 out = s.outs[0]
                 expr = elementwise_expr(s.prim, [a.type.dtype for a in s.args], out.type.dtype,  # type: ignore[union-attr]
                                         [operand(a, index_for) for a in s.args], s.attrs)
-                if out.id in result_of and uses.get(out.id, 0) == 0:
+                if out.id in result_of and uses.get(out.id, 0) == 0 and out.id not in checked:
                     self.store(result_of[out.id], out_index, expr)
                     continue
                 local[out.id] = self.name(out) if out.id not in result_of else self.name(out) + "_v"
                 self.line(f"{self.ctype(out)} {local[out.id]} = {expr};")
+                if out.id in checked:
+                    self.line(f"if (!isfinite({local[out.id]})) lt_nonfinite({_c_string(checked[out.id])}, "
+                              f"{local[out.id]}, {out_index});")
                 if out.id in result_of:
                     self.store(result_of[out.id], out_index, local[out.id])
 
@@ -756,7 +842,8 @@ class FunctionEmitter:
         for var, extent in ((p, pre), (j, m)):
             if var:
                 self.open(f"for (int64_t {var} = 0; {var} < {extent}; {var}++)")
-        self.line(f'int64_t row = lt_index((int64_t){self.load(idx, j or "0")}, {n}, "{where}");')
+        row = self.index_expr("(int64_t)" + self.load(idx, j or "0"), n, where)
+        self.line(f"int64_t row = {row};")
         if r:
             self.open(f"for (int64_t r = 0; r < {inner}; r++)")
         terms = lambda *ts: _index((v, c) for v, c in ts if v)  # noqa: E731
@@ -807,7 +894,8 @@ class FunctionEmitter:
         m = idx.type.size  # type: ignore[union-attr]
         self.open(f"for (int64_t p = 0; p < {pre}; p++)")
         self.open(f"for (int64_t j = 0; j < {m}; j++)")
-        self.line(f'int64_t row = lt_index((int64_t){self.load(idx, "j")}, {n}, "{self.where(op)}");')
+        row = self.index_expr("(int64_t)" + self.load(idx, "j"), n, self.where(op))
+        self.line(f"int64_t row = {row};")
         self.open(f"for (int64_t r = 0; r < {inner}; r++)")
         self.line(f"{self.ptr(out)}[(p * {n} + row) * {inner} + r] += {self.load(g, f'(p * {m} + j) * {inner} + r')};")
         self.close()
@@ -915,9 +1003,10 @@ class FunctionEmitter:
 
 
 class ModuleEmitter:
-    def __init__(self, module: Module, title: str):
+    def __init__(self, module: Module, title: str, options: EmitOptions = EmitOptions()):
         self.module = module
         self.title = title
+        self.options = options
         self.uses_blas = False
         self.uses_arena = False
         self.constants: list[str] = []
@@ -985,12 +1074,13 @@ class ModuleEmitter:
             "    switch (setjmp(lt_unwind)) {",
             "    case 0:",
             "        break;",
-            *[line for code in ("LT_ERR_INDEX", "LT_ERR_MEMORY", "LT_ERR_STACK") for line in (
+            *[line for code in ("LT_ERR_INDEX", "LT_ERR_MEMORY", "LT_ERR_STACK", "LT_ERR_NONFINITE") for line in (
                 f"    case {code}:", "        lt_release(mark);", f"        return {code};")],
             "    default:",
             "        lt_release(mark);",
             "        return LT_ERR_MEMORY;",
             "    }",
+            *(["    lt_depth = 0;"] if self.recursive and self.options.max_depth > 0 else []),
             f"    fn_{entry.name}({', '.join(args)});",
             "    lt_release(mark);",
             "    return LT_OK;",
@@ -1023,6 +1113,6 @@ class ModuleEmitter:
         return CSource(text, "lantern_entry", len(entry.body.params), len(entry.result_types or ()), self.uses_blas)
 
 
-def emit_module(module: Module, title: str) -> CSource:
+def emit_module(module: Module, title: str, options: EmitOptions = EmitOptions()) -> CSource:
     """C source for ``module``; ``title`` names the user's function in the header comment."""
-    return ModuleEmitter(module, title).emit()
+    return ModuleEmitter(module, title, options).emit()

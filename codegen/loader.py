@@ -7,7 +7,7 @@ import threading
 import cffi
 import numpy as np
 
-from lantern.errors import NativeError, OutOfBoundsError, RecursionDepthError
+from lantern.errors import NativeError, NonFiniteError, OutOfBoundsError, RecursionDepthError
 from lantern.ir.types import TensorType
 
 from .compiler import Artifact, blas_paths
@@ -79,5 +79,7 @@ class NativeFunction:
                 raise OutOfBoundsError(message)
             if code == 3:
                 raise RecursionDepthError(message)
+            if code == 4:
+                raise NonFiniteError(message)
             raise NativeError(message)
         return outs

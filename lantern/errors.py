@@ -54,4 +54,9 @@ class NativeError(LanternError, RuntimeError):
 
 
 class RecursionDepthError(NativeError, RecursionError):
-    """A recursive staged function went deeper than the C stack allows."""
+    """A recursive staged function (or the continuations of a differentiated loop) went deeper
+    than the C stack allows, or deeper than the ``max_depth`` it was staged with."""
+
+
+class NonFiniteError(NativeError, FloatingPointError):
+    """With ``check_finite`` on, an operation produced NaN or an infinity (or an argument held one)."""

@@ -86,8 +86,10 @@ def _dtype_proxy(x: ArrayLike, op: str) -> Any:
     if isinstance(x, _PY_SCALARS):
         return x
     arr = np.asarray(x)
-    if arr.dtype == object:
-        raise with_location(DTypeError, f"{op}: an operand is a {type(x).__name__}, not a tensor, array or number")
+    if arr.dtype.kind in "OUS":  # None, strings, lists mixing strings and numbers
+        text = repr(x) if len(repr(x)) <= 40 else repr(x)[:37] + "..."
+        raise with_location(DTypeError, f"{op}: an operand is a {type(x).__name__} {text}, not a tensor, array "
+                            "or number")
     try:
         canonical_dtype(arr.dtype)
     except DTypeError as exc:

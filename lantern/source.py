@@ -4,7 +4,7 @@ from __future__ import annotations
 import linecache
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # The machinery of tracing. Frames in these files are never "the user's line"; library
 # code written *with* lantern (lantern/demo.py, models, nn layers) is, so C comments can
@@ -34,6 +34,9 @@ class Loc:
 
     file: str
     line: int
+    #: set on the gradient code of an op (its primitive's name): that code belongs to the op's
+    #: line, and error reports (check_finite) say it is the gradient
+    adjoint_of: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         return f"{os.path.basename(self.file)}:{self.line}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -255,13 +256,49 @@ def _bind(name: str, signature: inspect.Signature, args: tuple, kwargs: dict) ->
     return tuple(bound.arguments.values())
 
 
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ArgumentError(f"${name}={text!r}: expected an integer") from None
+
+
+def stage_options(check_indices: bool | None = None, check_finite: bool | None = None,
+                  max_depth: int | None = None) -> dict[str, Any]:
+    """The checks compiled into a staged function's C (``codegen.EmitOptions`` fields).
+
+    An option left ``None`` comes from the environment when the function is staged:
+    ``LANTERN_CHECK_INDICES`` (default 1), ``LANTERN_CHECK_FINITE`` (default 0),
+    ``LANTERN_MAX_DEPTH`` (default 0: recursion is limited by the C stack only).
+    """
+    options = {
+        "check_indices": bool(_env_int("LANTERN_CHECK_INDICES", 1)) if check_indices is None else check_indices,
+        "check_finite": bool(_env_int("LANTERN_CHECK_FINITE", 0)) if check_finite is None else check_finite,
+        "max_depth": _env_int("LANTERN_MAX_DEPTH", 0) if max_depth is None else max_depth,
+    }
+    for key in ("check_indices", "check_finite"):
+        if not isinstance(options[key], (bool, np.bool_)):
+            raise ArgumentError(f"stage: {key} must be a bool, got {options[key]!r}")
+    if isinstance(options["max_depth"], bool) or not isinstance(options["max_depth"], int) or options["max_depth"] < 0:
+        raise ArgumentError(f"stage: max_depth must be an int >= 0 (0: no limit but the C stack), "
+                            f"got {options['max_depth']!r}")
+    return options
+
+
 class Staged:
     """A Python function staged with :func:`stage`. Call it with NumPy arrays."""
 
-    def __init__(self, fn: Callable[..., Any], name: str | None = None):
+    def __init__(self, fn: Callable[..., Any], name: str | None = None, options: dict[str, Any] | None = None):
+        if not callable(fn):
+            raise ArgumentError(f"stage: expected a function, got {type(fn).__name__} {_short_repr(fn)}")
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.name = name or getattr(fn, "__name__", "staged")
+        #: the checks compiled into every signature's C (see :func:`stage_options`)
+        self.options = options if options is not None else stage_options()
         self.signature = inspect.signature(fn)
         self._param_names = list(self.signature.parameters)
         self._simple = all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
@@ -315,14 +352,14 @@ class Staged:
         return exe, leaves
 
     def _compile(self, treedef: TreeDef, keys: list[tuple], paths: list[str]) -> Executable:
-        from .codegen import build_native
+        from .codegen import EmitOptions, build_native
 
         builder = ModuleBuilder()
         specs: list[Any] = [TensorType(k[1], k[2]) if k[0] == "array" else _Static(k[2]) for k in keys]
         name = trace_function(builder, self, treedef, specs, paths, entry=True)
         traced = builder.module(name)
         verify(traced)
-        native, optimized = build_native(traced, self.name)
+        native, optimized = build_native(traced, self.name, EmitOptions(**self.options))
         fn = traced.functions[name]
         return Executable(self.name, self._param_names, treedef, keys, paths, traced, optimized,
                           builder.out_treedefs[name], list(fn.result_types or ()), native)
@@ -461,14 +498,25 @@ def trace_function(builder: ModuleBuilder, staged: Staged, treedef: TreeDef, spe
     return name
 
 
-def stage(fn: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
+def stage(fn: Callable[..., Any] | None = None, *, name: str | None = None, check_indices: bool | None = None,
+          check_finite: bool | None = None, max_depth: int | None = None) -> Any:
     """Decorator: trace ``fn`` per signature, compile it to native code, and call that.
 
-    ``@lantern.stage`` or ``@lantern.stage(name="...")``. The result has ``.lower(*args)``
-    for inspection and is itself callable with NumPy arrays.
+    ``@lantern.stage`` or ``@lantern.stage(name="...", ...)``. The result has ``.lower(*args)``
+    for inspection and is itself callable with NumPy arrays. Checks compiled into the C:
+
+    * ``check_indices`` (default on, ``LANTERN_CHECK_INDICES``): staged indices are checked
+      (``OutOfBoundsError``); off saves a compare per index, and a bad index is then undefined.
+    * ``check_finite`` (default off, ``LANTERN_CHECK_FINITE``): the first NaN/Inf that an op
+      (forward or gradient) produces raises ``NonFiniteError`` naming the op and source line.
+    * ``max_depth`` (default 0, ``LANTERN_MAX_DEPTH``): recursion deeper than this raises
+      ``RecursionDepthError``; 0 leaves only the C stack guard.
+
+    Each option changes the generated C, so each setting has its own compile-cache entry.
     """
+    options = stage_options(check_indices, check_finite, max_depth)
     if fn is None:
-        return lambda f: Staged(f, name)
-    if isinstance(fn, Staged):
+        return lambda f: Staged(f, name, options)
+    if isinstance(fn, Staged) and name is None and all(v is None for v in (check_indices, check_finite, max_depth)):
         return fn
-    return Staged(fn, name)
+    return Staged(fn.fn if isinstance(fn, Staged) else fn, name, options)

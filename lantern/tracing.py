@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Any, Iterator, TypeVar
 
-from .errors import LanternError, TraceError
+from .errors import LanternError, ShapeError, TraceError
 from .ir import primitives
 from .ir.nodes import Block, Function, Module, Op, Stmt, Var
 from .ir.rewrite import with_operands
@@ -21,6 +21,10 @@ from .ir.types import TensorType
 from .source import Loc, user_location
 
 E = TypeVar("E", bound=LanternError)
+
+#: The largest tensor a staged op may produce: byte counts and flat indices stay far from
+#: overflowing in the generated C (int64 indices, size_t allocation sizes rounded up).
+MAX_TENSOR_BYTES = 2**62
 
 
 def with_location(exc_type: type[E], message: str, loc: Loc | None = None) -> E:
@@ -139,6 +143,9 @@ class Frame:
             out_type = primitives.infer(prim, [a.type for a in args], attrs)
         except LanternError as exc:
             raise with_location(type(exc), str(exc), loc) from None
+        if out_type.nbytes > MAX_TENSOR_BYTES:  # its byte size would overflow the C code's size_t/int64 arithmetic
+            raise with_location(ShapeError, f"{prim}: the result {out_type} would take {out_type.nbytes} bytes; "
+                                f"a staged tensor is limited to {MAX_TENSOR_BYTES} (2**62) bytes", loc)
         out = Var(out_type, hint or prim)
         self.add(Op([out], loc=loc, prim=prim, args=list(args), attrs=attrs))
         return out

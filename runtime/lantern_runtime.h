@@ -34,7 +34,7 @@ typedef uint8_t lt_bool;
 
 /* ------------------------------------------------------------------ errors */
 
-enum { LT_OK = 0, LT_ERR_INDEX = 1, LT_ERR_MEMORY = 2, LT_ERR_STACK = 3 };
+enum { LT_OK = 0, LT_ERR_INDEX = 1, LT_ERR_MEMORY = 2, LT_ERR_STACK = 3, LT_ERR_NONFINITE = 4 };
 
 static _Thread_local jmp_buf lt_unwind;
 static _Thread_local char lt_error_text[1024];
@@ -60,6 +60,29 @@ static inline int64_t lt_index(int64_t i, int64_t n, const char *where)
                 where, (long long)(i < 0 ? i - n : i), (long long)n);
     return i;
 }
+
+/* A staged index without the check (stage(check_indices=False)): negative indices still wrap. */
+static inline int64_t lt_wrap(int64_t i, int64_t n) { return i < 0 ? i + n : i; }
+
+/* ------------------------------------------------------------------ non-finite values */
+
+/* stage(check_finite=True): `where` names the op and the user's line. */
+__attribute__((noreturn, cold))
+static inline void lt_nonfinite(const char *where, double value, int64_t at)
+{
+    lt_fail(LT_ERR_NONFINITE, "%s from %s (first at flat index %lld)",
+            value != value ? "nan" : value > 0 ? "inf" : "-inf", where, (long long)at);
+}
+
+#define LT_DEFINE_CHECK_FINITE(F, SUF)                                                  \
+    static inline void lt_check_finite_##SUF(const F *x, int64_t n, const char *where)  \
+    {                                                                                   \
+        for (int64_t i = 0; i < n; i++)                                                 \
+            if (!isfinite(x[i]))                                                        \
+                lt_nonfinite(where, (double)x[i], i);                                   \
+    }
+LT_DEFINE_CHECK_FINITE(float, f32)
+LT_DEFINE_CHECK_FINITE(double, f64)
 
 /* ------------------------------------------------------------------ stack depth */
 
@@ -91,7 +114,21 @@ static inline void lt_stack_check(const char *function)
     char probe;
     if ((uintptr_t)&probe < lt_stack_floor)
         lt_fail(LT_ERR_STACK, "%s: recursion too deep for the C stack (the tree or call chain is deeper "
-                "than this thread's stack allows)", function);
+                "than this thread's stack allows; a cycle in child indices also ends here)", function);
+}
+
+/*
+ * stage(max_depth=N) / LANTERN_MAX_DEPTH=N: recursive staged functions count their depth
+ * (reset by each call of the entry point) and fail beyond N, whatever the stack allows.
+ */
+static _Thread_local int64_t lt_depth;
+
+static inline void lt_depth_enter(int64_t limit, const char *function)
+{
+    if (++lt_depth > limit)
+        lt_fail(LT_ERR_STACK, "%s: recursion depth %lld exceeds the limit max_depth=%lld (set by "
+                "lantern.stage(max_depth=...) or LANTERN_MAX_DEPTH; a cycle in child indices also ends here)",
+                function, (long long)lt_depth, (long long)limit);
 }
 
 /* ------------------------------------------------------------------ arena */

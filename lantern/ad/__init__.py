@@ -132,7 +132,7 @@ def value_and_grad(fun: Callable[..., Any], argnums: int | Sequence[int] = 0,
     def host(*args: Any, **kwargs: Any) -> Any:
         return traced(*args, **kwargs)
 
-    host_staged = Staged(host, f"value_and_grad_{staged.name}")
+    host_staged = Staged(host, f"value_and_grad_{staged.name}", staged.options)  # fun's checks apply
 
     @functools.wraps(staged.fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -213,6 +213,7 @@ def grad(fun: Callable[..., Any], argnums: int | Sequence[int] = 0, has_aux: boo
         (value, grads) = vg(*args, **kwargs)
         return (grads, value[1]) if has_aux else grads
 
-    _host_grad = Staged(functools.wraps(fun)(lambda *a, **k: wrapper(*a, **k)), f"grad_{getattr(fun, '__name__', 'fun')}")
+    _host_grad = Staged(functools.wraps(fun)(lambda *a, **k: wrapper(*a, **k)), f"grad_{getattr(fun, '__name__', 'fun')}",
+                        fun.options if isinstance(fun, Staged) else None)
     wrapper.lower = _host_grad.lower  # type: ignore[attr-defined]
     return wrapper

@@ -32,6 +32,7 @@ Only control flow makes the continuation real:
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from .. import ops
@@ -241,7 +242,7 @@ class Differentiator:
         out = s.outs[0]
         if out.id not in self.adj or not any(a.id in self.adj for a in s.args):
             return
-        self.at(s)
+        self.frame.loc_override = dataclasses.replace(s.loc, adjoint_of=s.prim)
         contributions = RULES[s.prim](self.adj[out.id], [self.val[a.id] for a in s.args], self.val[out.id], s.attrs)
         for a, c in zip(s.args, contributions):
             self.accumulate(a, c)

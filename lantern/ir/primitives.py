@@ -42,10 +42,16 @@ def _register(name: str, kind: str, infer: Infer, ref: Callable[..., np.ndarray]
 
 def broadcast_shapes(*shapes: tuple[int, ...], op: str = "broadcast") -> tuple[int, ...]:
     """NumPy broadcasting of static shapes, raising ``ShapeError`` naming ``op``."""
-    try:
-        return tuple(np.broadcast_shapes(*shapes))
-    except ValueError:
-        raise ShapeError(f"{op}: shapes {', '.join(map(str, shapes))} cannot be broadcast together") from None
+    # By hand: np.broadcast_shapes also rejects shapes too large for an array, with the same
+    # ValueError; lantern reports size separately (tracing.Frame.emit).
+    ndim = max((len(s) for s in shapes), default=0)
+    out = []
+    for k in range(ndim):
+        dims = {s[k - ndim + len(s)] for s in shapes if k - ndim + len(s) >= 0} - {1}
+        if len(dims) > 1:
+            raise ShapeError(f"{op}: shapes {', '.join(map(str, shapes))} cannot be broadcast together")
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
 
 
 def infer(prim: str, arg_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
