@@ -1,0 +1,1073 @@
+"""Differential fuzzing: random well-typed staged programs, checked native vs interpreter vs finite differences.
+
+A program is data (a JSON-able dict): float and integer inputs with their values, a list
+of helper functions (staged; some recursive) and a main function, each a list of
+statements. A statement is either ``let`` (one Python expression template over earlier
+variables: one op of the API, with the safe input ranges built in, e.g. ``log(x*x+1)``)
+or a control-flow form (``cond``, ``fori``, ``while``, ``call``) holding nested statement
+lists. :func:`render` turns a batch of programs into Python source with one staged
+function; one compile checks them all:
+
+* native outputs, per-program losses and gradients equal the reference interpreter's on
+  the traced and on the optimized IR (float64: rtol 1e-9; float32: rtol 1e-4);
+* for float64 programs the gradient of each program's loss, along a random direction,
+  equals a central finite difference (skipped where the difference quotient itself is not
+  stable, i.e. the direction crosses a kink or a branch).
+
+A failing program is found by checking the batch's programs one at a time, shrunk by
+replacing statements with zeros of their type while the same check still fails, and saved
+as JSON under ``tests/fuzz_regressions/`` (``tests/test_fuzz.py`` replays those files).
+
+    python -m lantern.fuzz --count 2000 --seed 1 [--batch 10] [--save-dir tests/fuzz_regressions]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import sys
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+Program = dict[str, Any]
+Shape = tuple[int, ...]
+
+#: Bounds the generator keeps values under (a rough interval estimate per variable), so
+#: nothing overflows and finite differences stay accurate.
+_MAX_BOUND = 1e3
+
+
+# ------------------------------------------------------------------ generation
+
+@dataclass
+class _Var:
+    name: str
+    shape: Shape
+    dtype: str
+    bound: float
+
+
+@dataclass
+class _Scope:
+    """Variables visible at one point; ``main`` scopes may add program inputs."""
+
+    vars: list[_Var]
+    main: bool
+    depth: int = 0
+
+    def child(self) -> "_Scope":
+        return _Scope(list(self.vars), self.main, self.depth + 1)
+
+
+@dataclass
+class _Gen:
+    rng: random.Random
+    fdt: str  # the program's float dtype
+    inputs: list[dict] = field(default_factory=list)
+    functions: list[dict] = field(default_factory=list)
+    counter: int = 0
+    prefix: str = "p"
+
+    # -- names and inputs
+    def name(self, base: str = "v") -> str:
+        self.counter += 1
+        return f"{base}{self.counter}"
+
+    def fresh_input(self, blk: list, scope: _Scope, shape: Shape) -> _Var:
+        name = self.name("a")
+        vals = np.random.default_rng(self.rng.getrandbits(32)).standard_normal(shape)
+        vals = np.where(np.abs(vals) < 0.05, 0.3, vals)  # away from the kinks of abs/relu/sign at 0
+        self.inputs.append({"name": name, "kind": "float", "shape": list(shape), "value": np.round(vals, 6).tolist()})
+        v = _Var(name, shape, "float64", 3.0)
+        if self.fdt != "float64":
+            v = self.let(blk, scope, "cast", f"lantern.astype({{0}}, '{self.fdt}')", [v], shape, self.fdt, 3.0)
+        else:
+            scope.vars.append(v)
+        return v
+
+    def int_input(self, value: Any, shape: Shape = ()) -> _Var:
+        name = self.name("n")
+        self.inputs.append({"name": name, "kind": "int", "shape": list(shape), "value": value})
+        return _Var(name, shape, "int64", 0.0)
+
+    def let(self, blk: list, scope: _Scope | None, op: str, expr: str, args: list[_Var], shape: Shape,
+            dtype: str, bound: float, pin: bool = False) -> _Var:
+        v = _Var(self.name(), tuple(shape), dtype, min(bound, _MAX_BOUND))
+        blk.append({"k": "let", "op": op, "out": v.name, "shape": list(shape), "dtype": dtype,
+                    "expr": expr, "args": [a.name for a in args], **({"pin": True} if pin else {})})
+        if scope is not None:
+            scope.vars.append(v)
+        return v
+
+    # -- picking operands
+    def floats(self, scope: _Scope) -> list[_Var]:
+        return [v for v in scope.vars if v.dtype == self.fdt]
+
+    def pick(self, scope: _Scope) -> _Var:
+        fs = self.floats(scope)
+        # prefer recent values so programs form chains rather than many independent leaves
+        return fs[-1 - min(int(self.rng.expovariate(0.6)), len(fs) - 1)]
+
+    def of_shape(self, blk: list, scope: _Scope, shape: Shape) -> _Var:
+        cands = [v for v in self.floats(scope) if v.shape == shape]
+        if cands and self.rng.random() < 0.7:
+            return self.rng.choice(cands)
+        if scope.main and self.rng.random() < 0.7:
+            return self.fresh_input(blk, scope, shape)
+        src = self.pick(scope)
+        if src.shape != shape and math.prod(src.shape) == math.prod(shape) and self.rng.random() < 0.6:
+            return self.let(blk, scope, "reshape", f"lantern.reshape({{0}}, {tuple(shape)})", [src], shape,
+                            self.fdt, src.bound)
+        return self.let(blk, scope, "broadcast_to", f"lantern.broadcast_to(lantern.mean({{0}}), {tuple(shape)})",
+                        [src], shape, self.fdt, src.bound)
+
+    def bcast_partner(self, shape: Shape) -> Shape:
+        r = self.rng.random()
+        if r < 0.4 or not shape:
+            return shape if self.rng.random() < 0.8 else ()
+        if r < 0.6:
+            return shape[self.rng.randint(1, len(shape)):]
+        if r < 0.85:
+            return tuple(1 if self.rng.random() < 0.5 else d for d in shape)
+        return (2,) + shape if len(shape) < 3 else shape
+
+    def rand_shape(self) -> Shape:
+        nd = self.rng.choice([0, 1, 1, 2, 2, 2, 3])
+        return tuple(self.rng.choice([1, 2, 3, 4]) for _ in range(nd))
+
+    # -- statements
+    def statement(self, blk: list, scope: _Scope) -> None:
+        r = self.rng.random()
+        control = scope.depth < 2 and r < 0.22
+        if control:
+            self.rng.choice([self.cond, self.fori, self.fori, self.while_, self.call])(blk, scope)
+            return
+        kinds = [(self.unary, 5), (self.binary, 6), (self.reduce, 3), (self.matmul, 2), (self.shape_op, 4),
+                 (self.gather, 2), (self.select, 2), (self.intcast, 1), (self.combine, 1)]
+        fn = self.rng.choices([k for k, _ in kinds], [w for _, w in kinds])[0]
+        fn(blk, scope)
+
+    _UNARY = [  # (op, template, bound(b))
+        ("exp", "lantern.exp(lantern.tanh({0}))", lambda b: 2.72),
+        ("log", "lantern.log({0} * {0} + 1.0)", lambda b: math.log(b * b + 1) + 1e-3),
+        ("log1p", "lantern.log1p({0} * {0})", lambda b: math.log1p(b * b) + 1e-3),
+        ("expm1", "lantern.expm1(lantern.sin({0}))", lambda b: 1.72),
+        ("sin", "lantern.sin({0})", lambda b: 1.0), ("cos", "lantern.cos({0})", lambda b: 1.0),
+        ("tanh", "lantern.tanh({0})", lambda b: 1.0), ("sigmoid", "lantern.sigmoid({0})", lambda b: 1.0),
+        ("silu", "lantern.silu({0})", lambda b: b), ("relu", "lantern.relu({0})", lambda b: b),
+        ("sqrt", "lantern.sqrt({0} * {0} + 0.5)", lambda b: b + 1.0),
+        ("rsqrt", "lantern.rsqrt({0} * {0} + 0.5)", lambda b: 1.5),
+        ("abs", "lantern.abs({0})", lambda b: b), ("neg", "-{0}", lambda b: b),
+        ("sign", "lantern.sign({0}) * {0}", lambda b: b), ("floor", "lantern.floor({0} * 2.0)", lambda b: 2 * b + 1),
+        ("square", "lantern.square({0})", lambda b: b * b), ("pow", "{0} ** 3", lambda b: b ** 3),
+        ("clip", "lantern.clip({0}, -0.8, 0.9)", lambda b: 0.9),
+        ("mul_const", "{0} * 0.7 - 0.2", lambda b: 0.7 * b + 0.2),
+        ("rdiv_const", "1.5 / ({0} * {0} + 1.0)", lambda b: 1.5),
+    ]
+
+    def unary(self, blk: list, scope: _Scope) -> None:
+        x = self.pick(scope)
+        op, tmpl, bound = self.rng.choice(self._UNARY)
+        if bound(x.bound) > _MAX_BOUND:
+            op, tmpl, bound = self._UNARY[6]  # tanh
+        self.let(blk, scope, op, tmpl, [x], x.shape, self.fdt, bound(x.bound))
+
+    _BINARY = [
+        ("add", "{0} + {1}", lambda a, b: a + b), ("sub", "{0} - {1}", lambda a, b: a + b),
+        ("mul", "{0} * {1}", lambda a, b: a * b), ("div", "{0} / ({1} * {1} + 1.0)", lambda a, b: a),
+        ("maximum", "lantern.maximum({0}, {1})", max), ("minimum", "lantern.minimum({0}, {1})", max),
+        ("pow", "({0} * {0} + 1.0) ** lantern.tanh({1})", lambda a, b: a * a + 1),
+        ("subtract", "lantern.subtract({0}, {1})", lambda a, b: a + b),
+        ("multiply", "lantern.multiply({0}, {1})", lambda a, b: a * b),
+    ]
+
+    def binary(self, blk: list, scope: _Scope) -> None:
+        x = self.pick(scope)
+        y = self.of_shape(blk, scope, self.bcast_partner(x.shape))
+        if self.rng.random() < 0.3:
+            x, y = y, x
+        op, tmpl, bound = self.rng.choice(self._BINARY)
+        if bound(x.bound, y.bound) > _MAX_BOUND:
+            op, tmpl, bound = self._BINARY[0]
+        out = np.broadcast_shapes(x.shape, y.shape)
+        self.let(blk, scope, op, tmpl, [x, y], out, self.fdt, bound(x.bound, y.bound))
+
+    def _axis(self, shape: Shape) -> tuple[Any, Shape, Shape]:
+        """A random ``axis`` argument; the result shape without and with keepdims."""
+        nd = len(shape)
+        if nd == 0 or self.rng.random() < 0.25:
+            return None, (), (1,) * nd
+        if nd > 1 and self.rng.random() < 0.25:
+            axes = tuple(sorted(self.rng.sample(range(nd), 2)))
+            arg: Any = tuple(a - nd if self.rng.random() < 0.3 else a for a in axes)
+        else:
+            axes = (self.rng.randrange(nd),)
+            arg = axes[0] - nd if self.rng.random() < 0.3 else axes[0]
+        return (arg, tuple(d for i, d in enumerate(shape) if i not in axes),
+                tuple(1 if i in axes else d for i, d in enumerate(shape)))
+
+    def reduce(self, blk: list, scope: _Scope) -> None:
+        x = self.pick(scope)
+        op = self.rng.choice(["sum", "mean", "max", "min", "logsumexp", "softmax", "log_softmax", "sum_method",
+                              "argmax"])
+        n = max(math.prod(x.shape), 1)
+        if op in ("softmax", "log_softmax"):
+            if not x.shape:
+                return self.unary(blk, scope)
+            ax = self.rng.randrange(-len(x.shape), len(x.shape))
+            self.let(blk, scope, op, f"lantern.{op}({{0}}, axis={ax})", [x], x.shape, self.fdt,
+                     1.0 if op == "softmax" else 2 * x.bound + math.log(n))
+            return
+        if op == "argmax":  # an int64 index from data, used for a gather whose gradient flows
+            if not x.shape:
+                return self.unary(blk, scope)
+            a = self.rng.randrange(len(x.shape))
+            which = self.rng.choice(["argmax", "argmin"])
+            rest = x.shape[:a] + x.shape[a + 1:]
+            self.let(blk, scope, which, f"lantern.take({{0}}, lantern.{which}({{0}}, axis={a}), axis={a})", [x],
+                     x.shape[:a] + rest + x.shape[a + 1:], self.fdt, x.bound)
+            return
+        axis, out, kept = self._axis(x.shape)
+        keep = self.rng.random() < 0.3
+        kw = f", axis={axis!r}" if axis is not None else ""
+        kw += ", keepdims=True" if keep else ""
+        bound = {"sum": n * x.bound, "sum_method": n * x.bound, "logsumexp": x.bound + math.log(n)}.get(op, x.bound)
+        tmpl = f"{{0}}.sum({kw[2:]})" if op == "sum_method" else f"lantern.{op}({{0}}{kw})"
+        self.let(blk, scope, "sum" if op == "sum_method" else op, tmpl, [x], kept if keep else out, self.fdt, bound)
+
+    def matmul(self, blk: list, scope: _Scope) -> None:
+        cands = [v for v in self.floats(scope) if 1 <= len(v.shape) <= 3]
+        if not cands:
+            return self.unary(blk, scope)
+        x = self.rng.choice(cands)
+        k = x.shape[-1]
+        n = self.rng.choice([1, 2, 3])
+        yshape = self.rng.choice([(k,), (k, n)] + ([(x.shape[0], k, n)] if len(x.shape) == 3 else []))
+        y = self.of_shape(blk, scope, yshape)
+        out = np.matmul(np.zeros(x.shape), np.zeros(yshape)).shape
+        tmpl = self.rng.choice(["{0} @ {1}", "lantern.matmul({0}, {1})"])
+        if len(x.shape) <= 2 and len(yshape) <= 2 and self.rng.random() < 0.3:
+            tmpl = "lantern.dot({0}, {1})"
+        self.let(blk, scope, "matmul", tmpl, [x, y], out, self.fdt, k * x.bound * y.bound)
+
+    def shape_op(self, blk: list, scope: _Scope) -> None:
+        x = self.pick(scope)
+        s, nd, rng = x.shape, len(x.shape), self.rng
+        choice = rng.choice(["reshape", "transpose", "slice", "index", "concatenate", "stack", "expand_dims",
+                             "squeeze", "broadcast_to", "swapaxes"])
+        if choice == "reshape":
+            size = math.prod(s)
+            dims, rest = [], size
+            for f in (2, 3, 2):
+                if rest % f == 0 and rng.random() < 0.5:
+                    dims.append(f)
+                    rest //= f
+            dims.append(rest)
+            rng.shuffle(dims)
+            shape = tuple(dims)
+            arg = tuple(-1 if i == 0 and rng.random() < 0.3 else d for i, d in enumerate(shape))
+            self.let(blk, scope, "reshape", f"{{0}}.reshape({arg})", [x], shape, self.fdt, x.bound)
+        elif choice in ("transpose", "swapaxes") and nd >= 2:
+            if choice == "swapaxes":
+                a, b = rng.sample(range(nd), 2)
+                perm = list(range(nd))
+                perm[a], perm[b] = b, a
+                tmpl = f"lantern.swapaxes({{0}}, {a}, {b})"
+            else:
+                perm = list(range(nd))
+                rng.shuffle(perm)
+                tmpl = "{0}.T" if nd == 2 and rng.random() < 0.5 else f"lantern.transpose({{0}}, {tuple(perm)})"
+                perm = [1, 0] if tmpl == "{0}.T" else perm
+            self.let(blk, scope, choice, tmpl, [x], tuple(s[p] for p in perm), self.fdt, x.bound)
+        elif choice == "slice" and nd >= 1:
+            key, out = [], []
+            for d in s:
+                start, stop = sorted(rng.sample(range(-d, d + 1), 2)) if d > 1 else (0, d)
+                step = rng.choice([1, 1, 2, -1])
+                sl = slice(start, stop, step) if step > 0 else slice(stop - 1 if stop > 0 else None, None, -1)
+                n = len(range(d)[sl])
+                if n == 0:
+                    sl, n = slice(None), d
+                key.append(sl)
+                out.append(n)
+            text = ", ".join(_slice_text(k) for k in key)
+            self.let(blk, scope, "slice", f"{{0}}[{text}]", [x], tuple(out), self.fdt, x.bound)
+        elif choice == "index" and nd >= 1:
+            i = rng.randrange(-s[0], s[0])
+            if nd >= 2 and rng.random() < 0.5:
+                j = rng.randrange(s[1])
+                self.let(blk, scope, "index", f"{{0}}[:, {j}]", [x], (s[0],) + s[2:], self.fdt, x.bound)
+            else:
+                self.let(blk, scope, "index", f"{{0}}[{i}]", [x], s[1:], self.fdt, x.bound)
+        elif choice in ("concatenate", "stack") and nd >= 1:
+            ax = rng.randrange(nd + (choice == "stack"))
+            oshape = list(s)
+            if choice == "concatenate":
+                oshape[ax] = rng.choice([1, 2])
+            y = self.of_shape(blk, scope, tuple(oshape))
+            xs = [x, y] if rng.random() < 0.5 else [y, x, y]
+            if choice == "concatenate":
+                out = list(s)
+                out[ax] = sum(v.shape[ax] for v in xs)
+            else:
+                out = list(s)
+                out.insert(ax, len(xs))
+            refs = ", ".join("{%d}" % i for i in range(len(xs)))
+            self.let(blk, scope, choice, f"lantern.{choice}([{refs}], axis={ax})", xs, tuple(out), self.fdt,
+                     max(x.bound, y.bound))
+        elif choice == "expand_dims":
+            ax = rng.randrange(nd + 1)
+            out = s[:ax] + (1,) + s[ax:]
+            tmpl = f"lantern.expand_dims({{0}}, {ax})" if rng.random() < 0.6 else \
+                "{0}[" + ", ".join([":"] * ax + ["None"]) + "]"
+            self.let(blk, scope, "expand_dims", tmpl, [x], out, self.fdt, x.bound)
+        elif choice == "squeeze" and 1 in s:
+            ax = s.index(1)
+            self.let(blk, scope, "squeeze", f"lantern.squeeze({{0}}, {ax})", [x], s[:ax] + s[ax + 1:], self.fdt,
+                     x.bound)
+        elif choice == "broadcast_to" and nd < 3:
+            out = (rng.choice([1, 2, 3]),) + tuple(rng.choice([2, 3]) if d == 1 else d for d in s)
+            self.let(blk, scope, "broadcast_to", f"lantern.broadcast_to({{0}}, {out})", [x], out, self.fdt, x.bound)
+        else:
+            self.unary(blk, scope)
+
+    def gather(self, blk: list, scope: _Scope) -> None:
+        cands = [v for v in self.floats(scope) if v.shape]
+        if not cands:
+            return self.unary(blk, scope)
+        x = self.rng.choice(cands)
+        ax = self.rng.randrange(len(x.shape))
+        d = x.shape[ax]
+        idx = [self.rng.randrange(-d, d) for _ in range(self.rng.choice([1, 2, 3, 4]))]
+        if ax == 0 and self.rng.random() < 0.3:
+            tmpl = f"{{0}}[{idx}]"
+        else:
+            tmpl = f"lantern.take({{0}}, {idx}, axis={ax})"
+        out = x.shape[:ax] + (len(idx),) + x.shape[ax + 1:]
+        self.let(blk, scope, "take", tmpl, [x], out, self.fdt, x.bound)
+
+    def select(self, blk: list, scope: _Scope) -> None:
+        x = self.pick(scope)
+        c = self.of_shape(blk, scope, self.bcast_partner(x.shape))
+        y = self.of_shape(blk, scope, self.bcast_partner(x.shape))
+        cmp = self.rng.choice([">", "<", ">=", "<="])
+        if self.rng.random() < 0.5:
+            tmpl = f"lantern.where({{1}} {cmp} 0.1, {{0}}, {{2}})"
+        else:
+            fn = self.rng.choice(["greater", "less", "greater_equal", "less_equal"])
+            tmpl = f"lantern.where(lantern.{fn}({{1}}, {{0}}), {{0}}, {{2}} * 0.5)"
+        out = np.broadcast_shapes(x.shape, c.shape, y.shape)
+        self.let(blk, scope, "where", tmpl, [x, c, y], out, self.fdt, max(x.bound, y.bound))
+
+    def intcast(self, blk: list, scope: _Scope) -> None:
+        x = self.pick(scope)
+        y = self.of_shape(blk, scope, self.bcast_partner(x.shape))
+        out = np.broadcast_shapes(x.shape, y.shape)
+        tmpl = self.rng.choice([
+            f"lantern.astype(lantern.astype({{0}} * 3.0, 'int64') % 3, '{self.fdt}') * {{1}}",
+            f"lantern.astype(lantern.astype({{0}} * 2.0, 'int32') // 2 + 1, '{self.fdt}') * {{1}}",
+            f"lantern.astype(lantern.logical_or({{0}} > 0.3, {{1}} < -0.2), '{self.fdt}') * {{1}}",
+            f"lantern.astype(lantern.logical_and({{0}} < 0.5, lantern.logical_not({{1}} > 1.0)), '{self.fdt}') + {{1}}",
+            f"lantern.astype(lantern.equal(lantern.sign({{0}}), 1.0), '{self.fdt}') * {{1}}",
+        ])
+        self.let(blk, scope, "cast", tmpl, [x, y], out, self.fdt, 4 * y.bound + 1)
+
+    def combine(self, blk: list, scope: _Scope) -> None:
+        """Mix in a value of another shape: the sum of one, broadcast into the other."""
+        x, y = self.pick(scope), self.rng.choice(self.floats(scope))
+        self.let(blk, scope, "sum", "{0} + lantern.sum({1}) * 0.1", [x, y], x.shape, self.fdt,
+                 x.bound + 0.1 * max(math.prod(y.shape), 1) * y.bound)
+
+    # -- producing a value of a given type at the end of a block
+    def coerce(self, blk: list, scope: _Scope, target: _Var, bounded: bool = False) -> _Var:
+        """A value of ``target``'s type that depends on the block's last values (and ``target``)."""
+        w = self.floats(scope)[-1]
+        if w is target or (w.shape != target.shape and _broadcasts(w.shape, target.shape)):
+            mix = "{1}"
+        else:
+            mix = "lantern.mean({1})"
+        if bounded:  # a loop state: contracts, so iterating cannot blow up
+            return self.let(blk, scope, "tanh", f"0.5 * {{0}} + 0.5 * lantern.tanh({mix})", [target, w],
+                            target.shape, self.fdt, max(target.bound, 1.0))
+        tmpl = self.rng.choice([f"{{0}} + {mix}", f"{{0}} * lantern.tanh({mix})", f"lantern.sin({{0}}) - {mix}"])
+        return self.let(blk, scope, "coerce", tmpl, [target, w], target.shape, self.fdt, target.bound + w.bound)
+
+    def block(self, scope: _Scope, targets: list[_Var], n: int, bounded: bool = False) -> tuple[list, list[str]]:
+        blk: list = []
+        for _ in range(n):
+            self.statement(blk, scope)
+        res = [self.coerce(blk, scope, t, bounded).name for t in targets]
+        return blk, res
+
+    def outs(self, blk: list, scope: _Scope, k: str, targets: list[_Var], **fields: Any) -> None:
+        outs = [_Var(self.name(), t.shape, t.dtype, max(t.bound, 1.0) * 4) for t in targets]
+        blk.append({"k": k, "outs": [{"name": o.name, "shape": list(o.shape), "dtype": o.dtype} for o in outs],
+                    **fields})
+        scope.vars.extend(outs)
+
+    def targets(self, scope: _Scope, n: int) -> list[_Var]:
+        fs = self.floats(scope)
+        return [self.rng.choice(fs) for _ in range(n)]
+
+    def cond(self, blk: list, scope: _Scope) -> None:
+        x = self.pick(scope)
+        pred = self.rng.choice(["lantern.sum({0}) > 0.2", "{0}.mean() < 0.1", "lantern.max({0}) > 0.5"])
+        targets = self.targets(scope, self.rng.choice([1, 1, 2]))
+        then, tres = self.block(scope.child(), targets, self.rng.randint(0, 3))
+        other, eres = self.block(scope.child(), targets, self.rng.randint(0, 3))
+        self.outs(blk, scope, "cond", targets, pred=pred, pred_args=[x.name], then=then, then_res=tres,
+                  else_=other, else_res=eres)
+
+    def _bound(self, scope: _Scope, hi: int) -> tuple[str, list[str]]:
+        """A loop bound: a Python int, or an int64 input (in the main function)."""
+        if scope.main and self.rng.random() < 0.5:
+            n = self.int_input(self.rng.randint(0, hi))
+            return "{0}", [n.name]
+        return str(self.rng.randint(0, hi)), []
+
+    def fori(self, blk: list, scope: _Scope) -> None:
+        targets = self.targets(scope, self.rng.choice([1, 2]))
+        lo = self.rng.choice([0, 0, 1])
+        hi, hi_args = self._bound(scope, 4)
+        inner = scope.child()
+        i = _Var(self.name("i"), (), "int64", 0.0)
+        carry = [_Var(self.name("c"), t.shape, t.dtype, max(t.bound, 1.0)) for t in targets]
+        inner.vars.extend(carry)
+        body: list = []
+        fi = self.let(body, inner, "cast", f"lantern.astype({{0}}, '{self.fdt}') * 0.3", [i], (), self.fdt, 1.5)
+        del fi
+        for _ in range(self.rng.randint(1, 3)):
+            self.statement(body, inner)
+        res = [self.coerce(body, inner, c, bounded=True).name for c in carry]
+        self.outs(blk, scope, "fori", targets, lo=str(lo), hi=hi, hi_args=hi_args, init=[t.name for t in targets],
+                  ivar=i.name, cparams=[c.name for c in carry], body=body, res=res)
+
+    def while_(self, blk: list, scope: _Scope) -> None:
+        targets = self.targets(scope, self.rng.choice([1, 2]))
+        hi, hi_args = self._bound(scope, 3)
+        inner = scope.child()
+        k = _Var(self.name("k"), (), "int64", 0.0)
+        carry = [_Var(self.name("c"), t.shape, t.dtype, max(t.bound, 1.0)) for t in targets]
+        inner.vars.extend(carry)
+        body: list = []
+        for _ in range(self.rng.randint(1, 3)):
+            self.statement(body, inner)
+        res = [self.coerce(body, inner, c, bounded=True).name for c in carry]
+        extra = self.rng.random() < 0.3  # also stop on the data (the bound still caps the trip count)
+        self.outs(blk, scope, "while", targets, hi=hi, hi_args=hi_args, data_stop=extra,
+                  init=[t.name for t in targets], kvar=k.name, cparams=[c.name for c in carry], body=body, res=res)
+
+    def call(self, blk: list, scope: _Scope) -> None:
+        kind = self.rng.choice(["helper", "helper", "rec", "tree"])
+        args = self.targets(scope, self.rng.choice([1, 2]))
+        fname = f"{self.prefix}_f{len(self.functions)}"
+        params = [_Var(self.name("q"), a.shape, a.dtype, a.bound) for a in args]
+        if kind == "helper":
+            fscope = _Scope(list(params), main=False, depth=scope.depth + 1)
+            body, res = self.block(fscope, [params[0]], self.rng.randint(1, 4))
+            fn = {"name": fname, "params": _decl(params), "body": body, "res": res}
+            call_args = [a.name for a in args]
+        elif kind == "rec":
+            fn, call_args = self.recursive(fname, params, scope, args)
+        else:
+            fn, call_args = self.tree(fname, params, blk, scope, args)
+        self.functions.append(fn)
+        self.outs(blk, scope, "call", [args[0]], fn=fname, args=call_args)
+
+    def recursive(self, fname: str, params: list[_Var], scope: _Scope, args: list[_Var]) -> tuple[dict, list[str]]:
+        """``f(d, xs) = base(xs) if d <= 0 else step(f(d - 1, g(xs)), xs)``."""
+        d = _Var(self.name("d"), (), "int64", 0.0)
+        fscope = _Scope([d] + list(params), main=False, depth=scope.depth + 1)
+        base, bres = self.block(fscope.child(), [params[0]], self.rng.randint(0, 2))
+        sscope = fscope.child()
+        step: list = []
+        dm = self.let(step, sscope, "sub", "{0} - 1", [d], (), "int64", 0.0, pin=True)
+        for _ in range(self.rng.randint(0, 2)):
+            self.statement(step, sscope)
+        nxt = [self.coerce(step, sscope, p, bounded=True) for p in params]
+        y = _Var(self.name(), params[0].shape, self.fdt, max(params[0].bound, 1.0) * 4)
+        step.append({"k": "call", "outs": _decl([y]), "fn": fname, "args": [dm.name] + [v.name for v in nxt]})
+        sscope.vars.append(y)
+        sres = [self.coerce(step, sscope, params[0], bounded=True).name]
+        body: list = []
+        self.outs(body, fscope, "cond", [params[0]], pred="{0} <= 0", pred_args=[d.name], then=base, then_res=bres,
+                  else_=step, else_res=sres)
+        fn = {"name": fname, "params": _decl([d] + params), "body": body, "res": [fscope.vars[-1].name]}
+        if scope.main and self.rng.random() < 0.5:
+            depth = self.int_input(self.rng.randint(0, 3)).name
+        else:
+            depth = f"np.int64({self.rng.randint(0, 3)})"
+        return fn, [depth] + [a.name for a in args]
+
+    def tree(self, fname: str, params: list[_Var], blk: list, scope: _Scope,
+             args: list[_Var]) -> tuple[dict, list[str]]:
+        """Recursion over a binary tree stored as child-index arrays (-1: a leaf), with per-node values."""
+        n_inner = self.rng.randint(0, 3)
+        left, right, leaves = [-1], [-1], [0]
+        for _ in range(n_inner):
+            k = leaves.pop(self.rng.randrange(len(leaves)))
+            left[k], right[k] = len(left), len(left) + 1
+            left += [-1, -1]
+            right += [-1, -1]
+            leaves += [left[k], right[k]]
+        nodes = len(left)
+        x = params[0]
+        node, lv, rv = (_Var(self.name(b), s, "int64", 0.0) for b, s in (("m", ()), ("l", (nodes,)), ("r", (nodes,))))
+        vals = _Var(self.name("w"), (nodes,) + x.shape, self.fdt, 3.0)
+        fscope = _Scope([node, lv, rv, vals] + list(params), main=False, depth=scope.depth + 1)
+        leaf_scope = fscope.child()
+        leaf: list = []
+        here = self.let(leaf, leaf_scope, "index", "{0}[{1}]", [vals, node], x.shape, self.fdt, 3.0, pin=True)
+        leaf_res = [self.let(leaf, leaf_scope, "mul", "lantern.tanh({0} * {1})", [here, x], x.shape, self.fdt,
+                             1.0).name]
+        iscope = fscope.child()
+        inner: list = []
+        kids = []
+        for side in (lv, rv):
+            child = self.let(inner, iscope, "index", "{0}[{1}]", [side, node], (), "int64", 0.0, pin=True)
+            y = _Var(self.name(), x.shape, self.fdt, 1.0)
+            inner.append({"k": "call", "outs": _decl([y]), "fn": fname,
+                          "args": [child.name, lv.name, rv.name, vals.name] + [p.name for p in params]})
+            iscope.vars.append(y)
+            kids.append(y)
+        mid = self.let(inner, iscope, "index", "{0}[{1}]", [vals, node], x.shape, self.fdt, 3.0, pin=True)
+        comb = self.let(inner, iscope, "add", "{0} * {3} + {1} + {2}", [kids[0], kids[1], mid, x], x.shape, self.fdt,
+                        3.0 * x.bound + 5)
+        for _ in range(self.rng.randint(0, 2)):
+            self.statement(inner, iscope)
+        ires = [self.coerce(inner, iscope, x, bounded=True).name]
+        body: list = []
+        self.outs(body, fscope, "cond", [x], pred="{0}[{1}] < 0", pred_args=[lv.name, node.name], then=leaf,
+                  then_res=leaf_res, else_=inner, else_res=ires)
+        fn = {"name": fname, "params": _decl([node, lv, rv, vals] + params), "body": body,
+              "res": [fscope.vars[-1].name]}
+        if scope.main:
+            ln, rn = self.int_input(left, (nodes,)).name, self.int_input(right, (nodes,)).name
+        else:
+            ln, rn = (f"np.array({v}, np.int64)" for v in (left, right))
+        vin = self.of_shape(blk, scope, (nodes,) + x.shape)
+        return fn, ["np.int64(0)", ln, rn, vin.name] + [a.name for a in args]
+
+
+def _broadcasts(shape: Shape, target: Shape) -> bool:
+    """Whether ``shape`` broadcasts to exactly ``target``."""
+    return len(shape) <= len(target) and all(a in (1, b) for a, b in zip(shape[::-1], target[::-1]))
+
+
+def _decl(vs: list[_Var]) -> list[dict]:
+    return [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype} for v in vs]
+
+
+def _slice_text(s: slice) -> str:
+    parts = ["" if s.start is None else str(s.start), "" if s.stop is None else str(s.stop)]
+    return ":".join(parts) + ("" if s.step in (None, 1) else f":{s.step}")
+
+
+def generate(seed: int, index: int, dtype: str | None = None, size: int | None = None) -> Program:
+    """Program ``index`` of campaign ``seed`` (deterministic: the same pair gives the same program)."""
+    rng = random.Random(f"lantern-fuzz:{seed}:{index}")
+    fdt = dtype or ("float32" if rng.random() < 0.2 else "float64")
+    g = _Gen(rng, fdt, prefix=f"s{seed}_{index}")
+    scope = _Scope([], main=True)
+    body: list = []
+    g.fresh_input(body, scope, g.rand_shape())
+    for _ in range(size or rng.randint(3, 9)):
+        g.statement(body, scope)
+    floats = [v for v in scope.vars if v.dtype == fdt]
+    outs = [floats[-1].name] + [v.name for v in rng.sample(floats[:-1], min(len(floats) - 1, rng.randint(0, 2)))]
+    return {"seed": seed, "index": index, "dtype": fdt, "inputs": g.inputs, "functions": g.functions,
+            "main": {"name": f"{g.prefix}_main", "params": [{"name": i["name"]} for i in g.inputs], "body": body,
+                     "res": outs}}
+
+
+# ------------------------------------------------------------------ rendering
+
+def _expr(tmpl: str, args: list[str]) -> str:
+    return tmpl.format(*args)
+
+
+def _render_block(stmts: list, ind: str, out: list[str]) -> None:
+    for s in stmts:
+        k = s["k"]
+        if k == "let":
+            out.append(f"{ind}{s['out']} = {_expr(s['expr'], s['args'])}")
+            continue
+        names = [o["name"] for o in s["outs"]]
+        lhs = ", ".join(names) + ("," if len(names) == 1 else "")
+        if k == "zeros":
+            for o in s["outs"]:
+                out.append(f"{ind}{o['name']} = lantern.zeros({tuple(o['shape'])}, '{o['dtype']}')")
+        elif k == "cond":
+            for which, body, res in (("t", s["then"], s["then_res"]), ("f", s["else_"], s["else_res"])):
+                out.append(f"{ind}def _{which}_{names[0]}():")
+                _render_block(body, ind + "    ", out)
+                out.append(f"{ind}    return ({', '.join(res)},)")
+            pred = _expr(s["pred"], s["pred_args"])
+            out.append(f"{ind}{lhs} = lantern.cond({pred}, _t_{names[0]}, _f_{names[0]})")
+        elif k == "fori":
+            out.append(f"{ind}def _body_{names[0]}({s['ivar']}, _carry):")
+            out.append(f"{ind}    {', '.join(s['cparams'])}, = _carry")
+            _render_block(s["body"], ind + "    ", out)
+            out.append(f"{ind}    return ({', '.join(s['res'])},)")
+            hi = _expr(s["hi"], s["hi_args"])
+            out.append(f"{ind}{lhs} = lantern.fori_loop({s['lo']}, {hi}, _body_{names[0]}, ({', '.join(s['init'])},))")
+        elif k == "while":
+            hi = _expr(s["hi"], s["hi_args"])
+            c0 = s["cparams"][0]
+            stop = f"{s['kvar']} < {hi}"
+            if s.get("data_stop"):
+                stop = f"lantern.logical_and({stop}, lantern.sum({c0} * {c0}) < 40.0)"
+            out.append(f"{ind}def _cond_{names[0]}(_state):")
+            out.append(f"{ind}    {s['kvar']}, {', '.join(s['cparams'])}, = _state")
+            out.append(f"{ind}    return {stop}")
+            out.append(f"{ind}def _body_{names[0]}(_state):")
+            out.append(f"{ind}    {s['kvar']}, {', '.join(s['cparams'])}, = _state")
+            _render_block(s["body"], ind + "    ", out)
+            out.append(f"{ind}    return ({s['kvar']} + 1, {', '.join(s['res'])})")
+            out.append(f"{ind}_, {lhs} = lantern.while_loop(_cond_{names[0]}, _body_{names[0]}, "
+                       f"(np.int64(0), {', '.join(s['init'])}))")
+        elif k == "call":  # arguments: variable names or literal integer constants
+            out.append(f"{ind}{names[0]} = {s['fn']}({', '.join(s['args'])})")
+        else:
+            raise ValueError(f"unknown statement kind {k!r}")
+
+
+def _render_function(fn: dict, staged: bool) -> list[str]:
+    out = ["@lantern.stage"] if staged else []
+    out.append(f"def {fn['name']}({', '.join(p['name'] for p in fn['params'])}):")
+    _render_block(fn["body"], "    ", out)
+    out.append(f"    return ({', '.join(fn['res'])},)" if not staged else f"    return {fn['res'][0]}")
+    return out
+
+
+def render(programs: list[Program]) -> str:
+    """Python source defining every program's functions and ``batch(floats, ints, weights)``:
+    returns (outputs, per-program losses, gradients of the summed loss w.r.t. ``floats``)."""
+    lines = ["import numpy as np", "import lantern", ""]
+    for p in programs:
+        for fn in p["functions"]:
+            lines += _render_function(fn, staged=True) + [""]
+        lines += _render_function(p["main"], staged=False) + [""]
+    lines.append("def _losses(floats, ints, weights):")
+    lines.append("    outs, losses = [], []")
+    for j, p in enumerate(programs):
+        fl = [i["name"] for i in p["inputs"] if i["kind"] == "float"]
+        args = []
+        for i in p["inputs"]:
+            pos = fl.index(i["name"]) if i["kind"] == "float" else None
+            args.append(f"floats[{j}][{pos}]" if pos is not None else f"ints[{j}]['{i['name']}']")
+        lines.append(f"    o = {p['main']['name']}({', '.join(args)})")
+        lines.append("    outs.append(o)")
+        lines.append(f"    losses.append(sum(lantern.sum(lantern.astype(a, 'float64') * w) "
+                     f"for a, w in zip(o, weights[{j}])))")
+    lines.append("    return outs, lantern.stack(losses)")
+    lines.append("")
+    lines.append("@lantern.stage")
+    lines.append("def batch(floats, ints, weights):")
+    lines.append("    outs, losses = _losses(floats, ints, weights)")
+    lines.append("    grads = lantern.grad(lambda f: lantern.sum(_losses(f, ints, weights)[1]))(floats)")
+    lines.append("    return outs, losses, grads")
+    return "\n".join(lines) + "\n"
+
+
+def arguments(programs: list[Program]) -> tuple:
+    """The ``batch`` arguments: per-program float inputs, int inputs and loss weights."""
+    floats = tuple(tuple(np.asarray(i["value"], np.float64).reshape(i["shape"]) for i in p["inputs"]
+                         if i["kind"] == "float") for p in programs)
+    ints = tuple({i["name"]: np.asarray(i["value"], np.int64).reshape(i["shape"]) for i in p["inputs"]
+                  if i["kind"] == "int"} for p in programs)
+    weights = tuple(tuple(np.cos(np.arange(math.prod(s)) * 1.3 + 0.4 + k).reshape(s)
+                          for k, s in enumerate(output_shapes(p))) for p in programs)
+    return floats, ints, weights
+
+
+def output_shapes(p: Program) -> list[Shape]:
+    """Shapes of the main function's results (from the statements' declared types)."""
+    types: dict[str, Shape] = {}
+    for i in p["inputs"]:
+        types[i["name"]] = tuple(i["shape"])
+    for s in _walk(p["main"]["body"]):
+        if s["k"] == "let":
+            types[s["out"]] = tuple(s["shape"])
+        else:
+            types.update({o["name"]: tuple(o["shape"]) for o in s["outs"]})
+    return [types[r] for r in p["main"]["res"]]
+
+
+def _walk(stmts: list):
+    """Every statement, nested bodies included (pre-order)."""
+    for s in stmts:
+        yield s
+        for key in ("then", "else_", "body"):
+            if key in s:
+                yield from _walk(s[key])
+
+
+def _all_statements(p: Program):
+    for fn in p["functions"] + [p["main"]]:
+        yield from _walk(fn["body"])
+
+
+def coverage(programs: list[Program]) -> Counter:
+    """How often each op and control-flow form occurs."""
+    c: Counter = Counter()
+    for p in programs:
+        for s in _all_statements(p):
+            c[s["op"] if s["k"] == "let" else s["k"]] += 1
+        for fn in p["functions"]:
+            if any(s["k"] == "call" and s["fn"] == fn["name"] for s in _walk(fn["body"])):
+                c["recursion"] += 1
+        c[p["dtype"]] += 1
+    return c
+
+
+# ------------------------------------------------------------------ checking
+
+@dataclass
+class Failure:
+    """One program that failed a check: ``stage`` says which (trace, run, forward, grad, fd)."""
+
+    seed: int
+    index: int
+    stage: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"program (seed {self.seed}, index {self.index}) failed [{self.stage}]: {self.message}"
+
+
+@dataclass
+class Report:
+    """What :func:`check_programs` saw: programs run, finite-difference checks done and skipped."""
+
+    programs: int = 0
+    fd_checked: int = 0
+    fd_skipped: int = 0  # the difference quotient was not stable (a kink or branch along the direction)
+    failures: list[Failure] = field(default_factory=list)
+
+
+#: Native vs interpreter: relative tolerance and absolute tolerance relative to the leaf's magnitude.
+TOLERANCES = {"float64": (1e-9, 1e-10), "float32": (1e-4, 1e-5)}
+FD_STEPS = (1e-5, 5e-6)
+
+
+def load_batch(programs: list[Program]) -> Callable[..., Any]:
+    """Render, compile (Python) and return the staged ``batch`` function of ``programs``."""
+    import linecache
+    src = render(programs)
+    fname = f"<lantern-fuzz {programs[0]['seed']}:{programs[0]['index']}+{len(programs)}>"
+    linecache.cache[fname] = (len(src), None, src.splitlines(True), fname)  # source lines in error messages
+    ns: dict[str, Any] = {"__name__": "lantern_fuzz_batch"}
+    exec(compile(src, fname, "exec"), ns)  # noqa: S102 (the source is generated here)
+    return ns["batch"]
+
+
+def _compare(actual: Any, expected: Any, dtype: str, what: str) -> None:
+    from .testing import assert_trees_close
+    from .tree import flatten
+    rtol, arel = TOLERANCES[dtype]
+    a_leaves, e_leaves = flatten(actual)[0], flatten(expected)[0]
+    assert len(a_leaves) == len(e_leaves), f"{what}: {len(a_leaves)} leaves != {len(e_leaves)}"
+    for i, (a, e) in enumerate(zip(a_leaves, e_leaves)):
+        e = np.asarray(e)
+        scale = float(np.max(np.abs(e), initial=1.0)) if e.dtype.kind == "f" and np.all(np.isfinite(e)) else 1.0
+        assert_trees_close(a, e, rtol=rtol, atol=arel * scale, what=f"{what} leaf {i}")
+
+
+def check_programs(programs: list[Program], fd: bool = True) -> Report:
+    """Compile ``programs`` as one staged function and check each (see the module docstring).
+
+    A failure of the whole batch (tracing or compiling) is narrowed down by checking the
+    programs one at a time.
+    """
+    report = Report(programs=len(programs))
+    args = arguments(programs)
+    try:
+        exe = load_batch(programs).lower(*args)
+        native = exe(*args)
+    except Exception as exc:  # noqa: BLE001 (any exception is a finding)
+        if len(programs) > 1:
+            for p in programs:
+                sub = check_programs([p], fd)
+                report.fd_checked += sub.fd_checked
+                report.fd_skipped += sub.fd_skipped
+                report.failures += sub.failures
+            return report
+        p = programs[0]
+        report.failures.append(Failure(p["seed"], p["index"], type(exc).__name__, _describe(exc)))
+        return report
+    refs = {}
+    for optimized in (False, True):
+        try:
+            refs[optimized] = exe.interpret(*args, optimized=optimized)
+        except Exception as exc:  # noqa: BLE001
+            for p in programs:
+                report.failures.append(Failure(p["seed"], p["index"], "interpret", _describe(exc)))
+            return report
+    outs, losses, grads = native
+    for j, p in enumerate(programs):
+        try:
+            for optimized, ref in refs.items():
+                what = "optimized IR" if optimized else "traced IR"
+                _compare(outs[j], ref[0][j], p["dtype"], f"outputs: native vs interpreter on the {what}")
+                _compare(losses[j], ref[1][j], "float64" if p["dtype"] == "float64" else p["dtype"],
+                         f"loss: native vs interpreter on the {what}")
+        except AssertionError as exc:
+            report.failures.append(Failure(p["seed"], p["index"], "forward", str(exc)))
+            continue
+        try:
+            for optimized, ref in refs.items():
+                what = "optimized IR" if optimized else "traced IR"
+                _compare(grads[j], ref[2][j], p["dtype"], f"gradient: native vs interpreter on the {what}")
+        except AssertionError as exc:
+            report.failures.append(Failure(p["seed"], p["index"], "grad", str(exc)))
+    if fd:
+        _check_fd(exe, programs, args, native, report)
+    return report
+
+
+def _check_fd(exe: Any, programs: list[Program], args: tuple, native: Any, report: Report) -> None:
+    """Each float64 program's gradient along a random direction vs central differences of its loss."""
+    floats, ints, weights = args
+    outs, losses, grads = native
+    rng = np.random.default_rng(12345)
+    dirs = tuple(tuple(rng.standard_normal(x.shape) for x in fl) for fl in floats)
+    quotients = []
+    for h in FD_STEPS:
+        plus = tuple(tuple(x + h * u for x, u in zip(fl, du)) for fl, du in zip(floats, dirs))
+        minus = tuple(tuple(x - h * u for x, u in zip(fl, du)) for fl, du in zip(floats, dirs))
+        quotients.append((np.asarray(exe(plus, ints, weights)[1]) - np.asarray(exe(minus, ints, weights)[1])) / (2 * h))
+    failed = {(f.seed, f.index) for f in report.failures}
+    for j, p in enumerate(programs):
+        if p["dtype"] != "float64" or (p["seed"], p["index"]) in failed:
+            continue
+        terms = [np.asarray(g) * u for g, u in zip(grads[j], dirs[j])]
+        analytic = float(sum(np.sum(t) for t in terms))
+        size = float(sum(np.sum(np.abs(np.asarray(o, np.float64) * w)) for o, w in zip(outs[j], weights[j])))
+        n1, n2 = float(quotients[0][j]), float(quotients[1][j])
+        tol = 1e-6 * (abs(n2) + float(sum(np.sum(np.abs(t)) for t in terms))) + 1e-8 * (1.0 + size)
+        if not (math.isfinite(n1) and math.isfinite(n2)) or abs(n1 - n2) > tol:
+            report.fd_skipped += 1
+            continue
+        report.fd_checked += 1
+        if not abs(analytic - n2) <= tol:
+            report.failures.append(Failure(p["seed"], p["index"], "fd",
+                                           f"gradient . u = {analytic!r} but the central difference is {n2!r} "
+                                           f"(h={FD_STEPS[1]}; {n1!r} at h={FD_STEPS[0]}; tolerance {tol:.3g})"))
+
+
+def _describe(exc: BaseException) -> str:
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {tb[-1].filename}:{tb[-1].lineno})" if tb else ""
+    return f"{type(exc).__name__}: {str(exc)[:2000]}{where}"
+
+
+# ------------------------------------------------------------------ shrinking and saving
+
+def _names_used(p: Program) -> set[str]:
+    """Every name some statement, function result or call reads."""
+    used: set[str] = set()
+    for fn in p["functions"] + [p["main"]]:
+        used.update(fn["res"])
+        for s in _walk(fn["body"]):
+            for key in ("args", "pred_args", "hi_args", "init", "res", "then_res", "else_res"):
+                used.update(s.get(key, []))
+            if s["k"] == "call":
+                used.add(s["fn"])
+    return used
+
+
+def _prune(p: Program) -> Program:
+    """Drop dead statements, uncalled functions and unread inputs (to a fixed point)."""
+    while True:
+        used = _names_used(p)
+        changed = False
+
+        def keep(s: dict) -> bool:
+            outs = [s["out"]] if s["k"] == "let" else [o["name"] for o in s["outs"]]
+            return any(o in used for o in outs)
+
+        def prune_block(stmts: list) -> list:
+            nonlocal changed
+            kept = []
+            for s in stmts:
+                if not keep(s):
+                    changed = True
+                    continue
+                for key in ("then", "else_", "body"):
+                    if key in s:
+                        s[key] = prune_block(s[key])
+                kept.append(s)
+            return kept
+
+        for fn in p["functions"] + [p["main"]]:
+            fn["body"] = prune_block(fn["body"])
+        fns = [f for f in p["functions"] if f["name"] in used]
+        inputs = [i for i in p["inputs"] if i["name"] in used]
+        changed |= len(fns) != len(p["functions"]) or len(inputs) != len(p["inputs"])
+        p["functions"], p["inputs"] = fns, inputs
+        p["main"]["params"] = [{"name": i["name"]} for i in inputs]
+        if not changed:
+            return p
+
+
+def _statement_paths(p: Program) -> list[tuple]:
+    """Addresses (function index, then list keys and positions) of every statement, last first."""
+    paths: list[tuple] = []
+
+    def walk(stmts: list, prefix: tuple) -> None:
+        for i, s in enumerate(stmts):
+            paths.append(prefix + (i,))
+            for key in ("then", "else_", "body"):
+                if key in s:
+                    walk(s[key], prefix + (i, key))
+
+    for f, fn in enumerate(p["functions"] + [p["main"]]):
+        walk(fn["body"], (f, "body"))
+    return paths[::-1]
+
+
+def _at(p: Program, path: tuple) -> tuple[list, int]:
+    fns = p["functions"] + [p["main"]]
+    node: Any = fns[path[0]]
+    for key in path[1:-1]:
+        node = node[key]
+    return node, path[-1]
+
+
+def _candidates(p: Program):
+    """Smaller variants of ``p``: fewer outputs, one statement replaced by zeros of its type."""
+    res = p["main"]["res"]
+    for i in range(len(res)):
+        if len(res) > 1:
+            q = copy.deepcopy(p)
+            del q["main"]["res"][i]
+            yield q
+    for path in _statement_paths(p):
+        q = copy.deepcopy(p)
+        stmts, i = _at(q, path)
+        s = stmts[i]
+        if s.get("pin") or s["k"] == "zeros":
+            continue
+        outs = [{"name": s["out"], "shape": s["shape"], "dtype": s["dtype"]}] if s["k"] == "let" else s["outs"]
+        stmts[i] = {"k": "zeros", "outs": outs}
+        yield q
+        if s["k"] in ("cond", "fori", "while"):  # or keep the form and empty its bodies
+            for key in ("then", "else_", "body"):
+                if key in s and s[key]:
+                    q = copy.deepcopy(p)
+                    stmts, i = _at(q, path)
+                    kept = stmts[i][key][-1:]
+                    if len(kept) < len(s[key]):
+                        stmts[i][key] = kept
+                        yield q
+
+
+def shrink(p: Program, still_fails: Callable[[Program], bool], budget_s: float = 120.0) -> Program:
+    """Greedily replace statements by zeros and drop dead code while ``still_fails``."""
+    deadline = time.monotonic() + budget_s
+    p = _prune(copy.deepcopy(p))
+    progress = True
+    while progress and time.monotonic() < deadline:
+        progress = False
+        for q in _candidates(p):
+            if time.monotonic() > deadline:
+                break
+            q = _prune(q)
+            if _size(q) < _size(p) and still_fails(q):
+                p, progress = q, True
+                break
+    return p
+
+
+def _size(p: Program) -> int:
+    return sum(1 for _ in _all_statements(p)) + sum(s["k"] != "zeros" for s in _all_statements(p)) + len(
+        p["main"]["res"])
+
+
+def same_failure(failure: Failure, fd: bool = True) -> Callable[[Program], bool]:
+    """A predicate: the program still fails at the same stage."""
+    def check(q: Program) -> bool:
+        try:
+            return any(f.stage == failure.stage for f in check_programs([q], fd).failures)
+        except Exception:  # noqa: BLE001 (rendering a broken variant)
+            return False
+    return check
+
+
+def save_regression(p: Program, failure: Failure, directory: Path) -> Path:
+    """Write ``p`` (and what it failed, and its rendered source for reading) as JSON."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"seed{p['seed']}_{p['index']}.json"
+    record = {"failure": {"stage": failure.stage, "message": failure.message[:4000]},
+              "source": render([p]).splitlines(), "program": p}
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def load_regression(path: Path) -> dict:
+    """A saved regression: ``program``, ``failure`` and optionally ``xfail`` (a reason)."""
+    return json.loads(Path(path).read_text())
+
+
+# ------------------------------------------------------------------ campaign
+
+def run_campaign(count: int, seed: int, batch: int = 10, save_dir: Path | None = None, shrink_s: float = 120.0,
+                 start: int = 0, time_limit: float | None = None, out: Any = sys.stdout) -> tuple[Report, Counter]:
+    """Check programs ``start .. start+count`` of ``seed`` in batches; shrink and save failures."""
+    total = Report()
+    cov: Counter = Counter()
+    t0 = time.monotonic()
+    for lo in range(start, start + count, batch):
+        if time_limit is not None and time.monotonic() - t0 > time_limit:
+            print(f"time limit reached after {total.programs} programs", file=out)
+            break
+        programs = [generate(seed, i) for i in range(lo, min(start + count, lo + batch))]
+        cov += coverage(programs)
+        rep = check_programs(programs)
+        total.programs += rep.programs
+        total.fd_checked += rep.fd_checked
+        total.fd_skipped += rep.fd_skipped
+        for f in rep.failures:
+            total.failures.append(f)
+            print(f"FAIL {f}"[:3000], file=out)
+            if save_dir is not None:
+                small = shrink(programs[f.index - lo], same_failure(f), shrink_s)
+                path = save_regression(small, f, save_dir)
+                print(f"  shrunk to {_size(small)} (from {_size(programs[f.index - lo])}), saved {path}", file=out)
+        print(f"[{time.monotonic() - t0:7.1f}s] {total.programs} programs, {len(total.failures)} failures, "
+              f"fd checked {total.fd_checked} skipped {total.fd_skipped}", file=out, flush=True)
+    return total, cov
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lantern.fuzz", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--count", type=int, default=200, help="programs to generate and check")
+    ap.add_argument("--seed", type=int, default=0, help="campaign seed (program i of seed s is reproducible)")
+    ap.add_argument("--start", type=int, default=0, help="first program index")
+    ap.add_argument("--batch", type=int, default=10, help="programs compiled together as one C file")
+    ap.add_argument("--save-dir", type=Path, default=None, help="shrink failures and save them here as JSON")
+    ap.add_argument("--shrink-seconds", type=float, default=120.0)
+    ap.add_argument("--time-limit", type=float, default=None, help="stop starting batches after this many seconds")
+    ap.add_argument("--show", type=int, default=None, metavar="INDEX", help="print program INDEX's source and exit")
+    a = ap.parse_args(argv)
+    if a.show is not None:
+        print(render([generate(a.seed, a.show)]))
+        return 0
+    report, cov = run_campaign(a.count, a.seed, a.batch, a.save_dir, a.shrink_seconds, a.start, a.time_limit)
+    print(f"{report.programs} programs: {len(report.failures)} failures; gradient vs finite differences checked "
+          f"on {report.fd_checked}, skipped {report.fd_skipped} (not smooth along the direction)")
+    print("coverage: " + ", ".join(f"{k} {v}" for k, v in sorted(cov.items(), key=lambda kv: -kv[1])))
+    return 1 if report.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
