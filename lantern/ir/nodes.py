@@ -244,9 +244,11 @@ def free_vars(block: Block) -> list[Var]:
             for v in stmt.operands():
                 if v.id not in defined:
                     seen.setdefault(v.id, v)
+            # Outputs are defined before the nested blocks are visited: a Lambda is letrec (a
+            # loop continuation applies itself), so its own name inside its body is not free.
+            defined.update(o.id for o in stmt.outs)
             for inner in stmt.blocks():
                 visit(inner)
-            defined.update(o.id for o in stmt.outs)
         for v in b.results:
             if v.id not in defined:
                 seen.setdefault(v.id, v)
