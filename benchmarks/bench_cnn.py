@@ -4,10 +4,11 @@ The model of PyTorch's MNIST example as in Lantern's NeurIPS'18 evaluation: conv
 maxpool 2, relu, conv 10->20 5x5, maxpool 2, relu, fc 320->50, relu, fc 50->10,
 cross-entropy (mean over the batch), batch 100, plain SGD lr 0.01.
 
-Data: deterministic synthetic MNIST-shaped images (28x28, 10 classes; each class is a
-Gaussian blob at its own place on a 2x5 grid plus a class-specific stroke, then noise), so
-nothing is downloaded and the task is learnable. Real MNIST is read when given local IDX
-files: ``--mnist-images train-images-idx3-ubyte --mnist-labels train-labels-idx1-ubyte``.
+Data: ``lantern.data.synthetic_mnist``, deterministic synthetic MNIST-shaped images (28x28,
+10 classes; each class is a Gaussian blob at its own place on a 2x5 grid plus a
+class-specific stroke, then noise), so nothing is downloaded and the task is learnable. Real
+MNIST is read (``lantern.data.load_mnist``) when given local IDX files:
+``--mnist-images train-images-idx3-ubyte --mnist-labels train-labels-idx1-ubyte``.
 
 Parameters are made once with ``lantern.nn`` (PyTorch's initialisation and layouts) and
 converted for every framework.
@@ -16,7 +17,6 @@ converted for every framework.
 """
 from __future__ import annotations
 
-import gzip
 import sys
 from pathlib import Path
 
@@ -25,47 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
+from lantern.data import load_mnist, synthetic_mnist  # noqa: E402
+
 BATCH, LR = 100, 0.01
-MEAN, STD = 0.1307, 0.3081
-
-
-# ---------------------------------------------------------------------------- data
-def synthetic_mnist(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` images ``[n, 1, 28, 28]`` float32 (normalised) and int64 labels, deterministic."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:28, 0:28].astype(np.float32)
-    templates = []
-    for k in range(10):
-        cy, cx = 7 + 14 * (k // 5), 4 + 5 * (k % 5)
-        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 18.0)
-        stroke = np.exp(-((np.cos(k) * (yy - 14) + np.sin(k) * (xx - 14)) ** 2) / 4.0)
-        templates.append(blob + 0.5 * stroke)
-    templates = np.stack(templates)
-    labels = rng.integers(0, 10, n).astype(np.int64)
-    shift = rng.integers(-2, 3, (n, 2))
-    images = np.empty((n, 28, 28), np.float32)
-    for i in range(n):
-        images[i] = np.roll(templates[labels[i]], tuple(shift[i]), axis=(0, 1))
-    images += 0.3 * rng.standard_normal(images.shape).astype(np.float32)
-    images = np.clip(images, 0.0, 1.0)
-    return ((images - MEAN) / STD).astype(np.float32)[:, None], labels
-
-
-def read_idx(path: str) -> np.ndarray:
-    """An IDX file (optionally gzipped) as a uint8 array."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if data[2] != 0x08:
-        raise ValueError(f"{path}: expected unsigned-byte IDX data")
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def real_mnist(images: str, labels: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    x = read_idx(images)[:n].astype(np.float32) / 255.0
-    return ((x - MEAN) / STD).astype(np.float32)[:, None], read_idx(labels)[:n].astype(np.int64)
 
 
 def init_params() -> dict[str, dict[str, np.ndarray]]:
@@ -172,7 +134,7 @@ def main() -> None:
     steps = 3 if args.quick else 20
     batches_n = 3 if args.quick else 60
     if args.mnist_images and args.mnist_labels:
-        x, y = real_mnist(args.mnist_images, args.mnist_labels, BATCH * batches_n)
+        x, y = load_mnist(args.mnist_images, args.mnist_labels, BATCH * batches_n)
         data = "MNIST (local IDX)"
     else:
         x, y = synthetic_mnist(BATCH * batches_n)

@@ -4,11 +4,12 @@ Settings of Lantern's NeurIPS'18 TreeLSTM benchmark: frozen 300-d embeddings, hi
 5 classes predicted at every node (cross-entropy summed over the nodes of a tree), Adagrad
 lr 0.05, batch 1 tree.
 
-Trees are deterministic and need no download: sentences of ``pydoc_data.topics`` (4 to 20
-words), each binarized as a balanced tree (split at the middle); a node's label is the
-total length of the words it spans modulo 5. Nodes are numbered in pre-order (root 0,
-children after their parent) and stored as child-index arrays (``-1`` for a leaf) padded
-to ``MAX_NODES``, so every tree is the same signature (one compiled kernel).
+Trees are deterministic and need no download (``lantern.data.sentence_trees``): sentences of
+``pydoc_data.topics`` (4 to 20 words), each binarized as a balanced tree (split at the
+middle); a node's label is the total length of the words it spans modulo 5. Nodes are
+numbered in pre-order (root 0, children after their parent) and stored as child-index
+arrays (``-1`` for a leaf) padded to ``MAX_NODES``, so every tree is the same signature
+(one compiled kernel).
 
 * Lantern: a recursive staged function over the child-index arrays, differentiated in CPS
   (the recursion becomes a recursive C function taking its continuation);
@@ -29,7 +30,6 @@ Model (``H = 150``)::
 """
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -45,39 +45,11 @@ MAX_NODES = 2 * MAX_WORDS - 1
 
 # ---------------------------------------------------------------------------- data
 def make_trees(count: int) -> tuple[int, list[dict[str, np.ndarray]]]:
-    """``count`` binarized sentences: (vocabulary size, list of padded tree arrays)."""
-    from lantern.data import text_corpus
-    sentences = []
-    for s in re.split(r"(?<=[.!?])\s+", text_corpus()):
-        words = re.findall(r"[a-z]+", s.lower())
-        if MIN_WORDS <= len(words) <= MAX_WORDS:
-            sentences.append(words)
-        if len(sentences) == count:
-            break
-    vocab = {w: i for i, w in enumerate(sorted({w for s in sentences for w in s}))}
-    trees = []
-    for words in sentences:
-        left, right, word, label = [], [], [], []
-
-        def build(lo: int, hi: int) -> int:  # words[lo:hi]; returns the node's index (pre-order)
-            k = len(left)
-            left.append(-1), right.append(-1), word.append(0)
-            label.append(sum(len(w) for w in words[lo:hi]) % CLASSES)
-            if hi - lo == 1:
-                word[k] = vocab[words[lo]]
-            else:
-                mid = (lo + hi + 1) // 2
-                left[k] = build(lo, mid)
-                right[k] = build(mid, hi)
-            return k
-
-        build(0, len(words))
-        n = len(left)
-        pad = MAX_NODES - n
-        trees.append({"left": np.array(left + [-1] * pad, np.int64), "right": np.array(right + [-1] * pad, np.int64),
-                      "words": np.array(word + [0] * pad, np.int64), "labels": np.array(label + [0] * pad, np.int64),
-                      "mask": np.array([1.0] * n + [0.0] * pad, np.float32), "n": n})
-    return len(vocab), trees
+    """``count`` binarized sentences (``lantern.data.sentence_trees``): (vocabulary size, padded trees)."""
+    from lantern.data import sentence_trees
+    vocabulary, trees = sentence_trees(count, CLASSES, MIN_WORDS, MAX_WORDS)
+    assert all(len(t["left"]) == MAX_NODES for t in trees)
+    return len(vocabulary), trees
 
 
 def init_params(vocab: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:

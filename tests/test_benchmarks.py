@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,3 +71,70 @@ def test_unknown_framework_is_an_error():
     proc = subprocess.run([sys.executable, "benchmarks/bench_cnn.py", "--quick", "--frameworks", "tensorflow"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown frameworks" in proc.stderr
+
+
+# ------------------------------------------------------------------ the benchmark models train
+# Short training runs of each benchmark's own Lantern step (the code the benchmarks time),
+# on the library's data: the loss goes down.
+
+@pytest.fixture
+def bench_modules(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_cnn
+    import bench_treelstm
+    import charlm
+    return charlm, bench_treelstm, bench_cnn
+
+
+def epoch_means(epochs, batches, step_once):
+    return [float(np.mean([step_once(b) for b in batches])) for _ in range(epochs)]
+
+
+@pytest.mark.parametrize("model", ["rnn", "lstm"])
+def test_char_model_trains(bench_modules, model):
+    charlm = bench_modules[0]
+    vocab, batches = charlm.make_data(10, 4, 8)  # seq 10, batch 4, 8 batches of pydoc_data.topics
+    s = {"p": charlm.init_params(model, vocab, 32), "h": charlm.zero_state(model, 4, 32)}
+    s["m"] = {k: np.zeros_like(v) for k, v in s["p"].items()}
+    step = charlm.lantern_step(model)
+
+    def once(batch):
+        s["p"], s["m"], loss, s["h"] = step(s["p"], s["m"], *batch, s["h"])
+        return loss
+
+    losses = epoch_means(5, batches, once)
+    assert np.log(vocab) - 1.0 < losses[0] < np.log(vocab) + 0.1  # starts near chance
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.7 * losses[0], losses
+
+
+def test_treelstm_trains(bench_modules):
+    bt = bench_modules[1]
+    vocab, trees = bt.make_trees(10)
+    emb, params = bt.init_params(vocab)
+    step, opt = bt.lantern_step()
+    s = {"p": params, "a": opt.init(params)}
+
+    def once(t):
+        s["p"], s["a"], loss = step(s["p"], s["a"], emb, t["words"], t["left"], t["right"], t["labels"])
+        return loss
+
+    losses = epoch_means(3, trees, once)
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.6 * losses[0], losses
+
+
+def test_cnn_trains(bench_modules, monkeypatch):
+    from lantern.data import synthetic_mnist
+    bc = bench_modules[2]
+    monkeypatch.setattr(bc, "LR", 0.1)  # the benchmark's lr 0.01 needs more steps than a test should take
+    x, y = synthetic_mnist(200)
+    params = bc.init_params()
+    step, opt = bc.lantern_step()
+    s = {"p": params, "v": opt.init(params)}
+
+    def once(b):
+        s["p"], s["v"], loss = step(s["p"], s["v"], x[b:b + 50], y[b:b + 50])
+        return loss
+
+    losses = epoch_means(5, range(0, 200, 50), once)
+    assert losses[0] == pytest.approx(np.log(10), abs=0.1)
+    assert losses[-1] < 0.5 * losses[0], losses
