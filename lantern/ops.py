@@ -6,6 +6,7 @@ stays float32), by asking NumPy itself what a ufunc would return.
 from __future__ import annotations
 
 import builtins
+import math
 from math import prod
 from typing import Any, Callable, Sequence
 
@@ -594,7 +595,11 @@ def arange(start: Scalar, stop: Scalar | None = None, step: Scalar = 1, dtype: A
             raise with_location(TraceError, "arange: bounds must be Python numbers (shapes are static)")
     if stop is None:
         start, stop = 0, start
-    n = len(np.arange(start, stop, step))
+    if step == 0:
+        raise with_location(ShapeError, "arange: step must not be zero")
+    # NumPy's length formula, without building the array (arange(2**40) is a trace-time size error)
+    n = builtins.max(0, math.ceil((stop - start) / step)) if not builtins.all(
+        isinstance(v, (int, np.integer)) for v in (start, stop, step)) else len(range(start, stop, step))
     all_ints = builtins.all(isinstance(v, (int, np.integer)) for v in (start, stop, step))
     dt = canonical_dtype(dtype if dtype is not None else ("int64" if all_ints else "float32"))
     return _emit(frame, "iota", [], hint="arange", n=n, start=start, step=step, dtype=dt)

@@ -227,6 +227,12 @@ class Executable:
     def _checked_call(self, args: tuple) -> Any:
         leaves, treedef = flatten(args)
         if treedef != self.in_treedef:
+            # name the first parameter whose structure differs (a list or None where an array goes)
+            for pname, got, want in zip(self._param_names, treedef.children, self.in_treedef.children):
+                if got != want:
+                    value = args[self._param_names.index(pname)]
+                    raise ArgumentError(f"argument {pname}: expected the structure {want} ('*' is an array or "
+                                        f"number), got {got}: {type(value).__name__} {_short_repr(value)}")
             raise ArgumentError(f"{self.name}: arguments have structure {treedef}, expected {self.in_treedef}")
         for i, (key, leaf) in enumerate(zip(self._leaf_keys, leaves)):
             if key[0] == "static":
