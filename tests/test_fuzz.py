@@ -35,3 +35,18 @@ def test_while_loop_after_cond_in_gradient():
     x = np.array([0.3, -1.2, 0.7])
     for n in (0, 1):
         check_grads(loss, x, np.int64(n), np.int64(2))
+
+
+def test_grad_through_cond_without_its_value():
+    # lantern.grad (not value_and_grad) through a cond: the If is kept for its accumulations but
+    # its value (the loss) is unused; C said "set but not used" (an error under -Werror).
+    def loss(x):
+        y = lantern.cond(x.mean() < 0.1, lambda: x * 2.0, lambda: x * 3.0)
+        return lantern.min(y) + lantern.sum(y * y)
+
+    for x in (np.array([0.5, 0.2, -0.3]), np.array([-0.5, 0.2, -0.3])):
+        exe = lantern.stage(lambda x: lantern.grad(loss)(x)).lower(x)
+        scale = 2.0 if x.mean() < 0.1 else 3.0
+        y = x * scale
+        np.testing.assert_allclose(exe(x), scale * ((y == y.min()) + 2 * y), rtol=1e-12)
+        check_grads(loss, x)
