@@ -269,9 +269,9 @@ class Conv2d(Layer):
     Parameters ``{"weight": [out, in, kh, kw], "bias": [out]}``, uniform in ``±1/sqrt(in*kh*kw)``
     as PyTorch. Computed as im2col followed by one matrix product
     ``weight[out, in*kh*kw] @ columns[in*kh*kw, OH*OW*N]`` (BLAS when large). The columns come
-    from two gathers with small constant indices (kernel rows, then kernel columns, strides
-    included) of the zero-padded input, not one slice per kernel offset, so the generated C and
-    its compile time do not grow with the kernel size. Input ``[N, C, H, W]`` or ``[C, H, W]``.
+    from one gather of whole rows of N values of the zero-padded input, with an index computed
+    in the generated code, not one slice per kernel offset, so the generated C and its compile
+    time do not grow with the kernel size. Input ``[N, C, H, W]`` or ``[C, H, W]``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
@@ -314,14 +314,19 @@ class Conv2d(Layer):
         n, c = x.shape[:2]
         out_ch = w.shape[0]
         oh, ow = (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
-        # im2col in a handful of whole-array operations (so the C stays small whatever the
-        # kernel size): batch last, [C, H, W, N], so every gathered row is N contiguous values;
-        # pad; gather the kernel rows, then the kernel columns; order as [C, kh, kw, OH, OW, N].
+        # im2col as one gather (so the C stays small whatever the kernel size): batch last,
+        # [C, H*W, N] padded, so every gathered row is N contiguous values; the rows, ordered
+        # [kh, kw, OH, OW], are pixel (i*sh + di, j*sw + dj) of window (i, j) at kernel offset
+        # (di, dj). The index is computed in the generated code (a constant would put
+        # kh*kw*OH*OW numbers in the C text), and the gather's gradient is one scatter-add.
         xt = ops.transpose(x, (1, 2, 3, 0))
         xt = _pad(_pad(xt, 1, ph), 2, pw)
-        xt = _gather_windows(_gather_windows(xt, 1, kh, sh, oh), 2, kw, sw, ow)  # [C, kh*OH, kw*OW, N]
-        xt = ops.transpose(ops.reshape(xt, (c, kh, oh, kw, ow, n)), (0, 1, 3, 2, 4, 5))
-        cols = ops.reshape(xt, (c * kh * kw, oh * ow * n))
+        wp = xt.shape[2]
+        xt = ops.reshape(xt, (c, xt.shape[1] * wp, n))
+        down = ops.reshape(ops.arange(kh), (kh, 1, 1, 1)) + ops.reshape(ops.arange(0, oh * sh, sh), (1, 1, oh, 1))
+        across = ops.reshape(ops.arange(kw), (1, kw, 1, 1)) + ops.reshape(ops.arange(0, ow * sw, sw), (1, 1, 1, ow))
+        idx = ops.reshape(down * wp + across, (kh * kw * oh * ow,))
+        cols = ops.reshape(ops.take(xt, idx, axis=1), (c * kh * kw, oh * ow * n))  # [C, kh*kw*OH*OW, N]
         y = ops.matmul(ops.reshape(w, (out_ch, c * kh * kw)), cols)  # [out, OH*OW*N]: one product
         if self.bias:
             y = y + ops.expand_dims(ops.asarray(params["bias"]), 1)
