@@ -45,6 +45,23 @@ class CompileError(LanternError, RuntimeError):
         self.compiler_output = compiler_output
 
 
+class CompilerNotFoundError(CompileError):
+    """No C compiler could be run: ``cc`` is not on ``PATH``, or ``$CC`` names no executable."""
+
+
+class CompilerTimeoutError(CompileError):
+    """The C compiler ran longer than ``$LANTERN_CC_TIMEOUT`` seconds and was stopped."""
+
+
+class LanternWarning(UserWarning):
+    """Base class of the warnings lantern gives (something was worked around, not a failure)."""
+
+
+class CacheWarning(LanternWarning):
+    """The compile cache could not be used as configured (a temporary one is used), or an entry
+    in it was damaged or not the user's (it is rebuilt)."""
+
+
 class OutOfBoundsError(LanternError, IndexError):
     """An index out of bounds: a static one while tracing, or a staged one at run time."""
 
