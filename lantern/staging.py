@@ -300,7 +300,7 @@ class Staged:
     def __init__(self, fn: Callable[..., Any], name: str | None = None, options: dict[str, Any] | None = None):
         if not callable(fn):
             raise ArgumentError(f"stage: expected a function, got {type(fn).__name__} {_short_repr(fn)}")
-        functools.update_wrapper(self, fn)
+        functools.update_wrapper(self, fn, updated=())  # not fn.__dict__: a grad wrapper's .lower would shadow ours
         self.fn = fn
         self.name = name or getattr(fn, "__name__", "staged")
         #: the checks compiled into every signature's C (see :func:`stage_options`)

@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 
 import lantern
-
-HERE = os.path.basename(__file__)
+from test_control_flow import chain_tree, tree_sum  # a recursive sum over child-index arrays
 
 
 # ---------------------------------------------------------------- staged functions under test
@@ -54,39 +53,12 @@ def _take_loss_axis1(w, idx):
     return lantern.sum(lantern.take(w, idx, axis=1) ** 2)
 
 
-@lantern.stage
-def tree_sum(left, right, vals, node):
-    return lantern.cond(left[node] < 0,
-                        lambda: vals[node],
-                        lambda: vals[node] + tree_sum(left, right, vals, left[node])
-                        + tree_sum(left, right, vals, right[node]))
-
-
 def _root(left, right, vals):
     return tree_sum(left, right, vals, lantern.asarray(0))
 
 
 tree_root = lantern.stage(_root)
 tree_root_limited = lantern.stage(_root, max_depth=50)
-
-
-def _tree_ref(left, right, vals, node=0):
-    total, stack = 0.0, [node]
-    while stack:
-        k = stack.pop()
-        total += vals[k]
-        if left[k] >= 0:
-            stack += [left[k], right[k]]
-    return total
-
-
-def chain_tree(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Depth n: node k's right child is k + 1, its left child a leaf."""
-    left = np.full(2 * n + 1, -1, np.int64)
-    right = np.full(2 * n + 1, -1, np.int64)
-    for k in range(n):
-        left[k], right[k] = n + 1 + k, k + 1
-    return left, right
 
 
 X = np.arange(12, dtype=np.float32).reshape(3, 4)  # integer values: float sums are exact
@@ -312,7 +284,7 @@ CASES = [
     Case("tree: depth 40 under max_depth=50", "recursion", lambda: tree_root_limited(*chain_tree(40), np.ones(81)),
          expected=lambda: np.float64(81.0)),
     Case("tree: depth 60 over max_depth=50", "recursion", lambda: tree_root_limited(*chain_tree(60), np.ones(121)),
-         lantern.RecursionDepthError, r"tree_sum \(test_bad_inputs\.py:\d+\): recursion depth 51 exceeds the limit "
+         lantern.RecursionDepthError, r"tree_sum \(test_control_flow\.py:\d+\): recursion depth 51 exceeds the limit "
          r"max_depth=50"),
     Case("tree: max_depth applies to the gradient", "recursion",
          lambda: lantern.grad(tree_root_limited, argnums=2)(*chain_tree(60), np.ones(121)),
@@ -324,10 +296,10 @@ def _check_message(case: Case, exc: BaseException) -> None:
     message = str(exc)
     assert isinstance(exc, lantern.LanternError), f"{type(exc).__name__} is not a lantern error: {message}"
     assert re.search(case.match, message), f"{message!r} does not match {case.match!r}"
-    if case.at_line:
-        m = re.search(rf"{re.escape(HERE)}:(\d+)", message)
-        assert m, f"{message!r} does not name {HERE}:line"
-        assert 0 < int(m.group(1)) <= len(open(__file__).read().splitlines())
+    if case.at_line:  # the user's file (this one, or the recursive function's) and line
+        m = re.search(r"\b(test_\w+\.py):(\d+)", message)
+        assert m, f"{message!r} does not name a file:line"
+        assert 0 < int(m.group(2)) <= len(open(os.path.join(os.path.dirname(__file__), m.group(1))).readlines())
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
@@ -419,7 +391,7 @@ import test_bad_inputs as m
 
 RISKY = {
     "tree with a cycle": ("m.tree_root(np.array([1, 0, -1]), np.array([2, 2, -1]), np.ones(3))",
-                          "RecursionDepthError", r"tree_sum \(test_bad_inputs\.py:\d+\): recursion too deep"),
+                          "RecursionDepthError", r"tree_sum \(test_control_flow\.py:\d+\): recursion too deep"),
     "tree with a cycle, under grad": (
         "lantern.grad(m.tree_root, argnums=2)(np.array([1, 0, -1]), np.array([2, 2, -1]), np.ones(3))",
         "RecursionDepthError", r"tree_sum_cps .*recursion too deep"),
