@@ -38,6 +38,9 @@ BLAS_MIN_MACS = int(os.environ.get("LANTERN_BLAS_MIN_MACS", 4096))
 #: the compiler keeps C's order of operations (no -ffast-math). Needs -fopenmp-simd, not OpenMP.
 SIMD_SUM = "#pragma omp simd reduction(+:acc)"
 
+#: Allocations this large name their value and line in the C, for the out-of-memory message.
+_NAMED_ALLOCATION = 1 << 30
+
 #: Non-elementwise primitives whose result is checked by check_finite (the rest move values).
 _ARITHMETIC = frozenset({"reduce_sum", "matmul", "scatter_add"})
 #: Elementwise primitives that give finite results for finite operands: check_finite skips them
@@ -221,7 +224,11 @@ class FunctionEmitter:
             self.line(f"{self.ctype(v)} {self.name(v)};")
         else:
             self.storage[v.id] = _Storage("pointer", self.name(v))
-            self.line(f"{self.ctype(v)} *{self.name(v)} = lt_alloc({t.nbytes});")
+            if t.nbytes >= _NAMED_ALLOCATION and self.last_loc is not None:
+                site = _c_string(f"{self.name(v)}: {t} at {self.last_loc}: {self.last_loc.text()}")
+                self.line(f"{self.ctype(v)} *{self.name(v)} = lt_alloc_at({t.nbytes}, {site});")
+            else:
+                self.line(f"{self.ctype(v)} *{self.name(v)} = lt_alloc({t.nbytes});")
             self.m.uses_arena = True
 
     def bind_pointer(self, v: Var, expr: str) -> None:

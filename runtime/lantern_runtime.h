@@ -150,6 +150,8 @@ typedef struct {
 } lt_mark_t;
 
 static _Thread_local lt_chunk *lt_arena_first, *lt_arena_current;
+/* The user's line of an allocation of 1 GiB or more (lt_alloc_at), for the out-of-memory message. */
+static _Thread_local const char *lt_alloc_site;
 
 static inline lt_mark_t lt_mark(void)
 {
@@ -176,7 +178,8 @@ __attribute__((cold)) static inline void *lt_alloc_slow(size_t n)
             size = (size_t)1 << 20;
         c = aligned_alloc(64, (sizeof(lt_chunk) + size + 63) & ~(size_t)63);
         if (!c)
-            lt_fail(LT_ERR_MEMORY, "out of memory allocating %zu bytes for intermediates", n);
+            lt_fail(LT_ERR_MEMORY, "out of memory allocating %zu bytes for intermediates%s%s", n,
+                    lt_alloc_site ? " of " : "", lt_alloc_site ? lt_alloc_site : "");
         c->size = size;
         if (lt_arena_current) {
             c->next = lt_arena_current->next;
@@ -214,6 +217,15 @@ static inline void *lt_alloc(size_t n)
         return p;
     }
     return lt_alloc_slow(n);
+}
+
+/* lt_alloc for a value the generated code names (big ones: an out-of-memory report says which). */
+static inline void *lt_alloc_at(size_t n, const char *site)
+{
+    lt_alloc_site = site;
+    void *p = lt_alloc(n);
+    lt_alloc_site = NULL;
+    return p;
 }
 
 /* ------------------------------------------------------------------ scalar helpers */

@@ -405,7 +405,8 @@ RISKY = {
         "RecursionDepthError", r"the gradient's continuation at <string>:\d+: recursion too deep"),
     "intermediates of 2**62 bytes": ("lantern.stage(lambda x: lantern.sum(lantern.zeros((2**30, 2**30)) + x))"
                                      "(np.float32(1))",
-                                     "NativeError", r"out of memory allocating 4611686018427387904 bytes"),
+                                     "NativeError", r"out of memory allocating 4611686018427387904 bytes for "
+                                     r"intermediates of \w+: f32\[1073741824,1073741824\] at <string>:\d+"),
 }
 
 
