@@ -91,7 +91,7 @@ def elementwise_expr(prim: str, in_dtypes: list[str], out_dtype: str, args: list
         case "logical_or":
             return f"{a} || {b}"
         case "where":
-            return f"{a} ? {b} : {args[2]}"
+            return f"lt_where_{SUFFIX[out_dtype]}({a}, {b}, {args[2]})"  # not `?:`: see the runtime header
         case "cast":
             return cast_expr(a, t, out_dtype)
         case "broadcast":

@@ -238,6 +238,18 @@ LT_DEFINE_MINMAX(double, f64)
 LT_DEFINE_MINMAX(int32_t, i32)
 LT_DEFINE_MINMAX(int64_t, i64)
 
+/* where(c, a, b) as a function, so both operands are read before the choice. gcc 12 if-converts
+   `c[i] ? x[i] : 0.0` into an AVX-512 masked load that it miscompiles (wrong elements with a uint8
+   mask and 512-bit vectors, -march=x86-64-v4 or native on AVX-512 machines); plain loads and a
+   select vectorize correctly. Both operands are in bounds: they have the result's shape. */
+#define LT_DEFINE_WHERE(T, SUF) \
+    static inline T lt_where_##SUF(lt_bool c, T a, T b) { return c ? a : b; }
+LT_DEFINE_WHERE(float, f32)
+LT_DEFINE_WHERE(double, f64)
+LT_DEFINE_WHERE(int32_t, i32)
+LT_DEFINE_WHERE(int64_t, i64)
+LT_DEFINE_WHERE(lt_bool, bool)
+
 /* Python semantics for // and % on integers; division by zero gives 0, as NumPy does. */
 #define LT_DEFINE_INTDIV(T, SUF)                                                        \
     static inline T lt_floordiv_##SUF(T a, T b)                                         \

@@ -206,6 +206,15 @@ def test_where_dtypes():
     assert out[0].dtype == np.float64 and out[1].dtype == np.int32 and out[2].dtype == np.float32
 
 
+def test_where_with_a_constant_mask_reads_every_element():
+    # gcc 12 with AVX-512 (-march=native) miscompiled `mask[i] ? x[i] : 0.0` over a [2, 16, 8] block
+    # with a constant causal uint8 mask (a masked load): elements came back 0. Found by the Llama model.
+    mask = np.tile(np.tril(np.ones((8, 8), bool)), (2, 1))[None]
+    x = np.arange(1.0, 257.0).reshape(2, 16, 8)
+    out = lantern.stage(lambda x: lantern.where(lantern.constant(mask), x, 0.0) * 0.5)(x)
+    np.testing.assert_array_equal(out, np.where(mask, x, 0.0) * 0.5)
+
+
 # ====================================================================== matrix products
 
 MATMUL_SHAPES = [
