@@ -112,6 +112,10 @@ def astype(x: ArrayLike, dtype: Any) -> Tensor:
     return _emit(x.frame, "cast", [x], hint="cast", dtype=dt)
 
 
+class IntOverflowError(DTypeError, OverflowError):
+    """A Python int operand beyond the integer dtype of the tensor it meets (NumPy raises OverflowError)."""
+
+
 def _promote(name: str, ufunc: Callable[..., Any], *xs: ArrayLike) -> str:
     proxies = [_dtype_proxy(x, name) for x in xs]
     try:
@@ -120,6 +124,9 @@ def _promote(name: str, ufunc: Callable[..., Any], *xs: ArrayLike) -> str:
     except TypeError as exc:
         raise with_location(DTypeError, f"{name}: unsupported operand dtypes "
                             f"{[np.asarray(p).dtype.name for p in proxies]}: {exc}") from None
+    except OverflowError as exc:  # NumPy 2: a Python int beyond the array's integer dtype
+        raise with_location(IntOverflowError, f"{name}: a Python int operand does not fit the tensor's dtype "
+                            f"{[np.asarray(p).dtype.name for p in proxies if not isinstance(p, int)]} ({exc})") from None
     return canonical_dtype(out.dtype)
 
 
