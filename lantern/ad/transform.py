@@ -47,6 +47,11 @@ from .rules import RULES, Rows, unbroadcast
 
 Continuation = Callable[[], list[Tensor]]
 
+#: Primitives whose results a counted loop's forward part stores for its backward part
+#: (JAX's scan residuals, "dots saveable"): products are the expensive part of a body;
+#: everything else is recomputed from them and the stored state, where it fuses.
+_SAVED_IN_LOOPS = frozenset({"matmul"})
+
 
 def _is_float(v: Var) -> bool:
     return isinstance(v.type, TensorType) and v.type.dtype in FLOAT_DTYPES
@@ -124,10 +129,12 @@ class Differentiator:
         self.loss_index = loss_index
         #: name of a recursive function's CPS version, for continuations returning ``final_types``
         self.cps = cps
-        self.final_types = final_types or tuple(r.type for r in fn.body.results)
+        self.final_types = final_types if final_types is not None else tuple(r.type for r in fn.body.results)
         self.val: dict[int, Tensor] = {}   # old variable -> its value in the new function
         self.adj: dict[int, Tensor] = {}   # old variable -> its adjoint buffer
         self.static: dict[int, int | float | bool] = {}  # old 0-d constants
+        #: old variables a loop's backward part reads from the forward part's stores
+        self.residual: dict[int, Tensor] = {}
         # A variable needs an adjoint if it depends on a differentiated input (active) and
         # the differentiated outputs depend on it (useful).
         self.active: set[int] = {fn.body.params[i].id for i in wrt if _is_float(fn.body.params[i])}
@@ -231,6 +238,10 @@ class Differentiator:
     def forward_op(self, s: Op) -> None:
         self.at(s)
         out = s.outs[0]
+        if out.id in self.residual:  # stored by the forward loop: not recomputed
+            self.val[out.id] = self.residual[out.id]
+            self.zeros_for(out)
+            return
         new = Var(out.type, out.hint)
         self.frame.add(Op([new], loc=s.loc, prim=s.prim, args=[self.val[a.id].var for a in s.args], attrs=s.attrs))
         self.val[out.id] = self.tensor(new)
@@ -260,13 +271,18 @@ class Differentiator:
             return self.control_call(s, rest)
         raise with_location(TraceError, f"reverse-mode AD through {type(s).__name__} is not implemented", s.loc)
 
-    def forward_copy(self, block: Block, params: list[Var]) -> list[Var]:
-        """Emit ``block``'s statements as they are (no adjoints), its parameters bound to ``params``."""
+    def forward_copy(self, block: Block, params: list[Var], copies: dict[int, Var] | None = None) -> list[Var]:
+        """Emit ``block``'s statements as they are (no adjoints), its parameters bound to ``params``.
+
+        ``copies``, when given, receives the new variable of each variable the block defines.
+        """
         subst = {v_id: t.var for v_id, t in self.val.items()}
         subst.update({p.id: new for p, new in zip(block.params, params)})
         copy = clone_block(Block([], block.stmts, block.results), subst)
         for stmt in copy.stmts:
             self.frame.add(stmt)
+        if copies is not None:
+            copies.update(subst)
         return copy.results
 
     # ------------------------------------------------------------ conditionals
@@ -318,18 +334,28 @@ class Differentiator:
         lo, hi = int(self.static[s.lo.id]), int(self.static[s.hi.id])
         n = max(hi - lo, 0)
         i_old, *carry_old = s.body.params
-        # Forward: the loop as written, storing the state each iteration starts from.
-        saved = [self.tensor(frame.emit("fill", [], {"value": 0, "shape": (n,) + c.type.shape,  # type: ignore[union-attr]
-                                                     "dtype": c.type.dtype}, hint=f"saved_{c.hint}"))  # type: ignore[union-attr]
-                 for c in carry_old]
+        # Forward: the loop as written, storing the state each iteration starts from and the
+        # results of its products (residuals), which the backward part then does not recompute.
+        residuals = [o for st in s.body.stmts if isinstance(st, Op) and st.prim in _SAVED_IN_LOOPS
+                     for o in st.outs if o.id in self.active] if n else []
+
+        def stack(v: Var, hint: str) -> Tensor:
+            return self.tensor(frame.emit("fill", [], {"value": 0, "shape": (n,) + v.type.shape,  # type: ignore[union-attr]
+                                                       "dtype": v.type.dtype}, hint=hint))  # type: ignore[union-attr]
+
+        saved = [stack(c, f"saved_{c.hint}") for c in carry_old]
+        saved_res = [stack(r, f"saved_{r.hint}") for r in residuals]
         i_new = Var(scalar("int64"), i_old.hint)
         carry_new = [Var(c.type, c.hint) for c in carry_old]
         body = Block(params=[i_new, *carry_new])
         with frame.block(body):
             row = ops.subtract(self.tensor(i_new), lo) if lo else self.tensor(i_new)
-            for stack, c in zip(saved, carry_new):
-                frame.add(Accumulate([], loc=s.loc, target=stack.var, value=c, index=row.var))
-            body.results = self.forward_copy(s.body, [i_new, *carry_new])
+            for st, c in zip(saved, carry_new):
+                frame.add(Accumulate([], loc=s.loc, target=st.var, value=c, index=row.var))
+            copies: dict[int, Var] = {}
+            body.results = self.forward_copy(s.body, [i_new, *carry_new], copies)
+            for st, r in zip(saved_res, residuals):
+                frame.add(Accumulate([], loc=s.loc, target=st.var, value=copies[r.id], index=row.var))
         outs = [Var(o.type, o.hint) for o in s.outs]
         frame.add(Loop(outs, loc=s.loc, lo=self.val[s.lo.id].var, hi=self.val[s.hi.id].var,
                        init=[self.val[x.id].var for x in s.init], body=body))
@@ -347,9 +373,12 @@ class Differentiator:
             with frame.block(back):
                 i_t = ops.subtract(hi - 1, self.tensor(j))
                 self.val[i_old.id] = i_t
-                for stack, c in zip(saved, carry_old):
-                    self.val[c.id] = ops.take(stack, ops.subtract(i_t, lo) if lo else i_t)
+                row = ops.subtract(i_t, lo) if lo else i_t
+                for st, c in zip(saved, carry_old):
+                    self.val[c.id] = ops.take(st, row)
                     self.zeros_for(c)
+                for st, r in zip(saved_res, residuals):
+                    self.residual[r.id] = ops.take(st, row)
 
                 def seed() -> list[Tensor]:
                     self.at(s)
@@ -442,7 +471,6 @@ class Differentiator:
     def control_call(self, s: Call, rest: Continuation) -> list[Tensor]:
         frame = self.frame
         self.at(s)
-        cps_name = self.cps(s.fn, self.final_types)  # type: ignore[misc]
         floats = [k for k, o in enumerate(s.outs) if _is_float(o)]
         results = [Var(o.type, o.hint) for o in s.outs]
         bars = [Var(s.outs[k].type, s.outs[k].hint + "_bar") for k in floats]
@@ -455,11 +483,15 @@ class Differentiator:
                     self.adj[s.outs[k].id] = self.tensor(b)
             finals = rest()
             body.results = [t.var for t in finals]
-        k = Var(FnType(tuple(v.type for v in body.params), self.final_types), "k")
+        # What the rest returns: the function's final values, or nothing inside the backward
+        # replay of a counted loop's body (its continuation only seeds adjoints).
+        final_types = tuple(t.var.type for t in finals)
+        cps_name = self.cps(s.fn, final_types)  # type: ignore[misc]
+        k = Var(FnType(tuple(v.type for v in body.params), final_types), "k")
         frame.add(Lambda([k], loc=s.loc, body=body))
         self.at(s)
         arg_bars = [self.adj[a.id] if a.id in self.adj else self.zeros(a, "unused_bar") for a in s.args if _is_float(a)]
-        outs = [Var(t, "result") for t in self.final_types]
+        outs = [Var(t, "result") for t in final_types]
         frame.add(Call(outs, loc=s.loc, fn=cps_name,
                        args=[self.val[a.id].var for a in s.args] + [b.var for b in arg_bars] + [k]))
         return [self.tensor(v) for v in outs]
