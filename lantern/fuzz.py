@@ -468,7 +468,7 @@ class _Gen:
     def call(self, blk: list, scope: _Scope) -> None:
         kind = self.rng.choice(["helper", "helper", "rec", "tree"])
         args = self.targets(scope, self.rng.choice([1, 2]))
-        fname = f"{self.prefix}_f{len(self.functions)}"
+        fname = f"{self.prefix}_{self.name('f')}"
         params = [_Var(self.name("q"), a.shape, a.dtype, a.bound) for a in args]
         if kind == "helper":
             fscope = _Scope(list(params), main=False, depth=scope.depth + 1)
@@ -944,7 +944,8 @@ def _at(p: Program, path: tuple) -> tuple[list, int]:
 
 
 def _candidates(p: Program):
-    """Smaller variants of ``p``: fewer outputs, one statement replaced by zeros of its type."""
+    """Smaller variants of ``p``: fewer outputs, one statement replaced by zeros of its type
+    (which makes what only it read dead: :func:`_prune` drops that)."""
     res = p["main"]["res"]
     for i in range(len(res)):
         if len(res) > 1:
@@ -960,30 +961,24 @@ def _candidates(p: Program):
         outs = [{"name": s["out"], "shape": s["shape"], "dtype": s["dtype"]}] if s["k"] == "let" else s["outs"]
         stmts[i] = {"k": "zeros", "outs": outs}
         yield q
-        if s["k"] in ("cond", "fori", "while"):  # or keep the form and empty its bodies
-            for key in ("then", "else_", "body"):
-                if key in s and s[key]:
-                    q = copy.deepcopy(p)
-                    stmts, i = _at(q, path)
-                    kept = stmts[i][key][-1:]
-                    if len(kept) < len(s[key]):
-                        stmts[i][key] = kept
-                        yield q
 
 
 def shrink(p: Program, still_fails: Callable[[Program], bool], budget_s: float = 120.0) -> Program:
     """Greedily replace statements by zeros and drop dead code while ``still_fails``."""
     deadline = time.monotonic() + budget_s
-    p = _prune(copy.deepcopy(p))
+    pruned = _prune(copy.deepcopy(p))
+    p = pruned if _size(pruned) < _size(p) and still_fails(pruned) else p  # dead code may be what fails
     progress = True
     while progress and time.monotonic() < deadline:
         progress = False
         for q in _candidates(p):
             if time.monotonic() > deadline:
                 break
-            q = _prune(q)
-            if _size(q) < _size(p) and still_fails(q):
-                p, progress = q, True
+            pruned = _prune(copy.deepcopy(q))
+            # the candidate without its dead code, else with it (dead code can be what fails)
+            found = next((c for c in (pruned, q) if _size(c) < _size(p) and still_fails(c)), None)
+            if found is not None:
+                p, progress = found, True
                 break
     return p
 
@@ -993,11 +988,25 @@ def _size(p: Program) -> int:
         p["main"]["res"])
 
 
+def signature(failure: Failure) -> tuple[str, str]:
+    """What makes two failures the same for shrinking: the stage, and for exceptions the
+    C compiler's diagnostic kind or the place the exception came from (not variable names)."""
+    import re
+    msg = failure.message
+    if failure.stage == "CompileError":
+        kinds = re.findall(r"(?:error|warning): (?:[^\n]*?)(\[-W[^\]]+\]|$)", msg, re.M)
+        return failure.stage, ",".join(sorted(set(kinds)))
+    where = re.search(r"\(at ([^()]*)\)$", msg)
+    return failure.stage, where.group(1) if where and failure.stage not in ("forward", "grad", "fd") else ""
+
+
 def same_failure(failure: Failure, fd: bool = True) -> Callable[[Program], bool]:
-    """A predicate: the program still fails at the same stage."""
+    """A predicate: the program still fails the same way (see :func:`signature`)."""
+    want = signature(failure)
+
     def check(q: Program) -> bool:
         try:
-            return any(f.stage == failure.stage for f in check_programs([q], fd).failures)
+            return any(signature(f) == want for f in check_programs([q], fd).failures)
         except Exception:  # noqa: BLE001 (rendering a broken variant)
             return False
     return check
