@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 JOBS ?= 2
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench fuzz clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# Differential fuzzing (docs/RELIABILITY.md): random programs, native vs interpreter vs finite
+# differences; failures are shrunk and saved to tests/fuzz_regressions (replayed by make test).
+FUZZ_COUNT ?= 2000
+FUZZ_SEED ?= 1
+fuzz: setup
+	LANTERN_WERROR=1 nice -n 10 $(PY) -m lantern.fuzz --count $(FUZZ_COUNT) --seed $(FUZZ_SEED) \
+		--jobs $(JOBS) --save-dir tests/fuzz_regressions
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -18,7 +18,7 @@ A failing program is found by checking the batch's programs one at a time, shrun
 replacing statements with zeros of their type while the same check still fails, and saved
 as JSON under ``tests/fuzz_regressions/`` (``tests/test_fuzz.py`` replays those files).
 
-    python -m lantern.fuzz --count 2000 --seed 1 [--batch 10] [--save-dir tests/fuzz_regressions]
+    python -m lantern.fuzz --count 2000 --seed 1 [--batch 5] [--jobs 2] [--save-dir tests/fuzz_regressions]
 """
 from __future__ import annotations
 
@@ -1029,31 +1029,69 @@ def load_regression(path: Path) -> dict:
 
 # ------------------------------------------------------------------ campaign
 
-def run_campaign(count: int, seed: int, batch: int = 10, save_dir: Path | None = None, shrink_s: float = 120.0,
-                 start: int = 0, time_limit: float | None = None, out: Any = sys.stdout) -> tuple[Report, Counter]:
-    """Check programs ``start .. start+count`` of ``seed`` in batches; shrink and save failures."""
+def _run_batch(seed: int, lo: int, hi: int, save_dir: Path | None, shrink_s: float) -> tuple[Report, Counter, list[str]]:
+    """Check programs ``lo .. hi-1`` of ``seed``; shrink and save each failure. Returns log lines too."""
+    programs = [generate(seed, i) for i in range(lo, hi)]
+    rep = check_programs(programs)
+    lines = []
+    for f in rep.failures:
+        lines.append(f"FAIL {f}"[:3000])
+        if save_dir is not None:
+            small = shrink(programs[f.index - lo], same_failure(f), shrink_s)
+            path = save_regression(small, f, save_dir)
+            lines.append(f"  shrunk to size {_size(small)} (from {_size(programs[f.index - lo])}), saved {path}")
+    return rep, coverage(programs), lines
+
+
+def run_campaign(count: int, seed: int, batch: int = 5, save_dir: Path | None = None, shrink_s: float = 120.0,
+                 start: int = 0, time_limit: float | None = None, jobs: int = 1,
+                 out: Any = sys.stdout) -> tuple[Report, Counter]:
+    """Check programs ``start .. start+count`` of ``seed`` in batches (``jobs`` processes at a
+    time); shrink and save failures. Stops starting batches after ``time_limit`` seconds."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    import multiprocessing
     total = Report()
     cov: Counter = Counter()
     t0 = time.monotonic()
-    for lo in range(start, start + count, batch):
-        if time_limit is not None and time.monotonic() - t0 > time_limit:
-            print(f"time limit reached after {total.programs} programs", file=out)
-            break
-        programs = [generate(seed, i) for i in range(lo, min(start + count, lo + batch))]
-        cov += coverage(programs)
-        rep = check_programs(programs)
+    batches = [(lo, min(start + count, lo + batch)) for lo in range(start, start + count, batch)]
+
+    def record(result: tuple[Report, Counter, list[str]]) -> None:
+        rep, c, lines = result
+        cov.update(c)
         total.programs += rep.programs
         total.fd_checked += rep.fd_checked
         total.fd_skipped += rep.fd_skipped
-        for f in rep.failures:
-            total.failures.append(f)
-            print(f"FAIL {f}"[:3000], file=out)
-            if save_dir is not None:
-                small = shrink(programs[f.index - lo], same_failure(f), shrink_s)
-                path = save_regression(small, f, save_dir)
-                print(f"  shrunk to {_size(small)} (from {_size(programs[f.index - lo])}), saved {path}", file=out)
+        total.failures += rep.failures
+        for line in lines:
+            print(line, file=out)
         print(f"[{time.monotonic() - t0:7.1f}s] {total.programs} programs, {len(total.failures)} failures, "
               f"fd checked {total.fd_checked} skipped {total.fd_skipped}", file=out, flush=True)
+
+    def out_of_time() -> bool:
+        return time_limit is not None and time.monotonic() - t0 > time_limit
+
+    if jobs <= 1:
+        for lo, hi in batches:
+            if out_of_time():
+                break
+            record(_run_batch(seed, lo, hi, save_dir, shrink_s))
+    else:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pending: set = set()
+            todo = iter(batches)
+            while True:
+                while len(pending) < jobs and not out_of_time():
+                    nxt = next(todo, None)
+                    if nxt is None:
+                        break
+                    pending.add(pool.submit(_run_batch, seed, *nxt, save_dir, shrink_s))
+                if not pending:
+                    break
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    record(fut.result())
+    if out_of_time():
+        print(f"time limit reached after {total.programs} programs", file=out)
     return total, cov
 
 
@@ -1062,16 +1100,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=200, help="programs to generate and check")
     ap.add_argument("--seed", type=int, default=0, help="campaign seed (program i of seed s is reproducible)")
     ap.add_argument("--start", type=int, default=0, help="first program index")
-    ap.add_argument("--batch", type=int, default=10, help="programs compiled together as one C file")
+    ap.add_argument("--batch", type=int, default=5, help="programs compiled together as one C file")
     ap.add_argument("--save-dir", type=Path, default=None, help="shrink failures and save them here as JSON")
     ap.add_argument("--shrink-seconds", type=float, default=120.0)
     ap.add_argument("--time-limit", type=float, default=None, help="stop starting batches after this many seconds")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes")
     ap.add_argument("--show", type=int, default=None, metavar="INDEX", help="print program INDEX's source and exit")
     a = ap.parse_args(argv)
     if a.show is not None:
         print(render([generate(a.seed, a.show)]))
         return 0
-    report, cov = run_campaign(a.count, a.seed, a.batch, a.save_dir, a.shrink_seconds, a.start, a.time_limit)
+    report, cov = run_campaign(a.count, a.seed, a.batch, a.save_dir, a.shrink_seconds, a.start, a.time_limit,
+                               a.jobs)
     print(f"{report.programs} programs: {len(report.failures)} failures; gradient vs finite differences checked "
           f"on {report.fd_checked}, skipped {report.fd_skipped} (not smooth along the direction)")
     print("coverage: " + ", ".join(f"{k} {v}" for k, v in sorted(cov.items(), key=lambda kv: -kv[1])))
