@@ -185,3 +185,23 @@ def test_gradient_over_random_trees(rng, leaves):
     exe = lantern.value_and_grad(_tree_state_loss, argnums=(0, 1)).lower(p, emb, words, left, right)
     exe(p, emb, words, left, right)
     assert exe.native.arena_in_use() == 0
+
+
+def test_counted_loop_stores_its_products_instead_of_recomputing_them(rng):
+    """The backward part of a static fori_loop reads the forward products from stores (residuals)."""
+    from lantern.ir.nodes import walk_stmts
+
+    def loss(w, u, xs):
+        def body(i, h):
+            return lantern.tanh(h @ w + xs[i] @ u)
+
+        h = lantern.fori_loop(0, xs.shape[0], body, lantern.zeros((2, 3), "float64"))
+        return (h * h).sum()
+
+    w, u, xs = rng.standard_normal((3, 3)), rng.standard_normal((4, 3)), rng.standard_normal((5, 2, 4))
+    check_grads(loss, w, u, xs, argnums=(0, 1, 2))
+    exe = lantern.value_and_grad(loss, argnums=(0, 1, 2)).lower(w, u, xs)
+    products = [s for fn in exe.module.functions.values() for s in walk_stmts(fn.body)
+                if getattr(s, "prim", None) == "matmul"]
+    # forward: 2 products; backward: 2 per product (the adjoints of both operands), no recomputed 2
+    assert len(products) == 6, exe.ir

@@ -13,10 +13,11 @@ Only control flow makes the continuation real:
   variables, closure-converted in C to a function plus an environment on the stack),
   applied at the end of each branch's forward part; each branch then runs its backward part.
 * counted ``Loop`` with static bounds: the forward loop stores each iteration's carried
-  state in a ``[n, ...]`` array; after the rest of the program, a reverse loop recomputes
-  each iteration's forward part from its stored state and runs its backward part. (CPS
-  through the loop would nest one C frame per iteration; this keeps the C stack flat for
-  loops of any length, at the price of running each body forward twice.)
+  state and the results of its products in ``[n, ...]`` arrays; after the rest of the
+  program, a reverse loop recomputes the rest of each iteration's forward part from them
+  and runs its backward part. (CPS through the loop would nest one C frame per iteration;
+  this keeps the C stack flat for loops of any length, at the price of recomputing the
+  body's cheap elementwise work.)
 * ``While`` (and a counted loop with staged bounds, rewritten as one): the trip count is
   known only at run time, so the loop is written in CPS as a continuation that applies
   itself (``loop(state, state_bar)``: if the condition holds, run the body and call
@@ -336,8 +337,9 @@ class Differentiator:
         i_old, *carry_old = s.body.params
         # Forward: the loop as written, storing the state each iteration starts from and the
         # results of its products (residuals), which the backward part then does not recompute.
+        has_backward = n > 0 and any(c.id in self.active for c in carry_old)
         residuals = [o for st in s.body.stmts if isinstance(st, Op) and st.prim in _SAVED_IN_LOOPS
-                     for o in st.outs if o.id in self.active] if n else []
+                     for o in st.outs if o.id in self.active] if has_backward else []
 
         def stack(v: Var, hint: str) -> Tensor:
             return self.tensor(frame.emit("fill", [], {"value": 0, "shape": (n,) + v.type.shape,  # type: ignore[union-attr]
@@ -388,6 +390,8 @@ class Differentiator:
 
                 self.block(s.body.stmts, seed)
                 back.results = [self.adj[carry_old[k].id].var for k in active]
+                for r in residuals:  # those values exist only in this block
+                    del self.residual[r.id]
             bar_outs = [Var(b.type, b.hint) for b in bars]
             self.at(s)
             frame.add(Loop(bar_outs, loc=s.loc, lo=ops.constant(0, "int64").var, hi=ops.constant(n, "int64").var,
