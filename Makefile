@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 JOBS ?= 2
 
-.PHONY: setup demo test bench fuzz clean
+.PHONY: setup demo test test-sanitized bench fuzz clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -n $(JOBS) tests
+
+# Only the sanitized part of `make test`: the AD and control-flow tests built with LANTERN_DEBUG=1
+# (ASan + UBSan, runtime preloaded) and the checks that the mode catches bad code.
+test-sanitized: setup
+	$(PY) -m pytest tests/test_sanitized.py
 
 bench: setup
 	$(PY) benchmarks/run_all.py

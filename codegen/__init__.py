@@ -12,12 +12,13 @@ The pipeline, top to bottom::
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from lantern.ir.nodes import Module
 from lantern.ir.verify import verify
 
-from .compiler import compile_c
+from .compiler import compile_c, debug_mode
 from .emit_c import EmitOptions, emit_module
 from .loader import NativeFunction
 from .passes import eliminate_dead_code, forward_single_accumulations, fuse_elementwise, inline_calls
@@ -36,6 +37,8 @@ def prepare(module: Module, passes: tuple[Pass, ...] = PASSES) -> Module:
 def build_native(module: Module, title: str, options: EmitOptions = EmitOptions()) -> tuple[NativeFunction, Module]:
     """Prepare, emit (with the checks ``options`` ask for), compile (or fetch from the cache) and load ``module``."""
     prepared = prepare(module)
+    if debug_mode() and not options.check_indices:
+        options = dataclasses.replace(options, check_indices=True)  # sanitized builds check every index
     source = emit_module(prepared, title, options)
     artifact = compile_c(source.text, title, source.uses_blas)
     out_types = list(prepared.entry_function.result_types or ())

@@ -107,6 +107,24 @@ def compile_timeout() -> float:
     return value
 
 
+def sanitizer_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) set up for ``LANTERN_DEBUG=1``: the compiler's ASan runtime preloaded
+    (instrumented modules cannot be loaded into a Python started without it), leak checking off (CPython
+    keeps memory until exit on purpose), and every report fatal. :class:`CompileError` when the compiler
+    has no AddressSanitizer runtime."""
+    env = dict(os.environ if env is None else env)
+    cc = _resolve_compiler()
+    probe = _run([*cc, "-print-file-name=libasan.so"], min(60.0, compile_timeout()), "locating libasan")
+    runtime = probe.stdout.strip()
+    if probe.returncode != 0 or not os.path.isabs(runtime):
+        raise CompileError(f"the C compiler {cc[0]!r} has no AddressSanitizer runtime (libasan.so) for "
+                           "LANTERN_DEBUG=1 builds: install it (Debian/Ubuntu: apt install libasan8 or gcc)")
+    env.update(LANTERN_DEBUG="1", LD_PRELOAD=" ".join(filter(None, [runtime, env.get("LD_PRELOAD", "")])),
+               ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0",
+               UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
+    return env
+
+
 # ------------------------------------------------------------------ running the compiler
 
 def _resolve_compiler() -> list[str]:

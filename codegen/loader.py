@@ -10,7 +10,7 @@ import numpy as np
 from lantern.errors import NativeError, NonFiniteError, OutOfBoundsError, RecursionDepthError
 from lantern.ir.types import TensorType
 
-from .compiler import Artifact, blas_paths
+from .compiler import Artifact, blas_paths, debug_mode
 from .emit_c import CSource
 
 _blas_lock = threading.Lock()
@@ -39,6 +39,18 @@ def _configure_blas() -> None:
         _blas_configured = True
 
 
+def _require_sanitizer_runtime() -> None:
+    """``LANTERN_DEBUG=1`` modules are built with AddressSanitizer, whose runtime must be in the process from
+    its start: loading one without it aborts the interpreter. Say how to start Python instead."""
+    import ctypes
+    if not hasattr(ctypes.CDLL(None), "__asan_init"):
+        raise NativeError(
+            "LANTERN_DEBUG=1 builds use AddressSanitizer, whose runtime must be loaded when Python starts. Run "
+            "LD_PRELOAD=$(cc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 "
+            "UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 python ... (see docs/RELIABILITY.md), "
+            "or unset LANTERN_DEBUG")
+
+
 class NativeFunction:
     """The loaded entry point of one compiled module. Call it with a list of input arrays."""
 
@@ -54,6 +66,8 @@ class NativeFunction:
         params = ", ".join(["void *"] * (source.num_inputs + source.num_outputs)) or "void"
         ffi.cdef(f"int lantern_entry({params}); const char *lantern_error(void); size_t lantern_arena_in_use(void);")
         self._ffi = ffi
+        if debug_mode():
+            _require_sanitizer_runtime()
         self._lib = ffi.dlopen(artifact.so_path)
         self._entry = self._lib.lantern_entry
         self._from_buffer = ffi.from_buffer
