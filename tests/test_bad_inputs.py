@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import lantern
-from test_control_flow import chain_tree, tree_sum  # a recursive sum over child-index arrays
+from test_control_flow import _tree_lstm_inputs, chain_tree, tree_lstm_root, tree_sum  # recursive staged functions
 
 
 # ---------------------------------------------------------------- staged functions under test
@@ -60,6 +60,19 @@ def _root(left, right, vals):
 tree_root = lantern.stage(_root)
 tree_root_limited = lantern.stage(_root, max_depth=50)
 
+
+def _tree_lstm_loss(left, right, words, emb, w, u):
+    return lantern.sum(tree_lstm_root(left, right, words, emb, w, u)[0])
+
+
+def tree_lstm_args(left, right, bad_word=False):
+    words, emb, w, u = _tree_lstm_inputs(np.random.default_rng(0), left)
+    if bad_word:
+        words[-1] = 9  # emb has 6 rows
+    return left, right, words, emb, w, u
+
+
+TREE3 = (np.array([1, -1, -1]), np.array([2, -1, -1]))  # a root with two leaves
 
 X = np.arange(12, dtype=np.float32).reshape(3, 4)  # integer values: float sums are exact
 Y = np.arange(12, 24, dtype=np.float32).reshape(3, 4)
@@ -296,6 +309,14 @@ CASES = [
     Case("tree: bad child index under grad", "recursion",
          lambda: lantern.grad(tree_root, argnums=2)(np.array([1, -1, -1]), np.array([-7, -1, -1]), np.ones(3)),
          lantern.OutOfBoundsError, r"index -7 is out of bounds", at_line=True),
+    Case("TreeLSTM: word index past the embedding", "recursion", lambda: tree_lstm_root(*tree_lstm_args(*TREE3, True)),
+         lantern.OutOfBoundsError, r"indexing axis 0 of shape \(6, 3\): index 9 is out of bounds", at_line=True),
+    Case("TreeLSTM: bad word index under grad", "recursion",
+         lambda: lantern.grad(_tree_lstm_loss, argnums=3)(*tree_lstm_args(*TREE3, True)),
+         lantern.OutOfBoundsError, r"index 9 is out of bounds for an axis of size 6", at_line=True),
+    Case("TreeLSTM: bad child index under grad", "recursion",
+         lambda: lantern.grad(_tree_lstm_loss, argnums=3)(*tree_lstm_args(np.array([1, -1, -1]), np.array([3, -1, -1]))),
+         lantern.OutOfBoundsError, r"index 3 is out of bounds for an axis of size 3", at_line=True),
     Case("tree: depth 40 under max_depth=50", "recursion", lambda: tree_root_limited(*chain_tree(40), np.ones(81)),
          expected=lambda: np.float64(81.0)),
     Case("tree: depth 60 over max_depth=50", "recursion", lambda: tree_root_limited(*chain_tree(60), np.ones(121)),
@@ -410,6 +431,9 @@ RISKY = {
     "tree with a cycle, under grad": (
         "lantern.grad(m.tree_root, argnums=2)(np.array([1, 0, -1]), np.array([2, 2, -1]), np.ones(3))",
         "RecursionDepthError", r"tree_sum_cps .*recursion too deep"),
+    "TreeLSTM with a cycle, under grad": (
+        "lantern.grad(m._tree_lstm_loss, argnums=3)(*m.tree_lstm_args(np.array([1, 0, -1]), np.array([2, 2, -1])))",
+        "RecursionDepthError", r"tree_lstm_cps .*recursion too deep"),
     "self-loop at the root": ("m.tree_root(np.array([0]), np.array([0]), np.ones(1))",
                               "RecursionDepthError", r"recursion too deep"),
     "tree deeper than the C stack": ("m.tree_root(*m.chain_tree(500_000), np.ones(1_000_001))",
