@@ -4,6 +4,8 @@
     python -m lantern inspect path/to/file.py:step --arg "{'w': f32[3,3], 'b': f32[3]}" --arg f32[2,3]
     python -m lantern inspect mymodel:scale --arg f64[8] --static k=2.0
     python -m lantern demo
+    python -m lantern llama-train --steps 600 --out llama.safetensors
+    python -m lantern llama-generate llama.safetensors --prompt "The "
 
 An argument is an array type ``DTYPE[SHAPE]`` (``f32[4,3]``, ``i64[]`` for a 0-d array;
 dtypes f32 f64 i32 i64 bool), a Python literal (a compile-time constant such as ``2.0``
@@ -142,6 +144,50 @@ def demo_command(args: argparse.Namespace) -> int:
     return result if isinstance(result, int) else 0
 
 
+def llama_train_command(args: argparse.Namespace) -> int:
+    from .models import llama
+    from .models.train_llama import train
+
+    config = llama.preset(args.preset)
+    if args.seq > config.max_seq_len:
+        config = config.replace(max_seq_len=args.seq)
+    train(config, steps=args.steps, batch=args.batch, seq=args.seq, lr=args.lr, weight_decay=args.weight_decay,
+          clip=args.clip, seed=args.seed, plot=args.plot or None, checkpoint=args.out)
+    return 0
+
+
+def llama_generate_command(args: argparse.Namespace) -> int:
+    from .models.train_llama import generate_text
+
+    generate_text(args.checkpoint, args.prompt, args.tokens, temperature=args.temperature, top_p=args.top_p,
+                  seed=args.seed)
+    return 0
+
+
+def _add_llama_commands(sub: Any) -> None:
+    tr = sub.add_parser("llama-train", help="train a small byte-level Llama on the pydoc corpus; write a "
+                        "safetensors checkpoint and a PNG loss curve")
+    tr.add_argument("--preset", default="small", help="a lantern.models.llama.PRESETS name (default small)")
+    tr.add_argument("--steps", type=int, default=600, help="training steps (default 600)")
+    tr.add_argument("--batch", type=int, default=16, help="windows per step (default 16)")
+    tr.add_argument("--seq", type=int, default=128, help="tokens per window (default 128)")
+    tr.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the cosine schedule (default 3e-3)")
+    tr.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default 0.1)")
+    tr.add_argument("--clip", type=float, default=1.0, help="global gradient-norm clip (default 1.0)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--out", default="llama.safetensors", help="checkpoint path (default llama.safetensors)")
+    tr.add_argument("--plot", default="llama_loss.png", help="loss-curve PNG ('' for none; needs matplotlib)")
+    tr.set_defaults(run=llama_train_command)
+    gen = sub.add_parser("llama-generate", help="continue a prompt with a Llama checkpoint, streaming the text")
+    gen.add_argument("checkpoint", nargs="?", default="llama.safetensors", help="safetensors file (llama-train's)")
+    gen.add_argument("--prompt", default="The ", help="text to continue")
+    gen.add_argument("--tokens", type=int, default=200, help="bytes to generate (default 200)")
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 for greedy (default 0.8)")
+    gen.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(run=llama_generate_command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lantern", description="Lantern for Python: a staged compiler to C.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -157,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.set_defaults(run=inspect_command)
     demo = sub.add_parser("demo", help="train the small demo model (lantern.demo)")
     demo.set_defaults(run=demo_command)
+    _add_llama_commands(sub)
     return parser
 
 
@@ -167,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (LanternError, ValueError, ImportError) as exc:
+    except (LanternError, ValueError, ImportError, OSError) as exc:
         print(f"lantern {args.command}: error: {exc}", file=sys.stderr)
         return 1
 
