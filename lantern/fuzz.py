@@ -75,6 +75,7 @@ class _Gen:
     functions: list[dict] = field(default_factory=list)
     counter: int = 0
     prefix: str = "p"
+    control: bool = True  # False: straight-line programs (for second-order checks)
 
     # -- names and inputs
     def name(self, base: str = "v") -> str:
@@ -146,7 +147,7 @@ class _Gen:
     # -- statements
     def statement(self, blk: list, scope: _Scope) -> None:
         r = self.rng.random()
-        control = scope.depth < 2 and r < 0.22
+        control = self.control and scope.depth < 2 and r < 0.22
         if control:
             self.rng.choice([self.cond, self.fori, self.fori, self.while_, self.call])(blk, scope)
             return
@@ -171,6 +172,8 @@ class _Gen:
         ("clip", "lantern.clip({0}, -0.8, 0.9)", lambda b: 0.9),
         ("mul_const", "{0} * 0.7 - 0.2", lambda b: 0.7 * b + 0.2),
         ("rdiv_const", "1.5 / ({0} * {0} + 1.0)", lambda b: 1.5),
+        ("mod", "{0} % 1.5", lambda b: 1.5), ("floor_divide", "({0} // 0.7) * {0}", lambda b: b * (b / 0.7 + 1)),
+        ("divide", "lantern.divide({0}, 1.0 + lantern.exp(-{0} * {0}))", lambda b: b),
     ]
 
     def unary(self, blk: list, scope: _Scope) -> None:
@@ -262,7 +265,7 @@ class _Gen:
         x = self.pick(scope)
         s, nd, rng = x.shape, len(x.shape), self.rng
         choice = rng.choice(["reshape", "transpose", "slice", "index", "concatenate", "stack", "expand_dims",
-                             "squeeze", "broadcast_to", "swapaxes"])
+                             "squeeze", "broadcast_to", "swapaxes", "moveaxis", "arange", "one_hot"])
         if choice == "reshape":
             size = math.prod(s)
             dims, rest = [], size
@@ -333,6 +336,18 @@ class _Gen:
             ax = s.index(1)
             self.let(blk, scope, "squeeze", f"lantern.squeeze({{0}}, {ax})", [x], s[:ax] + s[ax + 1:], self.fdt,
                      x.bound)
+        elif choice == "moveaxis" and nd >= 2:
+            a, b = rng.sample(range(nd), 2)
+            perm = [d for d in range(nd) if d != a]
+            perm.insert(b, a)
+            self.let(blk, scope, "moveaxis", f"lantern.moveaxis({{0}}, {a}, {b})", [x], tuple(s[p] for p in perm),
+                     self.fdt, x.bound)
+        elif choice == "arange" and nd >= 1:
+            self.let(blk, scope, "arange", f"{{0}} * lantern.arange({s[-1]}, dtype='{self.fdt}') * 0.5", [x], s,
+                     self.fdt, x.bound * s[-1] / 2)
+        elif choice == "one_hot" and nd >= 1:
+            self.let(blk, scope, "one_hot", f"lantern.one_hot(lantern.argmax({{0}}, axis=-1), {s[-1]}, "
+                     f"dtype='{self.fdt}') * {{0}}", [x], s, self.fdt, x.bound)
         elif choice == "broadcast_to" and nd < 3:
             out = (rng.choice([1, 2, 3]),) + tuple(rng.choice([2, 3]) if d == 1 else d for d in s)
             self.let(blk, scope, "broadcast_to", f"lantern.broadcast_to({{0}}, {out})", [x], out, self.fdt, x.bound)
@@ -442,8 +457,12 @@ class _Gen:
         carry = [_Var(self.name("c"), t.shape, t.dtype, max(t.bound, 1.0)) for t in targets]
         inner.vars.extend(carry)
         body: list = []
-        fi = self.let(body, inner, "cast", f"lantern.astype({{0}}, '{self.fdt}') * 0.3", [i], (), self.fdt, 1.5)
-        del fi
+        self.let(body, inner, "cast", f"lantern.astype({{0}}, '{self.fdt}') * 0.3", [i], (), self.fdt, 1.5)
+        rows = [v for v in self.floats(scope) if v.shape]
+        if rows and self.rng.random() < 0.5:  # x[i]: a gather by the loop counter (an RNN reading its input)
+            x = self.rng.choice(rows)
+            self.let(body, inner, "index_by_counter", f"{{0}}[{{1}} % {x.shape[0]}]", [x, i], x.shape[1:], self.fdt,
+                     x.bound)
         for _ in range(self.rng.randint(1, 3)):
             self.statement(body, inner)
         res = [self.coerce(body, inner, c, bounded=True).name for c in carry]
@@ -571,11 +590,15 @@ def _slice_text(s: slice) -> str:
     return ":".join(parts) + ("" if s.step in (None, 1) else f":{s.step}")
 
 
-def generate(seed: int, index: int, dtype: str | None = None, size: int | None = None) -> Program:
-    """Program ``index`` of campaign ``seed`` (deterministic: the same pair gives the same program)."""
-    rng = random.Random(f"lantern-fuzz:{seed}:{index}")
-    fdt = dtype or ("float32" if rng.random() < 0.2 else "float64")
-    g = _Gen(rng, fdt, prefix=f"s{seed}_{index}")
+def generate(seed: int, index: int, dtype: str | None = None, size: int | None = None, order: int = 1) -> Program:
+    """Program ``index`` of campaign ``seed`` (deterministic: the same arguments give the same program).
+
+    ``order=2``: a straight-line float64 program whose Hessian-vector product (``grad`` of
+    ``grad``) is checked too.
+    """
+    rng = random.Random(f"lantern-fuzz:{seed}:{index}" + (":2" if order == 2 else ""))
+    fdt = "float64" if order == 2 else dtype or ("float32" if rng.random() < 0.2 else "float64")
+    g = _Gen(rng, fdt, prefix=f"s{seed}_{index}", control=order == 1)
     scope = _Scope([], main=True)
     body: list = []
     g.fresh_input(body, scope, g.rand_shape())
@@ -583,7 +606,7 @@ def generate(seed: int, index: int, dtype: str | None = None, size: int | None =
         g.statement(body, scope)
     floats = [v for v in scope.vars if v.dtype == fdt]
     outs = [floats[-1].name] + [v.name for v in rng.sample(floats[:-1], min(len(floats) - 1, rng.randint(0, 2)))]
-    return {"seed": seed, "index": index, "dtype": fdt, "inputs": g.inputs, "functions": g.functions,
+    return {"seed": seed, "index": index, "order": order, "dtype": fdt, "inputs": g.inputs, "functions": g.functions,
             "main": {"name": f"{g.prefix}_main", "params": [{"name": i["name"]} for i in g.inputs], "body": body,
                      "res": outs}}
 
@@ -670,12 +693,35 @@ def render(programs: list[Program]) -> str:
                      f"for a, w in zip(o, weights[{j}])))")
     lines.append("    return outs, lantern.stack(losses)")
     lines.append("")
-    lines.append("@lantern.stage")
-    lines.append("def batch(floats, ints, weights):")
-    lines.append("    outs, losses = _losses(floats, ints, weights)")
-    lines.append("    grads = lantern.grad(lambda f: lantern.sum(_losses(f, ints, weights)[1]))(floats)")
-    lines.append("    return outs, losses, grads")
+    if _order(programs) == 1:
+        lines += ["@lantern.stage",
+                  "def batch(floats, ints, weights):",
+                  "    outs, losses = _losses(floats, ints, weights)",
+                  "    grads = lantern.grad(lambda f: lantern.sum(_losses(f, ints, weights)[1]))(floats)",
+                  "    return outs, losses, grads"]
+    else:  # and the Hessian of the summed loss times the direction tree ``dirs``
+        lines += ["@lantern.stage",
+                  "def batch(floats, ints, weights, dirs):",
+                  "    total = lambda f: lantern.sum(_losses(f, ints, weights)[1])",
+                  "    def slope(f):",
+                  "        g = lantern.grad(total)(f)",
+                  "        return sum(lantern.sum(a * u) for ga, ua in zip(g, dirs) for a, u in zip(ga, ua))",
+                  "    outs, losses = _losses(floats, ints, weights)",
+                  "    return outs, losses, lantern.grad(total)(floats), lantern.grad(slope)(floats)"]
     return "\n".join(lines) + "\n"
+
+
+def _order(programs: list[Program]) -> int:
+    orders = {p.get("order", 1) for p in programs}
+    if len(orders) != 1:
+        raise ValueError("a batch mixes first- and second-order programs")
+    return orders.pop()
+
+
+def directions(floats: tuple) -> tuple:
+    """The random directions the derivative checks use (one per float input, fixed seed)."""
+    rng = np.random.default_rng(12345)
+    return tuple(tuple(rng.standard_normal(np.shape(x)) for x in fl) for fl in floats)
 
 
 def arguments(programs: list[Program]) -> tuple:
@@ -686,7 +732,7 @@ def arguments(programs: list[Program]) -> tuple:
                   if i["kind"] == "int"} for p in programs)
     weights = tuple(tuple(np.cos(np.arange(math.prod(s)) * 1.3 + 0.4 + k).reshape(s)
                           for k, s in enumerate(output_shapes(p))) for p in programs)
-    return floats, ints, weights
+    return (floats, ints, weights) + ((directions(floats),) if _order(programs) == 2 else ())
 
 
 def output_shapes(p: Program) -> list[Shape]:
@@ -794,74 +840,100 @@ def check_programs(programs: list[Program], fd: bool = True) -> Report:
         exe = load_batch(programs).lower(*args)
         native = exe(*args)
     except Exception as exc:  # noqa: BLE001 (any exception is a finding)
-        if len(programs) > 1:
-            for p in programs:
-                sub = check_programs([p], fd)
-                report.fd_checked += sub.fd_checked
-                report.fd_skipped += sub.fd_skipped
-                report.failures += sub.failures
-            return report
-        p = programs[0]
-        report.failures.append(Failure(p["seed"], p["index"], type(exc).__name__, _describe(exc)))
-        return report
+        return _one_by_one(programs, fd, type(exc).__name__, _describe(exc))
     refs = {}
     for optimized in (False, True):
         try:
             refs[optimized] = exe.interpret(*args, optimized=optimized)
         except Exception as exc:  # noqa: BLE001
-            for p in programs:
-                report.failures.append(Failure(p["seed"], p["index"], "interpret", _describe(exc)))
-            return report
-    outs, losses, grads = native
+            return _one_by_one(programs, fd, "interpret", _describe(exc))
+    # A second call must give the same bits (no state kept between calls, no uninitialized
+    # memory read) and the arena must be empty between calls (every intermediate released).
+    from .tree import flatten
+    again = exe(*args)
+    if not all(np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
+               for a, b in zip(flatten(native)[0], flatten(again)[0])):
+        return _one_by_one(programs, fd, "repeat", "a second call with the same arguments gave other values")
+    if exe.native.arena_in_use() != 0:
+        return _one_by_one(programs, fd, "arena", f"{exe.native.arena_in_use()} arena bytes held after the call")
+    parts = ("outputs", "loss", "gradient", "hessian-vector product")[:len(native)]
     for j, p in enumerate(programs):
-        try:
-            for optimized, ref in refs.items():
-                what = "optimized IR" if optimized else "traced IR"
-                _compare(outs[j], ref[0][j], p["dtype"], f"outputs: native vs interpreter on the {what}")
-                _compare(losses[j], ref[1][j], "float64" if p["dtype"] == "float64" else p["dtype"],
-                         f"loss: native vs interpreter on the {what}")
-        except AssertionError as exc:
-            report.failures.append(Failure(p["seed"], p["index"], "forward", str(exc)))
-            continue
-        try:
-            for optimized, ref in refs.items():
-                what = "optimized IR" if optimized else "traced IR"
-                _compare(grads[j], ref[2][j], p["dtype"], f"gradient: native vs interpreter on the {what}")
-        except AssertionError as exc:
-            report.failures.append(Failure(p["seed"], p["index"], "grad", str(exc)))
+        for k, part in enumerate(parts):  # a mismatch in the forward part makes the rest moot
+            try:
+                for optimized, ref in refs.items():
+                    what = "optimized IR" if optimized else "traced IR"
+                    _compare(native[k][j], ref[k][j], p["dtype"], f"{part}: native vs interpreter on the {what}")
+            except AssertionError as exc:
+                report.failures.append(Failure(p["seed"], p["index"], "forward" if k < 2 else part.split()[0],
+                                               str(exc)))
+                break
     if fd:
         _check_fd(exe, programs, args, native, report)
     return report
 
 
+def _one_by_one(programs: list[Program], fd: bool, stage: str, message: str) -> Report:
+    """A batch failed as a whole: check its programs one at a time (or report the single one)."""
+    if len(programs) == 1:
+        p = programs[0]
+        return Report(1, failures=[Failure(p["seed"], p["index"], stage, message)])
+    report = Report(len(programs))
+    for p in programs:
+        sub = check_programs([p], fd)
+        report.fd_checked += sub.fd_checked
+        report.fd_skipped += sub.fd_skipped
+        report.failures += sub.failures
+    return report
+
+
 def _check_fd(exe: Any, programs: list[Program], args: tuple, native: Any, report: Report) -> None:
-    """Each float64 program's gradient along a random direction vs central differences of its loss."""
-    floats, ints, weights = args
-    outs, losses, grads = native
-    rng = np.random.default_rng(12345)
-    dirs = tuple(tuple(rng.standard_normal(x.shape) for x in fl) for fl in floats)
-    quotients = []
+    """Each float64 program's gradient along a random direction vs central differences of its
+    loss; for second-order programs also the Hessian-vector product vs differences of the gradient."""
+    floats, rest = args[0], args[1:]
+    outs, losses, grads = native[:3]
+    dirs = directions(floats)
+    shifted = []  # per step h: (results at x + h u, results at x - h u)
     for h in FD_STEPS:
         plus = tuple(tuple(x + h * u for x, u in zip(fl, du)) for fl, du in zip(floats, dirs))
         minus = tuple(tuple(x - h * u for x, u in zip(fl, du)) for fl, du in zip(floats, dirs))
-        quotients.append((np.asarray(exe(plus, ints, weights)[1]) - np.asarray(exe(minus, ints, weights)[1])) / (2 * h))
+        shifted.append((h, exe(plus, *rest), exe(minus, *rest)))
     failed = {(f.seed, f.index) for f in report.failures}
     for j, p in enumerate(programs):
         if p["dtype"] != "float64" or (p["seed"], p["index"]) in failed:
             continue
         terms = [np.asarray(g) * u for g, u in zip(grads[j], dirs[j])]
-        analytic = float(sum(np.sum(t) for t in terms))
-        size = float(sum(np.sum(np.abs(np.asarray(o, np.float64) * w)) for o, w in zip(outs[j], weights[j])))
-        n1, n2 = float(quotients[0][j]), float(quotients[1][j])
-        tol = 1e-6 * (abs(n2) + float(sum(np.sum(np.abs(t)) for t in terms))) + 1e-8 * (1.0 + size)
-        if not (math.isfinite(n1) and math.isfinite(n2)) or abs(n1 - n2) > tol:
-            report.fd_skipped += 1
-            continue
-        report.fd_checked += 1
-        if not abs(analytic - n2) <= tol:
-            report.failures.append(Failure(p["seed"], p["index"], "fd",
-                                           f"gradient . u = {analytic!r} but the central difference is {n2!r} "
-                                           f"(h={FD_STEPS[1]}; {n1!r} at h={FD_STEPS[0]}; tolerance {tol:.3g})"))
+        size = float(sum(np.sum(np.abs(np.asarray(o, np.float64) * w)) for o, w in zip(outs[j], rest[1][j])))
+        scale = float(sum(np.sum(np.abs(t)) for t in terms)) + 1e-2 * (1.0 + size)
+        quotients = [(float(a[1][j]) - float(b[1][j])) / (2 * h) for h, a, b in shifted]
+        failure = _fd_compare(float(sum(np.sum(t) for t in terms)), quotients, scale, "gradient . u", report)
+        if failure is None and len(native) == 4:  # d/dh grad(x + h u) = H u
+            hvp = np.concatenate([np.ravel(v) for v in native[3][j]])
+            diffs = [(np.concatenate([np.ravel(v) for v in a[2][j]]) - np.concatenate([np.ravel(v) for v in b[2][j]]))
+                     / (2 * h) for h, a, b in shifted]
+            scale = float(np.max(np.abs(np.concatenate([np.ravel(g) for g in grads[j]])), initial=0.0) + 1.0)
+            for e in range(hvp.size):
+                failure = _fd_compare(float(hvp[e]), [float(d[e]) for d in diffs], scale,
+                                      f"(Hessian . u)[{e}]", report)
+                if failure is not None:
+                    break
+        if failure is not None:
+            report.failures.append(Failure(p["seed"], p["index"], "fd", failure))
+
+
+def _fd_compare(analytic: float, quotients: list[float], scale: float, what: str, report: Report) -> str | None:
+    """``analytic`` vs the central difference quotients at the steps ``FD_STEPS``; a failure
+    message or None. Counts as skipped where the quotients disagree with each other (the
+    direction crosses a kink or a branch, so the derivative is not what they measure)."""
+    n1, n2 = quotients
+    tol = 1e-6 * (abs(n2) + scale)
+    if not (math.isfinite(n1) and math.isfinite(n2)) or abs(n1 - n2) > tol:
+        report.fd_skipped += 1
+        return None
+    report.fd_checked += 1
+    if abs(analytic - n2) <= tol:
+        return None
+    return (f"{what} = {analytic!r} but the central difference is {n2!r} (h={FD_STEPS[1]}; {n1!r} at "
+            f"h={FD_STEPS[0]}; tolerance {tol:.3g})")
 
 
 def _describe(exc: BaseException) -> str:
@@ -1029,9 +1101,10 @@ def load_regression(path: Path) -> dict:
 
 # ------------------------------------------------------------------ campaign
 
-def _run_batch(seed: int, lo: int, hi: int, save_dir: Path | None, shrink_s: float) -> tuple[Report, Counter, list[str]]:
+def _run_batch(seed: int, lo: int, hi: int, save_dir: Path | None, shrink_s: float,
+               order: int = 1) -> tuple[Report, Counter, list[str]]:
     """Check programs ``lo .. hi-1`` of ``seed``; shrink and save each failure. Returns log lines too."""
-    programs = [generate(seed, i) for i in range(lo, hi)]
+    programs = [generate(seed, i, order=order) for i in range(lo, hi)]
     rep = check_programs(programs)
     lines = []
     for f in rep.failures:
@@ -1044,7 +1117,7 @@ def _run_batch(seed: int, lo: int, hi: int, save_dir: Path | None, shrink_s: flo
 
 
 def run_campaign(count: int, seed: int, batch: int = 5, save_dir: Path | None = None, shrink_s: float = 120.0,
-                 start: int = 0, time_limit: float | None = None, jobs: int = 1,
+                 start: int = 0, time_limit: float | None = None, jobs: int = 1, order: int = 1,
                  out: Any = sys.stdout) -> tuple[Report, Counter]:
     """Check programs ``start .. start+count`` of ``seed`` in batches (``jobs`` processes at a
     time); shrink and save failures. Stops starting batches after ``time_limit`` seconds."""
@@ -1074,7 +1147,7 @@ def run_campaign(count: int, seed: int, batch: int = 5, save_dir: Path | None = 
         for lo, hi in batches:
             if out_of_time():
                 break
-            record(_run_batch(seed, lo, hi, save_dir, shrink_s))
+            record(_run_batch(seed, lo, hi, save_dir, shrink_s, order))
     else:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             pending: set = set()
@@ -1084,7 +1157,7 @@ def run_campaign(count: int, seed: int, batch: int = 5, save_dir: Path | None = 
                     nxt = next(todo, None)
                     if nxt is None:
                         break
-                    pending.add(pool.submit(_run_batch, seed, *nxt, save_dir, shrink_s))
+                    pending.add(pool.submit(_run_batch, seed, *nxt, save_dir, shrink_s, order))
                 if not pending:
                     break
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -1105,13 +1178,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shrink-seconds", type=float, default=120.0)
     ap.add_argument("--time-limit", type=float, default=None, help="stop starting batches after this many seconds")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes")
+    ap.add_argument("--order", type=int, choices=(1, 2), default=1,
+                    help="2: straight-line programs, Hessian-vector products checked too")
     ap.add_argument("--show", type=int, default=None, metavar="INDEX", help="print program INDEX's source and exit")
     a = ap.parse_args(argv)
     if a.show is not None:
-        print(render([generate(a.seed, a.show)]))
+        print(render([generate(a.seed, a.show, order=a.order)]))
         return 0
     report, cov = run_campaign(a.count, a.seed, a.batch, a.save_dir, a.shrink_seconds, a.start, a.time_limit,
-                               a.jobs)
+                               a.jobs, a.order)
     print(f"{report.programs} programs: {len(report.failures)} failures; gradient vs finite differences checked "
           f"on {report.fd_checked}, skipped {report.fd_skipped} (not smooth along the direction)")
     print("coverage: " + ", ".join(f"{k} {v}" for k, v in sorted(cov.items(), key=lambda kv: -kv[1])))

@@ -2,7 +2,8 @@
 finite differences; saved failing programs replayed; bugs the fuzzer found, as plain tests.
 
 CI runs ``N_PROGRAMS`` generated programs in ``CHUNKS`` chunks (one C compile per batch of
-``BATCH`` programs); ``make fuzz`` runs many more (``python -m lantern.fuzz``).
+``BATCH`` programs), ``N_DEFAULT_FLAGS`` more at -O3 and ``N_SECOND_ORDER`` straight-line ones
+with Hessian-vector products; ``make fuzz`` runs many more (``python -m lantern.fuzz``).
 """
 import json
 from pathlib import Path
@@ -22,12 +23,14 @@ CHUNKS = 10          # pytest items, so `pytest -n 2` spreads them
 BATCH = 5            # programs per C file (compile time grows with the C, not the number of files)
 FAST_CFLAGS = "-O0"  # these chunks compile unoptimized (7x faster); one chunk uses the default flags
 N_DEFAULT_FLAGS = 20  # programs compiled with the default CFLAGS (-O3 -march=native)
+N_SECOND_ORDER = 40  # straight-line programs whose Hessian-vector products (grad of grad) are checked too
 
 
-def _run(seed: int, indices: range) -> fuzz.Report:
+def _run(seed: int, indices: range, order: int = 1) -> fuzz.Report:
     total = fuzz.Report()
     for lo in range(indices.start, indices.stop, BATCH):
-        rep = fuzz.check_programs([fuzz.generate(seed, i) for i in range(lo, min(lo + BATCH, indices.stop))])
+        rep = fuzz.check_programs([fuzz.generate(seed, i, order=order)
+                                   for i in range(lo, min(lo + BATCH, indices.stop))])
         total.programs += rep.programs
         total.fd_checked += rep.fd_checked
         total.fd_skipped += rep.fd_skipped
@@ -52,6 +55,13 @@ def test_random_programs(chunk, monkeypatch):
 
 def test_random_programs_default_cflags():
     _assert_clean(_run(SEED + 1, range(N_DEFAULT_FLAGS)), N_DEFAULT_FLAGS)
+
+
+@pytest.mark.parametrize("half", [0, 1])
+def test_random_programs_second_order(half, monkeypatch):
+    monkeypatch.setenv("CFLAGS", FAST_CFLAGS)
+    n = N_SECOND_ORDER // 2
+    _assert_clean(_run(SEED, range(half * n, (half + 1) * n), order=2), n)
 
 
 @pytest.mark.parametrize("path", REGRESSIONS, ids=[p.stem for p in REGRESSIONS])
