@@ -2,8 +2,8 @@
 finite differences; saved failing programs replayed; bugs the fuzzer found, as plain tests.
 
 CI runs ``N_PROGRAMS`` generated programs in ``CHUNKS`` chunks (one C compile per batch of
-``BATCH`` programs), ``N_DEFAULT_FLAGS`` more at -O3 and ``N_SECOND_ORDER`` straight-line ones
-with Hessian-vector products; ``make fuzz`` runs many more (``python -m lantern.fuzz``).
+``BATCH`` programs), ``N_DEFAULT_FLAGS`` more at -O3, ``N_VARIANT`` with BLAS and NaN checks, and
+``N_SECOND_ORDER`` straight-line ones with Hessian-vector products; ``make fuzz`` runs many more (``python -m lantern.fuzz``).
 """
 import json
 from pathlib import Path
@@ -53,8 +53,25 @@ def test_random_programs(chunk, monkeypatch):
     _assert_clean(_run(SEED, range(chunk * per, (chunk + 1) * per)), per)
 
 
-def test_random_programs_default_cflags():
-    _assert_clean(_run(SEED + 1, range(N_DEFAULT_FLAGS)), N_DEFAULT_FLAGS)
+@pytest.mark.parametrize("half", [0, 1])
+def test_random_programs_default_cflags(half):
+    n = N_DEFAULT_FLAGS // 2
+    _assert_clean(_run(SEED + 1, range(half * n, (half + 1) * n)), n)
+
+
+N_VARIANT = 20  # programs with every product through BLAS and the NaN/Inf checks compiled in
+
+
+def test_random_programs_blas_and_finite_checks(monkeypatch):
+    # Other code paths of the emitter, same answers: cblas for every matrix product, the
+    # check_finite mode (no false alarms on finite programs), index checks off.
+    from lantern.codegen import emit_c
+    monkeypatch.setattr(emit_c, "BLAS_MIN_MACS", 1)
+    monkeypatch.setattr(emit_c, "VECTOR_BLAS_MIN_MACS", 1)
+    monkeypatch.setenv("LANTERN_CHECK_FINITE", "1")
+    monkeypatch.setenv("LANTERN_CHECK_INDICES", "0")
+    monkeypatch.setenv("CFLAGS", FAST_CFLAGS)
+    _assert_clean(_run(SEED + 2, range(N_VARIANT)), N_VARIANT)
 
 
 @pytest.mark.parametrize("half", [0, 1])
