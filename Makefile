@@ -29,6 +29,12 @@ test-sanitized: setup
 bench: setup
 	$(PY) benchmarks/run_all.py
 
+# A byte-level Llama (preset small) trained for a few minutes, then a streamed continuation.
+LLAMA_STEPS ?= 600
+llama: setup
+	$(PY) -m lantern llama-train --steps $(LLAMA_STEPS) --out llama.safetensors --plot llama_loss.png
+	$(PY) -m lantern llama-generate llama.safetensors --prompt "The "
+
 # Differential fuzzing (docs/RELIABILITY.md): random programs, native vs interpreter vs finite
 # differences; failures are shrunk and saved to tests/fuzz_regressions (replayed by make test).
 FUZZ_COUNT ?= 2000

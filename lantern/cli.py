@@ -151,8 +151,12 @@ def llama_train_command(args: argparse.Namespace) -> int:
     config = llama.preset(args.preset)
     if args.seq > config.max_seq_len:
         config = config.replace(max_seq_len=args.seq)
+    plot = args.plot or None
+    if plot and importlib.util.find_spec("matplotlib") is None:
+        print(f"lantern llama-train: matplotlib is not installed, so no loss curve ({plot})", file=sys.stderr)
+        plot = None
     train(config, steps=args.steps, batch=args.batch, seq=args.seq, lr=args.lr, weight_decay=args.weight_decay,
-          clip=args.clip, seed=args.seed, plot=args.plot or None, checkpoint=args.out)
+          clip=args.clip, seed=args.seed, plot=plot, checkpoint=args.out)
     return 0
 
 
