@@ -76,6 +76,7 @@ class _Gen:
     counter: int = 0
     prefix: str = "p"
     control: bool = True  # False: straight-line programs (for second-order checks)
+    max_depth: int = 2    # control flow nests this deep at most
 
     # -- names and inputs
     def name(self, base: str = "v") -> str:
@@ -96,8 +97,9 @@ class _Gen:
 
     def int_input(self, value: Any, shape: Shape = ()) -> _Var:
         name = self.name("n")
-        self.inputs.append({"name": name, "kind": "int", "shape": list(shape), "value": value})
-        return _Var(name, shape, "int64", 0.0)
+        dtype = "int32" if not shape and self.rng.random() < 0.3 else "int64"  # a loop bound or depth
+        self.inputs.append({"name": name, "kind": "int", "shape": list(shape), "value": value, "dtype": dtype})
+        return _Var(name, shape, dtype, 0.0)
 
     def let(self, blk: list, scope: _Scope | None, op: str, expr: str, args: list[_Var], shape: Shape,
             dtype: str, bound: float, pin: bool = False) -> _Var:
@@ -147,7 +149,7 @@ class _Gen:
     # -- statements
     def statement(self, blk: list, scope: _Scope) -> None:
         r = self.rng.random()
-        control = self.control and scope.depth < 2 and r < 0.22
+        control = self.control and scope.depth < self.max_depth and r < 0.22
         if control:
             self.rng.choice([self.cond, self.fori, self.fori, self.while_, self.call])(blk, scope)
             return
@@ -489,9 +491,11 @@ class _Gen:
         args = self.targets(scope, self.rng.choice([1, 2]))
         fname = f"{self.prefix}_{self.name('f')}"
         params = [_Var(self.name("q"), a.shape, a.dtype, a.bound) for a in args]
+        results = [args[0]]
         if kind == "helper":
             fscope = _Scope(list(params), main=False, depth=scope.depth + 1)
-            body, res = self.block(fscope, [params[0]], self.rng.randint(1, 4))
+            results = [args[0]] if len(args) == 1 or self.rng.random() < 0.5 else args  # one result or a tuple
+            body, res = self.block(fscope, params[:len(results)], self.rng.randint(1, 4))
             fn = {"name": fname, "params": _decl(params), "body": body, "res": res}
             call_args = [a.name for a in args]
         elif kind == "rec":
@@ -499,7 +503,7 @@ class _Gen:
         else:
             fn, call_args = self.tree(fname, params, blk, scope, args)
         self.functions.append(fn)
-        self.outs(blk, scope, "call", [args[0]], fn=fname, args=call_args)
+        self.outs(blk, scope, "call", results, fn=fname, args=call_args)
 
     def recursive(self, fname: str, params: list[_Var], scope: _Scope, args: list[_Var]) -> tuple[dict, list[str]]:
         """``f(d, xs) = base(xs) if d <= 0 else step(f(d - 1, g(xs)), xs)``."""
@@ -598,7 +602,7 @@ def generate(seed: int, index: int, dtype: str | None = None, size: int | None =
     """
     rng = random.Random(f"lantern-fuzz:{seed}:{index}" + (":2" if order == 2 else ""))
     fdt = "float64" if order == 2 else dtype or ("float32" if rng.random() < 0.2 else "float64")
-    g = _Gen(rng, fdt, prefix=f"s{seed}_{index}", control=order == 1)
+    g = _Gen(rng, fdt, prefix=f"s{seed}_{index}", control=order == 1, max_depth=rng.choice([2, 2, 3]))
     scope = _Scope([], main=True)
     body: list = []
     g.fresh_input(body, scope, g.rand_shape())
@@ -658,7 +662,7 @@ def _render_block(stmts: list, ind: str, out: list[str]) -> None:
             out.append(f"{ind}_, {lhs} = lantern.while_loop(_cond_{names[0]}, _body_{names[0]}, "
                        f"(np.int64(0), {', '.join(s['init'])}))")
         elif k == "call":  # arguments: variable names or literal integer constants
-            out.append(f"{ind}{names[0]} = {s['fn']}({', '.join(s['args'])})")
+            out.append(f"{ind}{', '.join(names)} = {s['fn']}({', '.join(s['args'])})")
         else:
             raise ValueError(f"unknown statement kind {k!r}")
 
@@ -667,7 +671,8 @@ def _render_function(fn: dict, staged: bool) -> list[str]:
     out = ["@lantern.stage"] if staged else []
     out.append(f"def {fn['name']}({', '.join(p['name'] for p in fn['params'])}):")
     _render_block(fn["body"], "    ", out)
-    out.append(f"    return ({', '.join(fn['res'])},)" if not staged else f"    return {fn['res'][0]}")
+    one = staged and len(fn["res"]) == 1  # a staged function returns one value or a tuple
+    out.append(f"    return {fn['res'][0]}" if one else f"    return ({', '.join(fn['res'])},)")
     return out
 
 
@@ -728,7 +733,7 @@ def arguments(programs: list[Program]) -> tuple:
     """The ``batch`` arguments: per-program float inputs, int inputs and loss weights."""
     floats = tuple(tuple(np.asarray(i["value"], np.float64).reshape(i["shape"]) for i in p["inputs"]
                          if i["kind"] == "float") for p in programs)
-    ints = tuple({i["name"]: np.asarray(i["value"], np.int64).reshape(i["shape"]) for i in p["inputs"]
+    ints = tuple({i["name"]: np.asarray(i["value"], i.get("dtype", "int64")).reshape(i["shape"]) for i in p["inputs"]
                   if i["kind"] == "int"} for p in programs)
     weights = tuple(tuple(np.cos(np.arange(math.prod(s)) * 1.3 + 0.4 + k).reshape(s)
                           for k, s in enumerate(output_shapes(p))) for p in programs)
