@@ -144,7 +144,8 @@ class _Gen:
 
     def rand_shape(self) -> Shape:
         nd = self.rng.choice([0, 1, 1, 2, 2, 2, 3])
-        return tuple(self.rng.choice([1, 2, 3, 4]) for _ in range(nd))
+        dims = [1, 2, 3, 4] if self.rng.random() < 0.85 else [5, 7, 9, 17]  # past vector widths sometimes
+        return tuple(self.rng.choice(dims) for _ in range(nd))
 
     # -- statements
     def statement(self, blk: list, scope: _Scope) -> None:
@@ -610,6 +611,8 @@ def generate(seed: int, index: int, dtype: str | None = None, size: int | None =
         g.statement(body, scope)
     floats = [v for v in scope.vars if v.dtype == fdt]
     outs = [floats[-1].name] + [v.name for v in rng.sample(floats[:-1], min(len(floats) - 1, rng.randint(0, 2)))]
+    if rng.random() < 0.1:
+        outs.append(outs[0])  # the same value as two results
     return {"seed": seed, "index": index, "order": order, "dtype": fdt, "inputs": g.inputs, "functions": g.functions,
             "main": {"name": f"{g.prefix}_main", "params": [{"name": i["name"]} for i in g.inputs], "body": body,
                      "res": outs}}
@@ -698,12 +701,19 @@ def render(programs: list[Program]) -> str:
                      f"for a, w in zip(o, weights[{j}])))")
     lines.append("    return outs, lantern.stack(losses)")
     lines.append("")
-    if _order(programs) == 1:
+    if _order(programs) == 1 and programs[0]["index"] % 2 == 0:
         lines += ["@lantern.stage",
                   "def batch(floats, ints, weights):",
                   "    outs, losses = _losses(floats, ints, weights)",
                   "    grads = lantern.grad(lambda f: lantern.sum(_losses(f, ints, weights)[1]))(floats)",
                   "    return outs, losses, grads"]
+    elif _order(programs) == 1:  # value_and_grad, its value one more loss to compare
+        lines += ["@lantern.stage",
+                  "def batch(floats, ints, weights):",
+                  "    outs, losses = _losses(floats, ints, weights)",
+                  "    total, grads = lantern.value_and_grad(lambda f: lantern.sum(_losses(f, ints, weights)[1]))"
+                  "(floats)",
+                  "    return outs, lantern.concatenate([losses, lantern.reshape(total, (1,))]), grads"]
     else:  # and the Hessian of the summed loss times the direction tree ``dirs``
         lines += ["@lantern.stage",
                   "def batch(floats, ints, weights, dirs):",
@@ -872,6 +882,12 @@ def check_programs(programs: list[Program], fd: bool = True) -> Report:
                 report.failures.append(Failure(p["seed"], p["index"], "forward" if k < 2 else part.split()[0],
                                                str(exc)))
                 break
+    losses = np.asarray(native[1], np.float64)
+    if losses.size > len(programs):  # value_and_grad's value: the sum of the losses
+        total, parts = losses[-1], losses[:-1]
+        if not abs(total - parts.sum()) <= 1e-12 * (1.0 + np.abs(parts).sum()) * len(parts):
+            return _one_by_one(programs, fd, "value", f"value_and_grad's value {total!r} != the sum of the "
+                               f"losses {parts.sum()!r}")
     if fd:
         _check_fd(exe, programs, args, native, report)
     return report
