@@ -19,7 +19,8 @@ from harness import RESULTS  # noqa: E402
 BENCHMARKS = {"bench_rnn.py": ["rnn_h100_s25_b1", "rnn_h50_s20_b20"],
               "bench_lstm.py": ["lstm_h50_s20_b1", "lstm_h200_s20_b1"],
               "bench_treelstm.py": ["treelstm"],
-              "bench_cnn.py": ["cnn"]}
+              "bench_cnn.py": ["cnn"],
+              "bench_llama.py": ["llama_train", "llama_generate"]}
 PEERS = ("torch eager", "torch.compile", "jax.jit")
 
 

@@ -67,6 +67,22 @@ def test_cnn_quick_against_torch_eager_when_installed(tmp_path):
         assert (tmp_path / "cnn.png").stat().st_size > 0
 
 
+def test_llama_quick_against_torch_eager_when_installed(tmp_path):
+    have_torch = importlib.util.find_spec("torch") is not None
+    run_quick(tmp_path, "bench_llama.py", "--frameworks", "lantern,torch eager" if have_torch else "lantern")
+    names = ["lantern", "torch eager"][:1 + have_torch]
+    train, gen = load(tmp_path, "llama_train"), load(tmp_path, "llama_generate")
+    assert [r["framework"] for r in train["rows"]] == names == [r["framework"] for r in gen["rows"]]
+    assert train["config"] == {"preset": "tiny", "batch": 8, "seq": 32, "threads": 1}
+    assert gen["unit"] == "token" and gen["config"]["batch"] == 1
+    # the same weights and data: first-step losses (and first decoded logits) agree with PyTorch
+    assert train["first_loss_max_difference"] < 2e-3 and gen["first_loss_max_difference"] < 1e-3
+    for r in train["rows"]:
+        assert r["tokens_per_s"] == pytest.approx(8 * 32 / (r["median_ms"] / 1e3), rel=1e-3)
+        assert 0 < r["fraction_of_peak"] < 1
+    assert train["peak_gflops_estimate"] > 0 and "FLOP/cycle" in train["peak_assumption"]
+
+
 def test_unknown_framework_is_an_error():
     proc = subprocess.run([sys.executable, "benchmarks/bench_cnn.py", "--quick", "--frameworks", "tensorflow"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -336,7 +336,8 @@ class Trainer:
     """A staged training step: forward, backward, global-norm clipping and AdamW, one native call.
 
     ``step(params, opt_state, tokens [B, T+1], lr) -> (params, opt_state, loss, grad_norm)`` with
-    ``lr`` a float32 0-d array, so a learning-rate schedule needs no recompilation. AdamW is
+    ``lr`` a 0-d float array (``np.array(lr, np.float32)``; a NumPy scalar works but takes the slower
+    general call path), so a learning-rate schedule needs no recompilation. AdamW is
     PyTorch's (``lantern.optim.AdamW``), decoupled weight decay applied to the weight matrices
     and the embedding, not to the norm gains. The update is linear in the learning rate, so it
     is computed by an ``lr = 1`` optimizer and scaled by the staged ``lr``::

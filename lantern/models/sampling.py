@@ -71,14 +71,14 @@ def stream(config: LlamaConfig, params: dict[str, np.ndarray], prompt: Sequence[
     rng = np.random.default_rng(seed)
     logits = None
     for pos, tok in enumerate(prompt):
-        logits, kc, vc = dec.decode(params, np.int64(tok), np.int64(pos), kc, vc)
+        logits, kc, vc = dec.decode(params, np.array(tok, np.int64), np.array(pos, np.int64), kc, vc)
     pos = len(prompt)
     for _ in range(max_new_tokens):
         tok = sample(logits, rng, temperature, top_p)
         yield tok
         if (stop is not None and stop(tok)) or pos >= config.max_seq_len:
             return
-        logits, kc, vc = dec.decode(params, np.int64(tok), np.int64(pos), kc, vc)
+        logits, kc, vc = dec.decode(params, np.array(tok, np.int64), np.array(pos, np.int64), kc, vc)
         pos += 1
 
 

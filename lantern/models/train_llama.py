@@ -114,8 +114,9 @@ def train(config: LlamaConfig, *, steps: int, batch: int = 16, seq: int = 128, l
               f"{batch} x {seq} tokens; ~{config.flops_per_token(seq) * tokens_per_step / 1e9:.2f} GFLOP per step\n")
     out.flush()
 
-    def batches(i: int) -> tuple[np.ndarray, np.float32]:
-        return get(i), np.float32(llama.cosine_lr(i, lr=lr, warmup=warmup, total=steps, min_lr=min_lr))
+    def batches(i: int) -> tuple[np.ndarray, np.ndarray]:
+        # a 0-d array, not np.float32: NumPy scalars take the staged call's slower general path
+        return get(i), np.array(llama.cosine_lr(i, lr=lr, warmup=warmup, total=steps, min_lr=min_lr), np.float32)
 
     result = fit(trainer.step, params, trainer.init(params), batches, steps=steps, plot=plot, log_every=log_every,
                  file=out)
