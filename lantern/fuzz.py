@@ -461,15 +461,23 @@ class _Gen:
         inner.vars.extend(carry)
         body: list = []
         self.let(body, inner, "cast", f"lantern.astype({{0}}, '{self.fdt}') * 0.3", [i], (), self.fdt, 1.5)
+        # An int64 counter carried along with the floats (stored and replayed like them), sometimes.
+        counter = _Var(self.name("c"), (), "int64", 0.0) if self.rng.random() < 0.3 else None
         rows = [v for v in self.floats(scope) if v.shape]
-        if rows and self.rng.random() < 0.5:  # x[i]: a gather by the loop counter (an RNN reading its input)
-            x = self.rng.choice(rows)
-            self.let(body, inner, "index_by_counter", f"{{0}}[{{1}} % {x.shape[0]}]", [x, i], x.shape[1:], self.fdt,
-                     x.bound)
+        if rows and (counter is not None or self.rng.random() < 0.5):
+            x = self.rng.choice(rows)  # x[i]: a gather by the loop counter (an RNN reading its input)
+            self.let(body, inner, "index_by_counter", f"{{0}}[{{1}} % {x.shape[0]}]", [x, counter or i],
+                     x.shape[1:], self.fdt, x.bound)
         for _ in range(self.rng.randint(1, 3)):
             self.statement(body, inner)
         res = [self.coerce(body, inner, c, bounded=True).name for c in carry]
-        self.outs(blk, scope, "fori", targets, lo=str(lo), hi=hi, hi_args=hi_args, init=[t.name for t in targets],
+        init = [t.name for t in targets]
+        if counter is not None:
+            res.append(self.let(body, inner, "add", "{0} + 1", [counter], (), "int64", 0.0).name)
+            carry.append(counter)
+            targets = targets + [counter]
+            init.append("np.int64(0)")
+        self.outs(blk, scope, "fori", targets, lo=str(lo), hi=hi, hi_args=hi_args, init=init,
                   ivar=i.name, cparams=[c.name for c in carry], body=body, res=res)
 
     def while_(self, blk: list, scope: _Scope) -> None:
