@@ -1131,9 +1131,9 @@ def load_regression(path: Path) -> dict:
 # ------------------------------------------------------------------ campaign
 
 def _run_batch(seed: int, lo: int, hi: int, save_dir: Path | None, shrink_s: float,
-               order: int = 1) -> tuple[Report, Counter, list[str]]:
+               order: int = 1, size: int | None = None) -> tuple[Report, Counter, list[str]]:
     """Check programs ``lo .. hi-1`` of ``seed``; shrink and save each failure. Returns log lines too."""
-    programs = [generate(seed, i, order=order) for i in range(lo, hi)]
+    programs = [generate(seed, i, order=order, size=size) for i in range(lo, hi)]
     rep = check_programs(programs)
     lines = []
     for f in rep.failures:
@@ -1147,7 +1147,7 @@ def _run_batch(seed: int, lo: int, hi: int, save_dir: Path | None, shrink_s: flo
 
 def run_campaign(count: int, seed: int, batch: int = 5, save_dir: Path | None = None, shrink_s: float = 120.0,
                  start: int = 0, time_limit: float | None = None, jobs: int = 1, order: int = 1,
-                 out: Any = sys.stdout) -> tuple[Report, Counter]:
+                 size: int | None = None, out: Any = sys.stdout) -> tuple[Report, Counter]:
     """Check programs ``start .. start+count`` of ``seed`` in batches (``jobs`` processes at a
     time); shrink and save failures. Stops starting batches after ``time_limit`` seconds."""
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -1176,7 +1176,7 @@ def run_campaign(count: int, seed: int, batch: int = 5, save_dir: Path | None = 
         for lo, hi in batches:
             if out_of_time():
                 break
-            record(_run_batch(seed, lo, hi, save_dir, shrink_s, order))
+            record(_run_batch(seed, lo, hi, save_dir, shrink_s, order, size))
     else:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             pending: set = set()
@@ -1186,7 +1186,7 @@ def run_campaign(count: int, seed: int, batch: int = 5, save_dir: Path | None = 
                     nxt = next(todo, None)
                     if nxt is None:
                         break
-                    pending.add(pool.submit(_run_batch, seed, *nxt, save_dir, shrink_s, order))
+                    pending.add(pool.submit(_run_batch, seed, *nxt, save_dir, shrink_s, order, size))
                 if not pending:
                     break
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -1209,13 +1209,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="worker processes")
     ap.add_argument("--order", type=int, choices=(1, 2), default=1,
                     help="2: straight-line programs, Hessian-vector products checked too")
+    ap.add_argument("--size", type=int, default=None, help="top-level statements per program (default 3..9)")
     ap.add_argument("--show", type=int, default=None, metavar="INDEX", help="print program INDEX's source and exit")
     a = ap.parse_args(argv)
     if a.show is not None:
-        print(render([generate(a.seed, a.show, order=a.order)]))
+        print(render([generate(a.seed, a.show, order=a.order, size=a.size)]))
         return 0
     report, cov = run_campaign(a.count, a.seed, a.batch, a.save_dir, a.shrink_seconds, a.start, a.time_limit,
-                               a.jobs, a.order)
+                               a.jobs, a.order, a.size)
     print(f"{report.programs} programs: {len(report.failures)} failures; gradient vs finite differences checked "
           f"on {report.fd_checked}, skipped {report.fd_skipped} (not smooth along the direction)")
     print("coverage: " + ", ".join(f"{k} {v}" for k, v in sorted(cov.items(), key=lambda kv: -kv[1])))
