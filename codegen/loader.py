@@ -1,8 +1,15 @@
 """Load a compiled module with cffi and call its entry point on NumPy arrays without copies."""
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
+import importlib.util
+import io
 import os
+import tempfile
 import threading
+from typing import TYPE_CHECKING, Any
 
 import cffi
 import numpy as np
@@ -10,8 +17,10 @@ import numpy as np
 from lantern.errors import NativeError, NonFiniteError, OutOfBoundsError, RecursionDepthError
 from lantern.ir.types import TensorType
 
-from .compiler import Artifact, blas_paths, debug_mode
-from .emit_c import CSource
+from .compiler import Artifact, _make_private_dir, _private_problem, active_cache_dir, blas_paths, debug_mode
+
+if TYPE_CHECKING:  # the emitter is not needed to load code the trace cache found
+    from .emit_c import CSource
 
 _blas_lock = threading.Lock()
 _blas_configured = False
@@ -31,18 +40,55 @@ def _configure_blas() -> None:
     with _blas_lock:
         if _blas_configured:
             return
-        ffi = cffi.FFI()
-        ffi.cdef("void scipy_openblas_set_num_threads(int);")
         _, lib_dir, name = blas_paths()
-        lib = ffi.dlopen(os.path.join(lib_dir, f"lib{name}.so"))
-        lib.scipy_openblas_set_num_threads(num_threads())
+        lib = ctypes.CDLL(os.path.join(lib_dir, f"lib{name}.so"))  # ctypes: no C parser for one call
+        lib.scipy_openblas_set_num_threads(ctypes.c_int(num_threads()))
         _blas_configured = True
+
+
+@functools.lru_cache(maxsize=None)
+def _ffi(num_params: int) -> Any:
+    """One FFI per entry-point arity (each module is its own dlopen of it).
+
+    cffi parses declarations with pycparser, whose import alone is ~30 ms of a cache hit; so the
+    parsed form is kept in the cache directory as cffi's out-of-line ABI module (plain Python data,
+    no parser needed to load it) and built once per arity and cffi version.
+    """
+    import _cffi_backend
+    name = f"_lantern_ffi_{num_params}_{_cffi_backend.__version__.replace('.', '_')}"
+    path = active_cache_dir() / "ffi" / f"{name}.py"
+    try:
+        if not _private_problem(path, os.lstat(path)) and not _private_problem(path.parent, os.stat(path.parent)):
+            spec = importlib.util.spec_from_file_location(name, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module.ffi
+    except Exception:  # missing or unreadable: build it
+        pass
+    builder = cffi.FFI()
+    params = ", ".join(["void *"] * num_params) or "void"
+    builder.cdef(f"int lantern_entry({params}); const char *lantern_error(void); size_t lantern_arena_in_use(void);")
+    builder.set_source(name, None)
+    try:
+        _make_private_dir(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".py.tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # cffi announces "generating ..."
+                builder.emit_python_code(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError:
+        pass  # only a later process's start-up is slower
+    return builder
 
 
 def _require_sanitizer_runtime() -> None:
     """``LANTERN_DEBUG=1`` modules are built with AddressSanitizer, whose runtime must be in the process from
     its start: loading one without it aborts the interpreter. Say how to start Python instead."""
-    import ctypes
     if not hasattr(ctypes.CDLL(None), "__asan_init"):
         raise NativeError(
             "LANTERN_DEBUG=1 builds use AddressSanitizer, whose runtime must be loaded when Python starts. Run "
@@ -59,13 +105,13 @@ class NativeFunction:
         self.c_path = artifact.c_path
         self.so_path = artifact.so_path
         self.from_cache = artifact.from_cache
+        # what the trace cache records to rebuild this object in another process without tracing
+        self.artifact_key = artifact.key
+        self.entry, self.num_inputs, self.uses_blas = source.entry, source.num_inputs, source.uses_blas
         self._out_specs = [(t.shape, np.dtype(t.dtype)) for t in out_types]
         if source.uses_blas:
             _configure_blas()
-        ffi = cffi.FFI()
-        params = ", ".join(["void *"] * (source.num_inputs + source.num_outputs)) or "void"
-        ffi.cdef(f"int lantern_entry({params}); const char *lantern_error(void); size_t lantern_arena_in_use(void);")
-        self._ffi = ffi
+        ffi = self._ffi = _ffi(source.num_inputs + source.num_outputs)
         if debug_mode():
             _require_sanitizer_runtime()
         self._lib = ffi.dlopen(artifact.so_path)

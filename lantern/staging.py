@@ -142,16 +142,18 @@ class Executable:
     """
 
     def __init__(self, name: str, param_names: list[str], in_treedef: TreeDef, leaf_keys: list[tuple],
-                 in_paths: list[str], traced: Module, optimized: Module, out_treedef: TreeDef,
-                 out_types: list[TensorType], native: Any):
+                 in_paths: list[str], traced: Module | None, optimized: Module | None, out_treedef: TreeDef,
+                 out_types: list[TensorType], native: Any,
+                 retrace: Callable[[], tuple[Module, Module]] | None = None):
         self.name = name
         self._param_names = param_names
         self.in_treedef = in_treedef
         self._leaf_keys = leaf_keys
         self._array_positions = [i for i, k in enumerate(leaf_keys) if k[0] == "array"]
         self.in_specs = [ArraySpec(in_paths[i], leaf_keys[i][1], leaf_keys[i][2]) for i in self._array_positions]
-        self.traced_module = traced
-        self.module = optimized
+        # (traced, optimized) IR; None when the code came from the trace cache until someone asks for it
+        self._modules = (traced, optimized) if traced is not None and optimized is not None else None
+        self._retrace = retrace
         self.out_treedef = out_treedef
         self.out_types = out_types
         self.native = native
@@ -161,6 +163,22 @@ class Executable:
         self._accepted: set[tuple] = set()  # argument keys (structure and constants) already checked
 
     # ---------------------------------------------------------- inspection
+    def _ir_modules(self) -> tuple[Module, Module]:
+        if self._modules is None:
+            assert self._retrace is not None
+            self._modules = self._retrace()
+        return self._modules
+
+    @property
+    def traced_module(self) -> Module:
+        """The IR module as traced (traced now if the code was found through the trace cache)."""
+        return self._ir_modules()[0]
+
+    @property
+    def module(self) -> Module:
+        """The IR module after the passes that prepare it for C."""
+        return self._ir_modules()[1]
+
     @property
     def ir(self) -> str:
         """The IR as traced from the user's function (text)."""
@@ -358,17 +376,44 @@ class Staged:
         return exe, leaves
 
     def _compile(self, treedef: TreeDef, keys: list[tuple], paths: list[str]) -> Executable:
+        from . import trace_cache
         from .codegen import EmitOptions, build_native
 
+        # Fingerprinted before tracing: what a fresh process sees before it would trace.
+        fingerprint = trace_cache.fingerprint(self, treedef, keys)
+        if fingerprint is not None and trace_cache.mode() == "on":
+            record = trace_cache.load(fingerprint)
+            found = trace_cache.native_from_record(record) if record else None
+            if found:
+                trace_cache.STATS["hits"] += 1
+                native, out_types, out_treedef = found
+                return Executable(self.name, self._param_names, treedef, keys, paths, None, None, out_treedef,
+                                  out_types, native, retrace=lambda: self._trace_modules(treedef, keys, paths))
+            trace_cache.STATS["misses"] += 1
+        builder, name, traced = self._trace(treedef, keys, paths)
+        native, optimized = build_native(traced, self.name, EmitOptions(**self.options))
+        fn = traced.functions[name]
+        exe = Executable(self.name, self._param_names, treedef, keys, paths, traced, optimized,
+                         builder.out_treedefs[name], list(fn.result_types or ()), native)
+        if fingerprint is not None:
+            if trace_cache.mode() == "verify":
+                trace_cache.check_same(fingerprint, exe)
+            trace_cache.store(fingerprint, exe)
+        return exe
+
+    def _trace(self, treedef: TreeDef, keys: list[tuple], paths: list[str]) -> tuple[ModuleBuilder, str, Module]:
         builder = ModuleBuilder()
         specs: list[Any] = [TensorType(k[1], k[2]) if k[0] == "array" else _Static(k[2]) for k in keys]
         name = trace_function(builder, self, treedef, specs, paths, entry=True)
         traced = builder.module(name)
         verify(traced)
-        native, optimized = build_native(traced, self.name, EmitOptions(**self.options))
-        fn = traced.functions[name]
-        return Executable(self.name, self._param_names, treedef, keys, paths, traced, optimized,
-                          builder.out_treedefs[name], list(fn.result_types or ()), native)
+        return builder, name, traced
+
+    def _trace_modules(self, treedef: TreeDef, keys: list[tuple], paths: list[str]) -> tuple[Module, Module]:
+        """(traced, prepared) IR of a signature whose code came from the trace cache (for ``.ir`` etc.)."""
+        from .codegen import prepare
+        traced = self._trace(treedef, keys, paths)[2]
+        return traced, prepare(traced)
 
     # ---------------------------------------------------------- calls while tracing
     def _call_while_tracing(self, args: tuple, kwargs: dict) -> Any:

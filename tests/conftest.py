@@ -20,3 +20,6 @@ def pytest_configure(config):
     os.environ.setdefault("LANTERN_NUM_THREADS", "1")
     # Generated C must compile without warnings: every test compile treats them as errors.
     os.environ.setdefault("LANTERN_WERROR", "1")
+    # Every compile also checks the trace cache: a recorded entry that differs from what tracing
+    # produces fails the test (a stale hit would run the wrong code). Tests of hits set it to 1.
+    os.environ.setdefault("LANTERN_TRACE_CACHE", "verify")
