@@ -164,12 +164,13 @@ class _Fingerprinter:
         return True
 
     def module_globals(self, module: types.ModuleType) -> None:
-        """The plain values among a lantern module's globals (thresholds a program may set at run time)."""
+        """The plain values among a lantern module's public globals (thresholds a program may set at run
+        time; private ones are lantern's own lazily filled caches and counters)."""
         if module.__name__ in self.modules_done:
             return
         self.modules_done.add(module.__name__)
         plain = [(k, sorted(map(repr, v)) if isinstance(v, frozenset) else v)  # sets: no hash-seed order
-                 for k, v in vars(module).items() if not k.startswith("__") and _plain(v)]
+                 for k, v in vars(module).items() if not k.startswith("_") and _plain(v)]
         self.feed("globals", module.__name__, sorted(plain, key=lambda kv: kv[0]))
 
     # -------------------------------------------------------------- values
