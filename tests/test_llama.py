@@ -215,6 +215,27 @@ def test_logits_and_gradients_match_pytorch():
         assert rel_err(grads[k], tp[k].grad.numpy()) < 1e-5, k
 
 
+def test_hugging_face_checkpoint_loads_and_gives_the_same_logits(tmp_path):
+    # A randomly initialised transformers.LlamaForCausalLM saved with save_pretrained: same names,
+    # layouts and RoPE convention, so its safetensors file and config.json load as they are.
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from lantern.models.train_llama import load_checkpoint
+    hf_cfg = transformers.LlamaConfig(
+        vocab_size=CFG.vocab_size, hidden_size=CFG.dim, intermediate_size=CFG.ffn_dim, num_hidden_layers=CFG.n_layers,
+        num_attention_heads=CFG.n_heads, num_key_value_heads=CFG.n_kv_heads, max_position_embeddings=CFG.max_seq_len,
+        rope_theta=CFG.rope_theta, rms_norm_eps=CFG.norm_eps, tie_word_embeddings=False, initializer_range=0.3)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(hf_cfg).double().eval()
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    cfg, params = load_checkpoint(str(tmp_path))
+    assert cfg == CFG and set(params) == set(llama.param_shapes(CFG)) and params["lm_head.weight"].dtype == np.float64
+    toks = tokens((2, T), seed=15)
+    with torch.no_grad():
+        expected = model(torch.as_tensor(toks)).logits.numpy()
+    assert rel_err(llama.staged_forward(CFG)(params, toks), expected) < 1e-5
+
+
 # ------------------------------------------------------------------ gradients
 
 def loss_and_grad():

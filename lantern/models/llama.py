@@ -110,6 +110,22 @@ class LlamaConfig:
     def replace(self, **changes: Any) -> "LlamaConfig":
         return replace(self, **changes)
 
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any]) -> "LlamaConfig":
+        """From a Hugging Face ``config.json`` (a dict) of a ``LlamaForCausalLM``."""
+        if hf.get("tie_word_embeddings") or hf.get("attention_bias") or hf.get("mlp_bias"):
+            raise ArgumentError("LlamaConfig.from_hf: tied embeddings and biases are not part of this architecture")
+        if hf.get("hidden_act", "silu") != "silu" or hf.get("rope_scaling"):
+            raise ArgumentError(f"LlamaConfig.from_hf: hidden_act {hf.get('hidden_act')!r} / rope_scaling "
+                                f"{hf.get('rope_scaling')!r} are not supported (silu, no scaling)")
+        heads = hf["num_attention_heads"]
+        if hf.get("head_dim", hf["hidden_size"] // heads) * heads != hf["hidden_size"]:
+            raise ArgumentError("LlamaConfig.from_hf: head_dim * num_attention_heads must equal hidden_size")
+        return cls(dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"], n_heads=heads,
+                   n_kv_heads=hf.get("num_key_value_heads") or heads, ffn_dim=hf["intermediate_size"],
+                   vocab_size=hf["vocab_size"], max_seq_len=hf["max_position_embeddings"],
+                   rope_theta=hf.get("rope_theta", 10000.0), norm_eps=hf.get("rms_norm_eps", 1e-6))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 import sys
 import time
 from typing import Any, Callable, TextIO
@@ -71,10 +72,18 @@ def save_checkpoint(path: str, config: LlamaConfig, params: dict[str, np.ndarray
 
 def load_checkpoint(path: str, config: LlamaConfig | None = None,
                     dtype: Any = None) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
-    """``(config, params)`` from a safetensors file in Hugging Face Llama layout. The config comes
-    from the metadata lantern writes, else from ``config``; parameters are checked against it and
-    converted to ``dtype`` (default: as stored, with float16/bfloat16 widened to float32)."""
+    """``(config, params)`` from a safetensors file in Hugging Face Llama layout (or a directory
+    holding ``model.safetensors``, as ``save_pretrained`` writes). The config comes from the metadata
+    lantern writes, else from ``config``, else from a Hugging Face ``config.json`` beside the file;
+    parameters are checked against it and converted to ``dtype`` (default: as stored, with
+    float16/bfloat16 widened to float32)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "model.safetensors")
     params, meta = safetensors.load_file(path, with_metadata=True)
+    hf_json = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+    if CONFIG_KEY not in meta and config is None and os.path.exists(hf_json):
+        with open(hf_json) as f:
+            config = LlamaConfig.from_hf(json.load(f))
     if CONFIG_KEY in meta:
         try:
             stored = LlamaConfig(**json.loads(meta[CONFIG_KEY]))
