@@ -41,7 +41,8 @@ def _run(seed: int, indices: range, order: int = 1) -> fuzz.Report:
 def _assert_clean(rep: fuzz.Report, n: int) -> None:
     assert rep.programs == n
     assert not rep.failures, "\n".join(map(str, rep.failures)) + (
-        "\nreproduce: python -m lantern.fuzz --seed S --start I --count 1 --save-dir tests/fuzz_regressions")
+        "\nreproduce, shrink and save: python -m lantern.fuzz --seed S --start I --count 1 [--order 2] "
+        "--save-dir tests/fuzz_regressions")
     # Finite differences must actually run: skipping is only for directions crossing a kink.
     assert rep.fd_skipped <= max(2, rep.fd_checked // 10), (rep.fd_checked, rep.fd_skipped)
 
