@@ -113,10 +113,23 @@ def _check_untouched(module: types.ModuleType) -> None:
     """A function of ``module`` replaced at run time (by code outside lantern, NumPy and the standard
     library: a monkeypatch) is not in lantern's source hash: refuse."""
     for name, value in vars(module).items():
-        if isinstance(value, types.FunctionType) and not _trusted_file(value.__code__.co_filename):
-            raise _Unsupported(f"{module.__name__}.{name} was replaced by {value.__module__}.{value.__qualname__}")
-        if type(value).__module__.startswith("unittest.mock"):
-            raise _Unsupported(f"{module.__name__}.{name} is a mock")
+        _check_original(f"{module.__name__}.{name}", value)
+        if isinstance(value, type) and value.__module__ == module.__name__:
+            for attr, member in vars(value).items():  # methods of lantern's classes (Tensor, layers, ...)
+                _check_original(f"{module.__name__}.{name}.{attr}", member)
+
+
+def _check_original(where: str, value: Any) -> None:
+    if isinstance(value, (staticmethod, classmethod)):
+        value = value.__func__
+    if isinstance(value, types.FunctionType) and not _trusted_file(value.__code__.co_filename):
+        # methods that dataclass and namedtuple write with exec() for lantern's own classes are not patches
+        generated = value.__code__.co_filename == "<string>" and str(value.__module__).startswith(
+            ("lantern.", "namedtuple_"))
+        if not generated:
+            raise _Unsupported(f"{where} was replaced by {value.__module__}.{value.__qualname__}")
+    if type(value).__module__.startswith("unittest.mock"):
+        raise _Unsupported(f"{where} is a mock")
 
 
 @functools.lru_cache(maxsize=None)

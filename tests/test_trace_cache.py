@@ -137,6 +137,11 @@ def test_monkeypatched_lantern_disables_the_cache(trace_cache_on, monkeypatch):
     assert fingerprint(f, X) is not None
     monkeypatch.setattr(lantern.ops, "tanh", lambda x: x)
     assert fingerprint(f, X) is None
+    monkeypatch.undo()
+    monkeypatch.setenv("LANTERN_TRACE_CACHE", "1")
+    assert fingerprint(f, X) is not None
+    monkeypatch.setattr(lantern.Tensor, "__mul__", lambda self, other: self)  # a method of a lantern class
+    assert fingerprint(f, X) is None
 
 
 def test_in_process_hit_skips_tracing_and_ir_is_traced_on_demand(trace_cache_on, fresh_cache):
