@@ -140,17 +140,21 @@ def versions() -> dict[str, str]:
 def time_steps(step: Callable[[], Any], steps: int, repeats: int, warmup: int = 3) -> dict[str, float]:
     """Per-step time (ms) over ``repeats`` runs of ``steps`` calls of ``step``: median, min, max.
 
+    Also the process's CPU time per step (all its threads, median): on a machine shared with
+    other jobs, wall time includes waiting for a core and CPU time does not; at one thread it
+    is the steadier figure to compare (with more threads it also counts threads spinning).
     ``step`` must block until its result is computed (``block_until_ready`` for JAX)."""
     for _ in range(warmup):
         step()
-    runs = []
+    runs, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(steps):
             step()
         runs.append((time.perf_counter() - t0) / steps * 1e3)
+        cpu.append((time.process_time() - c0) / steps * 1e3)
     return {"median_ms": float(np.median(runs)), "min_ms": float(min(runs)), "max_ms": float(max(runs)),
-            "steps_per_run": steps, "runs": len(runs)}
+            "cpu_median_ms": float(np.median(cpu)), "steps_per_run": steps, "runs": len(runs)}
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -226,19 +230,21 @@ def machine() -> dict[str, Any]:
     except (OSError, StopIteration):
         pass
     return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "platform": platform.platform(),
-            **versions()}
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, **versions()}
 
 
 def markdown(name: str, config: dict[str, Any], rows: list[dict[str, Any]], unit: str) -> str:
     base = next((r["median_ms"] for r in rows if r["framework"] == "lantern"), None)
     lines = [f"### {name} ({', '.join(f'{k}={v}' for k, v in config.items())})", "",
-             f"| framework | ms/{unit} (median) | min-max | first {unit} s | Lantern is faster by |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+             f"| framework | ms/{unit} (median) | min-max | CPU ms/{unit} (median) | first {unit} s "
+             "| Lantern is faster by |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         ratio = f"{r['median_ms'] / base:.2f}x" if base and r["framework"] != "lantern" else ""
         first = f"{r['first_call_s']:.2f}" if r.get("first_call_s") is not None else ""
-        lines.append(f"| {r['framework']} | {r['median_ms']:.3f} | {r['min_ms']:.3f}-{r['max_ms']:.3f} | {first} "
-                     f"| {ratio} |")
+        cpu = f"{r['cpu_median_ms']:.3f}" if r.get("cpu_median_ms") is not None else ""
+        lines.append(f"| {r['framework']} | {r['median_ms']:.3f} | {r['min_ms']:.3f}-{r['max_ms']:.3f} | {cpu} "
+                     f"| {first} | {ratio} |")
     return "\n".join(lines)
 
 

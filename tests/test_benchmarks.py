@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ROW_KEYS = {"framework", "median_ms", "min_ms", "max_ms", "first_call_s"}
+ROW_KEYS = {"framework", "median_ms", "min_ms", "max_ms", "cpu_median_ms", "first_call_s"}
 
 
 def run_quick(results, script, *extra):
@@ -36,7 +36,7 @@ def load(results, name):
     assert result["config"]["threads"] == 1
     for row in result["rows"]:
         assert ROW_KEYS <= set(row)
-        assert 0 < row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+        assert 0 < row["min_ms"] <= row["median_ms"] <= row["max_ms"] and row["cpu_median_ms"] > 0
     assert result["rows"][0]["framework"] == "lantern"
     return result
 
