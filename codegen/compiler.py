@@ -469,7 +469,7 @@ def _compile_in(root: Path, text: str, name: str, key: str, cc: list[str], flags
         cmd = _command(cc, flags, str(entry.c), tmp_so, uses_blas)
         proc = _run(cmd, compile_timeout(), f"compiling {name}", str(entry.c))
         if proc.returncode != 0:
-            if any(text in proc.stderr for text in _WRITE_FAILURES) and _write_problem(entry.directory, 1 << 20):
+            if any(m in proc.stderr for m in _WRITE_FAILURES) and _write_problem(entry.directory, 1 << 20):
                 raise _CacheWriteError(f"the compiler could not write its output in {entry.directory}: "
                                        f"{proc.stderr.strip()[-300:]}")
             raise CompileError(f"the C compiler failed on code generated for {name} (C file kept at {entry.c}):\n"

@@ -304,7 +304,7 @@ class _Fingerprinter:
                 self.value(value, names)
 
     def code(self, c: types.CodeType) -> None:
-        self.feed("code", c.co_name, c.co_qualname, c.co_filename, c.co_firstlineno, c.co_argcount,
+        self.feed("code", c.co_name, getattr(c, "co_qualname", c.co_name), c.co_filename, c.co_firstlineno, c.co_argcount,
                   c.co_posonlyargcount, c.co_kwonlyargcount, c.co_flags, c.co_names, c.co_varnames,
                   c.co_freevars, c.co_cellvars)
         self.h.update(c.co_code)
@@ -384,10 +384,7 @@ def fingerprint(staged: Any, treedef: TreeDef, keys: list[tuple]) -> str | None:
         for key in keys:
             fp.value(key)
         fp.value(staged)
-    except _Unsupported:
-        STATS["unsupported"] += 1
-        return None
-    except RecursionError:
+    except Exception:  # _Unsupported, a structure too deep, an object that fails when looked at: trace
         STATS["unsupported"] += 1
         return None
     return fp.digest()
