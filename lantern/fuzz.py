@@ -709,19 +709,30 @@ def render(programs: list[Program]) -> str:
                      f"for a, w in zip(o, weights[{j}])))")
     lines.append("    return outs, lantern.stack(losses)")
     lines.append("")
-    if _order(programs) == 1 and programs[0]["index"] % 2 == 0:
-        lines += ["@lantern.stage",
+    if _order(programs) == 1:
+        # Every other batch uses value_and_grad (its value: one more loss to compare); every third
+        # differentiates only the even-numbered inputs of each program, the others read as
+        # constants captured from the enclosing function.
+        wrt, inner = ("_pick(floats)", "_merge(f, floats)") if _partial(programs) else ("floats", "f")
+        loss = f"lambda f: lantern.sum(_losses({inner}, ints, weights)[1])"
+        lines += ["def _pick(floats):",
+                  "    return tuple(tuple(x for k, x in enumerate(fl) if k % 2 == 0) for fl in floats)",
+                  "",
+                  "def _merge(picked, floats):",
+                  "    return tuple(tuple(picked[j][k // 2] if k % 2 == 0 else x for k, x in enumerate(fl))",
+                  "                 for j, fl in enumerate(floats))",
+                  "",
+                  "@lantern.stage",
                   "def batch(floats, ints, weights):",
-                  "    outs, losses = _losses(floats, ints, weights)",
-                  "    grads = lantern.grad(lambda f: lantern.sum(_losses(f, ints, weights)[1]))(floats)",
-                  "    return outs, losses, grads"]
-    elif _order(programs) == 1:  # value_and_grad, its value one more loss to compare
-        lines += ["@lantern.stage",
-                  "def batch(floats, ints, weights):",
-                  "    outs, losses = _losses(floats, ints, weights)",
-                  "    total, grads = lantern.value_and_grad(lambda f: lantern.sum(_losses(f, ints, weights)[1]))"
-                  "(floats)",
-                  "    return outs, lantern.concatenate([losses, lantern.reshape(total, (1,))]), grads"]
+                  "    outs, losses = _losses(floats, ints, weights)"]
+        if programs[0]["index"] % 2 == 0:
+            lines.append(f"    grads = lantern.grad({loss})({wrt})")
+        else:
+            lines += [f"    total, grads = lantern.value_and_grad({loss})({wrt})",
+                      "    losses = lantern.concatenate([losses, lantern.reshape(total, (1,))])"]
+        if _partial(programs):
+            lines.append("    grads = _merge(grads, tuple(tuple(lantern.zeros_like(x) for x in fl) for fl in floats))")
+        lines.append("    return outs, losses, grads")
     else:  # and the Hessian of the summed loss times the direction tree ``dirs``
         lines += ["@lantern.stage",
                   "def batch(floats, ints, weights, dirs):",
@@ -732,6 +743,11 @@ def render(programs: list[Program]) -> str:
                   "    outs, losses = _losses(floats, ints, weights)",
                   "    return outs, losses, lantern.grad(total)(floats), lantern.grad(slope)(floats)"]
     return "\n".join(lines) + "\n"
+
+
+def _partial(programs: list[Program]) -> bool:
+    """Whether the batch differentiates only the even-numbered float inputs (see :func:`render`)."""
+    return _order(programs) == 1 and programs[0]["index"] % 3 == 2
 
 
 def _order(programs: list[Program]) -> int:
@@ -921,6 +937,8 @@ def _check_fd(exe: Any, programs: list[Program], args: tuple, native: Any, repor
     floats, rest = args[0], args[1:]
     outs, losses, grads = native[:3]
     dirs = directions(floats)
+    if _partial(programs):  # the inputs not differentiated stay put
+        dirs = tuple(tuple(u if k % 2 == 0 else 0 * u for k, u in enumerate(du)) for du in dirs)
     shifted = []  # per step h: (results at x + h u, results at x - h u)
     for h in FD_STEPS:
         plus = tuple(tuple(x + h * u for x, u in zip(fl, du)) for fl, du in zip(floats, dirs))
