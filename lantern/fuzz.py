@@ -12,7 +12,10 @@ function; one compile checks them all:
   the traced and on the optimized IR (float64: rtol 1e-9; float32: rtol 1e-4);
 * for float64 programs the gradient of each program's loss, along a random direction,
   equals a central finite difference (skipped where the difference quotient itself is not
-  stable, i.e. the direction crosses a kink or a branch).
+  stable, i.e. the direction crosses a kink or a branch); ``order=2`` programs (straight
+  line) also compare the Hessian-vector product with differences of the gradient;
+* a second call gives the same bits, the arena is empty after a call, the C compiles
+  (warning-free where ``LANTERN_WERROR=1``) and nothing raises.
 
 A failing program is found by checking the batch's programs one at a time, shrunk by
 replacing statements with zeros of their type while the same check still fails, and saved
