@@ -454,14 +454,25 @@ class _Gen:
             return "{0}", [n.name]
         return str(self.rng.randint(0, hi)), []
 
+    def _loop_state(self, scope: _Scope, targets: list[_Var], counter: str) -> tuple[_Scope, _Var, list[_Var]]:
+        """A loop body's scope, its int64 index (or trip counter) and its carried variables."""
+        inner = scope.child()
+        index = _Var(self.name(counter), (), "int64", 0.0)
+        carry = [_Var(self.name("c"), t.shape, t.dtype, max(t.bound, 1.0)) for t in targets]
+        inner.vars.extend(carry)
+        return inner, index, carry
+
+    def _loop_body(self, body: list, inner: _Scope, carry: list[_Var]) -> list[str]:
+        """Random statements, then the next carried values (contracting, so loops stay bounded)."""
+        for _ in range(self.rng.randint(1, 3)):
+            self.statement(body, inner)
+        return [self.coerce(body, inner, c, bounded=True).name for c in carry]
+
     def fori(self, blk: list, scope: _Scope) -> None:
         targets = self.targets(scope, self.rng.choice([1, 2]))
         lo = self.rng.choice([0, 0, 1])
         hi, hi_args = self._bound(scope, 4)
-        inner = scope.child()
-        i = _Var(self.name("i"), (), "int64", 0.0)
-        carry = [_Var(self.name("c"), t.shape, t.dtype, max(t.bound, 1.0)) for t in targets]
-        inner.vars.extend(carry)
+        inner, i, carry = self._loop_state(scope, targets, "i")
         body: list = []
         self.let(body, inner, "cast", f"lantern.astype({{0}}, '{self.fdt}') * 0.3", [i], (), self.fdt, 1.5)
         # An int64 counter carried along with the floats (stored and replayed like them), sometimes.
@@ -471,9 +482,7 @@ class _Gen:
             x = self.rng.choice(rows)  # x[i]: a gather by the loop counter (an RNN reading its input)
             self.let(body, inner, "index_by_counter", f"{{0}}[{{1}} % {x.shape[0]}]", [x, counter or i],
                      x.shape[1:], self.fdt, x.bound)
-        for _ in range(self.rng.randint(1, 3)):
-            self.statement(body, inner)
-        res = [self.coerce(body, inner, c, bounded=True).name for c in carry]
+        res = self._loop_body(body, inner, carry)
         init = [t.name for t in targets]
         if counter is not None:
             res.append(self.let(body, inner, "add", "{0} + 1", [counter], (), "int64", 0.0).name)
@@ -486,14 +495,9 @@ class _Gen:
     def while_(self, blk: list, scope: _Scope) -> None:
         targets = self.targets(scope, self.rng.choice([1, 2]))
         hi, hi_args = self._bound(scope, 3)
-        inner = scope.child()
-        k = _Var(self.name("k"), (), "int64", 0.0)
-        carry = [_Var(self.name("c"), t.shape, t.dtype, max(t.bound, 1.0)) for t in targets]
-        inner.vars.extend(carry)
+        inner, k, carry = self._loop_state(scope, targets, "k")
         body: list = []
-        for _ in range(self.rng.randint(1, 3)):
-            self.statement(body, inner)
-        res = [self.coerce(body, inner, c, bounded=True).name for c in carry]
+        res = self._loop_body(body, inner, carry)
         extra = self.rng.random() < 0.3  # also stop on the data (the bound still caps the trip count)
         self.outs(blk, scope, "while", targets, hi=hi, hi_args=hi_args, data_stop=extra,
                   init=[t.name for t in targets], kvar=k.name, cparams=[c.name for c in carry], body=body, res=res)
