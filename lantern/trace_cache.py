@@ -39,7 +39,7 @@ from .ir.types import TensorType
 from .tree import TreeDef
 
 FORMAT = 1
-STATS = {"hits": 0, "misses": 0, "unsupported": 0, "stores": 0}
+STATS = {"hits": 0, "misses": 0, "unsupported": 0, "stores": 0, "verified": 0}
 
 #: Roots of the libraries whose module-level functions and classes are fingerprinted by name.
 _LIBRARIES = {"lantern", "numpy", "math", "cmath", "operator", "_operator", "functools", "_functools",
@@ -479,7 +479,10 @@ def native_from_record(record: dict) -> tuple[Any, list[TensorType], TreeDef] | 
 def check_same(fingerprint_: str, exe: Any) -> None:
     """``verify`` mode: a record for this fingerprint must name the entry tracing just produced."""
     record = load(fingerprint_)
-    if record is not None and record.get("key") != exe.native.artifact_key:
+    if record is None:
+        return
+    STATS["verified"] += 1
+    if record.get("key") != exe.native.artifact_key:
         raise IRVerificationError(
             f"trace cache: the record {fingerprint_} for {exe.name} names compiled entry {record.get('so')}, "
             f"but tracing produced {Path(exe.native.so_path).name}: the fingerprint missed something the "
