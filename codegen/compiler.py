@@ -499,6 +499,10 @@ def _compile_in(root: Path, text: str, name: str, key: str, cc: list[str], flags
 
 
 def _make_private_dir(path: Path) -> None:
+    """``path`` as a directory of this user's that others cannot write (created ``0700``, and its parent
+    too if the cache was removed while this process runs); ``PermissionError`` if it is someone else's."""
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.mkdir(mode=0o700, exist_ok=True)
     problem = _private_problem(path, path.stat())
     if problem:

@@ -483,6 +483,16 @@ def test_cache_directory_is_created_private_and_tightened(tmp_path, monkeypatch)
     assert stat.S_IMODE(other.stat().st_mode) == 0o700
 
 
+def test_cache_removed_while_running_is_made_again(fresh_cache, recwarn):
+    x = np.arange(4, dtype=np.float32)
+    lantern.stage(plus_one).lower(x)
+    shutil.rmtree(fresh_cache)
+    exe = lantern.stage(scale).lower(x, 2.0)
+    np.testing.assert_allclose(exe(x, 2.0), x * 2)
+    assert Path(exe.so_path).is_relative_to(fresh_cache) and stat.S_IMODE(fresh_cache.stat().st_mode) == 0o700
+    assert not [w for w in recwarn if issubclass(w.category, lantern.CacheWarning)]
+
+
 def test_cache_directory_of_another_user_is_replaced_by_a_temporary_one(tmp_path, monkeypatch):
     root = tmp_path / "theirs"
     root.mkdir(mode=0o700)
