@@ -25,16 +25,16 @@ import json
 import os
 import re
 import shlex
-import shutil
-import signal
 import stat
-import subprocess
-import tempfile
 import threading
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import subprocess
 
 from lantern.errors import CacheWarning, CompileError, CompilerNotFoundError, CompilerTimeoutError
 
@@ -134,7 +134,7 @@ def _resolve_compiler() -> list[str]:
     if not cc:
         raise CompilerNotFoundError(f"CC={given!r} names no program: set CC to a C compiler (gcc or clang), "
                                     "or unset it to use cc")
-    path = shutil.which(cc[0])
+    path = _which(cc[0])
     if path is None:
         if given is None:
             raise CompilerNotFoundError(
@@ -144,6 +144,19 @@ def _resolve_compiler() -> list[str]:
         raise CompilerNotFoundError(f"CC={given!r}: {cc[0]!r} is not an executable file on PATH; set CC to an "
                                     "installed C compiler (gcc or clang), or unset it to use cc")
     return [path, *cc[1:]]
+
+
+def _which(program: str) -> str | None:
+    """``shutil.which`` without importing shutil (and the compression modules it loads) on a cache hit."""
+    def runnable(path: str) -> bool:
+        return os.path.isfile(path) and os.access(path, os.X_OK)
+    if os.sep in program:
+        return program if runnable(program) else None
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or os.curdir, program)
+        if runnable(candidate):
+            return candidate
+    return None
 
 
 def _compiler_env() -> dict[str, str]:
@@ -162,6 +175,8 @@ def _compiler_env() -> dict[str, str]:
 
 def _run(cmd: list[str], timeout: float, what: str, c_path: str | None = None) -> subprocess.CompletedProcess:
     """Run the compiler; stop it and everything it started after ``timeout`` seconds."""
+    import signal
+    import subprocess
     try:
         # a session of its own, so a timeout kills the driver's children (cc1, as, ld) too
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -293,7 +308,9 @@ def _fall_back(root: Path, problem: str) -> Path:
         existing = _fallbacks.get(root)
         if existing is not None:
             return existing
+        import tempfile
         temp = Path(tempfile.mkdtemp(prefix="lantern-cache-"))  # 0700
+        import shutil
         atexit.register(shutil.rmtree, temp, True)
         _fallbacks[root] = temp
     warnings.warn(f"lantern: the compile cache {root} cannot be used: {problem}. Compiled code goes to {temp} "
@@ -456,6 +473,7 @@ def _compile_in(root: Path, text: str, name: str, key: str, cc: list[str], flags
         with _lock:
             STATS["rebuilt"] += 1
 
+    import tempfile  # (only to compile: a cache hit does without it)
     try:
         _make_private_dir(entry.directory)
         _remove_stale_temporaries(entry.directory)
@@ -512,8 +530,9 @@ def _make_private_dir(path: Path) -> None:
 
 def _write_problem(directory: Path, size: int) -> str | None:
     """Why ``size`` bytes cannot be written in ``directory`` now (a full disk still takes empty files), or None."""
+    probe = os.path.join(directory, f".probe-{os.getpid()}-{threading.get_ident()}.tmp")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".probe-", suffix=".tmp", dir=directory)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
         return exc.strerror or str(exc)
     try:
@@ -540,6 +559,7 @@ def _remove_stale_temporaries(directory: Path) -> None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    import tempfile
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -7,7 +7,6 @@ import functools
 import importlib.util
 import io
 import os
-import tempfile
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +65,7 @@ def _ffi(num_params: int) -> Any:
             return module.ffi
     except Exception:  # missing or unreadable: build it
         pass
+    import tempfile
     builder = cffi.FFI()
     params = ", ".join(["void *"] * num_params) or "void"
     builder.cdef(f"int lantern_entry({params}); const char *lantern_error(void); size_t lantern_arena_in_use(void);")
