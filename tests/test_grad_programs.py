@@ -364,6 +364,61 @@ def test_long_linear_recurrence_gradient_wrt_sequence(rng, n):
         assert_trees_close(exe.interpret(a, x), (value, (ga, gx)), RTOL, ATOL)
 
 
+# Weight gradients of a counted loop: a loop-invariant matrix's gradient is summed over the
+# iterations by one product of stacked rows after the reverse loop (ad/transform.py); a
+# transpose of it inside the body is moved before the loop first (ir/hoist.py).
+
+def _stacked_rnn(h0, xs, U, W, V):
+    def body(t, h):
+        h = lantern.tanh(xs[t] @ U + h @ W.T)
+        return lantern.cond(h.sum() > 0, lambda: h * 0.9, lambda: h @ V)  # V: a product inside a branch
+    return (lantern.fori_loop(0, xs.shape[0], body, h0) @ V).sum() + (h0 @ W).sum()
+
+
+def _stacked_nested(h0, W, V):
+    def outer(i, h):  # W in the inner loop and in the outer body
+        g = lantern.fori_loop(0, 2, lambda j, g: lantern.sin(g @ W), h)
+        return lantern.tanh(g @ W.T + h)
+    return (lantern.fori_loop(0, 3, outer, h0) @ V).sum()
+
+
+def _stacked(fn, argnums, *args):
+    """Names of the stacks the gradient's IR fills, and whether a transpose is left in a loop body."""
+    ir = str(lantern.value_and_grad(fn, argnums).lower(*args).ir)
+    ir = re.search(r"^func @\w+_grad\(.*?(?=^func |\Z)", ir, re.MULTILINE | re.DOTALL).group(0)
+    # (Statements of a function's body are indented by 2, those of a loop body by 4 or more.)
+    in_loop = re.search(r"^ {4,}%\w+: \S+ = transpose\(%W_", ir, re.MULTILINE)
+    return sorted(re.findall(r"%(rows_\w+?)_\d+: \S+ = fill", ir)), in_loop is not None
+
+
+def test_loop_weight_gradients_summed_after_the_loop(rng):
+    h0, xs = rng.standard_normal((2, 8)) * 0.5, rng.standard_normal((5, 2, 6))
+    U, W, V = (rng.standard_normal(s) * 0.4 for s in [(6, 8), (8, 8), (8, 8)])
+    check_grads(_stacked_rnn, h0, xs, U, W, V, argnums=(0, 1, 2, 3, 4))
+    stacks, transposed_in_loop = _stacked(_stacked_rnn, (2, 3, 4), h0, xs, U, W, V)
+    # U's and W.T's products are stacked (their row operand and adjoint); V's is in a branch.
+    assert stacks == ["rows_carry", "rows_gather", "rows_matmul_bar", "rows_matmul_bar"], stacks
+    assert not transposed_in_loop
+    h0 = rng.standard_normal((1, 8)) * 0.5
+    check_grads(_stacked_nested, h0, W, V, argnums=(0, 1, 2))
+    stacks, transposed_in_loop = _stacked(_stacked_nested, (0, 1, 2), h0, W, V)
+    # The outer body's g @ W.T is stacked; the inner loop's W is in a nested loop of the outer one,
+    # where it is stacked by the inner loop's reverse part.
+    assert stacks == ["rows_g", "rows_g", "rows_matmul_bar", "rows_matmul_bar"], stacks
+    assert not transposed_in_loop
+
+
+def test_loop_weight_gradients_added_per_iteration_when_the_rows_outweigh_the_matrix(rng):
+    # W is 2 x 2; the rows and the product 6 x 2 each: adding per iteration moves less memory.
+    h0, xs, W = rng.standard_normal((6, 2)) * 0.5, rng.standard_normal((4, 6, 2)), rng.standard_normal((2, 2)) * 0.5
+
+    def rnn(h0, xs, W):
+        return lantern.fori_loop(0, 4, lambda t, h: lantern.tanh(h @ W + xs[t]), h0).sum()
+
+    check_grads(rnn, h0, xs, W, argnums=(0, 1, 2))
+    assert _stacked(rnn, 2, h0, xs, W) == ([], False)
+
+
 # ------------------------------------------------------------------ RNN and LSTM language models
 
 V, H, T = 10, 6, 8  # vocabulary, hidden size, sequence length

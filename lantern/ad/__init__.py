@@ -22,6 +22,7 @@ from ..tracing import name_var, user_variable_names
 from ..tensor import Tensor
 from ..tracing import Frame, current_frame, tracing, with_location
 from ..tree import flatten, unflatten
+from ..ir.hoist import hoist_loop_invariants
 from .functionalize import functionalize
 from .transform import Differentiator
 
@@ -29,9 +30,11 @@ __all__ = ["grad", "value_and_grad"]
 
 
 def _inlined(builder_functions: dict[str, Function], name: str) -> dict[str, Function]:
-    """The functions ``name`` needs with non-recursive calls inlined (recursive ones stay)."""
+    """The functions ``name`` needs with non-recursive calls inlined (recursive ones stay) and
+    loop-invariant copies moved out of loops."""
     from ..codegen.passes.inline import inline_calls
-    return inline_calls(Module(dict(builder_functions), name)).functions
+    functions = inline_calls(Module(dict(builder_functions), name)).functions
+    return {n: hoist_loop_invariants(fn) for n, fn in functions.items()}
 
 
 def _differentiate(frame: Frame, name: str, wrt: list[int], loss_index: int) -> str:

@@ -38,7 +38,7 @@ from typing import Callable
 
 from .. import ops
 from ..errors import TraceError
-from ..ir.nodes import Accumulate, Apply, Block, Call, Function, If, Lambda, Loop, Op, Stmt, Var, While
+from ..ir.nodes import Accumulate, Apply, Block, Call, Function, If, Lambda, Loop, Op, Stmt, Var, While, free_vars
 from ..ir.primitives import PRIMITIVES
 from ..ir.rewrite import clone_block
 from ..ir.types import FLOAT_DTYPES, FnType, TensorType, scalar
@@ -52,6 +52,25 @@ Continuation = Callable[[], list[Tensor]]
 #: (JAX's scan residuals, "dots saveable"): products are the expensive part of a body;
 #: everything else is recomputed from them and the stored state, where it fuses.
 _SAVED_IN_LOOPS = frozenset({"matmul"})
+
+#: A counted loop's stacked operands for summing its weight gradients after the reverse loop
+#: stay below this many bytes (beyond it, each iteration adds its product as before).
+_STACKED_GRADIENT_MAX_BYTES = 1 << 28
+
+
+class _StackedGradient:
+    """The gradient of a loop-invariant matrix ``b`` in ``a @ op(b)`` inside a counted loop.
+
+    Per iteration it would be ``op(a_t)^T @ g_t``, a read-modify-write of all of ``b_bar``; the
+    reverse loop instead stores ``a_t`` and ``g_t`` as rows of two stacks, and one product of
+    the stacks after the loop adds the sum over iterations (cuDNN's batched weight gradient).
+    (A plain class: a dataclass's generated ``__init__`` would lend its argument names to the
+    stacks' variables, see ``tracing.user_variable_names``.)
+    """
+
+    def __init__(self, rows: Tensor, rows_bar: Tensor):
+        self.a = rows       # [n, m, k]: the rows of a, one block per iteration
+        self.g = rows_bar   # [n, m, p]: the adjoint of the product, likewise
 
 
 def _is_float(v: Var) -> bool:
@@ -136,6 +155,9 @@ class Differentiator:
         self.static: dict[int, int | float | bool] = {}  # old 0-d constants
         #: old variables a loop's backward part reads from the forward part's stores
         self.residual: dict[int, Tensor] = {}
+        #: products (by old result) whose weight gradient the enclosing reverse loop stacks
+        self.stacked: dict[int, _StackedGradient] = {}
+        self.stack_row: Tensor | None = None  # that loop's row in its stacks
         # A variable needs an adjoint if it depends on a differentiated input (active) and
         # the differentiated outputs depend on it (useful).
         self.active: set[int] = {fn.body.params[i].id for i in wrt if _is_float(fn.body.params[i])}
@@ -256,6 +278,12 @@ class Differentiator:
             return
         self.frame.loc_override = dataclasses.replace(s.loc, adjoint_of=s.prim)
         contributions = RULES[s.prim](self.adj[out.id], [self.val[a.id] for a in s.args], self.val[out.id], s.attrs)
+        stacked = self.stacked.get(out.id)
+        if stacked is not None:  # b's share is summed after the loop; store this iteration's rows
+            row = self.stack_row
+            for st, v in ((stacked.a, self.val[s.args[0].id]), (stacked.g, self.adj[out.id])):
+                self.frame.add(Accumulate([], loc=self.frame.loc_override, target=st.var, value=v.var, index=row.var))
+            contributions = contributions[:1]
         for a, c in zip(s.args, contributions):
             self.accumulate(a, c)
 
@@ -369,6 +397,11 @@ class Differentiator:
         active = [k for k, c in enumerate(carry_old) if c.id in self.active]
         if active and n:
             self.at(s)
+            stacked = self.stackable_products(s, n)
+            outer_stacked, outer_row = self.stacked, self.stack_row
+            self.stacked = {out: _StackedGradient(stack(st.args[0], f"rows_{st.args[0].hint}"),
+                                                  stack(out_var, f"rows_{out_var.hint}_bar"))
+                            for out, (st, out_var) in stacked.items()}
             j = Var(scalar("int64"), "j")
             bars = [Var(carry_old[k].type, carry_old[k].hint + "_bar") for k in active]
             back = Block(params=[j, *bars])
@@ -376,6 +409,7 @@ class Differentiator:
                 i_t = ops.subtract(hi - 1, self.tensor(j))
                 self.val[i_old.id] = i_t
                 row = ops.subtract(i_t, lo) if lo else i_t
+                self.stack_row = row
                 for st, c in zip(saved, carry_old):
                     self.val[c.id] = ops.take(st, row)
                     self.zeros_for(c)
@@ -398,10 +432,47 @@ class Differentiator:
                            init=[self.out_bar(s, k).var for k in active], body=back))
             for k, b in zip(active, bar_outs):
                 self.accumulate(s.init[k], self.tensor(b))
+            self.sum_stacked(stacked, n)
+            self.stacked, self.stack_row = outer_stacked, outer_row
         elif active:  # no iterations: the outputs are the initial values
             for k in active:
                 self.accumulate(s.init[k], self.adj.get(s.outs[k].id))
         return finals
+
+    def stackable_products(self, s: Loop, n: int) -> dict[int, tuple[Op, Var]]:
+        """The body's top-level products ``a @ op(b)`` whose ``b_bar`` is summed after the reverse loop.
+
+        ``b`` must be a matrix from outside the loop that needs a gradient, ``a`` not transposed
+        (so the iterations' rows of ``a`` and of the adjoint stack into one product), and the
+        stacks smaller than ``b`` itself (else adding per iteration moves less memory).
+        """
+        free = {v.id for v in free_vars(s.body)}
+        found: dict[int, tuple[Op, Var]] = {}
+        for st in s.body.stmts:
+            if not (isinstance(st, Op) and st.prim == "matmul" and not st.attrs.get("trans_a")):
+                continue
+            a, b = st.args
+            out = st.outs[0]
+            shapes = [v.type.shape for v in (a, b, out)]  # type: ignore[union-attr]
+            if (b.id in free and b.id in self.active and out.id in self.active
+                    and all(len(sh) == 2 for sh in shapes)
+                    and a.type.size + out.type.size < b.type.size  # type: ignore[union-attr]
+                    and n * (a.type.size + out.type.size) * 8 <= _STACKED_GRADIENT_MAX_BYTES):  # type: ignore[union-attr]
+                found[out.id] = (st, out)
+        return found
+
+    def sum_stacked(self, stacked: dict[int, tuple[Op, Var]], n: int) -> None:
+        """After the reverse loop: ``b_bar += op(A)^T @ G`` over the stacked rows of every iteration."""
+        for out_id, (st, out) in stacked.items():
+            rows = self.stacked[out_id]
+            a, b = st.args
+            m = out.type.shape[0]  # type: ignore[union-attr]
+            a_all = ops.reshape(rows.a, (n * m, a.type.shape[1]))  # type: ignore[union-attr]
+            g_all = ops.reshape(rows.g, (n * m, out.type.shape[1]))  # type: ignore[union-attr]
+            # The product's own rule, applied once to all rows: its second adjoint is b's.
+            _, b_bar = RULES["matmul"](g_all, [a_all, self.val[b.id]], None, st.attrs)
+            self.frame.loc_override = dataclasses.replace(st.loc, adjoint_of="matmul")
+            self.accumulate(b, b_bar)
 
     # ------------------------------------------------------------ loops decided at run time
     def loop_as_while(self, s: Loop) -> While:
