@@ -3,6 +3,8 @@
 The pipeline, top to bottom::
 
     module = inline_calls(module)          # non-recursive calls become straight-line code
+    module = one_hot_products_as_gathers(module)    # one_hot(i) @ W reads row i of W
+    module = hoist_loop_invariants(module) # copies of loop-invariant values are made once
     module = forward_single_accumulations(module)   # one-contribution adjoints need no buffer
     module = eliminate_dead_code(module)
     module = fuse_elementwise(module)      # elementwise chains become single loops
@@ -21,10 +23,12 @@ from lantern.ir.verify import verify
 from .compiler import compile_c, debug_mode
 from .emit_c import EmitOptions, emit_module
 from .loader import NativeFunction
-from .passes import eliminate_dead_code, forward_single_accumulations, fuse_elementwise, inline_calls
+from .passes import (eliminate_dead_code, forward_single_accumulations, fuse_elementwise, hoist_loop_invariants,
+                     inline_calls, one_hot_products_as_gathers)
 
 Pass = Callable[[Module], Module]
-PASSES: tuple[Pass, ...] = (inline_calls, forward_single_accumulations, eliminate_dead_code, fuse_elementwise)
+PASSES: tuple[Pass, ...] = (inline_calls, one_hot_products_as_gathers, hoist_loop_invariants,
+                            forward_single_accumulations, eliminate_dead_code, fuse_elementwise)
 
 
 def prepare(module: Module, passes: tuple[Pass, ...] = PASSES) -> Module:

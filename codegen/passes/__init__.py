@@ -2,6 +2,9 @@
 from .accumulate import forward_single_accumulations
 from .dce import eliminate_dead_code
 from .fuse import fuse_elementwise
+from .hoist import hoist_loop_invariants
 from .inline import inline_calls
+from .one_hot import one_hot_products_as_gathers
 
-__all__ = ["eliminate_dead_code", "forward_single_accumulations", "fuse_elementwise", "inline_calls"]
+__all__ = ["eliminate_dead_code", "forward_single_accumulations", "fuse_elementwise", "hoist_loop_invariants",
+           "inline_calls", "one_hot_products_as_gathers"]

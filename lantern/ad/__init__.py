@@ -22,7 +22,6 @@ from ..tracing import name_var, user_variable_names
 from ..tensor import Tensor
 from ..tracing import Frame, current_frame, tracing, with_location
 from ..tree import flatten, unflatten
-from ..ir.hoist import hoist_loop_invariants
 from .functionalize import functionalize
 from .transform import Differentiator
 
@@ -30,11 +29,11 @@ __all__ = ["grad", "value_and_grad"]
 
 
 def _inlined(builder_functions: dict[str, Function], name: str) -> dict[str, Function]:
-    """The functions ``name`` needs with non-recursive calls inlined (recursive ones stay) and
-    loop-invariant copies moved out of loops."""
-    from ..codegen.passes.inline import inline_calls
-    functions = inline_calls(Module(dict(builder_functions), name)).functions
-    return {n: hoist_loop_invariants(fn) for n, fn in functions.items()}
+    """The functions ``name`` needs with non-recursive calls inlined (recursive ones stay), one-hot
+    products as gathers and loop-invariant copies moved out of loops (their gradients are cheaper)."""
+    from ..codegen.passes import hoist_loop_invariants, inline_calls, one_hot_products_as_gathers
+    module = inline_calls(Module(dict(builder_functions), name))
+    return hoist_loop_invariants(one_hot_products_as_gathers(module)).functions
 
 
 def _differentiate(frame: Frame, name: str, wrt: list[int], loss_index: int) -> str:
