@@ -37,6 +37,8 @@ BLAS_MIN_MACS = int(os.environ.get("LANTERN_BLAS_MIN_MACS", 4096))
 #: A floating-point sum may be reassociated (vectorized) here, as BLAS and NumPy do; elsewhere
 #: the compiler keeps C's order of operations (no -ffast-math). Needs -fopenmp-simd, not OpenMP.
 SIMD_SUM = "#pragma omp simd reduction(+:acc)"
+#: Generated matrix products keep this many columns of a result row in a local array.
+_STRIP = 64
 
 #: Allocations this large name their value and line in the C, for the out-of-memory message.
 _NAMED_ALLOCATION = 1 << 30
@@ -736,29 +738,62 @@ class FunctionEmitter:
             self.open(f"for (int64_t bi = 0; bi < {batch}; bi++)")
             self.line(f"int64_t ao = bi * {a_bs}, bo = bi * {b_bs}, co = bi * {m * n};")
         self.open(f"for (int64_t i = 0; i < {m}; i++)")
+        c_row = f"{pc}[{co}i * {n} + "
+        op_assign = "+=" if out.id in self.accumulating else "="
         if not tb:
-            # i-k-j order: the innermost loop runs along rows of b and c (vectorizes).
-            if out.id not in self.accumulating:
-                self.open(f"for (int64_t j = 0; j < {n}; j++)")
-                self.line(f"{pc}[{co}i * {n} + j] = {zero};")
+            # i-k-j order, a strip of c's row at a time held in a local array (registers): the
+            # innermost loop runs along rows of b (vectorizes), and c is not reloaded per k.
+            def strip(j0: str, width: int) -> None:
+                self.line(f"{t} acc[{width}];")
+                self.open(f"for (int64_t l = 0; l < {width}; l++)")
+                self.line(f"acc[l] = {c_row + j0 + ' + l]' if out.id in self.accumulating else zero};")
                 self.close()
-            self.open(f"for (int64_t kk = 0; kk < {k}; kk++)")
-            self.line(f"{t} aik = {A('i', 'kk')};")
-            self.open(f"for (int64_t j = 0; j < {n}; j++)")
-            self.line(f"{pc}[{co}i * {n} + j] += aik * {pb}[{bo}kk * {n} + j];")
-            self.close()
-            self.close()
+                self.open(f"for (int64_t kk = 0; kk < {k}; kk++)")
+                self.line(f"{t} aik = {A('i', 'kk')};")
+                self.line(f"const {t} *b_row = {pb} + {bo}kk * {n} + {j0};")
+                self.open(f"for (int64_t l = 0; l < {width}; l++)")
+                self.line("acc[l] += aik * b_row[l];")
+                self.close()
+                self.close()
+                self.open(f"for (int64_t l = 0; l < {width}; l++)")
+                self.line(f"{c_row}{j0} + l] = acc[l];")
+                self.close()
+
+            full = n - n % _STRIP
+            if full:
+                self.open(f"for (int64_t j0 = 0; j0 < {full}; j0 += {_STRIP})")
+                strip("j0", _STRIP)
+                self.close()
+            if n % _STRIP:
+                self.open_scope()
+                strip(str(full), n % _STRIP)
+                self.close()
         else:
-            # b transposed: each element is a dot product of two contiguous rows.
-            self.open(f"for (int64_t j = 0; j < {n}; j++)")
-            self.line(f"{t} acc = {zero};")
-            if dtype in FLOATS:
-                self.line(SIMD_SUM)
-            self.open(f"for (int64_t kk = 0; kk < {k}; kk++)")
-            self.line(f"acc += {A('i', 'kk')} * {pb}[{bo}j * {k} + kk];")
-            self.close()
-            self.line(f"{pc}[{co}i * {n} + j] {'+=' if out.id in self.accumulating else '='} acc;")
-            self.close()
+            # b transposed: each element is a dot product of two contiguous rows; four rows of
+            # b at a time share the loads of a's row.
+            def dots(j: str, rows: int) -> None:
+                accs = [f"acc{r}" for r in range(rows)]
+                self.line(f"{t} {', '.join(f'{a} = {zero}' for a in accs)};")
+                if dtype in FLOATS:
+                    self.line(SIMD_SUM.replace("acc", ", ".join(accs)))
+                self.open(f"for (int64_t kk = 0; kk < {k}; kk++)")
+                self.line(f"{t} aik = {A('i', 'kk')};")
+                cols = [f"({j} + {r})" if r else j for r in range(rows)]
+                for col, a in zip(cols, accs):
+                    self.line(f"{a} += aik * {pb}[{bo}{col} * {k} + kk];")
+                self.close()
+                for col, a in zip(cols, accs):
+                    self.line(f"{c_row}{col}] {op_assign} {a};")
+
+            fours = n - n % 4
+            if fours:
+                self.open(f"for (int64_t j = 0; j < {fours}; j += 4)")
+                dots("j", 4)
+                self.close()
+            if n % 4:
+                self.open(f"for (int64_t j = {fours}; j < {n}; j++)")
+                dots("j", 1)
+                self.close()
         self.close()
         if batched:
             self.close()
