@@ -48,8 +48,8 @@ def elementwise_expr(prim: str, in_dtypes: list[str], out_dtype: str, args: list
     one = literal(1, t) if t != "bool" else "1"
     fsuffix = "f" if t == "float32" else ""
     unary_math = {"exp", "log", "sin", "cos", "tanh", "sqrt", "floor", "log1p", "expm1"}
-    if prim == "tanh" and t == "float32":
-        return f"lt_tanh_f32({a})"  # vectorizable (see the runtime header)
+    if prim in ("tanh", "exp") and t == "float32":
+        return f"lt_{prim}_f32({a})"  # vectorizable (see the runtime header)
     if prim in unary_math:
         return f"{prim}{fsuffix}({a})"
     match prim:

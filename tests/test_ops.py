@@ -172,6 +172,24 @@ def test_unary_math(dtype):
                            xp.log1p(p), xp.expm1(x), xp.square(x), xp.negative(x)), x, p)
 
 
+def test_float32_exp_and_tanh_accuracy_over_their_whole_range():
+    # The runtime's vectorizable float32 exp and tanh (not libm's) against float64 NumPy.
+    x = np.concatenate([np.linspace(-110, 90, 400_001, dtype=np.float32),
+                        np.float32([0.0, -0.0, 1e-30, -1e-30, 88.7228, 88.7229, -87.33, -103.97, -104.0]),
+                        np.float32([np.inf, -np.inf, np.nan])])
+    ex, th = lantern.stage(lambda x: (lantern.exp(x), lantern.tanh(x)))(x)
+    exact = np.exp(x.astype(np.float64))
+    normal = (exact >= np.finfo(np.float32).tiny) & (exact <= np.finfo(np.float32).max)
+    ulp = np.spacing(exact[normal].astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(ex[normal] - exact[normal]) / ulp) <= 1.5
+    sub = np.isfinite(x) & (exact < np.finfo(np.float32).tiny)  # subnormal results and underflow to 0
+    assert np.max(np.abs(ex[sub] - exact[sub])) <= 2 * 2.0 ** -149
+    assert np.all(np.isinf(ex[np.isfinite(x) & (exact > np.finfo(np.float32).max)]))
+    assert ex[-3] == np.inf and ex[-2] == 0.0 and np.isnan(ex[-1])
+    t_exact = np.tanh(x[:-1].astype(np.float64))
+    assert np.max(np.abs(th[:-1] - t_exact)) <= 4 * np.finfo(np.float32).eps and np.isnan(th[-1])
+
+
 @pytest.mark.parametrize("dtype", ["int32", "int64"])
 def test_unary_on_integers(dtype):
     x = data((7,), dtype, seed=11)
