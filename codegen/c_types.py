@@ -55,6 +55,8 @@ def elementwise_expr(prim: str, in_dtypes: list[str], out_dtype: str, args: list
     match prim:
         case "neg":
             return f"-{a}"
+        case "stop_gradient":
+            return a
         case "rsqrt":
             return f"{one} / sqrt{fsuffix}({a})"
         case "sigmoid":

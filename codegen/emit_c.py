@@ -47,7 +47,7 @@ _NAMED_ALLOCATION = 1 << 30
 _ARITHMETIC = frozenset({"reduce_sum", "matmul", "scatter_add"})
 #: Elementwise primitives that give finite results for finite operands: check_finite skips them
 #: (a NaN they pass on was reported where it was made).
-_FINITE_PRESERVING = frozenset({"broadcast", "where", "neg", "abs", "sign", "relu", "floor", "maximum", "minimum",
+_FINITE_PRESERVING = frozenset({"broadcast", "where", "stop_gradient", "neg", "abs", "sign", "relu", "floor", "maximum", "minimum",
                                 "sin", "cos", "tanh", "sigmoid"})
 
 #: The same threshold for products with a single row or column (m == 1 or n == 1).

@@ -14,8 +14,8 @@ from .ops import (abs, add, arange, argmax, argmin, asarray, astype, broadcast_t
                   greater_equal, less, less_equal, log, log1p, log_softmax, logical_and, logical_not, logical_or,
                   logsumexp, matmul, max, maximum, mean, min, minimum, mod, moveaxis, multiply, negative,
                   not_equal, one_hot, ones, ones_like, power, random_uniform, relu, remainder, reshape, rsqrt,
-                  sigmoid, sign, silu, sin, softmax, sqrt, square, squeeze, stack, subtract, sum, swapaxes, take,
-                  tanh, transpose, where, zeros, zeros_like)
+                  sigmoid, sign, silu, sin, softmax, sqrt, square, squeeze, stack, stop_gradient, subtract, sum,
+                  swapaxes, take, tanh, transpose, where, zeros, zeros_like)
 from .staging import Executable, Staged, stage
 from .tensor import Tensor
 

@@ -159,6 +159,12 @@ def sign(x: ArrayLike) -> Tensor: return _unary("sign", x, float_only=False)
 def relu(x: ArrayLike) -> Tensor: return _unary("relu", x, float_only=False)
 
 
+def stop_gradient(x: ArrayLike) -> Tensor:
+    """``x``, held constant by ``grad``: no gradient flows back through it (JAX's ``stop_gradient``,
+    PyTorch's ``detach``)."""
+    return _unary("stop_gradient", x, float_only=False)
+
+
 def silu(x: ArrayLike) -> Tensor:
     """``x * sigmoid(x)`` (also called swish)."""
     x = _float(x)
@@ -365,7 +371,9 @@ def logsumexp(x: ArrayLike, axis: Any = None, keepdims: bool = False) -> Tensor:
     """``log(sum(exp(x)))`` computed stably (the maximum is subtracted first)."""
     x = _float(x)
     axes = _axes(x, axis, "logsumexp")
-    m = max(x, axes, keepdims=True)
+    # The shift cancels in the result, so also in its gradient: held constant, no gradient is
+    # computed through the maximum (exactly zero in exact arithmetic).
+    m = stop_gradient(max(x, axes, keepdims=True))
     m = where(equal(subtract(m, m), 0), m, 0)  # an infinite maximum (a row of -inf) would give inf - inf
     out = add(log(sum(exp(subtract(x, m)), axes, keepdims=True)), m)
     return out if keepdims else squeeze(out, axes)
@@ -373,7 +381,7 @@ def logsumexp(x: ArrayLike, axis: Any = None, keepdims: bool = False) -> Tensor:
 
 def softmax(x: ArrayLike, axis: int = -1) -> Tensor:
     x = _float(x)
-    e = exp(subtract(x, max(x, axis, keepdims=True)))
+    e = exp(subtract(x, stop_gradient(max(x, axis, keepdims=True))))  # the shift cancels (see logsumexp)
     return divide(e, sum(e, axis, keepdims=True))
 
 

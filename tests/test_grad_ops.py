@@ -184,6 +184,14 @@ def test_max_min_ties_share_gradient_evenly():
     np.testing.assert_allclose(g, expected, rtol=1e-12, atol=1e-15)
 
 
+def test_stop_gradient_is_the_identity_held_constant(rng):
+    x = rng.standard_normal(4)
+    value, g = lantern.value_and_grad(lambda x: (x * lantern.stop_gradient(x * x)).sum())(x)
+    np.testing.assert_allclose(value, (x ** 3).sum(), rtol=1e-15)
+    np.testing.assert_allclose(g, x * x, rtol=1e-15)  # not 3 x**2
+    assert lantern.stage(lambda x: lantern.stop_gradient(x > 0))(x).dtype == np.bool_
+
+
 def test_logsumexp_softmax_log_softmax():
     x = rand(3, 5, lo=-2.0, hi=2.0)
     check_grads(lambda x: (wsum(lantern.logsumexp(x, 1)) + wsum(lantern.logsumexp(x, 0, keepdims=True))

@@ -132,6 +132,8 @@ _elementwise("abs", 1, np.abs, allowed=_NUMERIC)
 _elementwise("sign", 1, np.sign, allowed=_NUMERIC, differentiable=False)
 _elementwise("relu", 1, lambda x: np.where(x < 0, np.zeros_like(x), x), allowed=_NUMERIC)
 _elementwise("logical_not", 1, np.logical_not, allowed=("bool",), differentiable=False)
+# The identity, as a constant for AD: no gradient flows back through it.
+_elementwise("stop_gradient", 1, lambda x: np.array(x, copy=True), differentiable=False)
 
 for _name, _fn in {"add": np.add, "sub": np.subtract, "mul": np.multiply,
                    "maximum": np.maximum, "minimum": np.minimum}.items():
