@@ -640,13 +640,27 @@ class FunctionEmitter:
             for d in kept:
                 self.open(f"for (int64_t i{d} = 0; i{d} < {xs[d]}; i{d}++)")
             self.line(f"{acc_t} acc = {init};")
+            # A float max/min vectorizes as an OpenMP max/min reduction plus a NaN flag (the
+            # reduction alone would not say what a NaN does); NaN wins, as in NumPy.
+            nan_flag = op.prim != "reduce_sum" and dtype in FLOATS
+            if nan_flag:
+                self.line("int seen_nan = 0;")
             for d in red:
-                if op.prim == "reduce_sum" and d == red[-1] and dtype in FLOATS:
-                    self.line(SIMD_SUM)
+                if d == red[-1] and dtype in FLOATS:
+                    self.line(SIMD_SUM if op.prim == "reduce_sum"
+                              else f"#pragma omp simd reduction({op.prim[7:]}:acc) reduction(|:seen_nan)")
                 self.open(f"for (int64_t i{d} = 0; i{d} < {xs[d]}; i{d}++)")
-            self.line(f"acc = {combine('acc', src([f'i{d}' for d in range(len(xs))]))};")
+            value = src([f"i{d}" for d in range(len(xs))])
+            if nan_flag:
+                self.line(f"{t} v = {value};")
+                self.line(f"acc = v {'>' if op.prim == 'reduce_max' else '<'} acc ? v : acc;")
+                self.line("seen_nan |= v != v;")
+            else:
+                self.line(f"acc = {combine('acc', value)};")
             for _ in red:
                 self.close()
+            if nan_flag:
+                self.line(f"if (seen_nan) acc = ({t})NAN;")
             self.store(out, _index(zip(kept_names, [o_strides[d] for d in kept])), f"({t})acc" if wide else "acc")
             for _ in kept:
                 self.close()

@@ -331,6 +331,17 @@ def test_integer_and_bool_reductions(dtype):
     assert out[0].dtype == np.int64 and out[3].dtype == np.float64
 
 
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_max_min_with_nan_and_infinities(dtype):
+    # Vectorized as an OpenMP max/min reduction plus a NaN flag: a NaN anywhere wins, as in NumPy.
+    x = data((5, 37), dtype, seed=12)
+    x[2, 7], x[3, :], x[4, 3], x[0, 36] = np.nan, -np.inf, np.inf, np.nan
+    fn = lambda xp, x: (xp.max(x, axis=1), xp.min(x, axis=1), xp.max(x), xp.min(x, axis=(0, 1)),  # noqa: E731
+                        xp.max(x[1:2], axis=1), xp.min(x[3:5], axis=1), xp.max(x, axis=0))
+    for got, want in zip(lantern.stage(lambda x: fn(lantern, x))(x), fn(np, x)):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_reduce_over_size_one_and_empty_tuple_axes():
     x = data((3, 1, 2), "float32")
     both(lambda xp, x: (xp.sum(x, axis=1), xp.max(x, axis=1, keepdims=True), xp.argmax(x, axis=1), xp.sum(x, axis=()),
