@@ -223,7 +223,10 @@ class _Fingerprinter:
         elif _is_staged(v):
             if self._once(v):
                 self.feed("staged", v.name, sorted(v.options.items()))
-                self.function(v.fn)
+                if isinstance(v.fn, types.MethodType):  # stage(obj.method): the object's state too
+                    self.value(v.fn, names)
+                else:
+                    self.function(v.fn)
         elif isinstance(v, functools.partial):
             if self._once(v):
                 self.feed("partial")

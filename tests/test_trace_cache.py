@@ -132,6 +132,25 @@ def test_what_cannot_be_fingerprinted_is_traced(trace_cache_on, fresh_cache, fn)
         assert f.trace_count == 1
 
 
+class Scaler:
+    def __init__(self, k):
+        self.k = k
+
+    def apply(self, x):
+        return x * self.k
+
+
+def test_staged_methods_fingerprint_their_object(trace_cache_on):
+    # stage(obj.method), as llama.Trainer does: a lantern object's state is part of the fingerprint.
+    from lantern import nn
+    layer = nn.Linear(6, 2, dtype="float64")
+    params = layer.init(0)
+    a = fingerprint(lantern.stage(layer.__call__), params, X)
+    assert a is not None and a == fingerprint(lantern.stage(nn.Linear(6, 2, dtype="float64").__call__), params, X)
+    assert fingerprint(lantern.stage(nn.Linear(6, 2, bias=False, dtype="float64").__call__), params, X) != a
+    assert fingerprint(lantern.stage(Scaler(2.0).apply), X) is None  # an object of the user's class: traced
+
+
 def test_monkeypatched_lantern_disables_the_cache(trace_cache_on, monkeypatch):
     f = lantern.stage(scaled)
     assert fingerprint(f, X) is not None
