@@ -408,6 +408,21 @@ def test_loop_weight_gradients_summed_after_the_loop(rng):
     assert not transposed_in_loop
 
 
+def test_loop_residuals_within_budget_else_recomputed(rng, monkeypatch):
+    # Products and transcendental results are stored by the forward loop (up to a budget);
+    # beyond it they are recomputed in the reverse loop: the same gradient either way.
+    from lantern.ad import transform
+    h0, xs = rng.standard_normal((2, 8)) * 0.5, rng.standard_normal((5, 2, 6))
+    U, W, V = (rng.standard_normal(s) * 0.4 for s in [(6, 8), (8, 8), (8, 8)])
+    args = (h0, xs, U, W, V)
+    stored = lantern.value_and_grad(_stacked_rnn, (2, 3)).lower(*args)
+    monkeypatch.setattr(transform, "LOOP_RESIDUAL_MAX_BYTES", 0)
+    recomputed = lantern.value_and_grad(_stacked_rnn, (2, 3)).lower(*args)
+    assert re.search(r"%saved_h_\d+: f64\[5,2,8\]", str(stored.ir)) and "saved_h" not in str(recomputed.ir)
+    assert re.search(r"%saved_matmul", str(stored.ir)) and "saved_matmul" not in str(recomputed.ir)
+    assert_trees_close(recomputed(*args), stored(*args), RTOL, ATOL)
+
+
 def test_loop_weight_gradients_added_per_iteration_when_the_rows_outweigh_the_matrix(rng):
     # W is 2 x 2; the rows and the product 6 x 2 each: adding per iteration moves less memory.
     h0, xs, W = rng.standard_normal((6, 2)) * 0.5, rng.standard_normal((4, 6, 2)), rng.standard_normal((2, 2)) * 0.5

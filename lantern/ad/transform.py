@@ -13,7 +13,7 @@ Only control flow makes the continuation real:
   variables, closure-converted in C to a function plus an environment on the stack),
   applied at the end of each branch's forward part; each branch then runs its backward part.
 * counted ``Loop`` with static bounds: the forward loop stores each iteration's carried
-  state and the results of its products in ``[n, ...]`` arrays; after the rest of the
+  state and the results of its products and transcendental functions in ``[n, ...]`` arrays; after the rest of the
   program, a reverse loop recomputes the rest of each iteration's forward part from them
   and runs its backward part. (CPS through the loop would nest one C frame per iteration;
   this keeps the C stack flat for loops of any length, at the price of recomputing the
@@ -49,13 +49,17 @@ from .rules import RULES, Rows, unbroadcast
 Continuation = Callable[[], list[Tensor]]
 
 #: Primitives whose results a counted loop's forward part stores for its backward part
-#: (JAX's scan residuals, "dots saveable"): products are the expensive part of a body;
-#: everything else is recomputed from them and the stored state, where it fuses.
-_SAVED_IN_LOOPS = frozenset({"matmul"})
+#: (JAX's scan residuals): products and transcendental functions are the expensive part of a
+#: body (an LSTM cell's five sigmoid/tanh are 20 % of its step); the rest is recomputed from
+#: them and the stored state, where it fuses.
+_SAVED_IN_LOOPS = frozenset({"matmul", "tanh", "sigmoid", "exp"})
+#: At most this many bytes of such stored results per loop (beyond, the rest is recomputed;
+#: public, so the trace cache keys on it).
+LOOP_RESIDUAL_MAX_BYTES = 1 << 28
 
 #: A counted loop's stacked operands for summing its weight gradients after the reverse loop
 #: stay below this many bytes (beyond it, each iteration adds its product as before).
-_STACKED_GRADIENT_MAX_BYTES = 1 << 28
+STACKED_GRADIENT_MAX_BYTES = 1 << 28
 
 
 class _StackedGradient:
@@ -366,8 +370,13 @@ class Differentiator:
         # Forward: the loop as written, storing the state each iteration starts from and the
         # results of its products (residuals), which the backward part then does not recompute.
         has_backward = n > 0 and any(c.id in self.active for c in carry_old)
-        residuals = [o for st in s.body.stmts if isinstance(st, Op) and st.prim in _SAVED_IN_LOOPS
-                     for o in st.outs if o.id in self.active] if has_backward else []
+        residuals: list[Var] = []
+        budget = LOOP_RESIDUAL_MAX_BYTES
+        for st in s.body.stmts if has_backward else []:
+            if isinstance(st, Op) and st.prim in _SAVED_IN_LOOPS and st.outs[0].id in self.active:
+                budget -= n * st.outs[0].type.nbytes  # type: ignore[union-attr]
+                if budget >= 0:
+                    residuals.append(st.outs[0])
 
         def stack(v: Var, hint: str) -> Tensor:
             return self.tensor(frame.emit("fill", [], {"value": 0, "shape": (n,) + v.type.shape,  # type: ignore[union-attr]
@@ -457,7 +466,7 @@ class Differentiator:
             if (b.id in free and b.id in self.active and out.id in self.active
                     and all(len(sh) == 2 for sh in shapes)
                     and a.type.size + out.type.size < b.type.size  # type: ignore[union-attr]
-                    and n * (a.type.size + out.type.size) * 8 <= _STACKED_GRADIENT_MAX_BYTES):  # type: ignore[union-attr]
+                    and n * (a.type.size + out.type.size) * 8 <= STACKED_GRADIENT_MAX_BYTES):  # type: ignore[union-attr]
                 found[out.id] = (st, out)
         return found
 
