@@ -63,6 +63,8 @@ def test_loop_invariant_transposes_leave_the_loop(rng):
         top = [line for line in ir.splitlines() if re.match(r"  %\w+: \S+ = transpose\(", line)]
         nested = [line for line in ir.splitlines() if re.match(r" {4,}%\w+: \S+ = transpose\(", line)]
         assert len(top) >= 2 and not nested, ir  # Wx's table and Wh.T, once each, outside every loop
+        # One-row products in loops read transposed copies: no dot-product form (trans_b) is left there.
+        assert not re.search(r"^ {4,}%\w+: \S+ = matmul\([^)]*trans_b=True", ir, re.MULTILINE), ir
 
 
 def test_copies_of_updated_buffers_stay_in_the_loop(rng):
