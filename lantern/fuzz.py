@@ -351,6 +351,14 @@ class _Gen:
         elif choice == "arange" and nd >= 1:
             self.let(blk, scope, "arange", f"{{0}} * lantern.arange({s[-1]}, dtype='{self.fdt}') * 0.5", [x], s,
                      self.fdt, x.bound * s[-1] / 2)
+        elif choice == "one_hot" and nd >= 1 and rng.random() < 0.5:
+            # a product with a one-hot matrix (a gather after codegen/passes/one_hot.py)
+            n = rng.choice([1, 2, 3])
+            linear = rng.random() < 0.5
+            w = self.of_shape(blk, scope, (n, s[-1]) if linear else (s[-1], n))
+            hot = f"lantern.one_hot(lantern.argmax({{0}}, axis=-1), {s[-1]}, dtype='{self.fdt}')"
+            self.let(blk, scope, "one_hot_matmul", f"lantern.nn.linear({hot}, {{1}})" if linear else f"{hot} @ {{1}}",
+                     [x, w], s[:-1] + (n,), self.fdt, w.bound)
         elif choice == "one_hot" and nd >= 1:
             self.let(blk, scope, "one_hot", f"lantern.one_hot(lantern.argmax({{0}}, axis=-1), {s[-1]}, "
                      f"dtype='{self.fdt}') * {{0}}", [x], s, self.fdt, x.bound)
@@ -482,6 +490,7 @@ class _Gen:
             x = self.rng.choice(rows)  # x[i]: a gather by the loop counter (an RNN reading its input)
             self.let(body, inner, "index_by_counter", f"{{0}}[{{1}} % {x.shape[0]}]", [x, counter or i],
                      x.shape[1:], self.fdt, x.bound)
+        self.recurrent_product(blk, scope, body, inner, carry)
         res = self._loop_body(body, inner, carry)
         init = [t.name for t in targets]
         if counter is not None:
@@ -491,6 +500,18 @@ class _Gen:
             init.append("np.int64(0)")
         self.outs(blk, scope, "fori", targets, lo=str(lo), hi=hi, hi_args=hi_args, init=init,
                   ivar=i.name, cparams=[c.name for c in carry], body=body, res=res)
+
+    def recurrent_product(self, blk: list, scope: _Scope, body: list, inner: _Scope, carry: list[_Var]) -> None:
+        """Sometimes ``tanh(h @ W)`` (or ``W.T``) of a one-row carried ``h`` and a matrix ``W`` from outside
+        the loop: an RNN cell, whose weight gradient is summed after the reverse loop."""
+        rows = [c for c in carry if c.dtype == self.fdt and (len(c.shape) == 1 or (len(c.shape) == 2 and c.shape[0] == 1))]
+        if not rows or self.rng.random() < 0.6:
+            return
+        h = self.rng.choice(rows)
+        w = self.of_shape(blk, scope, (h.shape[-1], h.shape[-1]))  # defined before the loop
+        tmpl = self.rng.choice(["lantern.tanh({0} @ {1})", "lantern.tanh({0} @ {1}.T)",
+                                "lantern.sin(lantern.matmul({0}, {1})) * 0.5"])
+        self.let(body, inner, "recurrent_matmul", tmpl, [h, w], h.shape, self.fdt, 1.0)
 
     def while_(self, blk: list, scope: _Scope) -> None:
         targets = self.targets(scope, self.rng.choice([1, 2]))

@@ -108,7 +108,7 @@ def test_ci_programs_cover_the_op_set():
               "minimum", "sum", "mean", "max", "min", "logsumexp", "softmax", "log_softmax", "argmax", "argmin",
               "matmul", "reshape", "transpose", "swapaxes", "slice", "index", "concatenate", "stack",
               "expand_dims", "squeeze", "broadcast_to", "take", "where", "cast", "cond", "fori", "while", "call",
-              "recursion", "float32", "float64"}
+              "recursion", "float32", "float64", "recurrent_matmul", "one_hot_matmul"}
     missing = wanted - set(cov)
     assert not missing, missing
     assert min(cov[k] for k in ("cond", "fori", "while", "recursion", "float32")) >= 10, cov

@@ -375,6 +375,13 @@ def _stacked_rnn(h0, xs, U, W, V):
     return (lantern.fori_loop(0, xs.shape[0], body, h0) @ V).sum() + (h0 @ W).sum()
 
 
+def _stacked_after_cond(h0, xs, U, W):
+    def body(t, h):  # the products come after a cond: their backward runs in its continuation
+        h = lantern.cond(h.sum() > 0, lambda: h * 0.5, lambda: lantern.sin(h))
+        return lantern.tanh(xs[t] @ U + h @ W)
+    return (lantern.fori_loop(0, xs.shape[0], body, h0) ** 2).sum()
+
+
 def _stacked_nested(h0, W, V):
     def outer(i, h):  # W in the inner loop and in the outer body
         g = lantern.fori_loop(0, 2, lambda j, g: lantern.sin(g @ W), h)
@@ -399,6 +406,9 @@ def test_loop_weight_gradients_summed_after_the_loop(rng):
     # U's and W.T's products are stacked (their row operand and adjoint); V's is in a branch.
     assert stacks == ["rows_carry", "rows_gather", "rows_matmul_bar", "rows_matmul_bar"], stacks
     assert not transposed_in_loop
+    check_grads(_stacked_after_cond, h0, xs, U, W, argnums=(0, 1, 2, 3))
+    after_cond = _stacked(_stacked_after_cond, (2, 3), h0, xs, U, W)[0]
+    assert len(after_cond) == 4 and after_cond.count("rows_matmul_bar") == 2, after_cond
     h0 = rng.standard_normal((1, 8)) * 0.5
     check_grads(_stacked_nested, h0, W, V, argnums=(0, 1, 2))
     stacks, transposed_in_loop = _stacked(_stacked_nested, (0, 1, 2), h0, W, V)

@@ -13,9 +13,10 @@ Only control flow makes the continuation real:
   variables, closure-converted in C to a function plus an environment on the stack),
   applied at the end of each branch's forward part; each branch then runs its backward part.
 * counted ``Loop`` with static bounds: the forward loop stores each iteration's carried
-  state and the results of its products and transcendental functions in ``[n, ...]`` arrays; after the rest of the
-  program, a reverse loop recomputes the rest of each iteration's forward part from them
-  and runs its backward part. (CPS through the loop would nest one C frame per iteration;
+  state and the results of its products and transcendental functions in ``[n, ...]``
+  arrays; after the rest of the program, a reverse loop recomputes the rest of each
+  iteration's forward part from them and runs its backward part (a loop-invariant
+  matrix's gradient is summed after it, by one product of the stacked rows). (CPS through the loop would nest one C frame per iteration;
   this keeps the C stack flat for loops of any length, at the price of recomputing the
   body's cheap elementwise work.)
 * ``While`` (and a counted loop with staged bounds, rewritten as one): the trip count is
