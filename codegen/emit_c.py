@@ -37,6 +37,13 @@ BLAS_MIN_MACS = int(os.environ.get("LANTERN_BLAS_MIN_MACS", 4096))
 #: A floating-point sum may be reassociated (vectorized) here, as BLAS and NumPy do; elsewhere
 #: the compiler keeps C's order of operations (no -ffast-math). Needs -fopenmp-simd, not OpenMP.
 SIMD_SUM = "#pragma omp simd reduction(+:acc)"
+
+
+def simd_sum(*accumulators: str) -> str:
+    """``SIMD_SUM`` for several accumulators summed in one loop."""
+    return f"#pragma omp simd reduction(+:{', '.join(accumulators)})"
+
+
 #: Generated matrix products keep this many columns of a result row in a local array.
 _STRIP = 64
 
@@ -47,8 +54,8 @@ _NAMED_ALLOCATION = 1 << 30
 _ARITHMETIC = frozenset({"reduce_sum", "matmul", "scatter_add"})
 #: Elementwise primitives that give finite results for finite operands: check_finite skips them
 #: (a NaN they pass on was reported where it was made).
-_FINITE_PRESERVING = frozenset({"broadcast", "where", "stop_gradient", "neg", "abs", "sign", "relu", "floor", "maximum", "minimum",
-                                "sin", "cos", "tanh", "sigmoid"})
+_FINITE_PRESERVING = frozenset({"broadcast", "where", "stop_gradient", "neg", "abs", "sign", "relu", "floor",
+                                "maximum", "minimum", "sin", "cos", "tanh", "sigmoid"})
 
 #: The same threshold for products with a single row or column (m == 1 or n == 1).
 VECTOR_BLAS_MIN_MACS = int(os.environ.get("LANTERN_VECTOR_BLAS_MIN_MACS", 1 << 20))
@@ -647,8 +654,9 @@ class FunctionEmitter:
                 self.line("int seen_nan = 0;")
             for d in red:
                 if d == red[-1] and dtype in FLOATS:
+                    extremum = {"reduce_max": "max", "reduce_min": "min"}.get(op.prim)
                     self.line(SIMD_SUM if op.prim == "reduce_sum"
-                              else f"#pragma omp simd reduction({op.prim[7:]}:acc) reduction(|:seen_nan)")
+                              else f"#pragma omp simd reduction({extremum}:acc) reduction(|:seen_nan)")
                 self.open(f"for (int64_t i{d} = 0; i{d} < {xs[d]}; i{d}++)")
             value = src([f"i{d}" for d in range(len(xs))])
             if nan_flag:
@@ -789,7 +797,7 @@ class FunctionEmitter:
                 accs = [f"acc{r}" for r in range(rows)]
                 self.line(f"{t} {', '.join(f'{a} = {zero}' for a in accs)};")
                 if dtype in FLOATS:
-                    self.line(SIMD_SUM.replace("acc", ", ".join(accs)))
+                    self.line(simd_sum(*accs))
                 self.open(f"for (int64_t kk = 0; kk < {k}; kk++)")
                 self.line(f"{t} aik = {A('i', 'kk')};")
                 cols = [f"({j} + {r})" if r else j for r in range(rows)]

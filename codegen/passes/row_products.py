@@ -32,15 +32,14 @@ def _visit(block: Block, updated: set[int], varying: set[int] | None) -> Block:
     inner_varying = None if varying is None else set(varying) | {p.id for p in block.params}
     for stmt in block.stmts:
         if isinstance(stmt, (Loop, While)):
-            stmt = with_blocks(stmt, [_visit(b, updated, set()) for b in stmt.blocks()])
+            new = [with_blocks(stmt, [_visit(b, updated, set()) for b in stmt.blocks()])]
         else:
             stmt = with_blocks(stmt, [_visit(b, updated, inner_varying) for b in stmt.blocks()])
-            if inner_varying is not None and _qualifies(stmt, updated, inner_varying):
-                stmts.extend(_transposed(stmt))  # type: ignore[arg-type]
-                continue
+            qualifies = inner_varying is not None and _qualifies(stmt, updated, inner_varying)
+            new = _transposed(stmt) if qualifies else [stmt]  # type: ignore[arg-type]
         if inner_varying is not None:
-            inner_varying.update(o.id for o in stmt.outs)
-        stmts.append(stmt)
+            inner_varying.update(o.id for s in new for o in s.outs)
+        stmts.extend(new)
     return Block(list(block.params), stmts, list(block.results))
 
 
