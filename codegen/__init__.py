@@ -2,16 +2,19 @@
 
 The pipeline, top to bottom::
 
-    module = inline_calls(module)          # non-recursive calls become straight-line code
+    module = inline_calls(module)                   # non-recursive calls become straight-line code
     module = one_hot_products_as_gathers(module)    # one_hot(i) @ W reads row i of W
     module = row_products_read_transposed(module)   # h @ W.T in a loop reads a copy of W.T
-    module = hoist_loop_invariants(module) # copies of loop-invariant values are made once
+    module = hoist_loop_invariants(module)          # copies of loop-invariant values are made once
     module = forward_single_accumulations(module)   # one-contribution adjoints need no buffer
     module = eliminate_dead_code(module)
-    module = fuse_elementwise(module)      # elementwise chains become single loops
-    source = emit_module(module)           # one C file
-    artifact = compile_c(source)           # cc, through the on-disk cache
-    native = NativeFunction(artifact)      # cffi
+    module = fuse_elementwise(module)               # elementwise chains become single loops
+    source = emit_module(module)                    # one C file
+    artifact = compile_c(source)                    # cc, through the on-disk cache
+    native = NativeFunction(artifact)               # cffi
+
+(AD runs the one-hot and hoisting passes on a function before differentiating it, so its
+gradient benefits too.)
 """
 from __future__ import annotations
 
