@@ -46,6 +46,8 @@ def simd_sum(*accumulators: str) -> str:
 
 #: Generated matrix products keep this many columns of a result row in a local array.
 _STRIP = 64
+#: Transposes copy square tiles of this side.
+_TILE = 16
 
 #: Allocations this large name their value and line in the C, for the out-of-memory message.
 _NAMED_ALLOCATION = 1 << 30
@@ -854,9 +856,33 @@ class FunctionEmitter:
         self.declare(out)
         st = _strides(x.type.shape)  # type: ignore[union-attr]
         perm = op.attrs["perm"]
-        o_st = _strides(out.type.shape)  # type: ignore[union-attr]
-        self.loop_nest(out.type.shape, lambda idx: self.store(  # type: ignore[union-attr]
-            out, _index(zip(idx, o_st)), self.load(x, _index((idx[k], st[p]) for k, p in enumerate(perm)))))
+        shape: tuple[int, ...] = out.type.shape  # type: ignore[union-attr]
+        o_st = _strides(shape)
+        names = [f"i{k}" for k in range(len(shape))]
+
+        def copy(idx: list[str]) -> None:
+            self.store(out, _index(zip(idx, o_st)), self.load(x, _index((idx[k], st[p]) for k, p in enumerate(perm))))
+
+        # The output axis that walks the input's contiguous (last) axis: if it is not the output's
+        # last axis too, one side is read or written with a stride. Square tiles of those two
+        # axes keep both sides within cache lines (3x faster for an 800 x 200 matrix).
+        across, last = perm.index(len(perm) - 1), len(shape) - 1
+        if across == last or min(shape[across], shape[last]) < _TILE:
+            self.loop_nest(shape, copy)
+            return
+        self.line(f"/* {_TILE} x {_TILE} tiles */")
+        for k in range(len(shape)):
+            if k not in (across, last):
+                self.open(f"for (int64_t i{k} = 0; i{k} < {shape[k]}; i{k}++)")
+        for k in (across, last):
+            self.open(f"for (int64_t t{k} = 0; t{k} < {shape[k]}; t{k} += {_TILE})")
+        for k in (across, last):
+            end = (f"t{k} + {_TILE}" if shape[k] % _TILE == 0
+                   else f"(t{k} + {_TILE} < {shape[k]} ? t{k} + {_TILE} : {shape[k]})")
+            self.open(f"for (int64_t i{k} = t{k}; i{k} < {end}; i{k}++)")
+        copy(names)
+        for _ in range(len(shape) + 2):
+            self.close()
 
     def op_slice(self, op: Op) -> None:
         x, out = op.args[0], op.outs[0]

@@ -362,6 +362,17 @@ def test_reshape_transpose_and_friends(dtype):
          x)
 
 
+@pytest.mark.parametrize("shape, perm", [((80, 48), (1, 0)), ((37, 45), (1, 0)), ((3, 40, 50), (0, 2, 1)),
+                                         ((40, 3, 50), (2, 1, 0)), ((20, 5, 24, 18), (1, 2, 3, 0)),
+                                         ((5, 33, 70), (2, 0, 1))])
+def test_large_transposes_copied_in_tiles(shape, perm):
+    # Transposes of axes of 16 or more copy 16 x 16 tiles (remainders included); exact copies.
+    x = data(shape, "float32", seed=24)
+    f = lantern.stage(lambda x: lantern.transpose(x, perm))
+    np.testing.assert_array_equal(f(x), np.transpose(x, perm))
+    assert "16 x 16 tiles" in f.lower(x).c_source
+
+
 def test_static_attributes_inside_staged_function():
     x = data(X3, "float32")
     i = data((5,), "int32")
