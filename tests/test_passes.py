@@ -76,3 +76,33 @@ def test_copies_of_updated_buffers_stay_in_the_loop(rng):
         return lantern.fori_loop(0, 4, lambda i, h: lantern.tanh(h.T @ x) + h, x).sum()
 
     check_grads(f, x)
+
+
+def test_hoisting_keeps_reads_of_buffers_updated_through_a_reshape():
+    # buf (2 x 2) is updated in the loop through its reshape r (the same memory in C): a transpose
+    # of buf inside the loop reads it after each update and must stay there.
+    from lantern.codegen.passes import hoist_loop_invariants
+    from lantern.ir import Block, Function, Loop, Module, Op, TensorType, Var, interpret, verify
+    from lantern.ir.nodes import Accumulate
+
+    m22, f4, i64 = TensorType((2, 2), "float64"), TensorType((4,), "float64"), TensorType((), "int64")
+    x, acc0 = Var(f4, "x"), Var(m22, "acc0")
+    buf, r, lo, hi = Var(m22, "buf"), Var(f4, "r"), Var(i64, "lo"), Var(i64, "hi")
+    i, carry, t, new = Var(i64, "i"), Var(m22, "carry"), Var(m22, "t"), Var(m22, "new")
+    body = Block([i, carry], [Accumulate([], target=r, value=x),
+                              Op([t], prim="transpose", args=[buf], attrs={"perm": (1, 0)}),
+                              Op([new], prim="add", args=[carry, t], attrs={})], [new])
+    out = Var(m22, "out")
+    stmts = [Op([buf], prim="fill", args=[], attrs={"value": 0.0, "shape": (2, 2), "dtype": "float64"}),
+             Op([acc0], prim="fill", args=[], attrs={"value": 0.0, "shape": (2, 2), "dtype": "float64"}),
+             Op([r], prim="reshape", args=[buf], attrs={"shape": (4,)}),
+             Op([lo], prim="fill", args=[], attrs={"value": 0, "shape": (), "dtype": "int64"}),
+             Op([hi], prim="fill", args=[], attrs={"value": 3, "shape": (), "dtype": "int64"}),
+             Loop([out], lo=lo, hi=hi, init=[acc0], body=body)]
+    module = Module({"f": Function("f", Block([x], stmts, [out]), (m22,))}, "f")
+    hoisted = verify(hoist_loop_invariants(module))
+    loop = hoisted.functions["f"].body.stmts[-1]
+    assert any(isinstance(s, Op) and s.prim == "transpose" for s in loop.body.stmts)
+    xv = np.arange(4.0)
+    expected = sum(k * xv.reshape(2, 2).T for k in (1, 2, 3))  # buf holds k * x after k updates
+    np.testing.assert_allclose(interpret(hoisted, [xv])[0], expected)

@@ -22,9 +22,23 @@ MOVABLE = frozenset({"transpose", "reshape", "slice", "concatenate"})
 def hoist_loop_invariants(module: Module) -> Module:
     functions = {}
     for name, fn in module.functions.items():
-        updated = {s.target.id for s in walk_stmts(fn.body) if isinstance(s, Accumulate)}
-        functions[name] = Function(name, _hoist(fn.body, updated), fn.result_types, fn.loc)
+        functions[name] = Function(name, _hoist(fn.body, updated_in_place(fn)), fn.result_types, fn.loc)
     return Module(functions, module.entry)
+
+
+def updated_in_place(fn: Function) -> set[int]:
+    """Ids of the buffers ``fn`` updates in place (``Accumulate`` targets), and of their reshapes
+    (the same memory in C), in either direction."""
+    updated = {s.target.id for s in walk_stmts(fn.body) if isinstance(s, Accumulate)}
+    reshapes = [(s.args[0].id, s.outs[0].id) for s in walk_stmts(fn.body) if isinstance(s, Op) and s.prim == "reshape"]
+    grew = True
+    while grew:
+        grew = False
+        for a, b in reshapes:
+            if (a in updated) != (b in updated):
+                updated |= {a, b}
+                grew = True
+    return updated
 
 
 def _hoist(block: Block, updated: set[int]) -> Block:
