@@ -96,6 +96,10 @@ def test_lantern_settings_change_the_fingerprint(trace_cache_on, monkeypatch):
     monkeypatch.setattr(emit_c, "VECTOR_BLAS_MIN_MACS", 1)  # a threshold set at run time
     assert fingerprint(f, X) != a
     monkeypatch.undo()
+    from lantern.codegen.passes import row_products
+    monkeypatch.setattr(row_products, "MAX_COPIED_ELEMENTS", 1)  # a pass's threshold
+    assert fingerprint(f, X) != a
+    monkeypatch.undo()
     monkeypatch.setenv("LANTERN_TRACE_CACHE", "1")
     monkeypatch.setenv("LANTERN_CHECK_FINITE", "1")
     assert fingerprint(f, X) != a
