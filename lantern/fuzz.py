@@ -351,17 +351,16 @@ class _Gen:
         elif choice == "arange" and nd >= 1:
             self.let(blk, scope, "arange", f"{{0}} * lantern.arange({s[-1]}, dtype='{self.fdt}') * 0.5", [x], s,
                      self.fdt, x.bound * s[-1] / 2)
-        elif choice == "one_hot" and nd >= 1 and rng.random() < 0.5:
-            # a product with a one-hot matrix (a gather after codegen/passes/one_hot.py)
-            n = rng.choice([1, 2, 3])
-            linear = rng.random() < 0.5
-            w = self.of_shape(blk, scope, (n, s[-1]) if linear else (s[-1], n))
-            hot = f"lantern.one_hot(lantern.argmax({{0}}, axis=-1), {s[-1]}, dtype='{self.fdt}')"
-            self.let(blk, scope, "one_hot_matmul", f"lantern.nn.linear({hot}, {{1}})" if linear else f"{hot} @ {{1}}",
-                     [x, w], s[:-1] + (n,), self.fdt, w.bound)
         elif choice == "one_hot" and nd >= 1:
-            self.let(blk, scope, "one_hot", f"lantern.one_hot(lantern.argmax({{0}}, axis=-1), {s[-1]}, "
-                     f"dtype='{self.fdt}') * {{0}}", [x], s, self.fdt, x.bound)
+            hot = f"lantern.one_hot(lantern.argmax({{0}}, axis=-1), {s[-1]}, dtype='{self.fdt}')"
+            if rng.random() < 0.5:  # a product with a one-hot matrix (a gather after codegen/passes/one_hot.py)
+                n = rng.choice([1, 2, 3])
+                linear = rng.random() < 0.5
+                w = self.of_shape(blk, scope, (n, s[-1]) if linear else (s[-1], n))
+                self.let(blk, scope, "one_hot_matmul", f"lantern.nn.linear({hot}, {{1}})" if linear
+                         else f"{hot} @ {{1}}", [x, w], s[:-1] + (n,), self.fdt, w.bound)
+            else:
+                self.let(blk, scope, "one_hot", f"{hot} * {{0}}", [x], s, self.fdt, x.bound)
         elif choice == "broadcast_to" and nd < 3:
             out = (rng.choice([1, 2, 3]),) + tuple(rng.choice([2, 3]) if d == 1 else d for d in s)
             self.let(blk, scope, "broadcast_to", f"lantern.broadcast_to({{0}}, {out})", [x], out, self.fdt, x.bound)
@@ -504,7 +503,7 @@ class _Gen:
     def recurrent_product(self, blk: list, scope: _Scope, body: list, inner: _Scope, carry: list[_Var]) -> None:
         """Sometimes ``tanh(h @ W)`` (or ``W.T``) of a one-row carried ``h`` and a matrix ``W`` from outside
         the loop: an RNN cell, whose weight gradient is summed after the reverse loop."""
-        rows = [c for c in carry if c.dtype == self.fdt and (len(c.shape) == 1 or (len(c.shape) == 2 and c.shape[0] == 1))]
+        rows = [c for c in carry if c.dtype == self.fdt and len(c.shape) in (1, 2) and c.shape[:-1] in ((), (1,))]
         if not rows or self.rng.random() < 0.6:
             return
         h = self.rng.choice(rows)

@@ -307,8 +307,8 @@ class _Fingerprinter:
                 self.value(value, names)
 
     def code(self, c: types.CodeType) -> None:
-        self.feed("code", c.co_name, getattr(c, "co_qualname", c.co_name), c.co_filename, c.co_firstlineno, c.co_argcount,
-                  c.co_posonlyargcount, c.co_kwonlyargcount, c.co_flags, c.co_names, c.co_varnames,
+        self.feed("code", c.co_name, getattr(c, "co_qualname", c.co_name), c.co_filename, c.co_firstlineno,
+                  c.co_argcount, c.co_posonlyargcount, c.co_kwonlyargcount, c.co_flags, c.co_names, c.co_varnames,
                   c.co_freevars, c.co_cellvars)
         self.h.update(c.co_code)
         self.h.update(c.co_linetable)

@@ -16,9 +16,9 @@ Only control flow makes the continuation real:
   state and the results of its products and transcendental functions in ``[n, ...]``
   arrays; after the rest of the program, a reverse loop recomputes the rest of each
   iteration's forward part from them and runs its backward part (a loop-invariant
-  matrix's gradient is summed after it, by one product of the stacked rows). (CPS through the loop would nest one C frame per iteration;
-  this keeps the C stack flat for loops of any length, at the price of recomputing the
-  body's cheap elementwise work.)
+  matrix's gradient is summed after it, by one product of the stacked rows). (CPS through
+  the loop would nest one C frame per iteration; this keeps the C stack flat for loops of
+  any length, at the price of recomputing the body's cheap elementwise work.)
 * ``While`` (and a counted loop with staged bounds, rewritten as one): the trip count is
   known only at run time, so the loop is written in CPS as a continuation that applies
   itself (``loop(state, state_bar)``: if the condition holds, run the body and call
@@ -73,9 +73,10 @@ class _StackedGradient:
     stacks' variables, see ``tracing.user_variable_names``.)
     """
 
-    def __init__(self, rows: Tensor, rows_bar: Tensor):
-        self.a = rows       # [n, m, k]: the rows of a, one block per iteration
-        self.g = rows_bar   # [n, m, p]: the adjoint of the product, likewise
+    def __init__(self, product: Op, rows: Tensor, rows_bar: Tensor):
+        self.product = product  # the body's ``a @ op(b)``
+        self.a = rows           # [n, m, k]: the rows of a, one block per iteration
+        self.g = rows_bar       # [n, m, p]: the adjoint of the product, likewise
 
 
 def _is_float(v: Var) -> bool:
@@ -407,11 +408,10 @@ class Differentiator:
         active = [k for k, c in enumerate(carry_old) if c.id in self.active]
         if active and n:
             self.at(s)
-            stacked = self.stackable_products(s, n)
             outer_stacked, outer_row = self.stacked, self.stack_row
-            self.stacked = {out: _StackedGradient(stack(st.args[0], f"rows_{st.args[0].hint}"),
-                                                  stack(out_var, f"rows_{out_var.hint}_bar"))
-                            for out, (st, out_var) in stacked.items()}
+            self.stacked = {st.outs[0].id: _StackedGradient(st, stack(st.args[0], f"rows_{st.args[0].hint}"),
+                                                            stack(st.outs[0], f"rows_{st.outs[0].hint}_bar"))
+                            for st in self.stackable_products(s, n)}
             j = Var(scalar("int64"), "j")
             bars = [Var(carry_old[k].type, carry_old[k].hint + "_bar") for k in active]
             back = Block(params=[j, *bars])
@@ -442,14 +442,14 @@ class Differentiator:
                            init=[self.out_bar(s, k).var for k in active], body=back))
             for k, b in zip(active, bar_outs):
                 self.accumulate(s.init[k], self.tensor(b))
-            self.sum_stacked(stacked, n)
+            self.sum_stacked(n)
             self.stacked, self.stack_row = outer_stacked, outer_row
         elif active:  # no iterations: the outputs are the initial values
             for k in active:
                 self.accumulate(s.init[k], self.adj.get(s.outs[k].id))
         return finals
 
-    def stackable_products(self, s: Loop, n: int) -> dict[int, tuple[Op, Var]]:
+    def stackable_products(self, s: Loop, n: int) -> list[Op]:
         """The body's top-level products ``a @ op(b)`` whose ``b_bar`` is summed after the reverse loop.
 
         ``b`` must be a matrix from outside the loop that needs a gradient, ``a`` not transposed
@@ -457,7 +457,7 @@ class Differentiator:
         stacks smaller than ``b`` itself (else adding per iteration moves less memory).
         """
         free = {v.id for v in free_vars(s.body)}
-        found: dict[int, tuple[Op, Var]] = {}
+        found: list[Op] = []
         for st in s.body.stmts:
             if not (isinstance(st, Op) and st.prim == "matmul" and not st.attrs.get("trans_a")):
                 continue
@@ -468,13 +468,13 @@ class Differentiator:
                     and all(len(sh) == 2 for sh in shapes)
                     and a.type.size + out.type.size < b.type.size  # type: ignore[union-attr]
                     and n * (a.type.size + out.type.size) * 8 <= STACKED_GRADIENT_MAX_BYTES):  # type: ignore[union-attr]
-                found[out.id] = (st, out)
+                found.append(st)
         return found
 
-    def sum_stacked(self, stacked: dict[int, tuple[Op, Var]], n: int) -> None:
+    def sum_stacked(self, n: int) -> None:
         """After the reverse loop: ``b_bar += op(A)^T @ G`` over the stacked rows of every iteration."""
-        for out_id, (st, out) in stacked.items():
-            rows = self.stacked[out_id]
+        for rows in self.stacked.values():
+            st, out = rows.product, rows.product.outs[0]
             a, b = st.args
             m = out.type.shape[0]  # type: ignore[union-attr]
             a_all = ops.reshape(rows.a, (n * m, a.type.shape[1]))  # type: ignore[union-attr]
