@@ -11,8 +11,8 @@ closure cells, defaults and every global it reads (functions by their own finger
 staged functions with their options, modules by the attributes the code names, numbers,
 strings and containers by value, NumPy arrays by content, lantern's own functions, classes
 and layer/optimizer objects by name and state); the signature; lantern's source and the
-plain values of its modules' globals; Python, NumPy, the compiler and every ``LANTERN_*``
-setting. Anything it cannot fingerprint (objects of the user's classes, ``numpy.random``,
+plain values of its modules' globals; Python, NumPy, the compiler, the OpenBLAS installation and
+every ``LANTERN_*`` setting. Anything it cannot fingerprint (objects of the user's classes, ``numpy.random``,
 ``getattr``, open files, ...), or a lantern function replaced at run time (monkeypatching),
 makes the lookup a miss, and the function is traced as usual.
 
@@ -102,6 +102,8 @@ def _environment(fp: _Fingerprinter) -> None:
     cc = compiler._resolve_compiler()
     st = os.stat(cc[0])
     fp.feed("cc", cc, st.st_mtime_ns, st.st_size, os.environ.get("CFLAGS"), compiler.user_cflags())
+    # The compile key names the OpenBLAS installation (another virtual environment: another entry).
+    fp.feed("blas", compiler.blas_paths())
     for name, module in sorted(sys.modules.items()):
         if name == "lantern" or name.startswith("lantern."):
             _check_untouched(module)

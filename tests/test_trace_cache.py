@@ -108,6 +108,29 @@ def test_lantern_settings_change_the_fingerprint(trace_cache_on, monkeypatch):
     assert fingerprint(f, X) != a
 
 
+def test_another_openblas_installation_changes_the_fingerprint(trace_cache_on, monkeypatch, tmp_path):
+    # The compile key names the OpenBLAS installation (each checkout's virtual environment has its own):
+    # a fingerprint without it would find, from another checkout, a record naming another entry.
+    import importlib.util
+    import types as pytypes
+    f = lantern.stage(scaled)
+    a = fingerprint(f, X)
+    other = tmp_path / "scipy_openblas32"
+    (other / "lib").mkdir(parents=True)
+    (other / "lib" / "libscipy_openblas.so").touch()
+    real_find_spec = importlib.util.find_spec
+    compiler.blas_paths.cache_clear()
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(importlib.util, "find_spec", lambda name, *rest: pytypes.SimpleNamespace(
+                origin=str(other / "__init__.py")) if name == "scipy_openblas32" else real_find_spec(name, *rest))
+            assert compiler.blas_paths()[1] == str(other / "lib")
+            assert fingerprint(f, X) != a
+    finally:
+        compiler.blas_paths.cache_clear()
+    assert fingerprint(f, X) == a
+
+
 class Config:
     scale = 2.0
 
