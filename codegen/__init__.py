@@ -3,6 +3,7 @@
 The pipeline, top to bottom::
 
     module = inline_calls(module)                   # non-recursive calls become straight-line code
+    module = empty_values_as_fills(module)          # ops with empty results (or empty sums) do nothing
     module = one_hot_products_as_gathers(module)    # one_hot(i) @ W reads row i of W
     module = row_products_read_transposed(module)   # h @ W.T in a loop reads a copy of W.T
     module = hoist_loop_invariants(module)          # copies of loop-invariant values are made once
@@ -27,13 +28,13 @@ from lantern.ir.verify import verify
 from .compiler import compile_c, debug_mode
 from .emit_c import EmitOptions, emit_module
 from .loader import NativeFunction
-from .passes import (eliminate_dead_code, forward_single_accumulations, fuse_elementwise, hoist_loop_invariants,
-                     inline_calls, one_hot_products_as_gathers, row_products_read_transposed)
+from .passes import (eliminate_dead_code, empty_values_as_fills, forward_single_accumulations, fuse_elementwise,
+                     hoist_loop_invariants, inline_calls, one_hot_products_as_gathers, row_products_read_transposed)
 
 Pass = Callable[[Module], Module]
-PASSES: tuple[Pass, ...] = (inline_calls, one_hot_products_as_gathers, row_products_read_transposed,
-                            hoist_loop_invariants, forward_single_accumulations, eliminate_dead_code,
-                            fuse_elementwise)
+PASSES: tuple[Pass, ...] = (inline_calls, empty_values_as_fills, one_hot_products_as_gathers,
+                            row_products_read_transposed, hoist_loop_invariants, forward_single_accumulations,
+                            eliminate_dead_code, fuse_elementwise)
 
 
 def prepare(module: Module, passes: tuple[Pass, ...] = PASSES) -> Module:

@@ -70,7 +70,7 @@ def elementwise_expr(prim: str, in_dtypes: list[str], out_dtype: str, args: list
                 return f"({a} > 0 ? {one} : {a} < 0 ? -{one} : {a})"
             return f"(({C_TYPE[t]})(({a} > 0) - ({a} < 0)))"
         case "logical_not":
-            return f"!{a}"
+            return f"({a} ^ 1)"  # bools are 0/1 bytes: bitwise logic (see "logical_and")
         case "add" | "sub" | "mul" | "div":
             op = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[prim]
             if t == "int32" and prim != "div":
@@ -89,9 +89,11 @@ def elementwise_expr(prim: str, in_dtypes: list[str], out_dtype: str, args: list
             op = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}[prim]
             return f"{a} {op} {b}"
         case "logical_and":
-            return f"{a} && {b}"
+            # Bitwise on 0/1 bytes, never `&&`/`||`: gcc 12 at -O3 -march=native (AVX-512) miscompiles the
+            # vectorized short-circuit forms with broadcast operands; `&` and `|` need no branches.
+            return f"({a} & {b})"
         case "logical_or":
-            return f"{a} || {b}"
+            return f"({a} | {b})"
         case "where":
             return f"lt_where_{SUFFIX[out_dtype]}({a}, {b}, {args[2]})"  # not `?:`: see the runtime header
         case "cast":

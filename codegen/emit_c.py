@@ -241,10 +241,17 @@ class FunctionEmitter:
             else:
                 self.line(f"{self.ctype(v)} *{self.name(v)} = lt_alloc({t.nbytes});")
             self.m.uses_arena = True
+            self.mark_if_empty(v)
+
+    def mark_if_empty(self, v: Var) -> None:
+        """An empty array's pointer may never be read (its loops run zero times): say so to the compiler."""
+        if v.type.size == 0:  # type: ignore[union-attr]
+            self.line(f"(void){self.name(v)}; /* empty */")
 
     def bind_pointer(self, v: Var, expr: str) -> None:
         self.storage[v.id] = _Storage("pointer", self.name(v))
         self.line(f"{self.ctype(v)} *{self.name(v)} = {expr};")
+        self.mark_if_empty(v)
 
     def copy(self, dst: Var, src: Var) -> None:
         """dst = src (same type); dst already has storage."""
@@ -355,8 +362,9 @@ class FunctionEmitter:
         if counted:
             self.line("lt_depth--;")
         text = "\n".join(self.lines)
-        unused = [f"    (void){self.name(p)}; /* not needed by this signature */" for p in body.params
-                  if not re.search(rf"\b{re.escape(self.name(p))}\b", text)]
+        names = [self.name(p) for p in body.params] + [f"result{k}" for k in range(len(self.fn.result_types or ()))]
+        unused = [f"    (void){name}; /* not needed by this signature */" for name in names
+                  if not re.search(rf"\b{re.escape(name)}\b", text)]
         return [self.signature(), "{", *unused, *self.env_prologue(text), *self.lines, "}"]
 
     def env_prologue(self, text: str) -> list[str]:
@@ -518,6 +526,8 @@ class FunctionEmitter:
     def emit_accumulate(self, stmt: Accumulate) -> None:
         t, v = stmt.target, stmt.value
         row = v.type.size  # type: ignore[union-attr]
+        if row == 0:  # nothing to add and no index to read (passes/empty.py drops these before C)
+            return
         if stmt.index is None and not t.type.shape:  # type: ignore[union-attr]
             self.store(t, "0", f"{self.load(t, '0')} + {self.load(v, '0')}")
             return
@@ -628,7 +638,7 @@ class FunctionEmitter:
         elif dtype == "bool":  # max is any, min is all
             is_max = op.prim == "reduce_max"
             init = "0" if is_max else "1"
-            combine = lambda acc, v: f"({acc} {'||' if is_max else '&&'} {v})"  # noqa: E731
+            combine = lambda acc, v: f"({acc} {'|' if is_max else '&'} {v})"  # noqa: E731 (bitwise: see logical_or)
         else:
             fn = "max" if op.prim == "reduce_max" else "min"
             sfx = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64"}[dtype]

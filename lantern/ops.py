@@ -137,7 +137,7 @@ def _unary(prim: str, x: ArrayLike, float_only: bool = True) -> Tensor:
     x = asarray(x)
     if float_only and x.type.dtype not in FLOAT_DTYPES:
         x = astype(x, "float32" if x.type.dtype == "bool" else "float64")
-    if prim in ("neg", "abs", "relu", "sign") and x.type.dtype == "bool":
+    if prim in ("neg", "relu", "sign") and x.type.dtype == "bool":
         raise with_location(DTypeError, f"{prim}: not defined for bool tensors (shape {x.shape})")
     return _emit(x.frame, prim, [x])
 
@@ -152,9 +152,21 @@ def tanh(x: ArrayLike) -> Tensor: return _unary("tanh", x)
 def sigmoid(x: ArrayLike) -> Tensor: return _unary("sigmoid", x)
 def sqrt(x: ArrayLike) -> Tensor: return _unary("sqrt", x)
 def rsqrt(x: ArrayLike) -> Tensor: return _unary("rsqrt", x)
-def floor(x: ArrayLike) -> Tensor: return _unary("floor", x)
+def floor(x: ArrayLike) -> Tensor:
+    """NumPy's ``floor``: integers and bools are already whole, so they come back unchanged (same dtype)."""
+    x = asarray(x)
+    return x if x.type.dtype not in FLOAT_DTYPES else _unary("floor", x)
+
+
+
 def negative(x: ArrayLike) -> Tensor: return _unary("neg", x, float_only=False)
-def abs(x: ArrayLike) -> Tensor: return _unary("abs", x, float_only=False)  # noqa: A001
+def abs(x: ArrayLike) -> Tensor:  # noqa: A001
+    """NumPy's ``absolute``; a bool tensor comes back unchanged, as in NumPy."""
+    x = asarray(x)
+    return x if x.type.dtype == "bool" else _unary("abs", x, float_only=False)
+
+
+
 def sign(x: ArrayLike) -> Tensor: return _unary("sign", x, float_only=False)
 def relu(x: ArrayLike) -> Tensor: return _unary("relu", x, float_only=False)
 
@@ -304,20 +316,27 @@ def broadcast_to(x: ArrayLike, shape: Sequence[int]) -> Tensor:
 
 # ------------------------------------------------------------------ reductions
 
-def _axes(x: Tensor, axis: int | Sequence[int] | None, op: str) -> tuple[int, ...]:
-    if axis is None:
-        return tuple(range(x.ndim))
+def _axis_list(ndim: int, axis: Any, op: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``axis`` (an int or a sequence of ints, negative counting from the end) as non-negative axes in the
+    order given; an axis out of range or repeated is a ``ShapeError``, as NumPy's ``AxisError``."""
     items = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     out = []
     for a in items:
-        if not isinstance(a, (int, np.integer)):
-            raise with_location(TraceError, f"{op}: axis must be a Python int, got {type(a).__name__}")
-        if not -x.ndim <= a < x.ndim:
-            raise with_location(ShapeError, f"{op}: axis {a} is out of bounds for shape {x.shape}")
-        out.append(int(a) % x.ndim if x.ndim else 0)
+        if isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, np.integer)):
+            raise with_location(TraceError, f"{op}: axis must be a Python int, got {type(a).__name__} {a!r}")
+        if not -ndim <= a < ndim:
+            raise with_location(ShapeError, f"{op}: axis {a} is out of bounds for shape {shape} "
+                                f"({ndim} dimensions)")
+        out.append(int(a) % ndim)
     if len(set(out)) != len(out):
         raise with_location(ShapeError, f"{op}: repeated axis in {axis}")
-    return tuple(sorted(out))
+    return tuple(out)
+
+
+def _axes(x: Tensor, axis: int | Sequence[int] | None, op: str) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(x.ndim))
+    return tuple(sorted(_axis_list(x.ndim, axis, op, x.shape)))
 
 
 def _reduce(prim: str, x: ArrayLike, axis: Any, keepdims: bool) -> Tensor:
@@ -355,6 +374,8 @@ def _arg(prim: str, x: ArrayLike, axis: int | None, keepdims: bool) -> Tensor:
         flat = reshape(x, (-1,))
         out = _emit(x.frame, prim, [flat], axis=0, keepdims=False)
         return reshape(out, (1,) * x.ndim) if keepdims else out
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, (bool, np.bool_)):
+        raise with_location(TraceError, f"{prim}: axis must be an int or None (one axis, as in NumPy), got {axis!r}")
     (a,) = _axes(x, axis, prim)
     return _emit(x.frame, prim, [x], axis=a, keepdims=bool(keepdims))
 
@@ -431,11 +452,14 @@ def reshape(x: ArrayLike, shape: Any) -> Tensor:
     return _emit(x.frame, "reshape", [x], shape=shape)
 
 
-def transpose(x: ArrayLike, axes: Sequence[int] | None = None) -> Tensor:
+def transpose(x: ArrayLike, axes: int | Sequence[int] | None = None) -> Tensor:
+    """NumPy's ``transpose``: ``axes`` a permutation of the axes (negative ones count from the end);
+    None reverses them."""
     x = asarray(x)
-    perm = tuple(range(x.ndim))[::-1] if axes is None else tuple(int(a) % builtins.max(x.ndim, 1) for a in axes)
-    if sorted(perm) != list(range(x.ndim)):
-        raise with_location(ShapeError, f"transpose: axes {tuple(axes or ())} do not match shape {x.shape}")
+    perm = tuple(range(x.ndim))[::-1] if axes is None else _axis_list(x.ndim, axes, "transpose", x.shape)
+    if len(perm) != x.ndim:
+        raise with_location(ShapeError, f"transpose: axes {axes} do not match shape {x.shape} "
+                            f"(need a permutation of {x.ndim} axes)")
     if perm == tuple(range(x.ndim)):
         return x
     if _is_pure_unit_move(x.shape, perm):
@@ -458,28 +482,27 @@ def swapaxes(x: ArrayLike, a: int, b: int) -> Tensor:
     return transpose(x, perm)
 
 
-def moveaxis(x: ArrayLike, source: int, destination: int) -> Tensor:
+def moveaxis(x: ArrayLike, source: int | Sequence[int], destination: int | Sequence[int]) -> Tensor:
+    """NumPy's ``moveaxis``: one axis, or several (``source`` and ``destination`` sequences of one length)."""
     x = asarray(x)
-    (s,) = _axes(x, source, "moveaxis")
-    (d,) = _axes(x, destination, "moveaxis")
-    perm = [i for i in range(x.ndim) if i != s]
-    perm.insert(d, s)
+    src = _axis_list(x.ndim, source, "moveaxis", x.shape)
+    dst = _axis_list(x.ndim, destination, "moveaxis", x.shape)
+    if len(src) != len(dst):
+        raise with_location(ShapeError, f"moveaxis: source {source} and destination {destination} must have "
+                            "the same number of elements")
+    perm = [i for i in range(x.ndim) if i not in src]
+    for d, s in sorted(zip(dst, src)):
+        perm.insert(d, s)
     return transpose(x, perm)
 
 
 def expand_dims(x: ArrayLike, axis: int | Sequence[int]) -> Tensor:
     x = asarray(x)
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
-    ndim = x.ndim + len(axes)
-    norm = sorted(int(a) % ndim if -ndim <= a < ndim else _bad_axis("expand_dims", a, ndim) for a in axes)
+    ndim = x.ndim + (1 if isinstance(axis, (int, np.integer)) else len(tuple(axis)))
     shape = list(x.shape)
-    for a in norm:
+    for a in sorted(_axis_list(ndim, axis, "expand_dims", x.shape)):
         shape.insert(a, 1)
     return reshape(x, tuple(shape))
-
-
-def _bad_axis(op: str, a: int, ndim: int) -> int:
-    raise with_location(ShapeError, f"{op}: axis {a} is out of bounds for a result with {ndim} dimensions")
 
 
 def squeeze(x: ArrayLike, axis: int | Sequence[int] | None = None) -> Tensor:
@@ -502,10 +525,13 @@ def _common_dtype(name: str, xs: Sequence[ArrayLike]) -> str:
     return dtype
 
 
-def concatenate(xs: Sequence[ArrayLike], axis: int = 0) -> Tensor:
+def concatenate(xs: Sequence[ArrayLike], axis: int | None = 0) -> Tensor:
+    """NumPy's ``concatenate``; ``axis=None`` flattens every array first."""
     frame = _frame_of(*xs)
     if not xs:
         raise with_location(ShapeError, "concatenate: need at least one array")
+    if axis is None:
+        return concatenate([reshape(asarray(x), (-1,)) for x in xs], axis=0)
     dtype = asarray(xs[0]).type.dtype if len(xs) == 1 else _common_dtype("concatenate", xs)
     if builtins.all(_is_bool(x) for x in xs):
         dtype = "bool"
@@ -535,7 +561,9 @@ def matmul(a: ArrayLike, b: ArrayLike) -> Tensor:
     frame = _frame_of(a, b)
     dtype = _promote("matmul", np.add, a, b)
     if dtype == "bool":
-        raise with_location(DTypeError, "matmul: bool operands are not supported")
+        # NumPy: out[i, j] = any(a[i, :] & b[:, j]). Counted in float32 (BLAS for large products): a sum
+        # of zeros and ones is zero exactly when no term is one.
+        return not_equal(matmul(astype(a, "float32"), astype(b, "float32")), 0)
     ta, tb = _lift_as(a, dtype), _lift_as(b, dtype)
     if ta.ndim == 0 or tb.ndim == 0:
         raise with_location(ShapeError, f"matmul: operands must be at least 1-D, got {ta.shape} @ {tb.shape}")

@@ -154,7 +154,7 @@ class Tensor:
     def argmax(self, axis=None, keepdims=False): return _ops().argmax(self, axis, keepdims)
     def argmin(self, axis=None, keepdims=False): return _ops().argmin(self, axis, keepdims)
     def reshape(self, *shape): return _ops().reshape(self, shape[0] if len(shape) == 1 else shape)
-    def transpose(self, *axes): return _ops().transpose(self, (axes[0] if len(axes) == 1 else axes) or None)
+    def transpose(self, *axes): return _ops().transpose(self, axes[0] if len(axes) == 1 else (axes or None))
     def swapaxes(self, a, b): return _ops().swapaxes(self, a, b)
     def squeeze(self, axis=None): return _ops().squeeze(self, axis)
     def flatten(self): return _ops().reshape(self, (-1,))

@@ -231,8 +231,8 @@ static inline void *lt_alloc_at(size_t n, const char *site)
 /* ------------------------------------------------------------------ scalar helpers */
 
 #define LT_DEFINE_MINMAX(T, SUF)                                                        \
-    static inline T lt_max_##SUF(T a, T b) { return (a > b || a != a) ? a : b; }        \
-    static inline T lt_min_##SUF(T a, T b) { return (a < b || a != a) ? a : b; }
+    static inline T lt_max_##SUF(T a, T b) { return ((a > b) | (a != a)) ? a : b; }    \
+    static inline T lt_min_##SUF(T a, T b) { return ((a < b) | (a != a)) ? a : b; }
 LT_DEFINE_MINMAX(float, f32)
 LT_DEFINE_MINMAX(double, f64)
 LT_DEFINE_MINMAX(int32_t, i32)
@@ -257,13 +257,13 @@ LT_DEFINE_WHERE(lt_bool, bool)
         if (b == 0) return 0;                                                           \
         if (b == -1) return (T)(0 - (uint64_t)a);                                        \
         T q = a / b;                                                                    \
-        return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;                        \
+        return ((a % b != 0) & ((a < 0) != (b < 0))) ? q - 1 : q;                       \
     }                                                                                   \
     static inline T lt_mod_##SUF(T a, T b)                                              \
     {                                                                                   \
         if (b == 0 || b == -1) return 0;                                                \
         T r = a % b;                                                                    \
-        return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;                            \
+        return ((r != 0) & ((r < 0) != (b < 0))) ? r + b : r;                           \
     }                                                                                   \
     static inline T lt_ipow_##SUF(T a, T b)                                             \
     {                                                                                   \
