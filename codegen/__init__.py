@@ -55,4 +55,11 @@ def build_native(module: Module, title: str, options: EmitOptions = EmitOptions(
     return NativeFunction(artifact, source, out_types), prepared  # type: ignore[arg-type]
 
 
-__all__ = ["PASSES", "EmitOptions", "NativeFunction", "build_native", "compile_c", "emit_module", "prepare"]
+def recompile_native(native: NativeFunction, title: str, flags: list[str]) -> NativeFunction:
+    """The same C as ``native`` compiled with other C compiler ``flags`` (a second build to compare with)."""
+    artifact = compile_c(native.c_source, title, native.uses_blas, flags=flags)
+    return NativeFunction(artifact, native.source, native.out_types)
+
+
+__all__ = ["PASSES", "EmitOptions", "NativeFunction", "build_native", "compile_c", "emit_module", "prepare",
+           "recompile_native"]

@@ -433,9 +433,11 @@ def lookup(key: str, so_name: str) -> Artifact | None:
     return Artifact(str(entry.so), str(entry.c), key, True)
 
 
-def compile_c(text: str, name: str, uses_blas: bool) -> Artifact:
-    """Compile ``text`` to a shared object (or find it in the cache); ``name`` makes file names readable."""
-    cc, flags = _resolve_compiler(), user_cflags()
+def compile_c(text: str, name: str, uses_blas: bool, flags: list[str] | None = None) -> Artifact:
+    """Compile ``text`` to a shared object (or find it in the cache); ``name`` makes file names readable.
+    ``flags`` replace :func:`user_cflags` (the fuzzer compiles each program a second time at ``-O0``)."""
+    cc = _resolve_compiler()
+    flags = user_cflags() if flags is None else flags
     key = _key(text, uses_blas, cc, flags)
     _dump(text, f"{_readable(name)}-{key}")
     root = active_cache_dir()

@@ -935,6 +935,12 @@ class FunctionEmitter:
         pre, n, inner = prod(xs[:axis]), xs[axis], prod(xs[axis + 1:])
         m = idx.type.size  # type: ignore[union-attr]
         where = f"{self.where(op)}: indexing axis {axis} of shape {tuple(xs)}"
+        if out.type.size == 0:  # type: ignore[union-attr]
+            if self.m.options.check_indices:  # nothing to copy, but NumPy still checks every index
+                self.open(f"for (int64_t j = 0; j < {m}; j++)")
+                self.line(f"(void){self.index_expr('(int64_t)' + self.load(idx, 'j'), n, where)};")
+                self.close()
+            return
         # Loops of extent 1 are left out (their index is 0).
         p, j, r = ("p" if pre > 1 else None), ("j" if m > 1 else None), ("r" if inner > 1 else None)
         if not (p or j):

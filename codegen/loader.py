@@ -101,6 +101,7 @@ class NativeFunction:
     """The loaded entry point of one compiled module. Call it with a list of input arrays."""
 
     def __init__(self, artifact: Artifact, source: CSource, out_types: list[TensorType]):
+        self.source, self.out_types = source, out_types  # what recompiling it with other flags needs
         self.c_source = source.text
         self.c_path = artifact.c_path
         self.so_path = artifact.so_path

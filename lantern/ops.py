@@ -82,8 +82,8 @@ def asarray(x: ArrayLike, dtype: Any = None) -> Tensor:
 
 def _dtype_proxy(x: ArrayLike, op: str) -> Any:
     """Something NumPy's promotion treats like ``x``: weak for Python scalars."""
-    if isinstance(x, Tensor):
-        return np.zeros((), x.dtype)
+    if isinstance(x, Tensor):  # (an empty tensor has no element to raise on: int ** -1 is fine for NumPy)
+        return np.zeros((0,) if x.size == 0 else (), x.dtype)
     if isinstance(x, _PY_SCALARS):
         return x
     arr = np.asarray(x)
@@ -124,10 +124,15 @@ def _promote(name: str, ufunc: Callable[..., Any], *xs: ArrayLike) -> str:
     except TypeError as exc:
         raise with_location(DTypeError, f"{name}: unsupported operand dtypes "
                             f"{[np.asarray(p).dtype.name for p in proxies]}: {exc}") from None
+    except ValueError as exc:  # an integer tensor to a negative Python int power
+        raise with_location(DTypeError, f"{name}: {exc} (as in NumPy; use a float base)") from None
     except OverflowError as exc:  # NumPy 2: a Python int beyond the array's integer dtype
         raise with_location(IntOverflowError, f"{name}: a Python int operand does not fit the tensor's dtype "
                             f"{[np.asarray(p).dtype.name for p in proxies if not isinstance(p, int)]} ({exc})") from None
-    return canonical_dtype(out.dtype)
+    try:
+        return canonical_dtype(out.dtype)
+    except DTypeError as exc:  # NumPy's result would be int8 (bool // bool) or float16
+        raise with_location(DTypeError, f"{name} of {[np.asarray(p).dtype.name for p in proxies]}: {exc}") from None
 
 
 # ------------------------------------------------------------------ elementwise
@@ -160,6 +165,16 @@ def floor(x: ArrayLike) -> Tensor:
 
 
 def negative(x: ArrayLike) -> Tensor: return _unary("neg", x, float_only=False)
+
+
+def positive(x: ArrayLike) -> Tensor:
+    """``+x``: ``x`` itself; an error on bools, as in NumPy."""
+    x = asarray(x)
+    if x.type.dtype == "bool":
+        raise with_location(DTypeError, f"+: not defined for bool tensors (shape {x.shape}), as in NumPy")
+    return x
+
+
 def abs(x: ArrayLike) -> Tensor:  # noqa: A001
     """NumPy's ``absolute``; a bool tensor comes back unchanged, as in NumPy."""
     x = asarray(x)
@@ -184,10 +199,17 @@ def silu(x: ArrayLike) -> Tensor:
 
 
 def logical_not(x: ArrayLike) -> Tensor:
+    """NumPy's ``logical_not``: any dtype, read as ``x != 0``."""
+    x = _truth(x)
+    return _emit(x.frame, "logical_not", [x])
+
+
+def invert(x: ArrayLike) -> Tensor:
+    """``~x`` on a bool tensor."""
     x = asarray(x)
     if x.type.dtype != "bool":
-        raise with_location(DTypeError, f"~ / logical_not: expected a bool tensor, got {x.type} "
-                            "(bitwise operations on integers are not supported)")
+        raise with_location(DTypeError, f"~: expected a bool tensor, got {x.type} (bitwise operations on "
+                            "integers are not supported; lantern.logical_not reads any dtype as x != 0)")
     return _emit(x.frame, "logical_not", [x])
 
 
@@ -204,6 +226,9 @@ def _binary(prim: str, ufunc: Callable[..., Any], a: ArrayLike, b: ArrayLike, *,
         prim = _BOOL_PRIMS.get(prim, prim)
         if prim not in ("logical_and", "logical_or"):
             raise with_location(DTypeError, f"{prim}: arithmetic on bool tensors is not supported; use astype first")
+    if compare and isinstance(a, Tensor) and isinstance(b, Tensor) and a.var is b.var and compute not in FLOAT_DTYPES:
+        # an integer compared with itself: known now (and C warns that it is always true or false)
+        return full(a.shape, prim in ("eq", "le", "ge"), "bool")
     ta, tb = _lift_as(a, compute), _lift_as(b, compute)
     return _emit(frame, prim, [ta, tb], hint=_HINTS.get(prim))
 
@@ -238,17 +263,42 @@ def greater(a: ArrayLike, b: ArrayLike) -> Tensor: return _binary("gt", np.great
 def greater_equal(a: ArrayLike, b: ArrayLike) -> Tensor: return _binary("ge", np.greater_equal, a, b, compare=True)
 
 
-def _logical(prim: str, a: ArrayLike, b: ArrayLike) -> Tensor:
-    frame = _frame_of(a, b)
+def _truth(x: ArrayLike) -> Tensor:
+    """``x != 0`` as bool (NumPy's logical functions read any dtype that way)."""
+    t = asarray(x)
+    return t if t.type.dtype == "bool" else not_equal(t, 0)
+
+
+def _bool_operands(op: str, a: ArrayLike, b: ArrayLike) -> tuple[Tensor, Tensor]:
+    """``&`` and ``|``: bools only (on integers NumPy's are bitwise operations, which lantern does not have)."""
     ta, tb = asarray(a), asarray(b)
     if ta.type.dtype != "bool" or tb.type.dtype != "bool":
-        raise with_location(DTypeError, f"{prim}: expected bool tensors, got {ta.type} and {tb.type} "
-                            "(bitwise operations on integers are not supported)")
-    return _emit(frame, prim, [ta, tb])
+        raise with_location(DTypeError, f"{op}: expected bool tensors, got {ta.type} and {tb.type} "
+                            "(bitwise operations on integers are not supported; lantern.logical_and and "
+                            "logical_or read any dtype as x != 0)")
+    return ta, tb
 
 
-def logical_and(a: ArrayLike, b: ArrayLike) -> Tensor: return _logical("logical_and", a, b)
-def logical_or(a: ArrayLike, b: ArrayLike) -> Tensor: return _logical("logical_or", a, b)
+def logical_and(a: ArrayLike, b: ArrayLike) -> Tensor:
+    frame = _frame_of(a, b)
+    return _emit(frame, "logical_and", [_truth(a), _truth(b)])
+
+
+def logical_or(a: ArrayLike, b: ArrayLike) -> Tensor:
+    frame = _frame_of(a, b)
+    return _emit(frame, "logical_or", [_truth(a), _truth(b)])
+
+
+def bitwise_and(a: ArrayLike, b: ArrayLike) -> Tensor:
+    """``a & b`` on bool tensors."""
+    frame = _frame_of(a, b)
+    return _emit(frame, "logical_and", list(_bool_operands("&", a, b)))
+
+
+def bitwise_or(a: ArrayLike, b: ArrayLike) -> Tensor:
+    """``a | b`` on bool tensors."""
+    frame = _frame_of(a, b)
+    return _emit(frame, "logical_or", list(_bool_operands("|", a, b)))
 
 
 def divide(a: ArrayLike, b: ArrayLike) -> Tensor:

@@ -23,7 +23,8 @@ def _ops():
 _UFUNCS = {n: n for n in ("add", "subtract", "multiply", "divide", "floor_divide", "power", "negative", "exp",
                           "log", "log1p", "expm1", "sin", "cos", "tanh", "sqrt", "floor", "sign", "maximum",
                           "minimum", "equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
-                          "logical_and", "logical_or", "logical_not", "matmul", "square")}
+                          "logical_and", "logical_or", "logical_not", "matmul", "square", "positive", "invert",
+                          "bitwise_and", "bitwise_or")}
 _UFUNCS.update(true_divide="divide", remainder="mod", absolute="abs")
 
 _CONCRETE_HINT = ("a staged Tensor has no value while the function is traced. For a branch on it use "
@@ -131,13 +132,13 @@ class Tensor:
     def __matmul__(self, o): return _ops().matmul(self, o)
     def __rmatmul__(self, o): return _ops().matmul(o, self)
     def __neg__(self): return _ops().negative(self)
-    def __pos__(self): return self
+    def __pos__(self): return _ops().positive(self)
     def __abs__(self): return _ops().abs(self)
-    def __invert__(self): return _ops().logical_not(self)
-    def __and__(self, o): return _ops().logical_and(self, o)
-    def __rand__(self, o): return _ops().logical_and(o, self)
-    def __or__(self, o): return _ops().logical_or(self, o)
-    def __ror__(self, o): return _ops().logical_or(o, self)
+    def __invert__(self): return _ops().invert(self)
+    def __and__(self, o): return _ops().bitwise_and(self, o)
+    def __rand__(self, o): return _ops().bitwise_and(o, self)
+    def __or__(self, o): return _ops().bitwise_or(self, o)
+    def __ror__(self, o): return _ops().bitwise_or(o, self)
     def __lt__(self, o): return _ops().less(self, o)
     def __le__(self, o): return _ops().less_equal(self, o)
     def __gt__(self, o): return _ops().greater(self, o)

@@ -385,8 +385,10 @@ static inline float lt_exp_f32(float x)
     return p * scale1 * scale2;
 }
 
-/* sigmoid(x) = (1 + tanh(x / 2)) / 2: vectorizes, and never overflows. */
-static inline float lt_sigmoid_f32(float x) { return 0.5f + 0.5f * lt_tanh_f32(0.5f * x); }
+/* sigmoid(x) = 1 / (1 + exp(-x)): vectorizes (lt_exp_f32), and keeps its relative accuracy in the tails
+   (sigmoid(-20) = 2.06e-9; (1 + tanh(x / 2)) / 2 would give 8.9e-8 there, and 1 - 6e-8 for sigmoid(30)).
+   exp(-x) = inf gives 0, and exp(-x) = 0 gives 1, as they should. */
+static inline float lt_sigmoid_f32(float x) { return 1.0f / (1.0f + lt_exp_f32(-x)); }
 static inline double lt_sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
 
 /* ------------------------------------------------------------------ random numbers */

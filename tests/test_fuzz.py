@@ -1,9 +1,12 @@
 """Differential fuzzing (``lantern.fuzz``): random programs, native C vs the reference interpreter vs
-finite differences; saved failing programs replayed; bugs the fuzzer found, as plain tests.
+finite differences, and vs NumPy; saved failing programs replayed; bugs the fuzzer found, as plain tests.
 
 CI runs ``N_PROGRAMS`` generated programs in ``CHUNKS`` chunks (one C compile per batch of
-``BATCH`` programs), ``N_DEFAULT_FLAGS`` more at -O3, ``N_VARIANT`` with BLAS and NaN checks, and
-``N_SECOND_ORDER`` straight-line ones with Hessian-vector products; ``make fuzz`` runs many more (``python -m lantern.fuzz``).
+``BATCH`` programs), ``N_DEFAULT_FLAGS`` more at -O3 (each also compiled at -O0 and compared),
+``N_VARIANT`` with BLAS and NaN checks, ``N_SECOND_ORDER`` straight-line ones with Hessian-vector
+products, ``N_NUMPY`` NumPy-oracle programs at the default flags (each also at -O0, compared bit for
+bit where exact) and ``N_SANITIZED`` of those built with ASan and UBSan; ``make fuzz`` runs many more
+(``python -m lantern.fuzz``).
 """
 import json
 from pathlib import Path
@@ -12,7 +15,9 @@ import numpy as np
 import pytest
 
 import lantern
-from lantern import fuzz
+from lantern.fuzz import campaign, numpy_programs
+from lantern.fuzz import grad_programs as fuzz
+from lantern.fuzz.report import Failure, Report
 from lantern.testing import check_grads
 
 REGRESSIONS = sorted((Path(__file__).parent / "fuzz_regressions").glob("*.json"))
@@ -26,23 +31,19 @@ N_DEFAULT_FLAGS = 20  # programs compiled with the default CFLAGS (-O3 -march=na
 N_SECOND_ORDER = 40  # straight-line programs whose Hessian-vector products (grad of grad) are checked too
 
 
-def _run(seed: int, indices: range, order: int = 1) -> fuzz.Report:
-    total = fuzz.Report()
+def _run(seed: int, indices: range, order: int = 1) -> Report:
+    total = Report()
     for lo in range(indices.start, indices.stop, BATCH):
-        rep = fuzz.check_programs([fuzz.generate(seed, i, order=order)
-                                   for i in range(lo, min(lo + BATCH, indices.stop))])
-        total.programs += rep.programs
-        total.fd_checked += rep.fd_checked
-        total.fd_skipped += rep.fd_skipped
-        total.failures += rep.failures
+        total.add(fuzz.check_programs([fuzz.generate(seed, i, order=order)
+                                       for i in range(lo, min(lo + BATCH, indices.stop))]))
     return total
 
 
-def _assert_clean(rep: fuzz.Report, n: int) -> None:
+def _assert_clean(rep: Report, n: int, oracle: str = "interpreter") -> None:
     assert rep.programs == n
     assert not rep.failures, "\n".join(map(str, rep.failures)) + (
-        "\nreproduce, shrink and save: python -m lantern.fuzz --seed S --start I --count 1 [--order 2] "
-        "--save-dir tests/fuzz_regressions")
+        f"\nreproduce, shrink and save: python -m lantern.fuzz --oracle {oracle} --seed S --start I --count 1 "
+        "[--order 2] --save-dir tests/fuzz_regressions")
     # Finite differences must actually run: skipping is only for directions crossing a kink.
     assert rep.fd_skipped <= max(2, rep.fd_checked // 10), (rep.fd_checked, rep.fd_skipped)
 
@@ -85,11 +86,117 @@ def test_random_programs_second_order(half, monkeypatch):
 @pytest.mark.parametrize("path", REGRESSIONS, ids=[p.stem for p in REGRESSIONS])
 def test_saved_regression(path):
     record = fuzz.load_regression(path)
-    rep = fuzz.check_programs([record["program"]])
+    rep = campaign.ORACLES["numpy" if record["program"].get("kind") == "numpy" else "interpreter"].check_programs(
+        [record["program"]])
     if "xfail" in record:  # a known, unfixed bug: must keep failing (strict) until fixed
         assert rep.failures, f"{path.name} passes now: remove its 'xfail' ({record['xfail']})"
         pytest.xfail(record["xfail"])
     assert not rep.failures, "\n".join(map(str, rep.failures))
+
+
+# ------------------------------------------------------------------ NumPy as the oracle
+
+N_NUMPY = 480         # NumPy-oracle programs (seed 0), at the default flags, each also compiled at -O0
+NUMPY_CHUNKS = 6
+NUMPY_BATCH = 10
+N_SANITIZED = 20      # NumPy-oracle programs (seed 1) built with ASan and UBSan in a process of their own
+
+
+def _run_numpy(seed: int, indices: range) -> Report:
+    total = Report()
+    for lo in range(indices.start, indices.stop, NUMPY_BATCH):
+        total.add(numpy_programs.check_programs([numpy_programs.generate(seed, i)
+                                                 for i in range(lo, min(lo + NUMPY_BATCH, indices.stop))]))
+    return total
+
+
+@pytest.mark.parametrize("chunk", range(NUMPY_CHUNKS))
+def test_numpy_oracle_programs(chunk):
+    per = N_NUMPY // NUMPY_CHUNKS
+    _assert_clean(_run_numpy(SEED, range(chunk * per, (chunk + 1) * per)), per, "numpy")
+
+
+def test_numpy_oracle_programs_sanitized():
+    from lantern.codegen import compiler
+    try:
+        compiler.sanitizer_env()
+    except lantern.CompileError as exc:
+        pytest.skip(str(exc))
+    rep, cov, _ = campaign.run_batch_sanitized("numpy", SEED + 1, 0, N_SANITIZED)
+    _assert_clean(rep, N_SANITIZED, "numpy")
+    assert sum(v for k, v in cov.items() if k.startswith("input ")) >= N_SANITIZED  # the programs really ran
+
+
+def test_numpy_programs_cover_dtypes_layouts_and_ops():
+    cov = numpy_programs.coverage([numpy_programs.generate(SEED, i) for i in range(N_NUMPY)])
+    wanted = {f"input {d}" for d in numpy_programs.DTYPES} | {f"result {d}" for d in numpy_programs.DTYPES} | {
+        f"layout {lay}" for lay in ("C", "F", "strided", "reversed", "scalar")} | {
+        "zero-size input", "zero-size result", "0-d input", "rejected by NumPy",
+        "exp", "log", "log1p", "expm1", "sin", "cos", "tanh", "sqrt", "sigmoid", "silu", "rsqrt", "abs", "negative",
+        "sign", "floor", "square", "relu", "stop_gradient", "add", "subtract", "multiply", "divide", "floor_divide",
+        "mod", "power", "maximum", "minimum", "equal", "not_equal", "less", "less_equal", "greater",
+        "greater_equal", "logical_and", "logical_or", "logical_not", "and_op", "or_op", "where", "clip", "sum",
+        "mean", "max", "min", "argmax", "argmin", "logsumexp", "softmax", "log_softmax", "matmul", "reshape",
+        "transpose", "swapaxes", "moveaxis", "expand_dims", "squeeze", "broadcast_to", "slice", "index", "astype",
+        "take", "concatenate", "stack", "zeros", "ones", "full", "arange", "zeros_like", "full_like", "one_hot"}
+    missing = wanted - set(cov)
+    assert not missing, missing
+    assert min(cov[k] for k in ("zero-size result", "rejected by NumPy", "layout strided", "layout reversed")) >= 20
+
+
+def test_numpy_oracle_catches_a_wrong_kernel(monkeypatch):
+    """The checker itself: C that computes minimum for maximum must be reported (against NumPy)."""
+    from lantern.codegen import c_types
+    real = c_types.elementwise_expr
+
+    def wrong(prim, *args):
+        return real("minimum" if prim == "maximum" else prim, *args)
+    monkeypatch.setattr(c_types, "elementwise_expr", wrong)
+    monkeypatch.setattr("lantern.codegen.emit_c.elementwise_expr", wrong)
+    programs = [p for p in (numpy_programs.generate(7, i) for i in range(120))
+                if any(s["op"] == "maximum" for s in p["body"]) and not numpy_programs._is_error(p)][:4]
+    assert len(programs) == 4
+    rep = numpy_programs.check_programs(programs)
+    assert rep.failures and {f.stage for f in rep.failures} <= {"numpy", "interpreter"}, rep.failures
+
+
+def test_unoptimized_build_must_give_the_same_bits(monkeypatch):
+    """A second build whose results differ in one bit (as a miscompile's would) is reported at stage -O0."""
+    import lantern.codegen as codegen
+    real = codegen.recompile_native
+
+    class OneBitOff(codegen.NativeFunction):
+        def __call__(self, arrays):
+            outs = super().__call__(arrays)
+            first = next(o for o in outs if o.size)
+            flat = first.reshape(-1)
+            flat[0] = (~flat[0] if first.dtype == bool else flat[0] + 1 if first.dtype.kind == "i"
+                       else np.nextafter(flat[0], np.inf))
+            return outs
+
+    def miscompiled(native, title, flags):
+        twin = real(native, title, flags)
+        twin.__class__ = OneBitOff
+        return twin
+    monkeypatch.setattr(codegen, "recompile_native", miscompiled)
+    programs = [p for p in (numpy_programs.generate(8, i) for i in range(40)) if not numpy_programs._is_error(p)]
+    rep = numpy_programs.check_programs(programs[:1])
+    assert [f.stage for f in rep.failures] == ["-O0"], rep.failures
+
+
+def test_numpy_programs_are_deterministic_data_and_shrink():
+    a = numpy_programs.generate(3, 5)
+    assert a == numpy_programs.generate(3, 5) and a != numpy_programs.generate(3, 6)
+    assert json.loads(json.dumps(a)) == a
+    p = next(q for q in (numpy_programs.generate(4, i, size=8) for i in range(50))
+             if not numpy_programs._is_error(q) and any(s["op"] == "matmul" for s in q["body"]))
+
+    def has_matmul(q):
+        return any(s["op"] == "matmul" for s in q["body"]) and not numpy_programs.check_programs([q]).failures
+
+    small = numpy_programs.shrink(p, has_matmul, budget_s=60)
+    assert [s["op"] for s in small["body"]] == ["matmul"], numpy_programs.render([small])
+    assert len(small["res"]) == 1
 
 
 # ------------------------------------------------------------------ the generator and the shrinker
@@ -131,7 +238,7 @@ def test_shrink_keeps_the_failure_and_drops_the_rest():
 
 def test_save_and_replay(tmp_path):
     p = fuzz.generate(4, 2)
-    f = fuzz.Failure(4, 2, "fd", "example")
+    f = Failure(4, 2, "fd", "example")
     path = fuzz.save_regression(p, f, tmp_path)
     record = fuzz.load_regression(path)
     assert record["program"] == p and record["failure"]["stage"] == "fd"

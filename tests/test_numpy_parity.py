@@ -177,3 +177,71 @@ def test_axes_numpy_rejects_are_errors(fn, error, match):
     with pytest.raises(error, match=match) as info:
         lantern.stage(fn)(np.arange(3.))
     assert "test_numpy_parity.py" in str(info.value)
+
+
+# ------------------------------------------------------------------ found by the NumPy-oracle fuzzer
+
+def test_float32_sigmoid_keeps_relative_accuracy_in_the_tails():
+    x = np.concatenate([np.linspace(-100, 100, 2001), [-np.inf, np.inf, -0.0]]).astype(np.float32)
+    got = lantern.stage(lantern.sigmoid)(x)
+    with np.errstate(over="ignore"):
+        ref = 1 / (1 + np.exp(-x.astype(np.float64)))
+    tiny = ref < np.finfo(np.float32).tiny  # subnormal results (exp(-x) overflows): absolute accuracy only
+    np.testing.assert_allclose(got[~tiny], ref[~tiny], rtol=3e-7)
+    np.testing.assert_allclose(got[tiny], ref[tiny], rtol=0, atol=np.finfo(np.float32).tiny)
+    assert got[-3] == 0.0 and got[-2] == 1.0
+    assert float(lantern.stage(lantern.sigmoid)(np.float32(30.0))) == 1.0
+
+
+def test_silu_of_infinities_as_x_times_sigmoid():
+    x = np.array([-np.inf, np.inf, -3.0], np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        expected = x * (1 / (1 + np.exp(-x)))
+    np.testing.assert_allclose(lantern.stage(lantern.silu)(x), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fn", [np.logical_and, np.logical_or])
+def test_logical_functions_read_any_dtype_as_nonzero(fn):
+    rng = np.random.default_rng(5)
+    a, b = rng.integers(-2, 3, (4, 3)).astype(np.int32), rng.integers(-1, 2, 3).astype(np.float64)
+    staged = getattr(lantern, fn.__name__)
+    _same(lantern.stage(lambda a, b: staged(a, b))(a, b), fn(a, b))
+    _same(lantern.stage(lantern.logical_not)(b), np.logical_not(b))
+
+
+@pytest.mark.parametrize("fn, match", [
+    (lambda a: a & a, "&: expected bool tensors"),
+    (lambda a: ~a, "~: expected a bool tensor"),
+    (lambda a: +(a > 0), r"\+: not defined for bool"),
+    (lambda a: a ** -2, "negative integer powers"),
+    (lambda a: (a > 0) // (a > 1), "floordiv of .*bool.*int8"),
+])
+def test_numpy_errors_are_lantern_errors_at_the_line(fn, match):
+    with pytest.raises(lantern.LanternError, match=match) as info:
+        lantern.stage(fn)(np.arange(3))
+    assert "test_numpy_parity.py" in str(info.value)
+
+
+def test_empty_integer_tensor_to_a_negative_power_is_empty():
+    _same(lantern.stage(lambda a: a ** -2)(np.zeros((0, 2), np.int64)), np.zeros((0, 2), np.int64))
+
+
+def test_bad_index_into_an_empty_result_is_still_an_error():
+    x, i = np.zeros((0, 3), np.int32), np.int64(-4)
+    with pytest.raises(lantern.OutOfBoundsError, match="index -4 is out of bounds for an axis of size 3"):
+        lantern.stage(lambda x, i: x[:, i])(x, i)
+    _same(lantern.stage(lambda x, i: x[:, i])(x, np.int64(-3)), x[:, -3])
+
+
+def test_empty_slices_with_negative_steps_in_the_interpreter():
+    from lantern.testing import check_staged
+    x = np.arange(24.).reshape(2, 1, 3, 4)
+    out = check_staged(lambda x: x[-1:2, ..., -2:-2:-2, 1:2:1], x)
+    _same(out, x[-1:2, ..., -2:-2:-2, 1:2:1])
+    check_staged(lambda x: x[:, :, ::-2], x, expected=x[:, :, ::-2])
+
+
+def test_integer_compared_with_itself():
+    x = np.arange(-3, 3, dtype=np.int32)
+    for op in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"):
+        _same(lantern.stage(lambda v: getattr(v, op)(v))(x), getattr(x, op)(x))

@@ -1,6 +1,7 @@
 """Empty arrays cost no code: an op whose result has no elements, or a product over an empty inner
 axis (all zeros), becomes a ``fill``; an accumulation of an empty value is dropped. The operands
-they read then die in dead-code elimination.
+they read then die in dead-code elimination. (A gather with indices but an empty result stays: its
+indices are checked, as NumPy checks them.)
 
 The C kernels leave out loops of extent 1 (the index is 0 there), so a gather with no indices or a
 batched product with no batches would otherwise run once and touch element 0 of an empty buffer.
@@ -18,6 +19,8 @@ def _zeros_instead(stmt: Op) -> bool:
     t: TensorType = stmt.outs[0].type  # type: ignore[assignment]
     if stmt.prim in ("fill", "constant"):
         return False
+    if stmt.prim == "take" and stmt.args[1].type.size:  # type: ignore[union-attr]
+        return False  # its indices are still checked (NumPy raises for a bad index into an empty result)
     if t.size == 0:
         return True
     if stmt.prim == "matmul":

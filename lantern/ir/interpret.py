@@ -95,7 +95,8 @@ def interpret(module: Module, args: Sequence[Any]) -> list[np.ndarray]:
 
     def run() -> None:
         try:
-            outcome["value"] = Interpreter(module).call(module.entry, arrays)
+            with np.errstate(all="ignore"):  # NaN and Inf propagate, as in the generated C
+                outcome["value"] = Interpreter(module).call(module.entry, arrays)
         except BaseException as exc:  # re-raised in the caller's thread
             outcome["error"] = exc
 

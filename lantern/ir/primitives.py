@@ -339,9 +339,17 @@ def _infer_slice(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     return TensorType(tuple(shape), x.dtype)
 
 
+def _python_slice(start: int, stop: int, step: int) -> slice:
+    """The slice reading ``range(start, stop, step)`` (normalized bounds: a stop of -1 means "past 0")."""
+    r = range(start, stop, step)
+    if not r:
+        return slice(0, 0)
+    end = r[-1] + (1 if step > 0 else -1)
+    return slice(r[0], end if end >= 0 else None, step)
+
+
 def _ref_slice(x: np.ndarray, starts, stops, steps) -> np.ndarray:
-    index = tuple(slice(a, b if b >= 0 else None, c) for a, b, c in zip(starts, stops, steps))
-    return x[index].copy()
+    return x[tuple(map(_python_slice, starts, stops, steps))].copy()
 
 
 _register("slice", "slice", _infer_slice, _ref_slice)
@@ -401,7 +409,7 @@ def _infer_unslice(types: list[TensorType], attrs: dict[str, Any]) -> TensorType
 
 def _ref_unslice(g: np.ndarray, shape, starts, stops, steps) -> np.ndarray:
     out = np.zeros(shape, g.dtype)
-    out[tuple(slice(a, b if b >= 0 else None, c) for a, b, c in zip(starts, stops, steps))] = g
+    out[tuple(map(_python_slice, starts, stops, steps))] = g
     return out
 
 

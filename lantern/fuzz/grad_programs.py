@@ -1,4 +1,5 @@
-"""Differential fuzzing: random well-typed staged programs, checked native vs interpreter vs finite differences.
+"""Random well-typed staged programs with control flow and gradients, checked native vs interpreter vs finite
+differences.
 
 A program is data (a JSON-able dict): float and integer inputs with their values, a list
 of helper functions (staged; some recursive) and a main function, each a list of
@@ -14,6 +15,8 @@ function; one compile checks them all:
   equals a central finite difference (skipped where the difference quotient itself is not
   stable, i.e. the direction crosses a kink or a branch); ``order=2`` programs (straight
   line) also compare the Hessian-vector product with differences of the gradient;
+* the same C compiled at ``-O0`` gives the same results (within the tolerances above: float sums
+  are vectorized, so reassociated, only in the optimized build);
 * a second call gives the same bits, the arena is empty after a call, the C compiles
   (warning-free where ``LANTERN_WERROR=1``) and nothing raises.
 
@@ -21,24 +24,22 @@ A failing program is found by checking the batch's programs one at a time, shrun
 replacing statements with zeros of their type while the same check still fails, and saved
 as JSON under ``tests/fuzz_regressions/`` (``tests/test_fuzz.py`` replays those files).
 
-    python -m lantern.fuzz --count 2000 --seed 1 [--batch 5] [--jobs 2] [--save-dir tests/fuzz_regressions]
+    python -m lantern.fuzz --oracle interpreter --count 2000 --seed 1 [--jobs 2] [--save-dir tests/fuzz_regressions]
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import math
 import random
-import sys
-import time
-import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from . import flags, regressions
+from .report import Failure, Report, describe
 
 Program = dict[str, Any]
 Shape = tuple[int, ...]
@@ -843,29 +844,6 @@ def coverage(programs: list[Program]) -> Counter:
 
 # ------------------------------------------------------------------ checking
 
-@dataclass
-class Failure:
-    """One program that failed a check: ``stage`` says which (trace, run, forward, grad, fd)."""
-
-    seed: int
-    index: int
-    stage: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"program (seed {self.seed}, index {self.index}) failed [{self.stage}]: {self.message}"
-
-
-@dataclass
-class Report:
-    """What :func:`check_programs` saw: programs run, finite-difference checks done and skipped."""
-
-    programs: int = 0
-    fd_checked: int = 0
-    fd_skipped: int = 0  # the difference quotient was not stable (a kink or branch along the direction)
-    failures: list[Failure] = field(default_factory=list)
-
-
 #: Native vs interpreter: relative tolerance and absolute tolerance relative to the leaf's magnitude.
 TOLERANCES = {"float64": (1e-9, 1e-10), "float32": (1e-4, 1e-5)}
 FD_STEPS = (1e-5, 5e-6)
@@ -883,8 +861,8 @@ def load_batch(programs: list[Program]) -> Callable[..., Any]:
 
 
 def _compare(actual: Any, expected: Any, dtype: str, what: str) -> None:
-    from .testing import assert_trees_close
-    from .tree import flatten
+    from ..testing import assert_trees_close
+    from ..tree import flatten
     rtol, arel = TOLERANCES[dtype]
     a_leaves, e_leaves = flatten(actual)[0], flatten(expected)[0]
     assert len(a_leaves) == len(e_leaves), f"{what}: {len(a_leaves)} leaves != {len(e_leaves)}"
@@ -906,16 +884,23 @@ def check_programs(programs: list[Program], fd: bool = True) -> Report:
         exe = load_batch(programs).lower(*args)
         native = exe(*args)
     except Exception as exc:  # noqa: BLE001 (any exception is a finding)
-        return _one_by_one(programs, fd, type(exc).__name__, _describe(exc))
-    refs = {}
+        return _one_by_one(programs, fd, type(exc).__name__, describe(exc))
+    refs = {}  # what else computed the results: the interpreter, on both IRs; the same C at -O0
     for optimized in (False, True):
         try:
-            refs[optimized] = exe.interpret(*args, optimized=optimized)
+            refs[f"the interpreter on the {'optimized' if optimized else 'traced'} IR"] = exe.interpret(
+                *args, optimized=optimized)
         except Exception as exc:  # noqa: BLE001
-            return _one_by_one(programs, fd, "interpret", _describe(exc))
+            return _one_by_one(programs, fd, "interpret", describe(exc))
+    try:
+        twin = flags.unoptimized(exe)
+        if twin is not None:
+            refs["the same C compiled at -O0"] = twin(*args)
+    except Exception as exc:  # noqa: BLE001
+        return _one_by_one(programs, fd, "-O0", describe(exc))
     # A second call must give the same bits (no state kept between calls, no uninitialized
     # memory read) and the arena must be empty between calls (every intermediate released).
-    from .tree import flatten
+    from ..tree import flatten
     again = exe(*args)
     if not all(np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
                for a, b in zip(flatten(native)[0], flatten(again)[0])):
@@ -926,9 +911,8 @@ def check_programs(programs: list[Program], fd: bool = True) -> Report:
     for j, p in enumerate(programs):
         for k, part in enumerate(parts):  # a mismatch in the forward part makes the rest moot
             try:
-                for optimized, ref in refs.items():
-                    what = "optimized IR" if optimized else "traced IR"
-                    _compare(native[k][j], ref[k][j], p["dtype"], f"{part}: native vs interpreter on the {what}")
+                for what, ref in refs.items():
+                    _compare(native[k][j], ref[k][j], p["dtype"], f"{part}: native vs {what}")
             except AssertionError as exc:
                 report.failures.append(Failure(p["seed"], p["index"], "forward" if k < 2 else part.split()[0],
                                                str(exc)))
@@ -1008,12 +992,6 @@ def _fd_compare(analytic: float, quotients: list[float], scale: float, what: str
         return None
     return (f"{what} = {analytic!r} but the central difference is {n2!r} (h={FD_STEPS[1]}; {n1!r} at "
             f"h={FD_STEPS[0]}; tolerance {tol:.3g})")
-
-
-def _describe(exc: BaseException) -> str:
-    tb = traceback.extract_tb(exc.__traceback__)
-    where = f" (at {tb[-1].filename}:{tb[-1].lineno})" if tb else ""
-    return f"{type(exc).__name__}: {str(exc)[:2000]}{where}"
 
 
 # ------------------------------------------------------------------ shrinking and saving
@@ -1111,22 +1089,7 @@ def _candidates(p: Program):
 
 def shrink(p: Program, still_fails: Callable[[Program], bool], budget_s: float = 120.0) -> Program:
     """Greedily replace statements by zeros and drop dead code while ``still_fails``."""
-    deadline = time.monotonic() + budget_s
-    pruned = _prune(copy.deepcopy(p))
-    p = pruned if _size(pruned) < _size(p) and still_fails(pruned) else p  # dead code may be what fails
-    progress = True
-    while progress and time.monotonic() < deadline:
-        progress = False
-        for q in _candidates(p):
-            if time.monotonic() > deadline:
-                break
-            pruned = _prune(copy.deepcopy(q))
-            # the candidate without its dead code, else with it (dead code can be what fails)
-            found = next((c for c in (pruned, q) if _size(c) < _size(p) and still_fails(c)), None)
-            if found is not None:
-                p, progress = found, True
-                break
-    return p
+    return regressions.shrink(p, still_fails, _candidates, _prune, _size, budget_s)
 
 
 def _size(p: Program) -> int:
@@ -1134,139 +1097,14 @@ def _size(p: Program) -> int:
         p["main"]["res"])
 
 
-def signature(failure: Failure) -> tuple[str, str]:
-    """What makes two failures the same for shrinking: the stage, and for exceptions the
-    C compiler's diagnostic kind or the place the exception came from (not variable names)."""
-    import re
-    msg = failure.message
-    if failure.stage == "CompileError":
-        kinds = re.findall(r"(?:error|warning): (?:[^\n]*?)(\[-W[^\]]+\]|$)", msg, re.M)
-        return failure.stage, ",".join(sorted(set(kinds)))
-    where = re.search(r"\(at ([^()]*)\)$", msg)
-    return failure.stage, where.group(1) if where and failure.stage not in ("forward", "grad", "fd") else ""
-
-
 def same_failure(failure: Failure, fd: bool = True) -> Callable[[Program], bool]:
-    """A predicate: the program still fails the same way (see :func:`signature`)."""
-    want = signature(failure)
-
-    def check(q: Program) -> bool:
-        try:
-            return any(signature(f) == want for f in check_programs([q], fd).failures)
-        except Exception:  # noqa: BLE001 (rendering a broken variant)
-            return False
-    return check
+    """A predicate: the program still fails the same way."""
+    return regressions.same_failure(failure, lambda ps: check_programs(ps, fd))
 
 
 def save_regression(p: Program, failure: Failure, directory: Path) -> Path:
     """Write ``p`` (and what it failed, and its rendered source for reading) as JSON."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"seed{p['seed']}_{p['index']}.json"
-    record = {"failure": {"stage": failure.stage, "message": failure.message[:4000]},
-              "source": render([p]).splitlines(), "program": p}
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    return path
+    return regressions.save_regression(p, failure, directory, render([p]))
 
 
-def load_regression(path: Path) -> dict:
-    """A saved regression: ``program``, ``failure`` and optionally ``xfail`` (a reason)."""
-    return json.loads(Path(path).read_text())
-
-
-# ------------------------------------------------------------------ campaign
-
-def _run_batch(seed: int, lo: int, hi: int, save_dir: Path | None, shrink_s: float,
-               order: int = 1, size: int | None = None) -> tuple[Report, Counter, list[str]]:
-    """Check programs ``lo .. hi-1`` of ``seed``; shrink and save each failure. Returns log lines too."""
-    programs = [generate(seed, i, order=order, size=size) for i in range(lo, hi)]
-    rep = check_programs(programs)
-    lines = []
-    for f in rep.failures:
-        lines.append(f"FAIL {f}"[:3000])
-        if save_dir is not None:
-            small = shrink(programs[f.index - lo], same_failure(f), shrink_s)
-            path = save_regression(small, f, save_dir)
-            lines.append(f"  shrunk to size {_size(small)} (from {_size(programs[f.index - lo])}), saved {path}")
-    return rep, coverage(programs), lines
-
-
-def run_campaign(count: int, seed: int, batch: int = 5, save_dir: Path | None = None, shrink_s: float = 120.0,
-                 start: int = 0, time_limit: float | None = None, jobs: int = 1, order: int = 1,
-                 size: int | None = None, out: Any = sys.stdout) -> tuple[Report, Counter]:
-    """Check programs ``start .. start+count`` of ``seed`` in batches (``jobs`` processes at a
-    time); shrink and save failures. Stops starting batches after ``time_limit`` seconds."""
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    import multiprocessing
-    total = Report()
-    cov: Counter = Counter()
-    t0 = time.monotonic()
-    batches = [(lo, min(start + count, lo + batch)) for lo in range(start, start + count, batch)]
-
-    def record(result: tuple[Report, Counter, list[str]]) -> None:
-        rep, c, lines = result
-        cov.update(c)
-        total.programs += rep.programs
-        total.fd_checked += rep.fd_checked
-        total.fd_skipped += rep.fd_skipped
-        total.failures += rep.failures
-        for line in lines:
-            print(line, file=out)
-        print(f"[{time.monotonic() - t0:7.1f}s] {total.programs} programs, {len(total.failures)} failures, "
-              f"fd checked {total.fd_checked} skipped {total.fd_skipped}", file=out, flush=True)
-
-    def out_of_time() -> bool:
-        return time_limit is not None and time.monotonic() - t0 > time_limit
-
-    if jobs <= 1:
-        for lo, hi in batches:
-            if out_of_time():
-                break
-            record(_run_batch(seed, lo, hi, save_dir, shrink_s, order, size))
-    else:
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            pending: set = set()
-            todo = iter(batches)
-            while True:
-                while len(pending) < jobs and not out_of_time():
-                    nxt = next(todo, None)
-                    if nxt is None:
-                        break
-                    pending.add(pool.submit(_run_batch, seed, *nxt, save_dir, shrink_s, order, size))
-                if not pending:
-                    break
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    record(fut.result())
-    if out_of_time():
-        print(f"time limit reached after {total.programs} programs", file=out)
-    return total, cov
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lantern.fuzz", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--count", type=int, default=200, help="programs to generate and check")
-    ap.add_argument("--seed", type=int, default=0, help="campaign seed (program i of seed s is reproducible)")
-    ap.add_argument("--start", type=int, default=0, help="first program index")
-    ap.add_argument("--batch", type=int, default=5, help="programs compiled together as one C file")
-    ap.add_argument("--save-dir", type=Path, default=None, help="shrink failures and save them here as JSON")
-    ap.add_argument("--shrink-seconds", type=float, default=120.0)
-    ap.add_argument("--time-limit", type=float, default=None, help="stop starting batches after this many seconds")
-    ap.add_argument("--jobs", type=int, default=1, help="worker processes")
-    ap.add_argument("--order", type=int, choices=(1, 2), default=1,
-                    help="2: straight-line programs, Hessian-vector products checked too")
-    ap.add_argument("--size", type=int, default=None, help="top-level statements per program (default 3..9)")
-    ap.add_argument("--show", type=int, default=None, metavar="INDEX", help="print program INDEX's source and exit")
-    a = ap.parse_args(argv)
-    if a.show is not None:
-        print(render([generate(a.seed, a.show, order=a.order, size=a.size)]))
-        return 0
-    report, cov = run_campaign(a.count, a.seed, a.batch, a.save_dir, a.shrink_seconds, a.start, a.time_limit,
-                               a.jobs, a.order, a.size)
-    print(f"{report.programs} programs: {len(report.failures)} failures; gradient vs finite differences checked "
-          f"on {report.fd_checked}, skipped {report.fd_skipped} (not smooth along the direction)")
-    print("coverage: " + ", ".join(f"{k} {v}" for k, v in sorted(cov.items(), key=lambda kv: -kv[1])))
-    return 1 if report.failures else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+load_regression = regressions.load_regression
