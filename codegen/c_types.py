@@ -86,6 +86,9 @@ def elementwise_expr(prim: str, in_dtypes: list[str], out_dtype: str, args: list
         case "floordiv" | "mod":
             return f"lt_{prim}_{sfx}({a}, {b})"
         case "eq" | "ne" | "lt" | "le" | "gt" | "ge":
+            if t == "bool":  # 0/1 bytes: bitwise (and `0 <= b` on an unsigned byte draws -Wtype-limits)
+                return {"eq": f"({a} ^ {b} ^ 1)", "ne": f"({a} ^ {b})", "lt": f"(({a} ^ 1) & {b})",
+                        "le": f"(({a} ^ 1) | {b})", "gt": f"({a} & ({b} ^ 1))", "ge": f"({a} | ({b} ^ 1))"}[prim]
             op = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}[prim]
             return f"{a} {op} {b}"
         case "logical_and":

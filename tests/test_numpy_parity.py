@@ -245,3 +245,13 @@ def test_integer_compared_with_itself():
     x = np.arange(-3, 3, dtype=np.int32)
     for op in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"):
         _same(lantern.stage(lambda v: getattr(v, op)(v))(x), getattr(x, op)(x))
+
+
+@pytest.mark.parametrize("op", ["__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"])
+def test_bool_comparisons_with_constants_and_arrays(op):
+    rng = np.random.default_rng(6)
+    a, b = rng.random((3, 4)) < .5, rng.random(4) < .5
+    _same(lantern.stage(lambda a, b: getattr(a, op)(b))(a, b), getattr(a, op)(b))
+    for k in (False, True):  # against a constant (C warned: `0 <= b` is always true for a byte)
+        _same(lantern.stage(lambda a: getattr(a, op)(k))(a), getattr(a, op)(k))
+        _same(lantern.stage(lambda a: getattr(lantern.full((), k, "bool"), op)(a))(a), getattr(np.bool_(k), op)(a))

@@ -57,7 +57,7 @@ LAYOUTS = ("C", "C", "C", "F", "strided", "reversed")
 #: Relative tolerance of a value that is not exact, by the dtypes on its way.
 RTOL = {"float32": 2e-4, "float64": 1e-10}
 #: Values stay this small (elements), so a batch compiles and runs fast.
-MAX_SIZE = 256
+MAX_SIZE = 1024
 #: Transcendental ops read operands at most this large (beyond it, argument reduction differs).
 MAX_MATH_ARG = 50.0
 
@@ -206,7 +206,11 @@ class _Gen:
     def rand_shape(self, nd: int | None = None) -> Shape:
         r = self.rng
         nd = r.choice([0, 1, 1, 2, 2, 2, 3, 3, 4]) if nd is None else nd
-        return tuple(r.choices([0, 1, 2, 3, 4, 5, 7], [1, 4, 6, 6, 4, 3, 1])[0] for _ in range(nd))
+        # sometimes past a vector's width (16 floats), so main loops, remainders and BLAS are reached
+        dims = [r.choices([0, 1, 2, 3, 4, 5, 7, 16, 17], [1, 4, 6, 6, 4, 3, 1, 0.4, 0.4])[0] for _ in range(nd)]
+        while math.prod(dims) > MAX_SIZE // 2:
+            dims[dims.index(max(dims))] = 2
+        return tuple(dims)
 
     def input(self, dtype: str, shape: Shape) -> _Val:
         r = self.rng
