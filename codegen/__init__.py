@@ -28,8 +28,10 @@ from lantern.ir.verify import verify
 from .compiler import compile_c, debug_mode
 from .emit_c import EmitOptions, emit_module
 from .loader import NativeFunction
-from .passes import (eliminate_dead_code, empty_values_as_fills, forward_single_accumulations, fuse_elementwise,
-                     hoist_loop_invariants, inline_calls, one_hot_products_as_gathers, row_products_read_transposed)
+from lantern.ir.passes import (eliminate_dead_code, empty_values_as_fills, forward_single_accumulations,
+                               fuse_elementwise, hoist_loop_invariants, inline_calls, one_hot_products_as_gathers)
+
+from .passes import row_products_read_transposed
 
 Pass = Callable[[Module], Module]
 PASSES: tuple[Pass, ...] = (inline_calls, empty_values_as_fills, one_hot_products_as_gathers,

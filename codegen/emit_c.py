@@ -20,16 +20,18 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from lantern.ir.analysis import accumulation_targets, passed_by_reference, reads, use_counts
 from lantern.ir.nodes import (Accumulate, Apply, Block, Call, Function, Fused, If, Lambda, Loop, Module, Op, Stmt,
                               Var, While, free_vars, walk_stmts)
 from lantern.ir.primitives import ELEMENTWISE, PRIMITIVES
 from lantern.ir.names import Namer
 from lantern.ir.printer import format_function
 from lantern.ir.types import FnType, TensorType
+from lantern.runtime import ERROR_CODES
 from lantern.source import Loc
 
 from .c_types import C_TYPE, FLOATS, elementwise_expr, literal
-from .passes.inline import recursive_functions
+from lantern.ir.passes import recursive_functions
 
 #: Matrix products with at least this many multiply-adds (M*N*K) call BLAS; smaller ones
 #: run as generated loops. Chosen with benchmarks/matmul_threshold.py (see RESULTS.md).
@@ -52,12 +54,6 @@ _TILE = 16
 #: Allocations this large name their value and line in the C, for the out-of-memory message.
 _NAMED_ALLOCATION = 1 << 30
 
-#: Non-elementwise primitives whose result is checked by check_finite (the rest move values).
-_ARITHMETIC = frozenset({"reduce_sum", "matmul", "scatter_add"})
-#: Elementwise primitives that give finite results for finite operands: check_finite skips them
-#: (a NaN they pass on was reported where it was made).
-_FINITE_PRESERVING = frozenset({"broadcast", "where", "stop_gradient", "neg", "abs", "sign", "relu", "floor",
-                                "maximum", "minimum", "sin", "cos", "tanh", "sigmoid"})
 
 #: The same threshold for products with a single row or column (m == 1 or n == 1).
 VECTOR_BLAS_MIN_MACS = int(os.environ.get("LANTERN_VECTOR_BLAS_MIN_MACS", 1 << 20))
@@ -124,27 +120,6 @@ def _comment(text: str) -> str:
     return "/* " + text.replace("*/", "* /") + " */"
 
 
-def _reads(stmt: Stmt) -> list[Var]:
-    return list(stmt.operands()) + [v for b in stmt.blocks() for v in free_vars(b)]
-
-
-def _use_counts(block: Block) -> dict[int, int]:
-    """How often each variable is read (operands and yielded results, nested blocks included)."""
-    counts: dict[int, int] = {}
-
-    def visit(b: Block) -> None:
-        for s in b.stmts:
-            for v in s.operands():
-                counts[v.id] = counts.get(v.id, 0) + 1
-            for inner in s.blocks():
-                visit(inner)
-        for r in b.results:
-            counts[r.id] = counts.get(r.id, 0) + 1
-
-    visit(block)
-    return counts
-
-
 class _Storage:
     __slots__ = ("kind", "name", "env", "env_type")
 
@@ -171,7 +146,7 @@ class FunctionEmitter:
         self.dest: dict[int, str] = {}  # result var id -> result parameter name
         self.last_loc: Loc | None = None
         self.counter = 0
-        self.uses = _use_counts(fn.body)
+        self.uses = use_counts(fn.body)
         self.accumulate_into: dict[int, Var] = {}  # value id -> the buffer it is added to
         self.accumulating: set[int] = set()        # variables whose stores are +=
         if captured:
@@ -272,6 +247,21 @@ class FunctionEmitter:
             return f"lt_index({index}, {n}, {_c_string(where)})"
         return f"lt_wrap({index}, {n})"
 
+    def staged_row(self, name: str, index: str, n: int, where: str, scale: int = 1) -> bool:
+        """``int64_t name = index`` (checked, times ``scale``); with checks on, also opens ``if (name >= 0)``
+        (a bad index is recorded by ``lt_index``, which returns -1: the kernel skips it) and returns True:
+        close it, and call :meth:`check_status` after the kernel."""
+        checked = self.m.options.check_indices
+        scaled = f" * {scale}" if scale != 1 else ""
+        self.line(f"int64_t {name} = {self.index_expr(index, n, where)}{scaled};")
+        if checked:
+            self.open(f"if ({name} >= 0)")
+        return checked
+
+    def check_status(self) -> None:
+        """After a kernel that may have recorded an error: unwind if it did (kernels never unwind)."""
+        self.line("lt_check_status();")
+
     # ------------------------------------------------------------ check_finite
     @staticmethod
     def finite_where(what: str, stmt: Stmt) -> str:
@@ -292,6 +282,7 @@ class FunctionEmitter:
             return
         sfx = "f32" if t.dtype == "float32" else "f64"
         self.line(f"lt_check_finite_{sfx}({self.ptr(v)}, {t.size}, {_c_string(where)});")
+        self.check_status()
 
     def comment_loc(self, locs: list[Loc]) -> None:
         locs = [loc for loc in dict.fromkeys(locs) if loc.line]
@@ -430,7 +421,7 @@ class FunctionEmitter:
                     or isinstance(producer, Fused)):
                 continue
             between = block.stmts[i:j]  # the producer must not read the target either
-            if any(acc.target.id in {v.id for v in _reads(s)} for s in between):
+            if any(acc.target.id in {v.id for v in reads(s)} for s in between):
                 continue
             self.accumulate_into[acc.value.id] = acc.target
 
@@ -446,7 +437,7 @@ class FunctionEmitter:
                 self.elementwise(stmt.outs, stmt.args, stmt.args, [stmt], stmt.outs)
             else:
                 getattr(self, f"op_{kind}")(stmt)
-                if stmt.prim in _ARITHMETIC:  # data movement cannot make a finite value non-finite
+                if PRIMITIVES[stmt.prim].may_make_nonfinite:  # (data movement cannot)
                     self.check_finite(stmt.outs[0], self.finite_where(stmt.prim, stmt))
         elif isinstance(stmt, Fused):
             self.comment_loc([s.loc for s in stmt.body.stmts])
@@ -537,18 +528,22 @@ class FunctionEmitter:
         row //= k
         if k > 1:
             self.open(f"for (int64_t j = 0; j < {k}; j++)")
+        guarded = False
         if index is not None:
             n = t.type.shape[0]  # type: ignore[union-attr]
-            at = self.load(index, "j" if k > 1 else "0")
-            self.line(f'int64_t base = {self.index_expr(at, n, self.where(stmt))} * {row};')
+            guarded = self.staged_row("base", self.load(index, "j" if k > 1 else "0"), n, self.where(stmt), row)
         else:
             self.line("int64_t base = 0;")
         self.open(f"for (int64_t i = 0; i < {row}; i++)")
         self.line(f"{self.ptr(t)}[base + i] += {self.load(v, 'j * ' + str(row) + ' + i' if k > 1 else 'i')};")
         self.close()
+        if guarded:
+            self.close()
         if k > 1:
             self.close()
         self.close()
+        if guarded:
+            self.check_status()
 
     # ------------------------------------------------------------ elementwise loops
     def elementwise(self, outs: list[Var], inputs: list[Var], params: list[Var], body: list[Stmt],
@@ -573,7 +568,7 @@ class FunctionEmitter:
         # report names the op itself, not the end of its fused group.
         checked = {s.outs[0].id: self.finite_where(s.prim, s) for s in body
                    if self.m.options.check_finite and s.outs[0].type.dtype in FLOATS  # type: ignore[union-attr]
-                   and s.prim not in _FINITE_PRESERVING}
+                   and PRIMITIVES[s.prim].may_make_nonfinite}
 
         def emit_body(index_for: Callable[[Var], str], out_index: str) -> None:
             for s in body:
@@ -612,6 +607,8 @@ class FunctionEmitter:
                     return _index((idx[offset + k], 0 if vs[k] == 1 else st[k]) for k in range(len(vs)))
                 emit_body(index_for, _index(zip(idx, out_strides)))
             self.loop_nest(shape, nest)
+        if checked:  # a non-finite value was recorded in the loop (kernels never unwind)
+            self.check_status()
 
     # ------------------------------------------------------------ reductions
     def op_reduce(self, op: Op) -> None:
@@ -940,6 +937,7 @@ class FunctionEmitter:
                 self.open(f"for (int64_t j = 0; j < {m}; j++)")
                 self.line(f"(void){self.index_expr('(int64_t)' + self.load(idx, 'j'), n, where)};")
                 self.close()
+                self.check_status()
             return
         # Loops of extent 1 are left out (their index is 0).
         p, j, r = ("p" if pre > 1 else None), ("j" if m > 1 else None), ("r" if inner > 1 else None)
@@ -948,14 +946,21 @@ class FunctionEmitter:
         for var, extent in ((p, pre), (j, m)):
             if var:
                 self.open(f"for (int64_t {var} = 0; {var} < {extent}; {var}++)")
-        row = self.index_expr("(int64_t)" + self.load(idx, j or "0"), n, where)
-        self.line(f"int64_t row = {row};")
+        guarded = self.staged_row("row", "(int64_t)" + self.load(idx, j or "0"), n, where)
         if r:
             self.open(f"for (int64_t r = 0; r < {inner}; r++)")
         terms = lambda *ts: _index((v, c) for v, c in ts if v)  # noqa: E731
         self.store(out, terms((p, m * inner), (j, inner), (r, 1)), self.load(x, terms((p, n * inner), ("row", inner), (r, 1))))
-        for _ in range(sum(1 for v in (p, j, r) if v) + (not (p or j))):
+        if r:
             self.close()
+        if guarded and self.storage[out.id].kind == "scalar":  # (the C compiler cannot see that a bad index
+            self.close("} else {")                              # unwinds before the value is read)
+            self.depth += 1
+            self.store(out, "0", literal(0, out.type.dtype))  # type: ignore[union-attr]
+        for _ in range(sum(1 for v in (p, j) if v) + (not (p or j)) + guarded):
+            self.close()
+        if guarded:
+            self.check_status()
 
     def op_random(self, op: Op) -> None:
         """random_uniform: counter-based uniform [0, 1) values from an int64 key (lt_uniform_* in the runtime)."""
@@ -1000,13 +1005,13 @@ class FunctionEmitter:
         m = idx.type.size  # type: ignore[union-attr]
         self.open(f"for (int64_t p = 0; p < {pre}; p++)")
         self.open(f"for (int64_t j = 0; j < {m}; j++)")
-        row = self.index_expr("(int64_t)" + self.load(idx, "j"), n, self.where(op))
-        self.line(f"int64_t row = {row};")
+        guarded = self.staged_row("row", "(int64_t)" + self.load(idx, "j"), n, self.where(op))
         self.open(f"for (int64_t r = 0; r < {inner}; r++)")
         self.line(f"{self.ptr(out)}[(p * {n} + row) * {inner} + r] += {self.load(g, f'(p * {m} + j) * {inner} + r')};")
-        self.close()
-        self.close()
-        self.close()
+        for _ in range(3 + guarded):
+            self.close()
+        if guarded:
+            self.check_status()
 
     # ------------------------------------------------------------ control flow
     def emit_if(self, stmt: If) -> None:
@@ -1044,7 +1049,6 @@ class FunctionEmitter:
 
     def bind_params(self, params: list[Var], outs: list[Var], block: Block) -> None:
         """Bind a loop block's parameters to the carried state (scalars by copy, when read)."""
-        from lantern.ir.nodes import walk_stmts
         read = {v.id for s in walk_stmts(block) for v in s.operands()} | {r.id for r in block.results}
         for p, o in zip(params, outs):
             s = self.storage[o.id]
@@ -1125,9 +1129,8 @@ class ModuleEmitter:
         self._lambda_count = 0
         #: variables that may be updated in place (adjoint buffers, and anything passed by
         #: reference to a function or continuation): never inlined as literals
-        self.mutated = {v.id for fn in module.functions.values() for s in walk_stmts(fn.body)
-                        for v in ([s.target] if isinstance(s, Accumulate) else
-                                  s.args if isinstance(s, (Apply, Call)) else [])}
+        self.mutated = set().union(*(set(accumulation_targets(fn.body)) | passed_by_reference(fn.body)
+                                     for fn in module.functions.values()))
 
     def cont_type(self, t: FnType) -> str:
         """The C closure type for continuations of type ``t`` (declared once per type)."""
@@ -1176,11 +1179,12 @@ class ModuleEmitter:
             f"int lantern_entry({', '.join(params) or 'void'})",
             "{",
             "    lt_mark_t mark = lt_mark();",
+            "    lt_status = LT_OK;",
             *(["    lt_stack_init();"] if self.recursive or self.lambdas else []),
             "    switch (setjmp(lt_unwind)) {",
             "    case 0:",
             "        break;",
-            *[line for code in ("LT_ERR_INDEX", "LT_ERR_MEMORY", "LT_ERR_STACK", "LT_ERR_NONFINITE") for line in (
+            *[line for code in ERROR_CODES if code != "LT_OK" for line in (
                 f"    case {code}:", "        lt_release(mark);", f"        return {code};")],
             "    default:",
             "        lt_release(mark);",

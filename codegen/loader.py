@@ -15,6 +15,7 @@ import numpy as np
 
 from lantern.errors import NativeError, NonFiniteError, OutOfBoundsError, RecursionDepthError
 from lantern.ir.types import TensorType
+from lantern.runtime import ERROR_CODES
 
 from .compiler import Artifact, _make_private_dir, _private_problem, active_cache_dir, blas_paths, debug_mode
 
@@ -136,11 +137,10 @@ class NativeFunction:
             code = self._entry(*map(fb, arrays), *map(fb, outs))
         if code:
             message = self._ffi.string(self._lib.lantern_error()).decode(errors="replace")
-            if code == 1:
-                raise OutOfBoundsError(message)
-            if code == 3:
-                raise RecursionDepthError(message)
-            if code == 4:
-                raise NonFiniteError(message)
-            raise NativeError(message)
+            raise _ERRORS.get(code, NativeError)(message)
         return outs
+
+
+#: What each error code of the runtime raises (anything else, out of memory included: NativeError).
+_ERRORS = {ERROR_CODES["LT_ERR_INDEX"]: OutOfBoundsError, ERROR_CODES["LT_ERR_STACK"]: RecursionDepthError,
+           ERROR_CODES["LT_ERR_NONFINITE"]: NonFiniteError}

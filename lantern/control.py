@@ -16,7 +16,7 @@ from .ir.nodes import Block, If, Loop, Var, While
 from .ir.types import TensorType, scalar
 from .source import Loc, user_location
 from .tensor import Tensor
-from .tracing import Frame, require_frame, with_location
+from .tracing import Frame, TracedBody, require_frame, trace_callable, with_location
 from .tree import TreeDef, flatten, unflatten
 
 
@@ -33,33 +33,9 @@ def _is_weak(x: Any) -> bool:
     return isinstance(x, (bool, int, float)) and not isinstance(x, np.generic)
 
 
-class _Traced:
-    """A block traced from a Python callable, with its flat outputs."""
-
-    def __init__(self, block: Block, treedef: TreeDef, leaves: list[Tensor], weak: list[bool]):
-        self.block, self.treedef, self.leaves, self.weak = block, treedef, leaves, weak
-
-    @property
-    def types(self) -> list[TensorType]:
-        return [t.type for t in self.leaves]
-
-
-def _trace(frame: Frame, fn: Callable[..., Any], params: list[Var], make_args: Callable[[list[Tensor]], tuple]) -> _Traced:
-    block = Block(params=params)
-    with frame.block(block):
-        out = fn(*make_args([Tensor(p, frame) for p in params]))
-        leaves, treedef = flatten(out)
-        weak = [_is_weak(x) for x in leaves]
-        tensors = []
-        for x in leaves:
-            if not isinstance(x, Tensor) and not isinstance(x, (bool, int, float, np.ndarray, np.generic)):
-                raise with_location(DTypeError, f"a traced body returned {type(x).__name__}; "
-                                    "return tensors, numbers or nested tuples/lists/dicts of them")
-            if isinstance(x, Tensor):
-                frame.check_result(x, "a traced body's result")
-            tensors.append(ops.asarray(x))
-        block.results = [t.var for t in tensors]
-    return _Traced(block, treedef, tensors, weak)
+def _trace(frame: Frame, fn: Callable[..., Any], params: list[Var],
+           make_args: Callable[[list[Tensor]], tuple]) -> TracedBody:
+    return trace_callable(frame, params, fn, make_args, "a traced body", "a traced body's result")
 
 
 #: A Python number of each kind, as NumPy's promotion sees it (weak), by the dtype it was staged as.
@@ -74,7 +50,7 @@ def _join_weak(strong: str | None, weak: list[str]) -> str:
     return np.result_type(np.zeros((), strong), *(_WEAK_KIND[w] for w in weak)).name
 
 
-def _unify(frame: Frame, what: str, traced: list[_Traced], names: Sequence[str]) -> list[TensorType]:
+def _unify(frame: Frame, what: str, traced: list[TracedBody], names: Sequence[str]) -> list[TensorType]:
     """Make corresponding outputs agree; Python-number outputs adopt the other side's dtype."""
     first = traced[0]
     for other, name in zip(traced[1:], names[1:]):
@@ -119,7 +95,7 @@ def cond(pred: Any, true_fn: Callable[..., Any], false_fn: Callable[..., Any], *
     frame = require_frame("lantern.cond")
     loc = user_location()
     p = _scalar_pred(pred, "cond")
-    branches: list[_Traced | None] = []
+    branches: list[TracedBody | None] = []
     unknown: UnknownRecursiveResult | None = None
     for fn in (true_fn, false_fn):
         try:
@@ -150,7 +126,7 @@ def _lift_init(init: Any) -> tuple[TreeDef, list[Tensor], list[bool]]:
     return treedef, [ops.asarray(x) for x in leaves], [_is_weak(x) for x in leaves]
 
 
-def _carried(what: str, frame: Frame, init_td: TreeDef, init: list[Tensor], body: _Traced, name: str) -> None:
+def _carried(what: str, frame: Frame, init_td: TreeDef, init: list[Tensor], body: TracedBody, name: str) -> None:
     if body.treedef != init_td:
         raise with_location(ShapeError, f"{what}: {name} returns structure {body.treedef} but the initial "
                             f"value has structure {init_td}")

@@ -15,7 +15,7 @@ import inspect
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -29,7 +29,7 @@ from .ir.types import DTYPES, TensorType
 from .ir.verify import verify
 from .source import Loc, user_location
 from .tensor import Tensor
-from .tracing import Frame, ModuleBuilder, current_frame, name_var, tracing, user_variable_names, with_location
+from .tracing import Frame, ModuleBuilder, current_frame, name_var, trace_callable, with_location
 from .tree import TreeDef, _sort_key, flatten, unflatten
 
 _STATIC_TYPES = (bool, int, float, str, bytes, type(None))
@@ -362,6 +362,13 @@ class Staged:
         """The compiled executable for these arguments: ``.ir``, ``.c_source``, ``.c_path``; callable."""
         return self._specialize(args, kwargs)[0]
 
+    def trace(self, *args: Any, **kwargs: Any) -> Module:
+        """The IR module of this function for these arguments, as traced (gradients included); no C is made."""
+        bound = _bind(self.name, self.signature, args, kwargs)
+        with_paths, treedef = flatten(bound, paths=True)
+        paths = [_path_name(p, self._param_names) for p, _ in with_paths]
+        return self._trace(treedef, [_leaf_key(p, leaf) for p, (_, leaf) in zip(paths, with_paths)], paths)[2]
+
     def _specialize(self, args: tuple, kwargs: dict) -> tuple[Executable, list[Any]]:
         bound = _bind(self.name, self.signature, args, kwargs)
         with_paths, treedef = flatten(bound, paths=True)
@@ -427,6 +434,40 @@ class Staged:
         frame.add(Call(outs, loc=user_location(), fn=call.name, args=[t.var for t in call.tensors]))
         return unflatten(frame.builder.out_treedefs[call.name], [Tensor(v, frame) for v in outs])
 
+    def trace_closure(self, args: tuple, kwargs: dict) -> TracedCall:
+        """Trace this function for a call made while tracing, as a fresh IR function that may read the
+        caller's staged values (``grad`` of a closure).
+
+        Values of the enclosing function it reads become extra parameters after its own (they are
+        constants for the gradient, as in JAX). The function is not cached by signature, since what
+        it captures may differ from call to call.
+        """
+        frame = current_frame()
+        assert frame is not None
+        builder = frame.builder
+        bound = _bind(self.name, self.signature, args, kwargs)
+        with_paths, treedef = flatten(bound, paths=True)
+        paths = [_path_name(p, self._param_names) for p, _ in with_paths]
+        leaves = [leaf if isinstance(leaf, _STATIC_TYPES) else ops.asarray(leaf) for _, leaf in with_paths]
+        tensors = [t for t in leaves if isinstance(t, Tensor)]
+        name = builder.fresh_name(re.sub(r"\W", "_", self.name))
+        builder.in_progress[name] = None  # type: ignore[assignment]  # reserve the name while tracing
+        inner = Frame(builder, name, parent=frame)
+        params = [Var(t.type, _c_hint(p)) for p, t in zip(paths, leaves) if isinstance(t, Tensor)]
+        for p in params:
+            name_var(p, p.hint)
+
+        def arguments(param_tensors: list[Tensor]) -> tuple:
+            it = iter(param_tensors)
+            return unflatten(treedef, [next(it) if isinstance(t, Tensor) else t for t in leaves])
+        loc = _definition(self)
+        body = trace_callable(inner, params, self.fn, arguments, self.name, f"the result of {self.name}", loc,
+                              name_locals=True)
+        del builder.in_progress[name]
+        builder.functions[name] = Function(name, body.block, tuple(body.types), loc)
+        builder.out_treedefs[name] = body.treedef
+        return TracedCall(name, bound, leaves, tensors, [outer for outer, _ in inner.captured])
+
     def trace_call(self, args: tuple, kwargs: dict) -> TracedCall:
         """Trace this function for the arguments of a call made while tracing (once per signature)."""
         frame = current_frame()
@@ -456,6 +497,15 @@ class TracedCall:
     bound: tuple
     leaves: list[Any]     # flat leaves of ``bound``: staged tensors and Python constants
     tensors: list[Tensor]  # the tensor leaves: the IR function's parameters, in order
+    #: values of the calling function the traced one reads (:meth:`Staged.trace_closure`): its
+    #: parameters after ``tensors``
+    captured: list[Var] = field(default_factory=list)
+
+
+def _definition(staged: Staged) -> Loc:
+    """Where the staged function is defined (the user's line, for a lambda or a builtin)."""
+    code = getattr(inspect.unwrap(staged.fn), "__code__", None)
+    return Loc(code.co_filename, code.co_firstlineno) if code else user_location()
 
 
 @dataclass(frozen=True)
@@ -486,8 +536,7 @@ def trace_function(builder: ModuleBuilder, staged: Staged, treedef: TreeDef, spe
         return existing
     name = builder.fresh_name(re.sub(r"\W", "_", staged.name))
     builder.specializations[key] = name
-    code = getattr(inspect.unwrap(staged.fn), "__code__", None)
-    loc = Loc(code.co_filename, code.co_firstlineno) if code else user_location()
+    loc = _definition(staged)
     fn = Function(name, Block(), None, loc)
     builder.in_progress[name] = fn
     staged.trace_count += 1
@@ -497,39 +546,28 @@ def trace_function(builder: ModuleBuilder, staged: Staged, treedef: TreeDef, spe
         # one from a placeholder; they are traced again whenever this attempt is redone.
         before = set(builder.specializations)
         builder.needs_retrace.discard(name)
-        frame = Frame(builder, name)
         params = [Var(s, _c_hint(p)) for s, p in zip(specs, paths) if isinstance(s, TensorType)]
         for p in params:
             name_var(p, p.hint)  # named after the argument
-        block = Block(params=params)
-        with tracing(frame), frame.block(block):
-            it = iter(params)
-            args = unflatten(treedef, [s.value if isinstance(s, _Static) else Tensor(next(it), frame) for s in specs])
-            try:
-                with user_variable_names():
-                    out = staged.fn(*args)
-            except UnknownRecursiveResult as exc:
-                _forget(builder, set(builder.specializations) - before)
-                if exc.function_name != name:
-                    # A function further out is still being traced: its cond handles this.
-                    _forget(builder, {key})
-                    del builder.in_progress[name]
-                    raise
-                raise with_location(TraceError, f"the recursive function {staged.name} calls itself before its "
-                                    "result type is known: put the recursive call inside a lantern.cond branch "
-                                    "whose other branch is a base case", exc.loc) from None
-            out_leaves, out_td = flatten(out)
-            results = []
-            for x in out_leaves:
-                if not isinstance(x, (Tensor, bool, int, float, np.ndarray, np.generic)):
-                    raise with_location(DTypeError, f"{staged.name} returned a {type(x).__name__}; return "
-                                        "tensors, numbers or nested tuples/lists/dicts of them", loc)
-                if isinstance(x, Tensor):
-                    # The function has returned: point at it (the return line is gone).
-                    frame.check_result(x, f"the result of {staged.name}", loc)
-                results.append(ops.asarray(x).var)
-            block.results = results
-        result_types = tuple(r.type for r in results)
+
+        def arguments(tensors: list[Tensor]) -> tuple:
+            it = iter(tensors)
+            return unflatten(treedef, [s.value if isinstance(s, _Static) else next(it) for s in specs])
+        try:  # (errors in the results point at the function: the return line is gone)
+            body = trace_callable(Frame(builder, name), params, staged.fn, arguments, staged.name,
+                                  f"the result of {staged.name}", loc, name_locals=True)
+        except UnknownRecursiveResult as exc:
+            _forget(builder, set(builder.specializations) - before)
+            if exc.function_name != name:
+                # A function further out is still being traced: its cond handles this.
+                _forget(builder, {key})
+                del builder.in_progress[name]
+                raise
+            raise with_location(TraceError, f"the recursive function {staged.name} calls itself before its "
+                                "result type is known: put the recursive call inside a lantern.cond branch "
+                                "whose other branch is a base case", exc.loc) from None
+        block, out_td = body.block, body.treedef
+        result_types = tuple(t.type for t in body.leaves)
         # Recursive calls in this attempt were typed as `prev` (attempt 0: from the base case
         # only, and marked for a retrace); stop once a trace reproduces the types it assumed.
         retrace = name in builder.needs_retrace if attempt == 0 else (out_td, result_types) != prev

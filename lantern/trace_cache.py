@@ -92,7 +92,7 @@ def _source_digest() -> str:
 #: values of their globals are part of every fingerprint (a program may set a threshold at run time).
 _CORE = ("lantern", "lantern.ops", "lantern.nn", "lantern.optim", "lantern.control", "lantern.staging",
          "lantern.tracing", "lantern.tensor", "lantern.source", "lantern.tree", "lantern.ad", "lantern.ir",
-         "lantern.codegen", "lantern.codegen.passes", "lantern.runtime")
+         "lantern.ir.passes", "lantern.codegen", "lantern.codegen.passes", "lantern.runtime")
 
 
 def _environment(fp: _Fingerprinter) -> None:
@@ -144,9 +144,9 @@ def _trusted_roots() -> tuple[str, ...]:
     """Where lantern, the standard library and installed packages live."""
     import sysconfig
     import lantern
-    from lantern import codegen
+    from lantern import codegen, runtime
     paths = sysconfig.get_paths()
-    roots = [str(Path(lantern.__file__).parent), str(Path(codegen.__file__).parent)]
+    roots = [str(Path(module.__file__).parent) for module in (lantern, codegen, runtime)]
     roots += [paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if paths.get(k)]
     return tuple(r + os.sep for r in roots)
 

@@ -11,9 +11,12 @@ import contextlib
 import keyword
 import sys
 import threading
-from typing import Any, Iterator, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, TypeVar
 
-from .errors import LanternError, ShapeError, TraceError
+import numpy as np
+
+from .errors import DTypeError, LanternError, ShapeError, TraceError
 from .ir import primitives
 from .ir.nodes import Block, Function, Module, Op, Stmt, Var
 from .ir.rewrite import with_operands
@@ -182,6 +185,51 @@ def tracing(frame: Frame) -> Iterator[Frame]:
 
 def is_tracing() -> bool:
     return current_frame() is not None
+
+
+@dataclass
+class TracedBody:
+    """A Python callable traced into a block: the block, the structure of what it returned, its flat
+    results as staged tensors, and which of them were Python numbers (weakly typed, as in NumPy)."""
+
+    block: Block
+    treedef: Any
+    leaves: list[Any]
+    weak: list[bool]
+
+    @property
+    def types(self) -> list[TensorType]:
+        return [t.type for t in self.leaves]
+
+
+def trace_callable(frame: Frame, params: list[Var], fn: Callable[..., Any], make_args: Callable[[list[Any]], tuple],
+                   what: str, result_what: str, loc: Loc | None = None, name_locals: bool = False) -> TracedBody:
+    """Trace ``fn(*make_args(tensors of params))`` into a new block of ``frame`` (the current frame while
+    it runs): the one way lantern traces a Python callable, for staged functions, functions given to
+    ``grad`` and control-flow bodies. Results may be tensors (of this frame, or captured from an
+    enclosing one), or numbers and arrays (staged as constants); ``what`` and ``result_what`` name the
+    callable and its results in errors. ``name_locals``: name staged values after the callable's locals."""
+    from . import ops
+    from .tensor import Tensor
+    from .tree import flatten
+    block = Block(params=params)
+    with tracing(frame), frame.block(block):
+        args = make_args([Tensor(p, frame) for p in params])
+        with user_variable_names() if name_locals else contextlib.nullcontext():
+            out = fn(*args)
+        leaves, treedef = flatten(out)
+        tensors, weak = [], []
+        for x in leaves:
+            if not isinstance(x, (Tensor, bool, int, float, np.ndarray, np.generic)):
+                raise with_location(DTypeError, f"{what} returned a {type(x).__name__}; return tensors, numbers "
+                                    "or nested tuples/lists/dicts of them", loc)
+            if isinstance(x, Tensor):
+                x = frame.adopt(x)  # a value of an enclosing function (grad's closures) is captured
+                frame.check_result(x, result_what, loc)
+            weak.append(isinstance(x, (bool, int, float)) and not isinstance(x, np.generic))
+            tensors.append(ops.asarray(x))
+        block.results = [t.var for t in tensors]
+    return TracedBody(block, treedef, tensors, weak)
 
 
 def new_var(type_: TensorType, hint: str = "t") -> Var:

@@ -3,7 +3,9 @@
  *
  * Header-only, so each compiled module is self-contained:
  *   - an arena allocator with stack discipline (lt_mark / lt_alloc / lt_release);
- *   - error reporting: lt_fail() records a message and unwinds to the entry point;
+ *   - error reporting: kernels record the first error of a call (lt_record) and go on; the code
+ *     around them checks after each kernel (lt_check_status) and unwinds to the entry point, as
+ *     host code does directly for its own errors (lt_fail: memory, stack depth);
  *   - scalar helpers with NumPy semantics (NaN-propagating max/min, floor division,
  *     integer powers, saturating float-to-int casts);
  *   - BLAS (OpenBLAS from the scipy-openblas32 wheel) for large matrix products.
@@ -38,8 +40,30 @@ enum { LT_OK = 0, LT_ERR_INDEX = 1, LT_ERR_MEMORY = 2, LT_ERR_STACK = 3, LT_ERR_
 
 static _Thread_local jmp_buf lt_unwind;
 static _Thread_local char lt_error_text[1024];
+/* The first error a kernel recorded in this call (LT_OK: none); lantern_entry clears it. */
+static _Thread_local int lt_status;
 
-/* Record an error and unwind to the entry point (which releases the arena). */
+/* A kernel's error: the first one of the call is kept (its message too), and the kernel goes on. */
+__attribute__((format(printf, 2, 3), cold))
+static inline void lt_record(int code, const char *fmt, ...)
+{
+    if (lt_status)
+        return;
+    lt_status = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(lt_error_text, sizeof lt_error_text, fmt, ap);
+    va_end(ap);
+}
+
+/* After a kernel that may record an error: unwind to the entry point (which releases the arena). */
+static inline void lt_check_status(void)
+{
+    if (__builtin_expect(lt_status != LT_OK, 0))
+        longjmp(lt_unwind, lt_status);
+}
+
+/* An error of host code (not of a kernel): record it and unwind at once. */
 __attribute__((noreturn, format(printf, 2, 3), cold))
 static inline void lt_fail(int code, const char *fmt, ...)
 {
@@ -50,14 +74,17 @@ static inline void lt_fail(int code, const char *fmt, ...)
     longjmp(lt_unwind, code);
 }
 
-/* Check a staged index against an axis of size n; negative indices wrap like NumPy. */
+/* Check a staged index against an axis of size n; negative indices wrap like NumPy. Out of range:
+   the error is recorded and -1 returned (the kernel skips that element). */
 static inline int64_t lt_index(int64_t i, int64_t n, const char *where)
 {
     if (i < 0)
         i += n;
-    if (i < 0 || i >= n)
-        lt_fail(LT_ERR_INDEX, "%s: index %lld is out of bounds for an axis of size %lld",
-                where, (long long)(i < 0 ? i - n : i), (long long)n);
+    if (i < 0 || i >= n) {
+        lt_record(LT_ERR_INDEX, "%s: index %lld is out of bounds for an axis of size %lld",
+                  where, (long long)(i < 0 ? i - n : i), (long long)n);
+        return -1;
+    }
     return i;
 }
 
@@ -66,20 +93,22 @@ static inline int64_t lt_wrap(int64_t i, int64_t n) { return i < 0 ? i + n : i; 
 
 /* ------------------------------------------------------------------ non-finite values */
 
-/* stage(check_finite=True): `where` names the op and the user's line. */
-__attribute__((noreturn, cold))
+/* stage(check_finite=True): `where` names the op and the user's line (recorded; see lt_record). */
+__attribute__((cold))
 static inline void lt_nonfinite(const char *where, double value, int64_t at)
 {
-    lt_fail(LT_ERR_NONFINITE, "%s from %s (first at flat index %lld)",
-            value != value ? "nan" : value > 0 ? "inf" : "-inf", where, (long long)at);
+    lt_record(LT_ERR_NONFINITE, "%s from %s (first at flat index %lld)",
+              value != value ? "nan" : value > 0 ? "inf" : "-inf", where, (long long)at);
 }
 
 #define LT_DEFINE_CHECK_FINITE(F, SUF)                                                  \
     static inline void lt_check_finite_##SUF(const F *x, int64_t n, const char *where)  \
     {                                                                                   \
         for (int64_t i = 0; i < n; i++)                                                 \
-            if (!isfinite(x[i]))                                                        \
+            if (!isfinite(x[i])) {                                                      \
                 lt_nonfinite(where, (double)x[i], i);                                   \
+                return;                                                                 \
+            }                                                                           \
     }
 LT_DEFINE_CHECK_FINITE(float, f32)
 LT_DEFINE_CHECK_FINITE(double, f64)

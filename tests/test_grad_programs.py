@@ -366,7 +366,7 @@ def test_long_linear_recurrence_gradient_wrt_sequence(rng, n):
 
 # Weight gradients of a counted loop: a loop-invariant matrix's gradient is summed over the
 # iterations by one product of stacked rows after the reverse loop (ad/transform.py); a
-# transpose of it inside the body is moved before the loop first (codegen/passes/hoist.py).
+# transpose of it inside the body is moved before the loop first (lantern/ir/passes/hoist.py).
 
 def _stacked_rnn(h0, xs, U, W, V):
     def body(t, h):

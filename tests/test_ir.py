@@ -4,7 +4,7 @@ import pytest
 
 import lantern
 from lantern.codegen import prepare
-from lantern.codegen.passes import eliminate_dead_code, fuse_elementwise, inline_calls
+from lantern.ir.passes import eliminate_dead_code, fuse_elementwise, inline_calls
 from lantern.errors import IRVerificationError
 from lantern.ir import (Accumulate, Apply, Block, FnType, Function, Fused, If, Lambda, Module, Op, TensorType, Var,
                         format_module, interpret, verify)

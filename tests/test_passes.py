@@ -81,7 +81,7 @@ def test_copies_of_updated_buffers_stay_in_the_loop(rng):
 def test_hoisting_keeps_reads_of_buffers_updated_through_a_reshape():
     # buf (2 x 2) is updated in the loop through its reshape r (the same memory in C): a transpose
     # of buf inside the loop reads it after each update and must stay there.
-    from lantern.codegen.passes import hoist_loop_invariants
+    from lantern.ir.passes import hoist_loop_invariants
     from lantern.ir import Block, Function, Loop, Module, Op, TensorType, Var, interpret, verify
     from lantern.ir.nodes import Accumulate
 

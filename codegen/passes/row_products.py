@@ -14,7 +14,7 @@ from lantern.ir.nodes import Block, Function, Loop, Module, Op, Stmt, Var, While
 from lantern.ir.primitives import infer
 from lantern.ir.rewrite import with_blocks
 
-from .hoist import updated_in_place
+from lantern.ir.analysis import updated_in_place
 
 #: Only matrices up to this many elements: the copy must cost less than the products it speeds up.
 MAX_COPIED_ELEMENTS = 1 << 16
@@ -23,7 +23,7 @@ MAX_COPIED_ELEMENTS = 1 << 16
 def row_products_read_transposed(module: Module) -> Module:
     functions = {}
     for name, fn in module.functions.items():
-        functions[name] = Function(name, _visit(fn.body, updated_in_place(fn), None), fn.result_types, fn.loc)
+        functions[name] = Function(name, _visit(fn.body, updated_in_place(fn.body), None), fn.result_types, fn.loc)
     return Module(functions, module.entry)
 
 

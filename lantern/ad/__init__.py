@@ -7,18 +7,12 @@ by a CPS transformation of the function's IR (see :mod:`lantern.ad.transform`).
 from __future__ import annotations
 
 import functools
-import inspect
-import re
 from typing import Any, Callable, Sequence
 
 from ..errors import TraceError
 from ..ir.nodes import Block, Call, Function, Module, Var
-from ..ir.types import FnType
-from ..ir.types import FLOAT_DTYPES
-from .. import ops
-from ..source import Loc, user_location
-from ..staging import _STATIC_TYPES, Staged, TracedCall, _bind, _c_hint, _path_name
-from ..tracing import name_var, user_variable_names
+from ..ir.types import FLOAT_DTYPES, FnType
+from ..staging import Staged
 from ..tensor import Tensor
 from ..tracing import Frame, current_frame, tracing, with_location
 from ..tree import flatten, unflatten
@@ -31,7 +25,7 @@ __all__ = ["grad", "value_and_grad"]
 def _inlined(builder_functions: dict[str, Function], name: str) -> dict[str, Function]:
     """The functions ``name`` needs with non-recursive calls inlined (recursive ones stay), one-hot
     products as gathers and loop-invariant copies moved out of loops (their gradients are cheaper)."""
-    from ..codegen.passes import hoist_loop_invariants, inline_calls, one_hot_products_as_gathers
+    from ..ir.passes import hoist_loop_invariants, inline_calls, one_hot_products_as_gathers
     module = inline_calls(Module(dict(builder_functions), name))
     return hoist_loop_invariants(one_hot_products_as_gathers(module)).functions
 
@@ -96,7 +90,7 @@ def value_and_grad(fun: Callable[..., Any], argnums: int | Sequence[int] = 0,
     def traced(*args: Any, **kwargs: Any) -> Any:
         frame = current_frame()
         assert frame is not None
-        call = _trace_closure(staged, args, kwargs)
+        call = staged.trace_closure(args, kwargs)
         # Which IR parameters belong to the differentiated arguments.
         spans, start = [], 0
         for arg in call.bound:
@@ -144,49 +138,6 @@ def value_and_grad(fun: Callable[..., Any], argnums: int | Sequence[int] = 0,
 
     wrapper.lower = host_staged.lower  # type: ignore[attr-defined]
     return wrapper
-
-
-class _ClosureCall(TracedCall):
-    captured: list[Var]
-
-
-def _trace_closure(staged: Staged, args: tuple, kwargs: dict) -> _ClosureCall:
-    """Trace ``staged`` for this call as a fresh function that may read the caller's staged values.
-
-    Values of the enclosing function it reads become extra parameters after its own (they
-    are constants for the gradient, as in JAX). The function is not cached by signature,
-    since what it captures may differ from call to call.
-    """
-    frame = current_frame()
-    assert frame is not None
-    builder = frame.builder
-    bound = _bind(staged.name, staged.signature, args, kwargs)
-    with_paths, treedef = flatten(bound, paths=True)
-    paths = [_path_name(p, staged._param_names) for p, _ in with_paths]
-    leaves = [leaf if isinstance(leaf, _STATIC_TYPES) else ops.asarray(leaf) for _, leaf in with_paths]
-    tensors = [t for t in leaves if isinstance(t, Tensor)]
-    name = builder.fresh_name(re.sub(r"\W", "_", staged.name))
-    builder.in_progress[name] = None  # type: ignore[assignment]  # reserve the name while tracing
-    inner = Frame(builder, name, parent=frame)
-    params = [Var(t.type, _c_hint(p)) for p, t in zip(paths, leaves) if isinstance(t, Tensor)]
-    for p in params:
-        name_var(p, p.hint)
-    block = Block(params=params)
-    with tracing(inner), inner.block(block):
-        it = iter(params)
-        inner_args = unflatten(treedef, [Tensor(next(it), inner) if isinstance(t, Tensor) else t for t in leaves])
-        with user_variable_names():
-            out = staged.fn(*inner_args)
-        out_leaves, out_td = flatten(out)
-        block.results = [ops.asarray(x).var for x in out_leaves]
-    code = getattr(inspect.unwrap(staged.fn), "__code__", None)
-    loc = Loc(code.co_filename, code.co_firstlineno) if code else user_location()
-    del builder.in_progress[name]
-    builder.functions[name] = Function(name, block, tuple(r.type for r in block.results), loc)
-    builder.out_treedefs[name] = out_td
-    call = _ClosureCall(name, bound, leaves, tensors)
-    call.captured = [outer for outer, _ in inner.captured]
-    return call
 
 
 def _loss_index(out_td: Any, has_aux: bool, fn: Function, name: str) -> int:

@@ -1,5 +1,7 @@
 """Backward rules: for each differentiable primitive, the adjoint contribution to each operand.
 
+Each rule is the ``vjp`` of its primitive's card (:mod:`lantern.ir.primitives`).
+
 A rule gets the output's adjoint ``g``, the forward operands ``xs``, the forward result
 ``y`` and the primitive's attributes, all as staged tensors, and returns one contribution
 per operand (``None`` where no gradient flows). Contributions may have a broadcast shape;
@@ -11,16 +13,17 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .. import ops
+from ..ir.primitives import PRIMITIVES
 from ..tensor import Tensor
 
 Rule = Callable[[Tensor, list[Tensor], Tensor, dict[str, Any]], list[Tensor | None]]
-RULES: dict[str, Rule] = {}
 
 
 def rule(*names: str) -> Callable[[Rule], Rule]:
+    """Register ``fn`` as the reverse-mode rule (``vjp``) of the primitives ``names``."""
     def register(fn: Rule) -> Rule:
         for n in names:
-            RULES[n] = fn
+            PRIMITIVES[n].vjp = fn
         return fn
     return register
 
@@ -98,8 +101,8 @@ def _extremum(take_a: Callable[[Tensor, Tensor], Tensor]) -> Rule:
     return rule_fn
 
 
-RULES["maximum"] = _extremum(ops.greater)
-RULES["minimum"] = _extremum(ops.less)
+rule("maximum")(_extremum(ops.greater))
+rule("minimum")(_extremum(ops.less))
 
 
 @rule("where")

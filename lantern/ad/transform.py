@@ -45,15 +45,14 @@ from ..ir.rewrite import clone_block
 from ..ir.types import FLOAT_DTYPES, FnType, TensorType, scalar
 from ..tensor import Tensor
 from ..tracing import Frame, with_location
-from .rules import RULES, Rows, unbroadcast
+from .rules import Rows, unbroadcast
 
 Continuation = Callable[[], list[Tensor]]
 
-#: Primitives whose results a counted loop's forward part stores for its backward part
-#: (JAX's scan residuals): products and transcendental functions are the expensive part of a
-#: body (an LSTM cell's five sigmoid/tanh are 20 % of its step); the rest is recomputed from
-#: them and the stored state, where it fuses.
-_SAVED_IN_LOOPS = frozenset({"matmul", "tanh", "sigmoid", "exp"})
+# A counted loop's forward part stores the results of primitives marked ``saved_in_loops`` for
+# its backward part (JAX's scan residuals): products and transcendental functions are the
+# expensive part of a body (an LSTM cell's five sigmoid/tanh are 20 % of its step); the rest is
+# recomputed from them and the stored state, where it fuses.
 #: At most this many bytes of such stored results per loop (beyond, the rest is recomputed;
 #: public, so the trace cache keys on it).
 LOOP_RESIDUAL_MAX_BYTES = 1 << 28
@@ -283,7 +282,9 @@ class Differentiator:
         if out.id not in self.adj or not any(a.id in self.adj for a in s.args):
             return
         self.frame.loc_override = dataclasses.replace(s.loc, adjoint_of=s.prim)
-        contributions = RULES[s.prim](self.adj[out.id], [self.val[a.id] for a in s.args], self.val[out.id], s.attrs)
+        vjp = PRIMITIVES[s.prim].vjp
+        assert vjp is not None, f"no reverse-mode rule for {s.prim}"
+        contributions = vjp(self.adj[out.id], [self.val[a.id] for a in s.args], self.val[out.id], s.attrs)
         stacked = self.stacked.get(out.id)
         if stacked is not None:  # b's share is summed after the loop; store this iteration's rows
             row = self.stack_row
@@ -375,7 +376,7 @@ class Differentiator:
         residuals: list[Var] = []
         budget = LOOP_RESIDUAL_MAX_BYTES
         for st in s.body.stmts if has_backward else []:
-            if isinstance(st, Op) and st.prim in _SAVED_IN_LOOPS and st.outs[0].id in self.active:
+            if isinstance(st, Op) and PRIMITIVES[st.prim].saved_in_loops and st.outs[0].id in self.active:
                 budget -= n * st.outs[0].type.nbytes  # type: ignore[union-attr]
                 if budget >= 0:
                     residuals.append(st.outs[0])
@@ -480,7 +481,7 @@ class Differentiator:
             a_all = ops.reshape(rows.a, (n * m, a.type.shape[1]))  # type: ignore[union-attr]
             g_all = ops.reshape(rows.g, (n * m, out.type.shape[1]))  # type: ignore[union-attr]
             # The product's own rule, applied once to all rows: its second adjoint is b's.
-            _, b_bar = RULES["matmul"](g_all, [a_all, self.val[b.id]], None, st.attrs)
+            _, b_bar = PRIMITIVES["matmul"].vjp(g_all, [a_all, self.val[b.id]], None, st.attrs)
             self.frame.loc_override = dataclasses.replace(st.loc, adjoint_of="matmul")
             self.accumulate(b, b_bar)
 

@@ -354,7 +354,7 @@ class _Gen:
                      self.fdt, x.bound * s[-1] / 2)
         elif choice == "one_hot" and nd >= 1:
             hot = f"lantern.one_hot(lantern.argmax({{0}}, axis=-1), {s[-1]}, dtype='{self.fdt}')"
-            if rng.random() < 0.5:  # a product with a one-hot matrix (a gather after codegen/passes/one_hot.py)
+            if rng.random() < 0.5:  # a product with a one-hot matrix (a gather after lantern/ir/passes/one_hot.py)
                 n = rng.choice([1, 2, 3])
                 linear = rng.random() < 0.5
                 w = self.of_shape(blk, scope, (n, s[-1]) if linear else (s[-1], n))

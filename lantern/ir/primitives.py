@@ -1,9 +1,13 @@
-"""The primitive operations of the IR: one table with each op's typing rule and its NumPy meaning.
+"""The primitive operations of the IR: one card per primitive with everything known about it.
 
-The front end builds statements through :func:`infer` (so a bad program fails while
-tracing, with the user's line), the verifier re-runs :func:`infer` on every statement,
-and the reference interpreter runs ``ref``. The C emitter has its own table keyed by the
-same names (``lantern.codegen``).
+A card (:class:`Primitive`) holds the typing rule (the front end builds statements through
+:func:`infer`, so a bad program fails while tracing, with the user's line; the verifier re-runs
+it on every statement), the NumPy meaning (``ref``, run by the reference interpreter), the
+policy flags that passes, AD and the backends read, and slots for the rules of each program
+transformation: the reverse-mode rule (``vjp``, filled in by :mod:`lantern.ad.rules`), and room
+for forward mode (``jvp``) and batching (``batch``). A backend keeps its kernels in a table keyed
+by the same names (``lantern.codegen.kernels``); ``tests/test_primitives.py`` checks that every
+registry is complete.
 
 Conventions the front end guarantees (it inserts casts and broadcasts to get there):
 elementwise operands share one dtype (``where``'s condition is bool), reductions name
@@ -24,20 +28,34 @@ Infer = Callable[[list[TensorType], dict[str, Any]], TensorType]
 ELEMENTWISE = "elementwise"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Primitive:
+    """Everything known about one primitive (see the module docstring)."""
+
     name: str
-    kind: str
-    infer: Infer
-    ref: Callable[..., np.ndarray]
-    differentiable: bool = True
+    kind: str                        # elementwise, reduce, matmul, take, ...: how backends compute it
+    infer: Infer                     # operand types and attributes -> result type (raises on bad input)
+    ref: Callable[..., np.ndarray]   # the NumPy meaning
+    differentiable: bool = True      # gradients flow through it (else it is a constant for AD)
+    #: finite operands may give NaN or Inf (``check_finite`` checks its float results)
+    may_make_nonfinite: bool = True
+    #: AD stores its result per iteration of a counted loop for the reverse loop, rather than
+    #: recomputing it (the expensive part of a loop body: products, transcendental functions)
+    saved_in_loops: bool = False
+    #: a copy of loop-invariant operands: moved out of loop bodies (``ir/passes/hoist.py``)
+    hoistable: bool = False
+    # rules of the program transformations, filled in where each is defined
+    vjp: Callable[..., Any] | None = None    # reverse mode (lantern/ad/rules.py)
+    jvp: Callable[..., Any] | None = None    # forward mode (not yet)
+    batch: Callable[..., Any] | None = None  # vmap (not yet)
 
 
 PRIMITIVES: dict[str, Primitive] = {}
 
 
-def _register(name: str, kind: str, infer: Infer, ref: Callable[..., np.ndarray], differentiable: bool = True) -> None:
-    PRIMITIVES[name] = Primitive(name, kind, infer, ref, differentiable)
+def _register(name: str, kind: str, infer: Infer, ref: Callable[..., np.ndarray], differentiable: bool = True,
+              **flags: bool) -> None:
+    PRIMITIVES[name] = Primitive(name, kind, infer, ref, differentiable, **flags)
 
 
 def broadcast_shapes(*shapes: tuple[int, ...], op: str = "broadcast") -> tuple[int, ...]:
@@ -68,7 +86,7 @@ def _same_dtype(name: str, types: list[TensorType]) -> str:
 
 
 def _elementwise(name: str, arity: int, ref: Callable[..., np.ndarray], *, out_dtype: str | None = None,
-                 allowed: tuple[str, ...] | None = None, differentiable: bool = True) -> None:
+                 allowed: tuple[str, ...] | None = None, differentiable: bool = True, **flags: bool) -> None:
     def infer_fn(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
         if len(types) != arity:
             raise ShapeError(f"{name}: expected {arity} operands, got {len(types)}")
@@ -77,7 +95,7 @@ def _elementwise(name: str, arity: int, ref: Callable[..., np.ndarray], *, out_d
             raise DTypeError(f"{name}: dtype {dtype} not supported (expected one of {', '.join(allowed)})")
         return TensorType(broadcast_shapes(*(t.shape for t in types), op=name), out_dtype or dtype)
 
-    _register(name, ELEMENTWISE, infer_fn, ref, differentiable)
+    _register(name, ELEMENTWISE, infer_fn, ref, differentiable, **flags)
 
 
 def _as(dtype: str):
@@ -123,21 +141,33 @@ _NUMERIC = ("int32", "int64", "float32", "float64")
 _FLOAT = FLOAT_DTYPES
 _INT = INT_DTYPES
 
-for _name, _fn in {"exp": np.exp, "log": np.log, "sin": np.sin, "cos": np.cos, "tanh": np.tanh,
-                   "sqrt": np.sqrt, "rsqrt": lambda x: 1 / np.sqrt(x), "sigmoid": _sigmoid,
-                   "floor": np.floor, "log1p": np.log1p, "expm1": np.expm1}.items():
-    _elementwise(_name, 1, _errstate(_fn), allowed=_FLOAT, differentiable=_name != "floor")
-_elementwise("neg", 1, np.negative, allowed=_NUMERIC)
-_elementwise("abs", 1, np.abs, allowed=_NUMERIC)
-_elementwise("sign", 1, np.sign, allowed=_NUMERIC, differentiable=False)
-_elementwise("relu", 1, lambda x: np.where(x < 0, np.zeros_like(x), x), allowed=_NUMERIC)
+# Finite in, finite out: check_finite skips these (a NaN they pass on is reported where it was made).
+_KEEPS_FINITE = {"may_make_nonfinite": False}
+
+_elementwise("exp", 1, _errstate(np.exp), allowed=_FLOAT, saved_in_loops=True)
+_elementwise("log", 1, _errstate(np.log), allowed=_FLOAT)
+_elementwise("log1p", 1, _errstate(np.log1p), allowed=_FLOAT)
+_elementwise("expm1", 1, _errstate(np.expm1), allowed=_FLOAT)
+_elementwise("sin", 1, _errstate(np.sin), allowed=_FLOAT, **_KEEPS_FINITE)
+_elementwise("cos", 1, _errstate(np.cos), allowed=_FLOAT, **_KEEPS_FINITE)
+_elementwise("tanh", 1, _errstate(np.tanh), allowed=_FLOAT, saved_in_loops=True, **_KEEPS_FINITE)
+_elementwise("sigmoid", 1, _errstate(_sigmoid), allowed=_FLOAT, saved_in_loops=True, **_KEEPS_FINITE)
+_elementwise("sqrt", 1, _errstate(np.sqrt), allowed=_FLOAT)
+_elementwise("rsqrt", 1, _errstate(lambda x: 1 / np.sqrt(x)), allowed=_FLOAT)
+_elementwise("floor", 1, _errstate(np.floor), allowed=_FLOAT, differentiable=False, **_KEEPS_FINITE)
+_elementwise("neg", 1, np.negative, allowed=_NUMERIC, **_KEEPS_FINITE)
+_elementwise("abs", 1, np.abs, allowed=_NUMERIC, **_KEEPS_FINITE)
+_elementwise("sign", 1, np.sign, allowed=_NUMERIC, differentiable=False, **_KEEPS_FINITE)
+_elementwise("relu", 1, lambda x: np.where(x < 0, np.zeros_like(x), x), allowed=_NUMERIC, **_KEEPS_FINITE)
 _elementwise("logical_not", 1, np.logical_not, allowed=("bool",), differentiable=False)
 # The identity, as a constant for AD: no gradient flows back through it.
-_elementwise("stop_gradient", 1, lambda x: np.array(x, copy=True), differentiable=False)
+_elementwise("stop_gradient", 1, lambda x: np.array(x, copy=True), differentiable=False, **_KEEPS_FINITE)
 
-for _name, _fn in {"add": np.add, "sub": np.subtract, "mul": np.multiply,
-                   "maximum": np.maximum, "minimum": np.minimum}.items():
-    _elementwise(_name, 2, _errstate(_fn), allowed=_NUMERIC)
+_elementwise("add", 2, _errstate(np.add), allowed=_NUMERIC)
+_elementwise("sub", 2, _errstate(np.subtract), allowed=_NUMERIC)
+_elementwise("mul", 2, _errstate(np.multiply), allowed=_NUMERIC)
+_elementwise("maximum", 2, _errstate(np.maximum), allowed=_NUMERIC, **_KEEPS_FINITE)
+_elementwise("minimum", 2, _errstate(np.minimum), allowed=_NUMERIC, **_KEEPS_FINITE)
 _elementwise("div", 2, _errstate(np.true_divide), allowed=_FLOAT)
 _elementwise("pow", 2, _ipow, allowed=_NUMERIC)
 # Python semantics (floor division; the remainder has the divisor's sign) for every numeric
@@ -161,7 +191,7 @@ def _infer_where(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     return TensorType(broadcast_shapes(c.shape, a.shape, b.shape, op="where"), dtype)
 
 
-_register("where", ELEMENTWISE, _infer_where, np.where)
+_register("where", ELEMENTWISE, _infer_where, np.where, **_KEEPS_FINITE)
 
 
 def _infer_cast(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
@@ -191,7 +221,7 @@ def _infer_broadcast(types: list[TensorType], attrs: dict[str, Any]) -> TensorTy
 
 
 _register("broadcast", ELEMENTWISE, _infer_broadcast,
-          lambda x, shape: np.broadcast_to(x, shape).copy())
+          lambda x, shape: np.broadcast_to(x, shape).copy(), **_KEEPS_FINITE)
 
 
 def _infer_fill(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
@@ -211,7 +241,8 @@ def _infer_constant(types: list[TensorType], attrs: dict[str, Any]) -> TensorTyp
     return TensorType(tuple(value.shape), value.dtype.name)
 
 
-_register("constant", "constant", _infer_constant, lambda value: value.copy(), differentiable=False)
+_register("constant", "constant", _infer_constant, lambda value: value.copy(), differentiable=False,
+          may_make_nonfinite=False)
 
 
 def _infer_iota(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
@@ -219,7 +250,8 @@ def _infer_iota(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
 
 
 _register("iota", "iota", _infer_iota,
-          lambda n, start, step, dtype: (start + step * np.arange(n)).astype(dtype), differentiable=False)
+          lambda n, start, step, dtype: (start + step * np.arange(n)).astype(dtype), differentiable=False,
+          may_make_nonfinite=False)
 
 
 # ---------------------------------------------------------------- reductions
@@ -233,7 +265,7 @@ def _reduced_shape(name: str, x: TensorType, axes: tuple[int, ...], keepdims: bo
 
 
 def _reduction(name: str, ref: Callable[..., np.ndarray], dtype_rule: Callable[[str], str],
-               nonempty: bool, differentiable: bool = True) -> None:
+               nonempty: bool, differentiable: bool = True, **flags: bool) -> None:
     def infer_fn(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
         (x,) = types
         axes = tuple(attrs["axes"])
@@ -241,7 +273,7 @@ def _reduction(name: str, ref: Callable[..., np.ndarray], dtype_rule: Callable[[
             raise ShapeError(f"{name}: zero-size reduction over axes {axes} of shape {x.shape} has no identity")
         return TensorType(_reduced_shape(name, x, axes, attrs["keepdims"]), dtype_rule(x.dtype))
 
-    _register(name, "reduce", infer_fn, ref, differentiable)
+    _register(name, "reduce", infer_fn, ref, differentiable, **flags)
 
 
 def _sum_dtype(dtype: str) -> str:
@@ -250,8 +282,10 @@ def _sum_dtype(dtype: str) -> str:
 
 _reduction("reduce_sum", lambda x, axes, keepdims: np.sum(x, axis=axes, keepdims=keepdims, dtype=_sum_dtype(x.dtype.name)),
            _sum_dtype, nonempty=False)
-_reduction("reduce_max", lambda x, axes, keepdims: np.max(x, axis=axes, keepdims=keepdims), lambda d: d, nonempty=True)
-_reduction("reduce_min", lambda x, axes, keepdims: np.min(x, axis=axes, keepdims=keepdims), lambda d: d, nonempty=True)
+_reduction("reduce_max", lambda x, axes, keepdims: np.max(x, axis=axes, keepdims=keepdims), lambda d: d, nonempty=True,
+           **_KEEPS_FINITE)
+_reduction("reduce_min", lambda x, axes, keepdims: np.min(x, axis=axes, keepdims=keepdims), lambda d: d, nonempty=True,
+           **_KEEPS_FINITE)
 
 
 def _arg_infer(name: str) -> Infer:
@@ -267,9 +301,9 @@ def _arg_infer(name: str) -> Infer:
 
 
 _register("argmax", "reduce", _arg_infer("argmax"),
-          lambda x, axis, keepdims: np.argmax(x, axis=axis, keepdims=keepdims), differentiable=False)
+          lambda x, axis, keepdims: np.argmax(x, axis=axis, keepdims=keepdims), differentiable=False, **_KEEPS_FINITE)
 _register("argmin", "reduce", _arg_infer("argmin"),
-          lambda x, axis, keepdims: np.argmin(x, axis=axis, keepdims=keepdims), differentiable=False)
+          lambda x, axis, keepdims: np.argmin(x, axis=axis, keepdims=keepdims), differentiable=False, **_KEEPS_FINITE)
 
 
 # ---------------------------------------------------------------- matrix product
@@ -298,7 +332,7 @@ def _ref_matmul(a: np.ndarray, b: np.ndarray, trans_a: bool = False, trans_b: bo
     return np.matmul(a, b)
 
 
-_register("matmul", "matmul", _infer_matmul, _ref_matmul)
+_register("matmul", "matmul", _infer_matmul, _ref_matmul, saved_in_loops=True)
 
 
 # ---------------------------------------------------------------- shape and data movement
@@ -311,7 +345,7 @@ def _infer_reshape(types: list[TensorType], attrs: dict[str, Any]) -> TensorType
     return TensorType(shape, x.dtype)
 
 
-_register("reshape", "reshape", _infer_reshape, lambda x, shape: np.reshape(x, shape))
+_register("reshape", "reshape", _infer_reshape, lambda x, shape: np.reshape(x, shape), hoistable=True, **_KEEPS_FINITE)
 
 
 def _infer_transpose(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
@@ -322,7 +356,8 @@ def _infer_transpose(types: list[TensorType], attrs: dict[str, Any]) -> TensorTy
     return TensorType(tuple(x.shape[p] for p in perm), x.dtype)
 
 
-_register("transpose", "transpose", _infer_transpose, lambda x, perm: np.ascontiguousarray(np.transpose(x, perm)))
+_register("transpose", "transpose", _infer_transpose, lambda x, perm: np.ascontiguousarray(np.transpose(x, perm)),
+          hoistable=True, **_KEEPS_FINITE)
 
 
 def _infer_slice(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
@@ -352,7 +387,7 @@ def _ref_slice(x: np.ndarray, starts, stops, steps) -> np.ndarray:
     return x[tuple(map(_python_slice, starts, stops, steps))].copy()
 
 
-_register("slice", "slice", _infer_slice, _ref_slice)
+_register("slice", "slice", _infer_slice, _ref_slice, hoistable=True, **_KEEPS_FINITE)
 
 
 def _infer_concat(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
@@ -371,7 +406,8 @@ def _infer_concat(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     return TensorType(tuple(shape), first.dtype)
 
 
-_register("concatenate", "concatenate", _infer_concat, lambda *xs, axis: np.concatenate(xs, axis=axis))
+_register("concatenate", "concatenate", _infer_concat, lambda *xs, axis: np.concatenate(xs, axis=axis),
+          hoistable=True, **_KEEPS_FINITE)
 
 
 def _infer_take(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
@@ -392,7 +428,7 @@ def _ref_take(x: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
     return np.take(x, idx, axis=axis)
 
 
-_register("take", "take", _infer_take, _ref_take)
+_register("take", "take", _infer_take, _ref_take, **_KEEPS_FINITE)
 
 
 # ---------------------------------------------------------------- adjoints of data movement
@@ -414,7 +450,7 @@ def _ref_unslice(g: np.ndarray, shape, starts, stops, steps) -> np.ndarray:
 
 
 # The adjoint of ``slice``: zeros of ``shape`` with ``g`` written where the slice read.
-_register("unslice", "unslice", _infer_unslice, _ref_unslice)
+_register("unslice", "unslice", _infer_unslice, _ref_unslice, **_KEEPS_FINITE)
 
 
 def _infer_scatter_add(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
@@ -477,4 +513,5 @@ def _ref_random_uniform(key: np.ndarray, shape: tuple[int, ...], dtype: str) -> 
 
 
 # Uniform [0, 1) values of ``shape`` determined by an int64 key (same in NumPy and C).
-_register("random_uniform", "random", _infer_random_uniform, _ref_random_uniform, differentiable=False)
+_register("random_uniform", "random", _infer_random_uniform, _ref_random_uniform, differentiable=False,
+          **_KEEPS_FINITE)

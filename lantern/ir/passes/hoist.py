@@ -12,33 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 
-from lantern.ir.nodes import Accumulate, Block, Function, Loop, Module, Op, Stmt, While, walk_stmts
-from lantern.ir.rewrite import with_blocks
-
-#: Primitives moved out of loops when all their operands come from outside.
-MOVABLE = frozenset({"transpose", "reshape", "slice", "concatenate"})
-
+from ..analysis import updated_in_place
+from ..nodes import Block, Function, Loop, Module, Op, Stmt, While
+from ..primitives import PRIMITIVES
+from ..rewrite import with_blocks
 
 def hoist_loop_invariants(module: Module) -> Module:
     functions = {}
     for name, fn in module.functions.items():
-        functions[name] = Function(name, _hoist(fn.body, updated_in_place(fn)), fn.result_types, fn.loc)
+        functions[name] = Function(name, _hoist(fn.body, updated_in_place(fn.body)), fn.result_types, fn.loc)
     return Module(functions, module.entry)
-
-
-def updated_in_place(fn: Function) -> set[int]:
-    """Ids of the buffers ``fn`` updates in place (``Accumulate`` targets), and of their reshapes
-    (the same memory in C), in either direction."""
-    updated = {s.target.id for s in walk_stmts(fn.body) if isinstance(s, Accumulate)}
-    reshapes = [(s.args[0].id, s.outs[0].id) for s in walk_stmts(fn.body) if isinstance(s, Op) and s.prim == "reshape"]
-    grew = True
-    while grew:
-        grew = False
-        for a, b in reshapes:
-            if (a in updated) != (b in updated):
-                updated |= {a, b}
-                grew = True
-    return updated
 
 
 def _hoist(block: Block, updated: set[int]) -> Block:
@@ -59,7 +42,7 @@ def _split(body: Block, updated: set[int]) -> tuple[list[Stmt], Block]:
     moved: list[Stmt] = []
     kept: list[Stmt] = []
     for stmt in body.stmts:
-        if isinstance(stmt, Op) and stmt.prim in MOVABLE and not any(a.id in varying for a in stmt.args):
+        if isinstance(stmt, Op) and PRIMITIVES[stmt.prim].hoistable and not any(a.id in varying for a in stmt.args):
             moved.append(stmt)
         else:
             kept.append(stmt)

@@ -3,15 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from lantern.ir.nodes import Accumulate, Apply, Block, Call, Function, If, Module, Stmt, walk_stmts
-from lantern.ir.rewrite import with_blocks
-
-
-def has_effects(stmt: Stmt) -> bool:
-    """True for statements that update memory in place or may (calls, continuations)."""
-    if isinstance(stmt, (Accumulate, Apply, Call)):
-        return True
-    return any(has_effects(s) for b in stmt.blocks() for s in walk_stmts(b))
+from ..analysis import has_effects
+from ..nodes import Block, Function, If, Module, Stmt, walk_stmts
+from ..rewrite import with_blocks
 
 
 def _prune(block: Block, live: set[int]) -> Block:

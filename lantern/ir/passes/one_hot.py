@@ -11,10 +11,10 @@ from its transpose, which ``hoist_loop_invariants`` then makes once per loop, no
 """
 from __future__ import annotations
 
-from lantern.ir.nodes import Block, Function, Module, Op, Stmt, Var, walk_stmts
-from lantern.ir.primitives import infer
-from lantern.ir.rewrite import map_blocks
-from lantern.ir.types import FLOAT_DTYPES, INT_DTYPES
+from ..nodes import Function, Module, Op, Stmt, Var, walk_stmts
+from ..primitives import infer
+from ..rewrite import map_blocks
+from ..types import FLOAT_DTYPES, INT_DTYPES
 
 
 def one_hot_products_as_gathers(module: Module) -> Module:

@@ -9,11 +9,10 @@ Scalar constants (0-d ``fill``) stay out of groups: the emitter inlines them as 
 """
 from __future__ import annotations
 
-from lantern.ir.nodes import Block, Function, Fused, Module, Op, Stmt, Var, free_vars
-from lantern.ir.primitives import ELEMENTWISE, PRIMITIVES
-from lantern.ir.rewrite import fresh, with_blocks
-
-from .dce import has_effects as _has_effects
+from ..analysis import has_effects, reads
+from ..nodes import Block, Function, Fused, Module, Op, Stmt, Var
+from ..primitives import ELEMENTWISE, PRIMITIVES
+from ..rewrite import fresh, with_blocks
 
 
 def _fusible(stmt: Stmt) -> bool:
@@ -27,14 +26,6 @@ class _Group:
         self.shape = shape
         self.members: list[Op] = []
         self.defines: set[int] = set()
-
-
-def _reads(stmt: Stmt) -> list[Var]:
-    """Everything ``stmt`` reads, including free variables of its nested blocks."""
-    reads = list(stmt.operands())
-    for b in stmt.blocks():
-        reads.extend(free_vars(b))
-    return reads
 
 
 def _group_statements(stmts: list[Stmt]) -> list[Stmt | _Group]:
@@ -74,14 +65,14 @@ def _group_statements(stmts: list[Stmt]) -> list[Stmt | _Group]:
             open_by_var[stmt.outs[0].id] = joined
             slot[id(joined)] = len(placed)
             placed.append(joined)
-        elif _has_effects(stmt):
+        elif has_effects(stmt):
             # In-place updates (adjoints) and calls that may make them: no group may be
             # moved across, so every open group closes here.
             for g in set(open_by_var.values()):
                 close(g)
             placed.append(stmt)
         else:
-            for v in _reads(stmt):
+            for v in reads(stmt):
                 g = open_by_var.get(v.id)
                 if g is not None:
                     close(g)
@@ -119,7 +110,7 @@ def _fuse_list(stmts: list[Stmt], results: list[Var]) -> list[Stmt]:
         if isinstance(item, _Group):
             used_outside.update(a.id for m in item.members for a in m.args if a.id not in item.defines)
         else:
-            used_outside.update(v.id for v in _reads(item))
+            used_outside.update(v.id for v in reads(item))
     return [_make_fused(item, used_outside) if isinstance(item, _Group) else item for item in grouped]
 
 

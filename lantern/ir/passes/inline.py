@@ -1,8 +1,8 @@
 """Inline calls of non-recursive functions, so fusion and memory planning see one body."""
 from __future__ import annotations
 
-from lantern.ir.nodes import Call, Function, Module, Stmt, Var, walk_stmts
-from lantern.ir.rewrite import clone_block
+from ..nodes import Call, Function, Module, Stmt, Var, walk_stmts
+from ..rewrite import clone_block
 
 
 def _callees(fn: Function) -> set[str]:

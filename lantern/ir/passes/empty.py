@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from lantern.ir.nodes import Accumulate, Function, Module, Op, Stmt
-from lantern.ir.rewrite import map_blocks
-from lantern.ir.types import TensorType
+from ..nodes import Accumulate, Function, Module, Op, Stmt
+from ..rewrite import map_blocks
+from ..types import TensorType
 
 
 def _zeros_instead(stmt: Op) -> bool:

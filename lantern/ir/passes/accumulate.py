@@ -12,24 +12,9 @@ neither it nor the contribution is updated in place or passed by reference anywh
 """
 from __future__ import annotations
 
-from lantern.ir.nodes import Accumulate, Apply, Block, Call, Function, Module, Op, Stmt, Var, free_vars, walk_stmts
-from lantern.ir.rewrite import with_blocks, with_operands
-
-
-def _reads(stmt: Stmt) -> list[Var]:
-    return list(stmt.operands()) + [v for b in stmt.blocks() for v in free_vars(b)]
-
-
-def _candidates(fn: Function) -> tuple[dict[int, int], set[int]]:
-    """Accumulation counts per target, and variables passed by reference (to calls/continuations)."""
-    counts: dict[int, int] = {}
-    by_reference: set[int] = set()
-    for s in walk_stmts(fn.body):
-        if isinstance(s, Accumulate):
-            counts[s.target.id] = counts.get(s.target.id, 0) + (1 if s.index is None else 2)
-        elif isinstance(s, (Call, Apply)):
-            by_reference.update(a.id for a in s.args)
-    return counts, by_reference
+from ..analysis import accumulation_targets, passed_by_reference, reads
+from ..nodes import Accumulate, Block, Function, Module, Op, Var
+from ..rewrite import with_blocks, with_operands
 
 
 def _rename(block: Block, subst: dict[int, Var]) -> Block:
@@ -54,7 +39,7 @@ def _simplify(block: Block, counts: dict[int, int], by_reference: set[int], subs
                 subst[t.target.id] = v
                 counts[t.target.id] = 0  # no longer updated in place: it is v now
                 continue
-        for v in _reads(t):
+        for v in reads(t):
             pending.pop(v.id, None)  # read before its contribution arrived: keep the buffer
         if (isinstance(t, Op) and t.prim == "fill" and t.attrs["value"] == 0 and counts.get(t.outs[0].id) == 1
                 and t.outs[0].id not in by_reference):
@@ -69,7 +54,6 @@ def _simplify(block: Block, counts: dict[int, int], by_reference: set[int], subs
 def forward_single_accumulations(module: Module) -> Module:
     functions = {}
     for name, fn in module.functions.items():
-        counts, by_reference = _candidates(fn)
-        body = _simplify(fn.body, counts, by_reference, {})
+        body = _simplify(fn.body, dict(accumulation_targets(fn.body)), passed_by_reference(fn.body), {})
         functions[name] = Function(name, body, fn.result_types, fn.loc)
     return Module(functions, module.entry)

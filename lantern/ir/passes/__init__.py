@@ -1,0 +1,11 @@
+"""IR-to-IR passes that any backend (and AD, before it differentiates) may run. Each is ``Module -> Module``."""
+from .accumulate import forward_single_accumulations
+from .dce import eliminate_dead_code
+from .empty import empty_values_as_fills
+from .fuse import fuse_elementwise
+from .hoist import hoist_loop_invariants
+from .inline import inline_calls, recursive_functions
+from .one_hot import one_hot_products_as_gathers
+
+__all__ = ["eliminate_dead_code", "empty_values_as_fills", "forward_single_accumulations", "fuse_elementwise",
+           "hoist_loop_invariants", "inline_calls", "one_hot_products_as_gathers", "recursive_functions"]
