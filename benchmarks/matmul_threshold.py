@@ -1,7 +1,7 @@
-"""Generated-loop matmul against BLAS (OpenBLAS), to choose ``BLAS_MIN_MACS`` in codegen/emit_c.py.
+"""Generated-loop matmul against BLAS (OpenBLAS), to choose ``BLAS_MIN_MACS`` in codegen/kernels/matmul.py.
 
 For each shape ``(m, k) @ (k, n)`` the same staged function is compiled twice: once with
-``lantern.codegen.emit_c.BLAS_MIN_MACS`` patched to 0 (always BLAS) and once to a huge
+``lantern.codegen.kernels.matmul.BLAS_MIN_MACS`` patched to 0 (always BLAS) and once to a huge
 value (always the generated loop nest). Both executables are timed on the same inputs
 (median of repeated batches, per call, in microseconds, including the ~3 µs call overhead
 both share). Each thread count runs in its own process, because OpenBLAS's thread count
@@ -36,7 +36,7 @@ def worker(dtype: str) -> list[dict]:
     import numpy as np
 
     import lantern
-    from lantern.codegen import emit_c
+    from lantern.codegen.kernels import matmul as emit_matmul
 
     def mm(a, b):
         return a @ b
@@ -48,12 +48,12 @@ def worker(dtype: str) -> list[dict]:
         b = rng.standard_normal((k, n)).astype(dtype)
         exes = {}
         for path, threshold in (("loop", 1 << 62), ("blas", 0)):
-            saved = emit_c.BLAS_MIN_MACS
-            emit_c.BLAS_MIN_MACS = threshold
+            saved = emit_matmul.BLAS_MIN_MACS
+            emit_matmul.BLAS_MIN_MACS = threshold
             try:
                 exes[path] = lantern.stage(mm, name=f"mm_{path}").lower(a, b)
             finally:
-                emit_c.BLAS_MIN_MACS = saved
+                emit_matmul.BLAS_MIN_MACS = saved
             assert ("cblas" in exes[path].c_source) == (path == "blas"), path
             np.testing.assert_allclose(exes[path](a, b), a @ b, rtol=1e-3, atol=1e-3)
         t = {path: statistics.median(per_call_us(lambda e=e: e(a, b), reps=15)) for path, e in exes.items()}

@@ -92,7 +92,8 @@ def _source_digest() -> str:
 #: values of their globals are part of every fingerprint (a program may set a threshold at run time).
 _CORE = ("lantern", "lantern.ops", "lantern.nn", "lantern.optim", "lantern.control", "lantern.staging",
          "lantern.tracing", "lantern.tensor", "lantern.source", "lantern.tree", "lantern.ad", "lantern.ir",
-         "lantern.ir.passes", "lantern.codegen", "lantern.codegen.passes", "lantern.runtime")
+         "lantern.ir.passes", "lantern.codegen", "lantern.codegen.passes", "lantern.codegen.kernels",
+         "lantern.runtime")
 
 
 def _environment(fp: _Fingerprinter) -> None:

@@ -67,9 +67,9 @@ N_VARIANT = 20  # programs with every product through BLAS and the NaN/Inf check
 def test_random_programs_blas_and_finite_checks(monkeypatch):
     # Other code paths of the emitter, same answers: cblas for every matrix product, the
     # check_finite mode (no false alarms on finite programs), index checks off.
-    from lantern.codegen import emit_c
-    monkeypatch.setattr(emit_c, "BLAS_MIN_MACS", 1)
-    monkeypatch.setattr(emit_c, "VECTOR_BLAS_MIN_MACS", 1)
+    from lantern.codegen.kernels import matmul
+    monkeypatch.setattr(matmul, "BLAS_MIN_MACS", 1)
+    monkeypatch.setattr(matmul, "VECTOR_BLAS_MIN_MACS", 1)
     monkeypatch.setenv("LANTERN_CHECK_FINITE", "1")
     monkeypatch.setenv("LANTERN_CHECK_INDICES", "0")
     monkeypatch.setenv("CFLAGS", FAST_CFLAGS)
@@ -152,7 +152,7 @@ def test_numpy_oracle_catches_a_wrong_kernel(monkeypatch):
     def wrong(prim, *args):
         return real("minimum" if prim == "maximum" else prim, *args)
     monkeypatch.setattr(c_types, "elementwise_expr", wrong)
-    monkeypatch.setattr("lantern.codegen.emit_c.elementwise_expr", wrong)
+    monkeypatch.setattr("lantern.codegen.kernels.elementwise.elementwise_expr", wrong)
     programs = [p for p in (numpy_programs.generate(7, i) for i in range(120))
                 if any(s["op"] == "maximum" for s in p["body"]) and not numpy_programs._is_error(p)][:4]
     assert len(programs) == 4

@@ -90,10 +90,10 @@ def test_changed_global_closure_or_body_changes_the_fingerprint(trace_cache_on, 
 
 
 def test_lantern_settings_change_the_fingerprint(trace_cache_on, monkeypatch):
-    from lantern.codegen import emit_c
+    from lantern.codegen.kernels import matmul
     f = lantern.stage(scaled)
     a = fingerprint(f, X)
-    monkeypatch.setattr(emit_c, "VECTOR_BLAS_MIN_MACS", 1)  # a threshold set at run time
+    monkeypatch.setattr(matmul, "VECTOR_BLAS_MIN_MACS", 1)  # a threshold set at run time
     assert fingerprint(f, X) != a
     monkeypatch.undo()
     from lantern.codegen.passes import row_products

@@ -1,0 +1,88 @@
+"""Elementwise loops: one op, or a fused chain of them (``Fused``), over the result's shape, with
+broadcast operands indexed by their own strides; ``check_finite`` checks each value where it is made."""
+from __future__ import annotations
+
+from math import prod
+from typing import Callable
+
+from lantern.ir.nodes import Fused, Op, Stmt, Var
+from lantern.ir.primitives import PRIMITIVES
+
+from ..c_types import FLOATS, elementwise_expr
+from ..cbuilder import c_string, index, strides
+from .context import KernelContext
+
+
+def elementwise(e: KernelContext, outs: list[Var], inputs: list[Var], params: list[Var], body: list[Stmt],
+                results: list[Var]) -> None:
+    shape: tuple[int, ...] = body[-1].outs[0].type.shape  # type: ignore[union-attr]
+    for o in outs:
+        e.declare(o)
+    flat = all(i.type.shape == shape or i.type.size == 1 for i in inputs)  # type: ignore[union-attr]
+    uses: dict[int, int] = {}
+    for s in body:
+        for a in s.operands():
+            uses[a.id] = uses.get(a.id, 0) + 1
+    result_of = {r.id: o for r, o in zip(results, outs)}
+
+    def operand(v: Var, index_for: Callable[[Var], str]) -> str:
+        if v.id in local:
+            return local[v.id]
+        src = bound[v.id]
+        return e.load(src, index_for(src))
+
+    # check_finite: each floating-point op's value is checked where it is computed, so the
+    # report names the op itself, not the end of its fused group.
+    checked = {s.outs[0].id: e.finite_where(s.prim, s) for s in body
+               if e.m.options.check_finite and s.outs[0].type.dtype in FLOATS  # type: ignore[union-attr]
+               and PRIMITIVES[s.prim].may_make_nonfinite}
+
+    def emit_body(index_for: Callable[[Var], str], out_index: str) -> None:
+        for s in body:
+            assert isinstance(s, Op)
+            out = s.outs[0]
+            expr = elementwise_expr(s.prim, [a.type.dtype for a in s.args], out.type.dtype,  # type: ignore[union-attr]
+                                    [operand(a, index_for) for a in s.args], s.attrs)
+            if out.id in result_of and uses.get(out.id, 0) == 0 and out.id not in checked:
+                e.store(result_of[out.id], out_index, expr)
+                continue
+            local[out.id] = e.name(out) if out.id not in result_of else e.name(out) + "_v"
+            e.c.line(f"{e.ctype(out)} {local[out.id]} = {expr};")
+            if out.id in checked:
+                e.c.line(f"if (!isfinite({local[out.id]})) lt_nonfinite({c_string(checked[out.id])}, "
+                          f"{local[out.id]}, {out_index});")
+            if out.id in result_of:
+                e.store(result_of[out.id], out_index, local[out.id])
+
+    local: dict[int, str] = {}
+    bound = {p.id: i for p, i in zip(params, inputs)}
+    if not shape:
+        emit_body(lambda v: "0", "0")
+    elif flat:
+        n = prod(shape)
+        e.c.open(f"for (int64_t i = 0; i < {n}; i++)")
+        emit_body(lambda v: "i" if v.type.shape == shape else "0", "i")  # type: ignore[union-attr]
+        e.c.close()
+    else:
+        out_strides = strides(shape)
+
+        def nest(idx: list[str]) -> None:
+            def index_for(v: Var) -> str:
+                vs: tuple[int, ...] = v.type.shape  # type: ignore[union-attr]
+                offset = len(shape) - len(vs)
+                st = strides(vs)
+                return index((idx[offset + k], 0 if vs[k] == 1 else st[k]) for k in range(len(vs)))
+            emit_body(index_for, index(zip(idx, out_strides)))
+        e.c.loop_nest(shape, nest)
+    if checked:  # a non-finite value was recorded in the loop (kernels never unwind)
+        e.check_status()
+
+
+def op(e: KernelContext, stmt: Op) -> None:
+    """One elementwise op."""
+    elementwise(e, stmt.outs, stmt.args, stmt.args, [stmt], stmt.outs)
+
+
+def fused(e: KernelContext, stmt: Fused) -> None:
+    """A fused chain of elementwise ops: one loop, intermediate values in registers."""
+    elementwise(e, stmt.outs, stmt.inputs, stmt.body.params, stmt.body.stmts, stmt.body.results)

@@ -1,0 +1,106 @@
+"""Gathers with staged indices, their adjoint (scatter-add), and in-place accumulation into rows.
+
+With ``check_indices`` a bad index is recorded (``lt_index`` returns -1), the element is skipped,
+and the status is checked after the kernel: kernels never unwind."""
+from __future__ import annotations
+
+from math import prod
+
+from lantern.ir.nodes import Accumulate, Op
+
+from ..c_types import literal
+from ..cbuilder import index
+from .context import KernelContext
+
+
+def take(e: KernelContext, op: Op) -> None:
+    x, idx = op.args
+    out = op.outs[0]
+    e.declare(out)
+    axis = op.attrs["axis"]
+    xs = x.type.shape  # type: ignore[union-attr]
+    pre, n, inner = prod(xs[:axis]), xs[axis], prod(xs[axis + 1:])
+    m = idx.type.size  # type: ignore[union-attr]
+    where = f"{e.where(op)}: indexing axis {axis} of shape {tuple(xs)}"
+    if out.type.size == 0:  # type: ignore[union-attr]
+        if e.m.options.check_indices:  # nothing to copy, but NumPy still checks every index
+            e.c.open(f"for (int64_t j = 0; j < {m}; j++)")
+            e.c.line(f"(void){e.index_expr('(int64_t)' + e.load(idx, 'j'), n, where)};")
+            e.c.close()
+            e.check_status()
+        return
+    # Loops of extent 1 are left out (their index is 0).
+    p, j, r = ("p" if pre > 1 else None), ("j" if m > 1 else None), ("r" if inner > 1 else None)
+    if not (p or j):
+        e.c.open_scope()  # keeps `row` local
+    for var, extent in ((p, pre), (j, m)):
+        if var:
+            e.c.open(f"for (int64_t {var} = 0; {var} < {extent}; {var}++)")
+    guarded = e.staged_row("row", "(int64_t)" + e.load(idx, j or "0"), n, where)
+    if r:
+        e.c.open(f"for (int64_t r = 0; r < {inner}; r++)")
+    terms = lambda *ts: index((v, c) for v, c in ts if v)  # noqa: E731
+    e.store(out, terms((p, m * inner), (j, inner), (r, 1)), e.load(x, terms((p, n * inner), ("row", inner), (r, 1))))
+    if r:
+        e.c.close()
+    if guarded and e.storage[out.id].kind == "scalar":  # (the C compiler cannot see that a bad index
+        e.c.close("} else {")                              # unwinds before the value is read)
+        e.c.depth += 1
+        e.store(out, "0", literal(0, out.type.dtype))  # type: ignore[union-attr]
+    for _ in range(sum(1 for v in (p, j) if v) + (not (p or j)) + guarded):
+        e.c.close()
+    if guarded:
+        e.check_status()
+
+
+def scatter(e: KernelContext, op: Op) -> None:
+    """Adjoint of take: zeros, with each row of the value added at its index (repeats add up)."""
+    g, idx = op.args
+    out = op.outs[0]
+    e.declare(out)
+    e.zero(out)
+    axis = op.attrs["axis"]
+    os_ = out.type.shape  # type: ignore[union-attr]
+    pre, n, inner = prod(os_[:axis]), os_[axis], prod(os_[axis + 1:])
+    m = idx.type.size  # type: ignore[union-attr]
+    e.c.open(f"for (int64_t p = 0; p < {pre}; p++)")
+    e.c.open(f"for (int64_t j = 0; j < {m}; j++)")
+    guarded = e.staged_row("row", "(int64_t)" + e.load(idx, "j"), n, e.where(op))
+    e.c.open(f"for (int64_t r = 0; r < {inner}; r++)")
+    e.c.line(f"{e.ptr(out)}[(p * {n} + row) * {inner} + r] += {e.load(g, f'(p * {m} + j) * {inner} + r')};")
+    for _ in range(3 + guarded):
+        e.c.close()
+    if guarded:
+        e.check_status()
+
+
+def accumulate(e: KernelContext, stmt: Accumulate) -> None:
+    t, v = stmt.target, stmt.value
+    row = v.type.size  # type: ignore[union-attr]
+    if row == 0:  # nothing to add and no index to read (passes/empty.py drops these before C)
+        return
+    if stmt.index is None and not t.type.shape:  # type: ignore[union-attr]
+        e.store(t, "0", f"{e.load(t, '0')} + {e.load(v, '0')}")
+        return
+    e.c.open_scope()
+    index = stmt.index
+    k = index.type.size if index is not None else 1  # type: ignore[union-attr]
+    row //= k
+    if k > 1:
+        e.c.open(f"for (int64_t j = 0; j < {k}; j++)")
+    guarded = False
+    if index is not None:
+        n = t.type.shape[0]  # type: ignore[union-attr]
+        guarded = e.staged_row("base", e.load(index, "j" if k > 1 else "0"), n, e.where(stmt), row)
+    else:
+        e.c.line("int64_t base = 0;")
+    e.c.open(f"for (int64_t i = 0; i < {row}; i++)")
+    e.c.line(f"{e.ptr(t)}[base + i] += {e.load(v, 'j * ' + str(row) + ' + i' if k > 1 else 'i')};")
+    e.c.close()
+    if guarded:
+        e.c.close()
+    if k > 1:
+        e.c.close()
+    e.c.close()
+    if guarded:
+        e.check_status()

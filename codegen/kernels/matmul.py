@@ -1,0 +1,121 @@
+"""Matrix products: generated loops for small ones and single rows or columns, OpenBLAS for the rest."""
+from __future__ import annotations
+
+import os
+
+from lantern.ir.nodes import Op
+
+from ..c_types import FLOATS, literal
+from ..cbuilder import offset
+from .context import KernelContext
+from .reductions import simd_sum
+
+#: Matrix products with at least this many multiply-adds (M*N*K) call BLAS; smaller ones
+#: run as generated loops. Chosen with benchmarks/matmul_threshold.py (see RESULTS.md).
+BLAS_MIN_MACS = int(os.environ.get("LANTERN_BLAS_MIN_MACS", 4096))
+#: The same threshold for products with a single row or column (m == 1 or n == 1).
+VECTOR_BLAS_MIN_MACS = int(os.environ.get("LANTERN_VECTOR_BLAS_MIN_MACS", 1 << 20))
+#: Generated matrix products keep this many columns of a result row in a local array.
+_STRIP = 64
+
+
+def matmul(e: KernelContext, op: Op) -> None:
+    a, b = op.args
+    out = op.outs[0]
+    e.declare(out)
+    ta, tb = bool(op.attrs.get("trans_a")), bool(op.attrs.get("trans_b"))
+    ash, bsh = a.type.shape, b.type.shape  # type: ignore[union-attr]
+    batch = out.type.shape[0] if out.type.ndim == 3 else 1  # type: ignore[union-attr]
+    m, n = out.type.shape[-2:]  # type: ignore[union-attr]
+    k = ash[-2] if ta else ash[-1]
+    a_bs = m * k if len(ash) == 3 else 0
+    b_bs = k * n if len(bsh) == 3 else 0
+    pa, pb, pc = e.ptr(a), e.ptr(b), e.ptr(out)
+    dtype = out.type.dtype  # type: ignore[union-attr]
+    t = e.ctype(out)
+    # A single row or column (vector-matrix products of RNNs) runs faster as a
+    # generated loop than through BLAS's general kernels, until it is very large.
+    vector = m == 1 or n == 1 or k == 1
+    if dtype in FLOATS and m * n * k >= (VECTOR_BLAS_MIN_MACS if vector else BLAS_MIN_MACS):
+        e.m.uses_blas = True
+        gemm = "lt_cblas_sgemm" if dtype == "float32" else "lt_cblas_dgemm"
+        flags = f"CblasRowMajor, {'CblasTrans' if ta else 'CblasNoTrans'}, {'CblasTrans' if tb else 'CblasNoTrans'}"
+        beta = 1 if out.id in e.accumulating else 0
+
+        def call(ao: str, bo: str, co: str) -> str:
+            return (f"{gemm}({flags}, {m}, {n}, {k}, 1, {offset(pa, ao)}, {ash[-1]}, {offset(pb, bo)}, {bsh[-1]}, "
+                    f"{beta}, {offset(pc, co)}, {n});")
+        if batch == 1:
+            e.c.line(call("0", "0", "0"))
+        else:
+            e.c.loop("bi", batch)
+            e.c.line(call(f"bi * {a_bs}", f"bi * {b_bs}", f"bi * {m * n}"))
+            e.c.close()
+        return
+    zero = literal(0, dtype)
+    batched = batch > 1
+    ao, bo, co = ("ao + ", "bo + ", "co + ") if batched else ("", "", "")
+    A = ((lambda i, kk: f"{pa}[{ao}{kk} * {m} + {i}]") if ta else (lambda i, kk: f"{pa}[{ao}{i} * {k} + {kk}]"))
+    if batched:
+        e.c.open(f"for (int64_t bi = 0; bi < {batch}; bi++)")
+        e.c.line(f"int64_t ao = bi * {a_bs}, bo = bi * {b_bs}, co = bi * {m * n};")
+    e.c.open(f"for (int64_t i = 0; i < {m}; i++)")
+    c_row = f"{pc}[{co}i * {n} + "
+    op_assign = "+=" if out.id in e.accumulating else "="
+    if not tb:
+        # i-k-j order, a strip of c's row at a time held in a local array (registers): the
+        # innermost loop runs along rows of b (vectorizes), and c is not reloaded per k.
+        def strip(j0: str, width: int) -> None:
+            e.c.line(f"{t} acc[{width}];")
+            e.c.open(f"for (int64_t l = 0; l < {width}; l++)")
+            e.c.line(f"acc[l] = {c_row + j0 + ' + l]' if out.id in e.accumulating else zero};")
+            e.c.close()
+            e.c.open(f"for (int64_t kk = 0; kk < {k}; kk++)")
+            e.c.line(f"{t} aik = {A('i', 'kk')};")
+            e.c.line(f"const {t} *b_row = {pb} + {bo}kk * {n} + {j0};")
+            e.c.open(f"for (int64_t l = 0; l < {width}; l++)")
+            e.c.line("acc[l] += aik * b_row[l];")
+            e.c.close()
+            e.c.close()
+            e.c.open(f"for (int64_t l = 0; l < {width}; l++)")
+            e.c.line(f"{c_row}{j0} + l] = acc[l];")
+            e.c.close()
+
+        full = n - n % _STRIP
+        if full:
+            e.c.open(f"for (int64_t j0 = 0; j0 < {full}; j0 += {_STRIP})")
+            strip("j0", _STRIP)
+            e.c.close()
+        if n % _STRIP:
+            e.c.open_scope()
+            strip(str(full), n % _STRIP)
+            e.c.close()
+    else:
+        # b transposed: each element is a dot product of two contiguous rows; four rows of
+        # b at a time share the loads of a's row.
+        def dots(j: str, rows: int) -> None:
+            accs = [f"acc{r}" for r in range(rows)]
+            e.c.line(f"{t} {', '.join(f'{a} = {zero}' for a in accs)};")
+            if dtype in FLOATS:
+                e.c.line(simd_sum(*accs))
+            e.c.open(f"for (int64_t kk = 0; kk < {k}; kk++)")
+            e.c.line(f"{t} aik = {A('i', 'kk')};")
+            cols = [f"({j} + {r})" if r else j for r in range(rows)]
+            for col, a in zip(cols, accs):
+                e.c.line(f"{a} += aik * {pb}[{bo}{col} * {k} + kk];")
+            e.c.close()
+            for col, a in zip(cols, accs):
+                e.c.line(f"{c_row}{col}] {op_assign} {a};")
+
+        fours = n - n % 4
+        if fours:
+            e.c.open(f"for (int64_t j = 0; j < {fours}; j += 4)")
+            dots("j", 4)
+            e.c.close()
+        if n % 4:
+            e.c.open(f"for (int64_t j = {fours}; j < {n}; j++)")
+            dots("j", 1)
+            e.c.close()
+    e.c.close()
+    if batched:
+        e.c.close()
