@@ -84,11 +84,13 @@ class CBuilder:
         self.parallel_loops += parallel
         self.open(f"for (int64_t {var} = {start}; {var} < {extent}; {var}++)")
 
-    def loop_nest(self, shape: tuple[int, ...], body: Callable[[list[str]], None], prefix: str = "i") -> None:
-        """Nested loops over ``shape``; ``body`` gets the index variable names."""
+    def loop_nest(self, shape: tuple[int, ...], body: Callable[[list[str]], None], prefix: str = "i",
+                  parallel: bool = False) -> None:
+        """Nested loops over ``shape``; ``body`` gets the index variable names. ``parallel``: the
+        iterations of the outermost loop are independent."""
         names = [f"{prefix}{k}" for k in range(len(shape))]
-        for name, d in zip(names, shape):
-            self.loop(name, d)
+        for k, (name, d) in enumerate(zip(names, shape)):
+            self.loop(name, d, parallel=parallel and k == 0)
         body(names)
         for _ in shape:
             self.close()

@@ -1,8 +1,15 @@
-"""Emit one readable C11 file for a prepared IR module.
+"""Emit one readable C11 file for a prepared IR module: the host program.
 
 Every IR function becomes a ``static void`` C function taking pointers to its inputs
-and to its (caller-allocated) results. The entry function also gets an exported
-wrapper, ``lantern_entry``, that sets up error unwinding and releases the arena.
+and to its (caller-allocated) results; every continuation a C function taking its
+environment. The entry function also gets an exported wrapper, ``lantern_entry``, that
+sets up error unwinding and releases the arena.
+
+Three layers: ``codegen/lowering.py`` decides where values live (results computed in place,
+values added into gradient buffers, inlined literals, continuations' environments); this
+module writes functions, control flow, continuations and the arena's marks; the kernel
+table (``codegen/kernels``) writes each operation's loops. All C goes through the builder
+of ``codegen/cbuilder.py``.
 
 Storage of a variable:
   * rank-0 values computed locally are C scalars (``float t_5``);
@@ -17,9 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lantern.ir.analysis import accumulation_targets, passed_by_reference, reads, use_counts
 from lantern.ir.nodes import (Accumulate, Apply, Block, Call, Function, Fused, If, Lambda, Loop, Module, Op, Stmt,
-                              Var, While, free_vars, walk_stmts)
+                              Var, While, walk_stmts)
 from lantern.ir.names import Namer
 from lantern.ir.passes import recursive_functions
 from lantern.ir.primitives import ELEMENTWISE, PRIMITIVES
@@ -33,6 +39,7 @@ from .cbuilder import c_string, comment
 from .kernels import KERNELS, KernelContext, Storage
 from .kernels import elementwise as elementwise_kernels
 from .kernels import indexing
+from .lowering import lower_module
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,6 @@ class FunctionEmitter(KernelContext):
         self.env_param = env_param  # "struct lambda_3_env *env" for a lambda body
         # (C type, name) of environment pointers a lambda body reads through a local of that name
         self.env_locals = env_locals or []
-        self.uses = use_counts(fn.body)
         if captured:
             self.storage.update(captured)
 
@@ -140,12 +146,6 @@ class FunctionEmitter(KernelContext):
             return ["    (void)env_;"]
         return [f"    {env_type} *env = env_;", *(f"    {ctype} *{name} = env->{name};" for ctype, name in used)]
 
-    @staticmethod
-    def _allocates(stmt: Stmt) -> bool:
-        if isinstance(stmt, Op):
-            return stmt.prim not in ("reshape", "constant") and not (stmt.prim == "fill" and not stmt.outs[0].type.shape)
-        return isinstance(stmt, (Fused, If, Call, Apply))
-
     def block_stmts(self, block: Block, dests: list[str | None] | None = None) -> None:
         """Emit ``block``'s statements.
 
@@ -154,46 +154,20 @@ class FunctionEmitter(KernelContext):
         a top-level statement of the block is written straight there instead of being copied
         afterwards; the caller's copy then finds the same storage and emits nothing.
         """
-        counts: dict[int, int] = {}
-        for r in block.results:
-            counts[r.id] = counts.get(r.id, 0) + 1
-        top_defined = {o.id: s for s in block.stmts for o in s.outs}
         for r, d in zip(block.results, dests or ()):
-            s = top_defined.get(r.id)
-            if d is not None and counts[r.id] == 1 and s is not None and self._allocates(s):
+            if r.id in self.m.plan.dest:  # (lowering.py decided; the caller names the buffer)
+                assert d is not None, f"no buffer for {r}"
                 self.dest[r.id] = d
-        self.find_accumulations(block)
+        for stmt in block.stmts:
+            if isinstance(stmt, Accumulate) and stmt.value.id in self.m.plan.into:
+                self.accumulate_into[stmt.value.id] = stmt.target
         for stmt in block.stmts:
             if not (isinstance(stmt, Accumulate) and stmt.value.id in self.accumulate_into):
                 self.stmt(stmt)
 
-    def find_accumulations(self, block: Block) -> None:
-        """``t = a @ b; ...; x_bar += t`` with ``t`` read nowhere else: compute ``t`` into ``x_bar`` with ``+=``.
-
-        Also for elementwise loops. Saves the temporary and a second pass over it (the
-        per-step weight gradients of an RNN are such outer products).
-        """
-        position = {o.id: i for i, s in enumerate(block.stmts) for o in s.outs}
-        for j, acc in enumerate(block.stmts):
-            if not isinstance(acc, Accumulate) or acc.index is not None or self.uses.get(acc.value.id) != 1:
-                continue
-            i = position.get(acc.value.id)
-            if i is None:
-                continue
-            producer = block.stmts[i]
-            if not ((isinstance(producer, Op) and (producer.prim == "matmul" or
-                                                   PRIMITIVES[producer.prim].kind == ELEMENTWISE)
-                     and not (producer.prim == "fill" and not producer.outs[0].type.shape))
-                    or isinstance(producer, Fused)):
-                continue
-            between = block.stmts[i:j]  # the producer must not read the target either
-            if any(acc.target.id in {v.id for v in reads(s)} for s in between):
-                continue
-            self.accumulate_into[acc.value.id] = acc.target
-
     def stmt(self, stmt: Stmt) -> None:
         match stmt:
-            case Op(prim="fill") if not stmt.outs[0].type.shape and stmt.outs[0].id not in self.m.mutated:
+            case Op(prim="fill") if stmt.outs[0].id in self.m.plan.literals:
                 # a scalar constant: inlined where it is used, no code (and no comment) here
                 self.storage[stmt.outs[0].id] = Storage("literal", literal(stmt.attrs["value"], stmt.attrs["dtype"]))
             case Op():
@@ -249,7 +223,7 @@ class FunctionEmitter(KernelContext):
         out = stmt.outs[0]
         self.storage[out.id] = Storage("lambda", c_name, f"&{env}", env_type)  # before capture: letrec
         fields, inits, captured, env_locals = [], [], {}, []
-        for v in free_vars(stmt.body):
+        for v in self.m.plan.captures[out.id]:
             s = self.storage[v.id]
             field = self.name(v)
             if s.kind == "literal":
@@ -389,10 +363,7 @@ class ModuleEmitter:
         self.cont_types: dict[FnType, str] = {}
         self.lambdas: list[tuple[str, list[str], Loc]] = []
         self._lambda_count = 0
-        #: variables that may be updated in place (adjoint buffers, and anything passed by
-        #: reference to a function or continuation): never inlined as literals
-        self.mutated = set().union(*(set(accumulation_targets(fn.body)) | passed_by_reference(fn.body)
-                                     for fn in module.functions.values()))
+        self.plan = lower_module(module)  # destinations, accumulate-into, literals, closure captures
 
     def cont_type(self, t: FnType) -> str:
         """The C closure type for continuations of type ``t`` (declared once per type)."""

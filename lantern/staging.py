@@ -190,6 +190,16 @@ class Executable:
         return format_module(self.module)
 
     @property
+    def lowered(self) -> str:
+        """The optimized IR, then where each value lives in the C (``codegen/lowering.py``): results computed
+        in place, values added into gradient buffers, inlined literals, continuations' environments."""
+        from .codegen.lowering import format_plan, lower_module
+        from .ir.names import Namer
+        namer = Namer()
+        ir = format_module(self.module, namer)
+        return f"{ir}\nlowering:\n{format_plan(self.module, lower_module(self.module), namer)}\n"
+
+    @property
     def c_source(self) -> str:
         return self.native.c_source
 

@@ -60,7 +60,7 @@ def elementwise(e: KernelContext, outs: list[Var], inputs: list[Var], params: li
         emit_body(lambda v: "0", "0")
     elif flat:
         n = prod(shape)
-        e.c.open(f"for (int64_t i = 0; i < {n}; i++)")
+        e.c.loop('i', n, parallel=True)
         emit_body(lambda v: "i" if v.type.shape == shape else "0", "i")  # type: ignore[union-attr]
         e.c.close()
     else:
@@ -73,7 +73,7 @@ def elementwise(e: KernelContext, outs: list[Var], inputs: list[Var], params: li
                 st = strides(vs)
                 return index((idx[offset + k], 0 if vs[k] == 1 else st[k]) for k in range(len(vs)))
             emit_body(index_for, index(zip(idx, out_strides)))
-        e.c.loop_nest(shape, nest)
+        e.c.loop_nest(shape, nest, parallel=True)
     if checked:  # a non-finite value was recorded in the loop (kernels never unwind)
         e.check_status()
 

@@ -24,7 +24,7 @@ def take(e: KernelContext, op: Op) -> None:
     where = f"{e.where(op)}: indexing axis {axis} of shape {tuple(xs)}"
     if out.type.size == 0:  # type: ignore[union-attr]
         if e.m.options.check_indices:  # nothing to copy, but NumPy still checks every index
-            e.c.open(f"for (int64_t j = 0; j < {m}; j++)")
+            e.c.loop('j', m)
             e.c.line(f"(void){e.index_expr('(int64_t)' + e.load(idx, 'j'), n, where)};")
             e.c.close()
             e.check_status()
@@ -35,10 +35,10 @@ def take(e: KernelContext, op: Op) -> None:
         e.c.open_scope()  # keeps `row` local
     for var, extent in ((p, pre), (j, m)):
         if var:
-            e.c.open(f"for (int64_t {var} = 0; {var} < {extent}; {var}++)")
+            e.c.loop(f"{var}", extent, parallel=True)
     guarded = e.staged_row("row", "(int64_t)" + e.load(idx, j or "0"), n, where)
     if r:
-        e.c.open(f"for (int64_t r = 0; r < {inner}; r++)")
+        e.c.loop('r', inner)
     terms = lambda *ts: index((v, c) for v, c in ts if v)  # noqa: E731
     e.store(out, terms((p, m * inner), (j, inner), (r, 1)), e.load(x, terms((p, n * inner), ("row", inner), (r, 1))))
     if r:
@@ -63,10 +63,10 @@ def scatter(e: KernelContext, op: Op) -> None:
     os_ = out.type.shape  # type: ignore[union-attr]
     pre, n, inner = prod(os_[:axis]), os_[axis], prod(os_[axis + 1:])
     m = idx.type.size  # type: ignore[union-attr]
-    e.c.open(f"for (int64_t p = 0; p < {pre}; p++)")
-    e.c.open(f"for (int64_t j = 0; j < {m}; j++)")
+    e.c.loop('p', pre, parallel=True)
+    e.c.loop('j', m)
     guarded = e.staged_row("row", "(int64_t)" + e.load(idx, "j"), n, e.where(op))
-    e.c.open(f"for (int64_t r = 0; r < {inner}; r++)")
+    e.c.loop('r', inner)
     e.c.line(f"{e.ptr(out)}[(p * {n} + row) * {inner} + r] += {e.load(g, f'(p * {m} + j) * {inner} + r')};")
     for _ in range(3 + guarded):
         e.c.close()
@@ -87,14 +87,14 @@ def accumulate(e: KernelContext, stmt: Accumulate) -> None:
     k = index.type.size if index is not None else 1  # type: ignore[union-attr]
     row //= k
     if k > 1:
-        e.c.open(f"for (int64_t j = 0; j < {k}; j++)")
+        e.c.loop('j', k)
     guarded = False
     if index is not None:
         n = t.type.shape[0]  # type: ignore[union-attr]
         guarded = e.staged_row("base", e.load(index, "j" if k > 1 else "0"), n, e.where(stmt), row)
     else:
         e.c.line("int64_t base = 0;")
-    e.c.open(f"for (int64_t i = 0; i < {row}; i++)")
+    e.c.loop('i', row)
     e.c.line(f"{e.ptr(t)}[base + i] += {e.load(v, 'j * ' + str(row) + ' + i' if k > 1 else 'i')};")
     e.c.close()
     if guarded:

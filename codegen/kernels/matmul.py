@@ -57,9 +57,9 @@ def matmul(e: KernelContext, op: Op) -> None:
     ao, bo, co = ("ao + ", "bo + ", "co + ") if batched else ("", "", "")
     A = ((lambda i, kk: f"{pa}[{ao}{kk} * {m} + {i}]") if ta else (lambda i, kk: f"{pa}[{ao}{i} * {k} + {kk}]"))
     if batched:
-        e.c.open(f"for (int64_t bi = 0; bi < {batch}; bi++)")
+        e.c.loop('bi', batch, parallel=True)
         e.c.line(f"int64_t ao = bi * {a_bs}, bo = bi * {b_bs}, co = bi * {m * n};")
-    e.c.open(f"for (int64_t i = 0; i < {m}; i++)")
+    e.c.loop('i', m, parallel=True)
     c_row = f"{pc}[{co}i * {n} + "
     op_assign = "+=" if out.id in e.accumulating else "="
     if not tb:
@@ -67,17 +67,17 @@ def matmul(e: KernelContext, op: Op) -> None:
         # innermost loop runs along rows of b (vectorizes), and c is not reloaded per k.
         def strip(j0: str, width: int) -> None:
             e.c.line(f"{t} acc[{width}];")
-            e.c.open(f"for (int64_t l = 0; l < {width}; l++)")
+            e.c.loop('l', width)
             e.c.line(f"acc[l] = {c_row + j0 + ' + l]' if out.id in e.accumulating else zero};")
             e.c.close()
-            e.c.open(f"for (int64_t kk = 0; kk < {k}; kk++)")
+            e.c.loop('kk', k)
             e.c.line(f"{t} aik = {A('i', 'kk')};")
             e.c.line(f"const {t} *b_row = {pb} + {bo}kk * {n} + {j0};")
-            e.c.open(f"for (int64_t l = 0; l < {width}; l++)")
+            e.c.loop('l', width)
             e.c.line("acc[l] += aik * b_row[l];")
             e.c.close()
             e.c.close()
-            e.c.open(f"for (int64_t l = 0; l < {width}; l++)")
+            e.c.loop('l', width)
             e.c.line(f"{c_row}{j0} + l] = acc[l];")
             e.c.close()
 
@@ -98,7 +98,7 @@ def matmul(e: KernelContext, op: Op) -> None:
             e.c.line(f"{t} {', '.join(f'{a} = {zero}' for a in accs)};")
             if dtype in FLOATS:
                 e.c.line(simd_sum(*accs))
-            e.c.open(f"for (int64_t kk = 0; kk < {k}; kk++)")
+            e.c.loop('kk', k)
             e.c.line(f"{t} aik = {A('i', 'kk')};")
             cols = [f"({j} + {r})" if r else j for r in range(rows)]
             for col, a in zip(cols, accs):

@@ -40,7 +40,7 @@ def iota(e: KernelContext, op: Op) -> None:
     # Integer bounds count in int64 (exact beyond 2**53), others in double.
     exact = all(isinstance(v, (int, np.integer)) for v in (a["start"], a["step"]))
     via, i = ("int64", "i") if exact else ("float64", "(double)i")
-    e.c.open(f"for (int64_t i = 0; i < {a['n']}; i++)")
+    e.c.loop('i', a['n'], parallel=True)
     e.store(out, "i", f"({e.ctype(out)})({literal(a['start'], via)} + {literal(a['step'], via)} * {i})")
     e.c.close()
 
@@ -62,12 +62,12 @@ def transpose(e: KernelContext, op: Op) -> None:
     # axes keep both sides within cache lines (3x faster for an 800 x 200 matrix).
     across, last = perm.index(len(perm) - 1), len(shape) - 1
     if across == last or min(shape[across], shape[last]) < _TILE:
-        e.c.loop_nest(shape, copy)
+        e.c.loop_nest(shape, copy, parallel=True)
         return
     e.c.line(f"/* {_TILE} x {_TILE} tiles */")
     for k in range(len(shape)):
         if k not in (across, last):
-            e.c.open(f"for (int64_t i{k} = 0; i{k} < {shape[k]}; i{k}++)")
+            e.c.loop(f"i{k}", shape[k], parallel=True)
     for k in (across, last):
         e.c.open(f"for (int64_t t{k} = 0; t{k} < {shape[k]}; t{k} += {_TILE})")
     for k in (across, last):
@@ -95,7 +95,7 @@ def slice_(e: KernelContext, op: Op) -> None:
         idx = [next(it) if d != 1 else None for d in oshape]
         e.store(out, index((i, c) for i, c in zip(idx, o_st) if i),
                    e.load(x, index(((idx[k], a["steps"][k] * st[k]) for k in range(len(st)) if idx[k]), base)))
-    e.c.loop_nest(loops, body)
+    e.c.loop_nest(loops, body, parallel=True)
 
 
 def concatenate(e: KernelContext, op: Op) -> None:
@@ -135,7 +135,7 @@ def random(e: KernelContext, op: Op) -> None:
     e.c.open_scope()  # keeps `seed` local
     e.c.line(f"uint64_t seed = lt_random_seed({e.load(key, '0')});")
     if out.type.shape:  # type: ignore[union-attr]
-        e.c.open(f"for (int64_t i = 0; i < {out.type.size}; i++)")  # type: ignore[union-attr]
+        e.c.loop('i', out.type.size, parallel=True)  # type: ignore[union-attr]
         e.store(out, "i", f"{uniform}(seed, i)")
         e.c.close()
     else:

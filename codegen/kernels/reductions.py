@@ -62,7 +62,7 @@ def sum_max_min(e: KernelContext, op: Op) -> None:
         red = sorted(axes)
         kept_names = [f"i{d}" for d in kept]
         for d in kept:
-            e.c.open(f"for (int64_t i{d} = 0; i{d} < {xs[d]}; i{d}++)")
+            e.c.loop(f"i{d}", xs[d], parallel=True)
         e.c.line(f"{acc_t} acc = {init};")
         # A float max/min vectorizes as an OpenMP max/min reduction plus a NaN flag (the
         # reduction alone would not say what a NaN does); NaN wins, as in NumPy.
@@ -74,7 +74,7 @@ def sum_max_min(e: KernelContext, op: Op) -> None:
                 extremum = {"reduce_max": "max", "reduce_min": "min"}.get(op.prim)
                 e.c.line(SIMD_SUM if op.prim == "reduce_sum"
                           else f"#pragma omp simd reduction({extremum}:acc) reduction(|:seen_nan)")
-            e.c.open(f"for (int64_t i{d} = 0; i{d} < {xs[d]}; i{d}++)")
+            e.c.loop(f"i{d}", xs[d])
         value = src([f"i{d}" for d in range(len(xs))])
         if nan_flag:
             e.c.line(f"{t} v = {value};")
@@ -97,7 +97,7 @@ def sum_max_min(e: KernelContext, op: Op) -> None:
             e.c.line(f"double *acc = lt_alloc({n_out} * sizeof(double));")
             e.m.uses_arena = True
         target = (lambda i: f"acc[{i}]") if wide else (lambda i: e.load(out, i))  # noqa: E731
-        e.c.open(f"for (int64_t i = 0; i < {n_out}; i++)")
+        e.c.loop('i', n_out)
         e.c.line(f"{target('i')} = {init};")
         e.c.close()
 
@@ -106,7 +106,7 @@ def sum_max_min(e: KernelContext, op: Op) -> None:
             e.c.line(f"{target(o)} = {combine(target(o), src(idx))};")
         e.c.loop_nest(xs, update)
         if wide:
-            e.c.open(f"for (int64_t i = 0; i < {n_out}; i++)")
+            e.c.loop('i', n_out)
             e.store(out, "i", f"({t})acc[i]")
             e.c.close()
 
@@ -136,4 +136,4 @@ def arg_reduce(e: KernelContext, op: Op) -> None:
         e.c.close()
         e.c.close()
         e.store(out, index(zip(idx, o_st)), "best_k")
-    e.c.loop_nest(o_shape, body)
+    e.c.loop_nest(o_shape, body, parallel=True)

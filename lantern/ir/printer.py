@@ -90,8 +90,8 @@ def _format_function(fn: Function) -> str:
     return "\n".join(lines)
 
 
-def format_module(module: Module) -> str:
-    """The module as text; the entry function comes last."""
+def format_module(module: Module, namer: Namer | None = None) -> str:
+    """The module as text; the entry function comes last. ``namer``: share variable names with other text."""
     order = [n for n in module.functions if n != module.entry] + [module.entry]
-    namer = Namer()
+    namer = namer or Namer()
     return "\n\n".join(format_function(module.functions[n], namer) for n in order) + "\n"
