@@ -25,7 +25,8 @@ from typing import Callable
 from lantern.ir.nodes import Module
 from lantern.ir.verify import verify
 
-from .compiler import compile_c, debug_mode
+from .compiler import compile_c
+from .toolchain import debug_mode
 from .emit_c import EmitOptions, emit_module
 from .loader import NativeFunction
 from lantern.ir.passes import (eliminate_dead_code, empty_values_as_fills, forward_single_accumulations,

@@ -17,7 +17,8 @@ from lantern.errors import NativeError, NonFiniteError, OutOfBoundsError, Recurs
 from lantern.ir.types import TensorType
 from lantern.runtime import ERROR_CODES
 
-from .compiler import Artifact, _make_private_dir, _private_problem, active_cache_dir, blas_paths, debug_mode
+from .cache import Artifact, active_cache_dir, make_private_dir, private_problem
+from .toolchain import blas_paths, debug_mode
 
 if TYPE_CHECKING:  # the emitter is not needed to load code the trace cache found
     from .emit_c import CSource
@@ -58,7 +59,7 @@ def _ffi(num_params: int) -> Any:
     name = f"_lantern_ffi_{num_params}_{_cffi_backend.__version__.replace('.', '_')}"
     path = active_cache_dir() / "ffi" / f"{name}.py"
     try:
-        if not _private_problem(path, os.lstat(path)) and not _private_problem(path.parent, os.stat(path.parent)):
+        if not private_problem(path, os.lstat(path)) and not private_problem(path.parent, os.stat(path.parent)):
             spec = importlib.util.spec_from_file_location(name, path)
             assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
@@ -72,7 +73,7 @@ def _ffi(num_params: int) -> Any:
     builder.cdef(f"int lantern_entry({params}); const char *lantern_error(void); size_t lantern_arena_in_use(void);")
     builder.set_source(name, None)
     try:
-        _make_private_dir(path.parent)
+        make_private_dir(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".py.tmp", dir=path.parent)
         os.close(fd)
         try:

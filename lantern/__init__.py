@@ -31,7 +31,7 @@ bool_ = "bool"
 
 def cache_stats() -> dict[str, int]:
     """Compiles and disk-cache hits in this process (for tests and benchmarks)."""
-    from .codegen.compiler import STATS
+    from .codegen.cache import STATS
     return dict(STATS)
 
 

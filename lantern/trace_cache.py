@@ -97,14 +97,14 @@ _CORE = ("lantern", "lantern.ops", "lantern.nn", "lantern.optim", "lantern.contr
 
 
 def _environment(fp: _Fingerprinter) -> None:
-    from .codegen import compiler
+    from .codegen import toolchain
     fp.feed("env", FORMAT, sys.version, np.__version__, _source_digest())
     fp.feed(sorted((k, v) for k, v in os.environ.items() if k.startswith("LANTERN_") and k not in _NOT_IN_KEY))
-    cc = compiler._resolve_compiler()
+    cc = toolchain.resolve_compiler()
     st = os.stat(cc[0])
-    fp.feed("cc", cc, st.st_mtime_ns, st.st_size, os.environ.get("CFLAGS"), compiler.user_cflags())
+    fp.feed("cc", cc, st.st_mtime_ns, st.st_size, os.environ.get("CFLAGS"), toolchain.user_cflags())
     # The compile key names the OpenBLAS installation (another virtual environment: another entry).
-    fp.feed("blas", compiler.blas_paths())
+    fp.feed("blas", toolchain.blas_paths())
     for name, module in sorted(sys.modules.items()):
         if name == "lantern" or name.startswith("lantern."):
             _check_untouched(module)
@@ -422,13 +422,13 @@ def _decode_treedef(obj: Any) -> TreeDef:
 
 
 def _record_path(fingerprint_: str) -> Path:
-    from .codegen import compiler
-    return compiler.active_cache_dir() / "traces" / fingerprint_[:2] / f"{fingerprint_}.json"
+    from .codegen import cache
+    return cache.active_cache_dir() / "traces" / fingerprint_[:2] / f"{fingerprint_}.json"
 
 
 def store(fingerprint_: str, exe: Any) -> None:
     """Record which compiled entry ``exe`` (just traced and compiled) uses, for later processes."""
-    from .codegen import compiler
+    from .codegen import cache
     native = exe.native
     try:
         record = {"format": FORMAT, "fingerprint": fingerprint_, "key": native.artifact_key,
@@ -440,9 +440,9 @@ def store(fingerprint_: str, exe: Any) -> None:
         return
     path = _record_path(fingerprint_)
     try:
-        compiler._make_private_dir(path.parent.parent)
-        compiler._make_private_dir(path.parent)
-        compiler._write_atomic(path, json.dumps(record).encode())
+        cache.make_private_dir(path.parent.parent)
+        cache.make_private_dir(path.parent)
+        cache.write_atomic(path, json.dumps(record).encode())
     except OSError:
         return  # a record is an optimisation: tracing again is always right
     STATS["stores"] += 1
@@ -450,11 +450,11 @@ def store(fingerprint_: str, exe: Any) -> None:
 
 def load(fingerprint_: str) -> dict | None:
     """The record for ``fingerprint_`` if there is a trustworthy one whose compiled entry is whole."""
-    from .codegen import compiler
+    from .codegen import cache
     path = _record_path(fingerprint_)
     try:
         st = os.lstat(path)
-        if compiler._private_problem(path, st) or compiler._private_problem(path.parent, os.stat(path.parent)):
+        if cache.private_problem(path, st) or cache.private_problem(path.parent, os.stat(path.parent)):
             return None
         record = json.loads(path.read_bytes())
     except (OSError, ValueError):
@@ -466,11 +466,11 @@ def load(fingerprint_: str) -> dict | None:
 
 def native_from_record(record: dict) -> tuple[Any, list[TensorType], TreeDef] | None:
     """Load the compiled code a record names: (native function, result types, result structure), or None."""
-    from .codegen import compiler
+    from .codegen import cache
     from .codegen.emit_c import CSource
     from .codegen.loader import NativeFunction
     try:
-        artifact = compiler.lookup(record["key"], record["so"])
+        artifact = cache.lookup(record["key"], record["so"])
         if artifact is None:
             return None
         text = Path(artifact.c_path).read_text()

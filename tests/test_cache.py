@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import lantern
-from lantern.codegen import compiler
+from lantern.codegen import cache
 
 
 def plus_one(x):
@@ -130,7 +130,7 @@ def test_fresh_process_hits_disk_cache_and_xdg_is_honoured(tmp_path, monkeypatch
     xdg = tmp_path / "xdg"
     monkeypatch.delenv("LANTERN_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
-    assert compiler.cache_dir() == xdg / "lantern"
+    assert cache.cache_dir() == xdg / "lantern"
     import runpy
     before = lantern.cache_stats()
     ns = runpy.run_path(str(script), run_name="affine_script")
@@ -261,7 +261,6 @@ _PROBE = """
 import json, os, sys, time, warnings
 import numpy as np
 import lantern
-from lantern.codegen import compiler
 
 warnings.simplefilter("always")
 k = float(sys.argv[1]) if len(sys.argv) > 1 else 2.0
@@ -309,12 +308,12 @@ def _check_outs(result: dict, k: float) -> None:
         np.testing.assert_allclose(result["outs"][name], expected(x, k), rtol=1e-12)
 
 
-def _entries(cache: Path) -> dict[str, bool]:
+def _entries(directory: Path) -> dict[str, bool]:
     """Every complete entry (a .so with its metadata) and whether it passes the load-time checks."""
     found = {}
-    for so in cache.rglob("*.so"):
+    for so in directory.rglob("*.so"):
         key = so.stem.rsplit("-", 1)[1]
-        found[so.stem] = compiler._check_entry(compiler._Entry(so.parent, so.stem), key) == (True, None)
+        found[so.stem] = cache.check_entry(cache.Entry(so.parent, so.stem), key) == (True, None)
     return found
 
 
@@ -390,7 +389,7 @@ def test_killed_compile_leaves_no_entry_that_loads(fresh_cache, tmp_path):
     entries = _entries(fresh_cache)
     assert len(entries) == 3 and all(entries.values())
     # the killed compile's temporary goes once it is old (a compile into that directory removes it)
-    os.utime(partial[0], (time.time() - 2 * compiler.STALE_TMP_AGE,) * 2)
+    os.utime(partial[0], (time.time() - 2 * cache.STALE_TMP_AGE,) * 2)
     for so in fresh_cache.rglob("*.json"):
         so.unlink()  # entries without metadata are compiled again
     result = _run_script(script, {**env, "LANTERN_TEST_HANG": "0"})
@@ -398,22 +397,22 @@ def test_killed_compile_leaves_no_entry_that_loads(fresh_cache, tmp_path):
     assert not partial[0].exists() and _leftovers(fresh_cache) == []
 
 
-def _corrupt_truncate(entry: compiler._Entry) -> None:
+def _corrupt_truncate(entry: cache.Entry) -> None:
     data = entry.so.read_bytes()
     entry.so.write_bytes(data[: len(data) // 2])
 
 
-def _corrupt_flip_byte(entry: compiler._Entry) -> None:
+def _corrupt_flip_byte(entry: cache.Entry) -> None:
     data = bytearray(entry.so.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size: only the hash can tell
     entry.so.write_bytes(bytes(data))
 
 
-def _corrupt_metadata(entry: compiler._Entry) -> None:
+def _corrupt_metadata(entry: cache.Entry) -> None:
     entry.meta.write_text(entry.meta.read_text()[:20])
 
 
-def _corrupt_wrong_hash(entry: compiler._Entry) -> None:
+def _corrupt_wrong_hash(entry: cache.Entry) -> None:
     meta = json.loads(entry.meta.read_text())
     meta["so_sha256"] = "0" * 64
     entry.meta.write_text(json.dumps(meta))
@@ -426,7 +425,7 @@ def test_corrupted_entry_is_detected_and_rebuilt(fresh_cache, tmp_path, damage):
     first = _run_script(script, env)
     assert first["stats"]["compiles"] == 3
     so = Path(first["sos"]["shared_a"])
-    entry = compiler._Entry(so.parent, so.stem)
+    entry = cache.Entry(so.parent, so.stem)
     good = so.read_bytes()
     damage(entry)
     # a fresh process (nothing loaded yet) finds the damage, warns, rebuilds, and computes correctly
@@ -443,13 +442,13 @@ def test_corrupted_entry_is_detected_and_rebuilt(fresh_cache, tmp_path, damage):
 def test_entries_of_another_user_are_never_loaded(fresh_cache, monkeypatch):
     x = np.arange(4, dtype=np.float32)
     exe = lantern.stage(plus_one).lower(x)
-    entry = compiler._Entry(Path(exe.so_path).parent, Path(exe.so_path).stem)
-    other = compiler._uid() + 1
-    if compiler._uid() == 0:
+    entry = cache.Entry(Path(exe.so_path).parent, Path(exe.so_path).stem)
+    other = cache.uid() + 1
+    if cache.uid() == 0:
         os.chown(entry.so, other, other)  # really someone else's file
     else:
         real = os.lstat
-        monkeypatch.setattr(compiler.os, "lstat",
+        monkeypatch.setattr(cache.os, "lstat",
                             lambda p, *a, **k: _owned_by(real(p, *a, **k), other) if str(p) == str(entry.so)
                             else real(p, *a, **k))
     before = lantern.cache_stats()
@@ -458,7 +457,7 @@ def test_entries_of_another_user_are_never_loaded(fresh_cache, monkeypatch):
     assert _delta(before) == {"compiles": 1, "disk_hits": 0, "rebuilt": 1}
     np.testing.assert_allclose(again(x), x * 2 + 1)
     monkeypatch.undo()
-    assert os.lstat(entry.so).st_uid == compiler._uid()  # replaced by the user's own build
+    assert os.lstat(entry.so).st_uid == cache.uid()  # replaced by the user's own build
 
 
 def _owned_by(st: os.stat_result, uid: int) -> os.stat_result:
@@ -496,17 +495,17 @@ def test_cache_removed_while_running_is_made_again(fresh_cache, recwarn):
 def test_cache_directory_of_another_user_is_replaced_by_a_temporary_one(tmp_path, monkeypatch):
     root = tmp_path / "theirs"
     root.mkdir(mode=0o700)
-    if compiler._uid() == 0:
-        os.chown(root, compiler._uid() + 1, -1)
+    if cache.uid() == 0:
+        os.chown(root, cache.uid() + 1, -1)
     else:
-        monkeypatch.setattr(compiler, "_uid", lambda: os.geteuid() + 1)
+        monkeypatch.setattr(cache, "uid", lambda: os.geteuid() + 1)
     monkeypatch.setenv("LANTERN_CACHE_DIR", str(root))
     x = np.arange(4, dtype=np.float32)
     with pytest.warns(lantern.CacheWarning, match="not to this user"):
         exe = lantern.stage(plus_one).lower(x)
     np.testing.assert_allclose(exe(x), x * 2 + 1)
     assert not Path(exe.so_path).is_relative_to(root) and list(root.iterdir()) == []
-    assert compiler.active_cache_dir() == Path(exe.so_path).parents[1]
+    assert cache.active_cache_dir() == Path(exe.so_path).parents[1]
 
 
 def _run_in_mount(tmp_path: Path, setup: str, script: Path, env: dict) -> dict:

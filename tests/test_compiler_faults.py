@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import lantern
-from lantern.codegen import compiler
+from lantern.codegen import toolchain
 
 
 def double_plus(x):
@@ -128,11 +128,11 @@ def _alive(pid: int) -> bool:
 def test_bad_timeout_setting(fresh_cache, monkeypatch, value):
     monkeypatch.setenv("LANTERN_CC_TIMEOUT", value)
     with pytest.raises(lantern.CompileError, match="LANTERN_CC_TIMEOUT"):
-        compiler.compile_timeout()
+        toolchain.compile_timeout()
 
 
 def test_timeout_default_and_setting(monkeypatch):
     monkeypatch.delenv("LANTERN_CC_TIMEOUT", raising=False)
-    assert compiler.compile_timeout() == 300
+    assert toolchain.compile_timeout() == 300
     monkeypatch.setenv("LANTERN_CC_TIMEOUT", "12.5")
-    assert compiler.compile_timeout() == 12.5
+    assert toolchain.compile_timeout() == 12.5

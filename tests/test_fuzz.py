@@ -117,9 +117,9 @@ def test_numpy_oracle_programs(chunk):
 
 
 def test_numpy_oracle_programs_sanitized():
-    from lantern.codegen import compiler
+    from lantern.codegen import toolchain
     try:
-        compiler.sanitizer_env()
+        toolchain.sanitizer_env()
     except lantern.CompileError as exc:
         pytest.skip(str(exc))
     rep, cov, _ = campaign.run_batch_sanitized("numpy", SEED + 1, 0, N_SANITIZED)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import lantern
-from lantern.codegen import compiler
+from lantern.codegen import toolchain
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The tests run sanitized: reverse mode (straight-line, through loops, recursion, grad of grad),
@@ -30,7 +30,7 @@ REPORT = re.compile(r"ERROR: (Address|Leak|Thread|Memory)Sanitizer|runtime error
 @pytest.fixture(scope="module")
 def asan_env() -> dict:
     try:
-        env = compiler.sanitizer_env()
+        env = toolchain.sanitizer_env()
     except lantern.CompileError as exc:
         pytest.skip(str(exc))
     env.setdefault("LANTERN_WERROR", "1")

@@ -13,7 +13,7 @@ import pytest
 
 import lantern
 from lantern import trace_cache
-from lantern.codegen import compiler
+from lantern.codegen import toolchain
 from lantern.staging import _bind, _leaf_key, _path_name
 from lantern.tree import flatten
 
@@ -119,15 +119,15 @@ def test_another_openblas_installation_changes_the_fingerprint(trace_cache_on, m
     (other / "lib").mkdir(parents=True)
     (other / "lib" / "libscipy_openblas.so").touch()
     real_find_spec = importlib.util.find_spec
-    compiler.blas_paths.cache_clear()
+    toolchain.blas_paths.cache_clear()
     try:
         with monkeypatch.context() as m:
             m.setattr(importlib.util, "find_spec", lambda name, *rest: pytypes.SimpleNamespace(
                 origin=str(other / "__init__.py")) if name == "scipy_openblas32" else real_find_spec(name, *rest))
-            assert compiler.blas_paths()[1] == str(other / "lib")
+            assert toolchain.blas_paths()[1] == str(other / "lib")
             assert fingerprint(f, X) != a
     finally:
-        compiler.blas_paths.cache_clear()
+        toolchain.blas_paths.cache_clear()
     assert fingerprint(f, X) == a
 
 

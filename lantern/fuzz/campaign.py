@@ -64,8 +64,8 @@ def run_batch_sanitized(oracle: str, seed: int, lo: int, hi: int, save_dir: Path
                         shrink_s: float = 0.0, order: int = 1, size: int | None = None) -> BatchResult:
     """:func:`run_batch` in a process built with ASan and UBSan. A sanitizer report names the program it
     came from (each one re-run alone); those are saved as they are (shrinking would need a process per try)."""
-    from ..codegen import compiler
-    env = compiler.sanitizer_env()
+    from ..codegen import toolchain
+    env = toolchain.sanitizer_env()
     env["LANTERN_WERROR"] = "1"
 
     def run(a: int, b: int) -> tuple[int, str]:

@@ -19,10 +19,10 @@ if TYPE_CHECKING:
 def unoptimized_flags() -> list[str] | None:
     """The production flags with ``-O0`` as the optimisation level; None when there is nothing to
     compare with (the production build is ``-O0`` already, or sanitized)."""
-    from ..codegen import compiler
-    flags = compiler.user_cflags()
+    from ..codegen import toolchain
+    flags = toolchain.user_cflags()
     levels = [f for f in flags if f.startswith("-O")]
-    if compiler.debug_mode() or levels[-1:] == ["-O0"]:
+    if toolchain.debug_mode() or levels[-1:] == ["-O0"]:
         return None
     return [f for f in flags if not f.startswith("-O")] + ["-O0"]
 
