@@ -392,7 +392,10 @@ class _Gen:
             tmpl = f"lantern.where({{1}} {cmp} 0.1, {{0}}, {{2}})"
         else:
             fn = self.rng.choice(["greater", "less", "greater_equal", "less_equal"])
-            tmpl = f"lantern.where(lantern.{fn}({{1}}, {{0}}), {{0}}, {{2}} * 0.5)"
+            # Offset, so two values that are equal in exact arithmetic (a value and the mean of its
+            # broadcast copies) never meet in the comparison, where a last-bit difference between
+            # summation orders (-O0, -O3, NumPy) would pick the other branch.
+            tmpl = f"lantern.where(lantern.{fn}({{1}}, {{0}} + 0.0137), {{0}}, {{2}} * 0.5)"
         out = np.broadcast_shapes(x.shape, c.shape, y.shape)
         self.let(blk, scope, "where", tmpl, [x, c, y], out, self.fdt, max(x.bound, y.bound))
 
