@@ -47,40 +47,41 @@ class Interpreter:
 
     def stmt(self, stmt: Stmt, env: Env) -> list[Any]:
         get: Callable[[Var], Any] = lambda v: env[v.id]  # noqa: E731
-        if isinstance(stmt, Op):
-            return [PRIMITIVES[stmt.prim].ref(*map(get, stmt.args), **stmt.attrs)]
-        if isinstance(stmt, If):
-            return self.block(stmt.then_block if bool(get(stmt.pred)) else stmt.else_block, [], env)
-        if isinstance(stmt, Loop):
-            carried = [get(v) for v in stmt.init]
-            for i in range(int(get(stmt.lo)), int(get(stmt.hi))):
-                carried = self.block(stmt.body, [np.int64(i), *carried], env)
-            return carried
-        if isinstance(stmt, While):
-            carried = [get(v) for v in stmt.init]
-            while bool(self.block(stmt.cond, carried, env)[0]):
-                carried = self.block(stmt.body, carried, env)
-            return carried
-        if isinstance(stmt, Fused):
-            return self.block(stmt.body, [get(v) for v in stmt.inputs], {})
-        if isinstance(stmt, Call):
-            return self.call(stmt.fn, [get(v) for v in stmt.args])
-        if isinstance(stmt, Lambda):
-            captured = dict(env)
+        match stmt:
+            case Op():
+                return [PRIMITIVES[stmt.prim].ref(*map(get, stmt.args), **stmt.attrs)]
+            case If():
+                return self.block(stmt.then_block if bool(get(stmt.pred)) else stmt.else_block, [], env)
+            case Loop():
+                carried = [get(v) for v in stmt.init]
+                for i in range(int(get(stmt.lo)), int(get(stmt.hi))):
+                    carried = self.block(stmt.body, [np.int64(i), *carried], env)
+                return carried
+            case While():
+                carried = [get(v) for v in stmt.init]
+                while bool(self.block(stmt.cond, carried, env)[0]):
+                    carried = self.block(stmt.body, carried, env)
+                return carried
+            case Fused():
+                return self.block(stmt.body, [get(v) for v in stmt.inputs], {})
+            case Call():
+                return self.call(stmt.fn, [get(v) for v in stmt.args])
+            case Lambda():
+                captured = dict(env)
 
-            def closure(*args: Any) -> list[Any]:
-                return self.block(stmt.body, args, dict(captured))
-            captured[stmt.outs[0].id] = closure  # letrec: the body may call itself
-            return [closure]
-        if isinstance(stmt, Apply):
-            return get(stmt.fn)(*[get(v) for v in stmt.args])
-        if isinstance(stmt, Accumulate):
-            target = get(stmt.target)
-            if stmt.index is not None:
-                np.add.at(target, get(stmt.index), get(stmt.value))
-            else:
-                np.add(target, get(stmt.value), out=target)
-            return []
+                def closure(*args: Any) -> list[Any]:
+                    return self.block(stmt.body, args, dict(captured))
+                captured[stmt.outs[0].id] = closure  # letrec: the body may call itself
+                return [closure]
+            case Apply():
+                return get(stmt.fn)(*[get(v) for v in stmt.args])
+            case Accumulate():
+                target = get(stmt.target)
+                if stmt.index is not None:
+                    np.add.at(target, get(stmt.index), get(stmt.value))
+                else:
+                    np.add(target, get(stmt.value), out=target)
+                return []
         raise TypeError(f"unknown statement {type(stmt).__name__}")
 
 

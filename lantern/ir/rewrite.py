@@ -15,36 +15,36 @@ def fresh(v: Var) -> Var:
 
 def with_operands(stmt: Stmt, f: Callable[[Var], Var]) -> Stmt:
     """A shallow copy of ``stmt`` whose direct operands are mapped through ``f``."""
-    if isinstance(stmt, Op):
-        return dataclasses.replace(stmt, args=[f(a) for a in stmt.args])
-    if isinstance(stmt, If):
-        return dataclasses.replace(stmt, pred=f(stmt.pred))
-    if isinstance(stmt, Loop):
-        return dataclasses.replace(stmt, lo=f(stmt.lo), hi=f(stmt.hi), init=[f(a) for a in stmt.init])
-    if isinstance(stmt, While):
-        return dataclasses.replace(stmt, init=[f(a) for a in stmt.init])
-    if isinstance(stmt, Fused):
-        return dataclasses.replace(stmt, inputs=[f(a) for a in stmt.inputs])
-    if isinstance(stmt, Call):
-        return dataclasses.replace(stmt, args=[f(a) for a in stmt.args])
-    if isinstance(stmt, Apply):
-        return dataclasses.replace(stmt, fn=f(stmt.fn), args=[f(a) for a in stmt.args])
-    if isinstance(stmt, Accumulate):
-        return dataclasses.replace(stmt, target=f(stmt.target), value=f(stmt.value),
-                                   index=f(stmt.index) if stmt.index is not None else None)
-    if isinstance(stmt, Lambda):
-        return dataclasses.replace(stmt)
+    match stmt:
+        case Op() | Call():
+            return dataclasses.replace(stmt, args=[f(a) for a in stmt.args])
+        case If():
+            return dataclasses.replace(stmt, pred=f(stmt.pred))
+        case Loop():
+            return dataclasses.replace(stmt, lo=f(stmt.lo), hi=f(stmt.hi), init=[f(a) for a in stmt.init])
+        case While():
+            return dataclasses.replace(stmt, init=[f(a) for a in stmt.init])
+        case Fused():
+            return dataclasses.replace(stmt, inputs=[f(a) for a in stmt.inputs])
+        case Apply():
+            return dataclasses.replace(stmt, fn=f(stmt.fn), args=[f(a) for a in stmt.args])
+        case Accumulate():
+            return dataclasses.replace(stmt, target=f(stmt.target), value=f(stmt.value),
+                                       index=f(stmt.index) if stmt.index is not None else None)
+        case Lambda():
+            return dataclasses.replace(stmt)
     raise TypeError(f"unknown statement {type(stmt).__name__}")
 
 
 def with_blocks(stmt: Stmt, blocks: list[Block]) -> Stmt:
     """A shallow copy of ``stmt`` with its nested blocks replaced (same order as ``stmt.blocks()``)."""
-    if isinstance(stmt, If):
-        return dataclasses.replace(stmt, then_block=blocks[0], else_block=blocks[1])
-    if isinstance(stmt, (Loop, Fused, Lambda)):
-        return dataclasses.replace(stmt, body=blocks[0])
-    if isinstance(stmt, While):
-        return dataclasses.replace(stmt, cond=blocks[0], body=blocks[1])
+    match stmt:
+        case If():
+            return dataclasses.replace(stmt, then_block=blocks[0], else_block=blocks[1])
+        case Loop() | Fused() | Lambda():
+            return dataclasses.replace(stmt, body=blocks[0])
+        case While():
+            return dataclasses.replace(stmt, cond=blocks[0], body=blocks[1])
     assert not blocks
     return stmt
 
