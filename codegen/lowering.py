@@ -133,7 +133,8 @@ def format_plan(module: Module, plan: Plan, names: Callable[[Var], str] | None =
             for o in s.outs:
                 if o.id in plan.dest:
                     kind, where = plan.dest[o.id]
-                    target = f"result {where}" if kind == "result" else f"{kind} %{name(where)}"  # type: ignore[arg-type]
+                    target = (f"result {where}" if kind == "result"
+                              else f"{kind} %{name(where)}")  # type: ignore[arg-type]
                     lines.append(f"  %{name(o)}: computed into {target}")
                 elif o.id in plan.into:
                     lines.append(f"  %{name(o)}: added into %{name(plan.into[o.id])} (+=)")

@@ -220,7 +220,8 @@ class Toolchain:
         return [" ".join(self.cc), identity(list(self.cc), list(self.flags)), " ".join(BASE_FLAGS + list(self.flags)),
                 repr(blas_paths()) if uses_blas else ""]
 
-    def compile(self, c_path: str, so_path: str, uses_blas: bool, what: str) -> tuple[list[str], subprocess.CompletedProcess]:
+    def compile(self, c_path: str, so_path: str, uses_blas: bool,
+                what: str) -> tuple[list[str], subprocess.CompletedProcess]:
         """Compile ``c_path`` into the shared object ``so_path``; the command and the finished process."""
         cmd = command(list(self.cc), list(self.flags), c_path, so_path, uses_blas)
         return cmd, run(cmd, compile_timeout(), what, c_path)

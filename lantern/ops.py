@@ -163,7 +163,6 @@ def floor(x: ArrayLike) -> Tensor:
     return x if x.type.dtype not in FLOAT_DTYPES else _unary("floor", x)
 
 
-
 def negative(x: ArrayLike) -> Tensor: return _unary("neg", x, float_only=False)
 
 
@@ -179,7 +178,6 @@ def abs(x: ArrayLike) -> Tensor:  # noqa: A001
     """NumPy's ``absolute``; a bool tensor comes back unchanged, as in NumPy."""
     x = asarray(x)
     return x if x.type.dtype == "bool" else _unary("abs", x, float_only=False)
-
 
 
 def sign(x: ArrayLike) -> Tensor: return _unary("sign", x, float_only=False)

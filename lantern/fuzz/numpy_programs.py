@@ -303,7 +303,8 @@ class _Gen:
             else:
                 tmpl = f"{fn}({{xp}}.tanh({{0}} * 0.01))" if op != "tanh" else f"{fn}({{0}})"
             return _Cand(op, tmpl, [x], exact=op == "sqrt" and x.exact and x.scale <= MAX_MATH_ARG, ext=ext)
-        tmpl = {"neg_op": "-{0}", "abs_op": "abs({0})", "pos_op": "+{0}", "square": "{xp}.square({0})"}.get(op, f"{fn}({{0}})")
+        operators = {"neg_op": "-{0}", "abs_op": "abs({0})", "pos_op": "+{0}", "square": "{xp}.square({0})"}
+        tmpl = operators.get(op, f"{fn}({{0}})")
         return _Cand(op, tmpl, [x], needs_exact=op in ("sign", "floor"), ext=ext)
 
     _BINARY = {  # op -> (template, exactly rounded for floats, discontinuous)
