@@ -8,7 +8,8 @@ from .ad import grad, value_and_grad
 from .control import cond, fori_loop, while_loop
 from .errors import (ArgumentError, CacheWarning, CompileError, CompilerNotFoundError, CompilerTimeoutError,
                      ConcretizationError, DTypeError, IRVerificationError, LanternError, LanternWarning,
-                     NativeError, NonFiniteError, OutOfBoundsError, RecursionDepthError, ShapeError, TraceError)
+                     NativeError, NonFiniteError, OutOfBoundsError, RecompileWarning, RecursionDepthError, ShapeError,
+                     TraceError)
 from .ops import (abs, add, arange, argmax, argmin, asarray, astype, broadcast_to, clip, concatenate, constant,
                   cos, divide, dot, equal, exp, expand_dims, expm1, floor, floor_divide, full, full_like, greater,
                   greater_equal, less, less_equal, log, log1p, log_softmax, logical_and, logical_not, logical_or,

@@ -62,6 +62,11 @@ class CacheWarning(LanternWarning):
     in it was damaged or not the user's (it is rebuilt)."""
 
 
+class RecompileWarning(LanternWarning):
+    """A staged function was compiled again and again: a Python number that changes on every call,
+    or an argument whose shape keeps changing (the message says which, and what to do)."""
+
+
 class OutOfBoundsError(LanternError, IndexError):
     """An index out of bounds: a static one while tracing, or a staged one at run time."""
 

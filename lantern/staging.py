@@ -15,12 +15,14 @@ import inspect
 import math
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
-from . import ops
+from . import compile_log, ops
+from .compile_log import CompileEvent
 from .control import UnknownRecursiveResult
 from .errors import ArgumentError, DTypeError, LanternError, TraceError
 from .ir.nodes import Block, Call, Function, Module, Var
@@ -340,6 +342,8 @@ class Staged:
         self._executables: dict[Any, Executable] = {}
         self._fast: dict[Any, Executable] = {}
         self.trace_count = 0
+        self._compiles: list[CompileEvent] = []  # lantern/compile_log.py
+        self._compiled_signatures: list[tuple[TreeDef, list[tuple], list[str]]] = []
 
     def __repr__(self) -> str:
         return f"<lantern.stage {self.name}{self.signature}>"
@@ -388,9 +392,22 @@ class Staged:
         key = (treedef, tuple(keys))
         exe = self._executables.get(key)
         if exe is None:
+            reason = compile_log.recompile_reason(self._compiled_signatures, treedef, keys, paths)
+            hits = _trace_cache_hits()
+            start = time.perf_counter()
             exe = self._compile(treedef, keys, paths)
+            event = compile_log.CompileEvent(compile_log.describe_signature(paths, keys), reason.text,
+                                             time.perf_counter() - start, _trace_cache_hits() > hits)
             self._executables[key] = exe
+            self._compiled_signatures.append((treedef, keys, paths))
+            compile_log.record(self.name, self._compiles, event, reason)
         return exe, leaves
+
+    def cache_info(self) -> compile_log.CacheInfo:
+        """The signatures compiled in this process (in order), with why each was needed and how long it took
+        (``LANTERN_LOG_COMPILES=1`` prints the same as it happens)."""
+        return compile_log.CacheInfo(len(self._compiles), tuple(e.signature for e in self._compiles),
+                                     tuple(self._compiles))
 
     def _compile(self, treedef: TreeDef, keys: list[tuple], paths: list[str]) -> Executable:
         from . import trace_cache
@@ -510,6 +527,11 @@ class TracedCall:
     #: values of the calling function the traced one reads (:meth:`Staged.trace_closure`): its
     #: parameters after ``tensors``
     captured: list[Var] = field(default_factory=list)
+
+
+def _trace_cache_hits() -> int:
+    from .trace_cache import STATS
+    return STATS["hits"]
 
 
 def _definition(staged: Staged) -> Loc:
