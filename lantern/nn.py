@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import ops
-from .errors import DTypeError, ShapeError
+from .errors import DTypeError, ShapeError, TraceError
 from .ir.types import FLOAT_DTYPES, INT_DTYPES, canonical_dtype
 from .tensor import Tensor
 from .tracing import with_location
@@ -73,6 +73,23 @@ class Layer:
     def init(self, rng: np.random.Generator | int | None = None) -> Params:
         raise NotImplementedError
 
+    def param_names(self) -> tuple[str, ...]:
+        """The keys of this layer's parameter dict (what :meth:`init` makes)."""
+        return ()
+
+    def _checked(self, params: Params) -> Params:
+        """``params`` if it has every key of this layer's: a missing or misspelled key is an error, not a
+        parameter silently left out. (Other keys may be there: one dict can hold several layers'.)"""
+        want = self.param_names()
+        if not isinstance(params, dict):
+            raise with_location(TraceError, f"{type(self).__name__}: parameters must be a dict with the keys "
+                                f"{list(want)}, got {type(params).__name__}")
+        missing = [k for k in want if k not in params]
+        if missing:
+            raise with_location(TraceError, f"{self!r}: parameters {missing} missing (the dict has "
+                                f"{sorted(params, key=str)}; this layer uses {list(want)})")
+        return params
+
     def _uniform(self, rng: np.random.Generator, bound: float, shape: tuple[int, ...]) -> np.ndarray:
         return rng.uniform(-bound, bound, shape).astype(self.dtype)
 
@@ -98,8 +115,12 @@ class Linear(Layer):
             params["bias"] = self._uniform(rng, bound, (self.out_features,))
         return params
 
+    def param_names(self) -> tuple[str, ...]:
+        return ("weight", "bias") if self.bias else ("weight",)
+
     def __call__(self, params: Params, x: Any) -> Tensor:
-        return linear(x, params["weight"], params.get("bias") if self.bias else None)
+        params = self._checked(params)
+        return linear(x, params["weight"], params.get("bias"))
 
 
 class Embedding(Layer):
@@ -115,8 +136,11 @@ class Embedding(Layer):
         rng = _generator(rng)
         return {"weight": rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype(self.dtype)}
 
+    def param_names(self) -> tuple[str, ...]:
+        return ("weight",)
+
     def __call__(self, params: Params, ids: Any) -> Tensor:
-        return ops.take(params["weight"], ids, axis=0)
+        return ops.take(self._checked(params)["weight"], ids, axis=0)
 
 
 class RNNCell(Layer):
@@ -137,13 +161,21 @@ class RNNCell(Layer):
     def init(self, rng: np.random.Generator | int | None = None) -> Params:
         return _recurrent_init(self, _generator(rng), 1)
 
+    def param_names(self) -> tuple[str, ...]:
+        return _recurrent_names(self.bias)
+
     def __call__(self, params: Params, x: Any, h: Any) -> Tensor:
+        params = self._checked(params)
         pre = linear(x, params["weight_ih"], params.get("bias_ih")) + linear(h, params["weight_hh"],
                                                                              params.get("bias_hh"))
         return ops.tanh(pre) if self.nonlinearity == "tanh" else ops.relu(pre)
 
     def zero_state(self, *batch: int) -> Tensor:
         return ops.zeros(batch + (self.hidden_size,), self.dtype)
+
+
+def _recurrent_names(bias: bool) -> tuple[str, ...]:
+    return ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if bias else ())
 
 
 def _recurrent_init(cell: Any, rng: np.random.Generator, gates: int) -> Params:
@@ -182,7 +214,11 @@ class LSTMCell(Layer):
     def init(self, rng: np.random.Generator | int | None = None) -> Params:
         return _recurrent_init(self, _generator(rng), 4)
 
+    def param_names(self) -> tuple[str, ...]:
+        return _recurrent_names(self.bias)
+
     def __call__(self, params: Params, x: Any, state: tuple[Any, Any]) -> tuple[Tensor, Tensor]:
+        params = self._checked(params)
         h, c = state
         gates = linear(x, params["weight_ih"], params.get("bias_ih")) + linear(h, params["weight_hh"],
                                                                                params.get("bias_hh"))
@@ -228,7 +264,11 @@ class TreeLSTMCell(Layer):
                 "weight_hh": self._uniform(rng, bound, (5 * h, 2 * h)),
                 "bias": self._uniform(rng, bound, (4 * h,))}
 
+    def param_names(self) -> tuple[str, ...]:
+        return ("weight_ih", "weight_hh", "bias")
+
     def __call__(self, params: Params, x: Any, left: tuple[Any, Any], right: tuple[Any, Any]) -> tuple[Tensor, Tensor]:
+        params = self._checked(params)
         (hl, cl), (hr, cr) = left, right
         xi, xf, xo, xu = _chunks(linear(x, params["weight_ih"], params["bias"]), 4)
         hi, hfl, hfr, ho, hu = _chunks(linear(ops.concatenate([hl, hr], axis=-1), params["weight_hh"]), 5)
@@ -237,6 +277,7 @@ class TreeLSTMCell(Layer):
 
     def leaf(self, params: Params, x: Any) -> tuple[Tensor, Tensor]:
         """The cell with zero child states (a leaf of the tree)."""
+        params = self._checked(params)
         xi, _, xo, xu = _chunks(linear(x, params["weight_ih"], params["bias"]), 4)
         c = ops.sigmoid(xi) * ops.tanh(xu)
         return ops.sigmoid(xo) * ops.tanh(c), c
@@ -297,7 +338,11 @@ class Conv2d(Layer):
             params["bias"] = self._uniform(rng, bound, (self.out_channels,))
         return params
 
+    def param_names(self) -> tuple[str, ...]:
+        return ("weight", "bias") if self.bias else ("weight",)
+
     def __call__(self, params: Params, x: Any) -> Tensor:
+        params = self._checked(params)
         x = ops.asarray(x)
         if x.ndim == 3:
             return ops.squeeze(self(params, ops.expand_dims(x, 0)), 0)

@@ -49,6 +49,27 @@ class Loc:
 UNKNOWN = Loc("<unknown>", 0)
 
 
+def _package_dirs() -> tuple[str, ...]:
+    import lantern
+    from lantern import codegen, runtime
+    return tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (lantern, codegen, runtime))
+
+
+def error_location(loc: Loc) -> str:
+    """Where an error is reported: ``loc``, and where lantern's own library code (``nn``, ``optim``,
+    models) holds it, the user's line that called into it first: ``model.py:12, in nn.py:58``."""
+    inside = _package_dirs()
+    if not loc.file.startswith(inside):
+        return str(loc)
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith(inside) and not filename.startswith("<frozen"):
+            return f"{Loc(filename, frame.f_lineno)}, in {loc}"
+        frame = frame.f_back
+    return str(loc)
+
+
 def user_location() -> Loc:
     """The innermost stack frame outside lantern's tracing machinery."""
     internal = _internal_prefixes()

@@ -17,7 +17,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from .ir.verify import verify
 from .source import Loc, user_location
 from .tensor import Tensor
 from .tracing import Frame, ModuleBuilder, current_frame, name_var, trace_callable, with_location
-from .tree import TreeDef, _sort_key, flatten, unflatten
+from .tree import TreeDef, _sort_key, flatten, tree_map, unflatten
 
 _STATIC_TYPES = (bool, int, float, str, bytes, type(None))
 _NAN = float("nan")
@@ -143,12 +143,14 @@ class Executable:
     it was compiled for (``ArgumentError`` names the argument and both shapes/dtypes).
     """
 
-    def __init__(self, name: str, param_names: list[str], in_treedef: TreeDef, leaf_keys: list[tuple],
+    def __init__(self, name: str, signature: inspect.Signature, in_treedef: TreeDef, leaf_keys: list[tuple],
                  in_paths: list[str], traced: Module | None, optimized: Module | None, out_treedef: TreeDef,
                  out_types: list[TensorType], native: Any,
                  retrace: Callable[[], tuple[Module, Module]] | None = None):
         self.name = name
-        self._param_names = param_names
+        self._signature = signature
+        self._param_names = list(signature.parameters)
+        self._simple = _is_simple(signature)
         self.in_treedef = in_treedef
         self._leaf_keys = leaf_keys
         self._array_positions = [i for i, k in enumerate(leaf_keys) if k[0] == "array"]
@@ -234,14 +236,14 @@ class Executable:
     def interpret(self, *args: Any, optimized: bool = False, **kwargs: Any) -> Any:
         """Run the IR (as traced, or after the C-preparing passes) in the NumPy reference interpreter."""
         from .ir.interpret import interpret
-        leaves = flatten(_bind(self.name, self._signature_like(), args, kwargs))[0]
+        leaves = flatten(_bind(self.name, self._signature, args, kwargs))[0]
         arrays = [np.asarray(leaves[i]) for i in self._array_positions]
         outs = interpret(self.module if optimized else self.traced_module, arrays)
         return unflatten(self.out_treedef, outs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if kwargs or len(args) != len(self._param_names):
-            args = _bind(self.name, self._signature_like(), args, kwargs)
+        if kwargs or not self._simple or len(args) != len(self._param_names):
+            args = _bind(self.name, self._signature, args, kwargs)
         key: list[Any] = []
         leaves: list[Any] = []
         if _fast_key(args, key, leaves):
@@ -272,10 +274,6 @@ class Executable:
                                         f"{key[2]!r}, got {leaf!r}")
         return self.run_leaves(leaves)
 
-    def _signature_like(self) -> inspect.Signature:
-        return inspect.Signature([inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-                                  for n in self._param_names])
-
 
 def _path_name(path: str, names: list[str]) -> str:
     # flatten paths of the bound-arguments tuple start with "[i]": name the parameter instead
@@ -284,12 +282,35 @@ def _path_name(path: str, names: list[str]) -> str:
 
 
 def _bind(name: str, signature: inspect.Signature, args: tuple, kwargs: dict) -> tuple:
+    """The value of each parameter, in order (a ``*args`` parameter's is a tuple, a ``**kwargs`` one's a dict)."""
     try:
         bound = signature.bind(*args, **kwargs)
     except TypeError as exc:
         raise ArgumentError(f"{name}(): {exc} (signature {name}{signature})") from None
     bound.apply_defaults()
     return tuple(bound.arguments.values())
+
+
+def _is_simple(signature: inspect.Signature) -> bool:
+    """Every parameter positional-or-keyword: the positional arguments are the parameters' values."""
+    return all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in signature.parameters.values())
+
+
+def call_bound(fn: Callable[..., Any], signature: inspect.Signature, values: tuple | list) -> Any:
+    """Call ``fn`` with the parameter values :func:`_bind` gave: positional ones by position, ``*args``
+    spread, keyword-only ones and ``**kwargs`` by name."""
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for p, v in zip(signature.parameters.values(), values):
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            args.extend(v)
+        elif p.kind is inspect.Parameter.KEYWORD_ONLY:
+            kwargs[p.name] = v
+        elif p.kind is inspect.Parameter.VAR_KEYWORD:
+            kwargs.update(v)
+        else:
+            args.append(v)
+    return fn(*args, **kwargs)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -337,8 +358,7 @@ class Staged:
         self.options = options if options is not None else stage_options()
         self.signature = inspect.signature(fn)
         self._param_names = list(self.signature.parameters)
-        self._simple = all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-                           for p in self.signature.parameters.values())
+        self._simple = _is_simple(self.signature)
         self._executables: dict[Any, Executable] = {}
         self._fast: dict[Any, Executable] = {}
         self.trace_count = 0
@@ -347,6 +367,10 @@ class Staged:
 
     def __repr__(self) -> str:
         return f"<lantern.stage {self.name}{self.signature}>"
+
+    def call_bound(self, *values: Any) -> Any:
+        """The Python function called with the parameter values of one call (see :func:`call_bound`)."""
+        return call_bound(self.fn, self.signature, values)
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         return self if obj is None else functools.partial(self, obj)
@@ -421,13 +445,13 @@ class Staged:
             if found:
                 trace_cache.STATS["hits"] += 1
                 native, out_types, out_treedef = found
-                return Executable(self.name, self._param_names, treedef, keys, paths, None, None, out_treedef,
+                return Executable(self.name, self.signature, treedef, keys, paths, None, None, out_treedef,
                                   out_types, native, retrace=lambda: self._trace_modules(treedef, keys, paths))
             trace_cache.STATS["misses"] += 1
         builder, name, traced = self._trace(treedef, keys, paths)
         native, optimized = build_native(traced, self.name, EmitOptions(**self.options))
         fn = traced.functions[name]
-        exe = Executable(self.name, self._param_names, treedef, keys, paths, traced, optimized,
+        exe = Executable(self.name, self.signature, treedef, keys, paths, traced, optimized,
                          builder.out_treedefs[name], list(fn.result_types or ()), native)
         if fingerprint is not None:
             if trace_cache.mode() == "verify":
@@ -461,18 +485,21 @@ class Staged:
         frame.add(Call(outs, loc=user_location(), fn=call.name, args=[t.var for t in call.tensors]))
         return unflatten(frame.builder.out_treedefs[call.name], [Tensor(v, frame) for v in outs])
 
-    def trace_closure(self, args: tuple, kwargs: dict) -> TracedCall:
+    def trace_closure(self, args: tuple, kwargs: dict, variables: Sequence[int] = ()) -> TracedCall:
         """Trace this function for a call made while tracing, as a fresh IR function that may read the
         caller's staged values (``grad`` of a closure).
 
         Values of the enclosing function it reads become extra parameters after its own (they are
         constants for the gradient, as in JAX). The function is not cached by signature, since what
-        it captures may differ from call to call.
+        it captures may differ from call to call. In the parameters at ``variables`` (``grad``'s
+        ``argnums``), Python floats are staged float64 scalars rather than constants.
         """
         frame = current_frame()
         assert frame is not None
         builder = frame.builder
         bound = _bind(self.name, self.signature, args, kwargs)
+        lifted = set(range(len(bound))) & {v % len(bound) for v in variables if -len(bound) <= v < len(bound)}
+        bound = tuple(tree_map(_float_as_scalar, b) if k in lifted else b for k, b in enumerate(bound))
         with_paths, treedef = flatten(bound, paths=True)
         paths = [_path_name(p, self._param_names) for p, _ in with_paths]
         leaves = [leaf if isinstance(leaf, _STATIC_TYPES) else ops.asarray(leaf) for _, leaf in with_paths]
@@ -488,8 +515,8 @@ class Staged:
             it = iter(param_tensors)
             return unflatten(treedef, [next(it) if isinstance(t, Tensor) else t for t in leaves])
         loc = _definition(self)
-        body = trace_callable(inner, params, self.fn, arguments, self.name, f"the result of {self.name}", loc,
-                              name_locals=True)
+        body = trace_callable(inner, params, self.call_bound, arguments, self.name, f"the result of {self.name}",
+                              loc, name_locals=True)
         del builder.in_progress[name]
         builder.functions[name] = Function(name, body.block, tuple(body.types), loc)
         builder.out_treedefs[name] = body.treedef
@@ -527,6 +554,11 @@ class TracedCall:
     #: values of the calling function the traced one reads (:meth:`Staged.trace_closure`): its
     #: parameters after ``tensors``
     captured: list[Var] = field(default_factory=list)
+
+
+def _float_as_scalar(leaf: Any) -> Any:
+    """A Python float as a float64 scalar (a variable ``grad`` can differentiate), other leaves as they are."""
+    return np.array(leaf, np.float64) if type(leaf) is float else leaf  # (an np.float64 is a float: static)
 
 
 def _trace_cache_hits() -> int:
@@ -586,7 +618,7 @@ def trace_function(builder: ModuleBuilder, staged: Staged, treedef: TreeDef, spe
             it = iter(tensors)
             return unflatten(treedef, [s.value if isinstance(s, _Static) else next(it) for s in specs])
         try:  # (errors in the results point at the function: the return line is gone)
-            body = trace_callable(Frame(builder, name), params, staged.fn, arguments, staged.name,
+            body = trace_callable(Frame(builder, name), params, staged.call_bound, arguments, staged.name,
                                   f"the result of {staged.name}", loc, name_locals=True)
         except UnknownRecursiveResult as exc:
             _forget(builder, set(builder.specializations) - before)

@@ -21,7 +21,7 @@ from .ir import primitives
 from .ir.nodes import Block, Function, Module, Op, Stmt, Var
 from .ir.rewrite import with_operands
 from .ir.types import TensorType
-from .source import Loc, user_location
+from .source import Loc, error_location, user_location
 
 E = TypeVar("E", bound=LanternError)
 
@@ -31,9 +31,9 @@ MAX_TENSOR_BYTES = 2**62
 
 
 def with_location(exc_type: type[E], message: str, loc: Loc | None = None) -> E:
-    """An exception whose message ends with the user's file:line."""
-    loc = loc or user_location()
-    return exc_type(f"{message} (at {loc})")
+    """An exception whose message ends with the user's file:line (and the library line, for an error
+    inside ``lantern.nn`` and the like)."""
+    return exc_type(f"{message} (at {error_location(loc or user_location())})")
 
 
 class ModuleBuilder:

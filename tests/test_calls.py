@@ -266,3 +266,54 @@ def test_results_are_freed_without_the_cycle_collector(via):
         assert [r() for r in refs] == [None, None]
     finally:
         gc.enable()
+
+
+# ------------------------------------------------------------------ signatures as Python has them (issue 13)
+
+def test_keyword_only_varargs_and_varkw_parameters():
+    @lantern.stage
+    def scaled(x, *, k=2.0):
+        return x * k
+
+    x = np.arange(3.0)
+    np.testing.assert_array_equal(scaled(x), x * 2.0)
+    np.testing.assert_array_equal(scaled(x, k=3.0), x * 3.0)
+    np.testing.assert_array_equal(scaled.lower(x, k=5.0)(x, k=5.0), x * 5.0)
+    with pytest.raises(lantern.ArgumentError, match="positional argument"):
+        scaled(x, 3.0)
+
+    @lantern.stage
+    def total(*xs):
+        return sum(v.sum() for v in xs)
+
+    assert float(total(x, np.ones(2))) == 5.0
+    assert float(total(x)) == 3.0
+
+    @lantern.stage
+    def options(x, **opts):
+        return x * opts["scale"] + opts.get("shift", 0.0)
+
+    np.testing.assert_array_equal(options(x, scale=4.0), x * 4.0)
+    np.testing.assert_array_equal(options(x, scale=4.0, shift=1.0), x * 4.0 + 1.0)
+
+    @lantern.stage
+    def outer(v):  # a staged function calling one with keyword-only parameters
+        return scaled(v, k=3.0) + scaled(v)
+    np.testing.assert_array_equal(outer(x), x * 5.0)
+
+
+def test_grad_with_keyword_only_parameters():
+    g = lantern.grad(lambda x, *, k: (x ** 2 * k).sum())(np.ones(2), k=3.0)
+    np.testing.assert_array_equal(g, [6.0, 6.0])
+
+
+def test_grad_with_respect_to_python_floats():
+    """As in JAX: a differentiated Python float is a variable (a float64 scalar), not a constant."""
+    assert float(lantern.grad(lambda x: x ** 2)(3.0)) == 6.0
+    g = lantern.grad(lambda p: p["a"] ** 3 + lantern.sum(p["w"]) * p["a"])({"a": 2.0, "w": np.ones(3)})
+    assert float(g["a"]) == 15.0
+    np.testing.assert_array_equal(g["w"], [2.0, 2.0, 2.0])
+    value, (gx, gk) = lantern.value_and_grad(lambda x, k: x * k, argnums=(0, 1))(2.0, 5.0)
+    assert (float(value), float(gx), float(gk)) == (10.0, 5.0, 2.0)
+    # not differentiated: still a compile-time constant
+    assert float(lantern.grad(lambda x, k: x * k)(2.0, 5.0)) == 5.0

@@ -453,3 +453,41 @@ def test_small_cnn_trains_with_sgd():
     assert np.all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < 0.5 * losses[0], losses
     assert losses[0] == pytest.approx(np.log(3), abs=0.3)
+
+
+# ------------------------------------------------------------------ parameters and error locations (issue 13)
+
+@pytest.mark.parametrize("layer, rename", [
+    (nn.Linear(3, 2), ("bias", "bais")),
+    (nn.Linear(3, 2), ("weight", "w")),
+    (nn.LSTMCell(3, 2), ("bias_hh", "bias_h")),
+    (nn.Conv2d(1, 2, 3), ("bias", "b")),
+])
+def test_a_missing_or_misspelled_parameter_is_an_error(layer, rename):
+    params = layer.init(0)
+    params[rename[1]] = params.pop(rename[0])
+    x = np.ones((1, 3), np.float32) if not isinstance(layer, nn.Conv2d) else np.ones((1, 1, 5, 5), np.float32)
+    state = (np.zeros((1, 2), np.float32),) * 2
+
+    def call(p, x):
+        return layer(p, x, state) if isinstance(layer, nn.LSTMCell) else layer(p, x)  # LINE:layer-call
+    with pytest.raises(lantern.TraceError, match=rf"\['{rename[0]}'\] missing .*'{rename[1]}'") as info:
+        lantern.stage(call)(params, x)
+    assert "test_nn.py" in str(info.value)  # the user's line first, then the library's
+
+
+def test_layers_take_a_dict_holding_other_parameters_too():
+    lin = nn.Linear(3, 2)
+    params = {**lin.init(0), "other_layer": np.ones(4, np.float32)}
+    x = np.ones((1, 3), np.float32)
+    np.testing.assert_allclose(lantern.stage(lambda p, x: lin(p, x))(params, x),
+                               x @ params["weight"].T + params["bias"], rtol=1e-6)
+
+
+def test_errors_inside_the_library_name_the_users_line():
+    def f(x, w):
+        return nn.linear(x, w)  # LINE:user
+    with pytest.raises(lantern.ShapeError) as info:
+        lantern.stage(f)(np.ones((2, 3)), np.ones((4, 5)))
+    line = next(i for i, text in enumerate(open(__file__), 1) if "# LINE:user" in text)
+    assert f"(at test_nn.py:{line}, in nn.py:" in str(info.value)

@@ -90,7 +90,7 @@ def value_and_grad(fun: Callable[..., Any], argnums: int | Sequence[int] = 0,
     def traced(*args: Any, **kwargs: Any) -> Any:
         frame = current_frame()
         assert frame is not None
-        call = staged.trace_closure(args, kwargs)
+        call = staged.trace_closure(args, kwargs, positions)  # (Python floats there become variables)
         # Which IR parameters belong to the differentiated arguments.
         spans, start = [], 0
         for arg in call.bound:
