@@ -457,8 +457,8 @@ def nll_loss(log_probs: Any, targets: Any, reduction: str = "mean") -> Tensor:
     """Negative log-likelihood ``-log_probs[..., targets]`` with classes on the LAST axis.
 
     ``log_probs`` is ``[..., C]`` (floats), ``targets`` ``[...]`` integer classes in ``[0, C)``
-    (a target outside the range picks nothing: its loss is 0). ``reduction``: ``"mean"`` over
-    all positions, ``"sum"``, or ``"none"`` (shape of ``targets``)."""
+    (a target outside the range is an ``OutOfBoundsError`` at run time, as in PyTorch). ``reduction``:
+    ``"mean"`` over all positions, ``"sum"``, or ``"none"`` (shape of ``targets``)."""
     lp = ops.asarray(log_probs)
     t = ops.asarray(targets)
     if lp.type.dtype not in FLOAT_DTYPES:

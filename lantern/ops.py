@@ -15,6 +15,7 @@ import numpy as np
 from .errors import DTypeError, OutOfBoundsError, ShapeError, TraceError
 from .ir.types import FLOAT_DTYPES, INT_DTYPES, TensorType, canonical_dtype
 from .tensor import Tensor
+from .source import error_location, user_location
 from .tracing import Frame, require_frame, with_location
 
 Scalar = bool | int | float
@@ -697,10 +698,14 @@ def arange(start: Scalar, stop: Scalar | None = None, step: Scalar = 1, dtype: A
 
 
 def one_hot(idx: ArrayLike, num_classes: int, dtype: Any = "float32") -> Tensor:
-    """``out[..., c] = (idx[...] == c)`` as ``dtype``."""
+    """``out[..., c] = (idx[...] == c)`` as ``dtype``. An index outside ``[0, num_classes)`` is an
+    ``OutOfBoundsError`` (as in PyTorch), checked at run time like every staged index."""
     idx = asarray(idx)
     if idx.type.dtype not in INT_DTYPES:
         raise with_location(DTypeError, f"one_hot: indices must be integers, got {idx.type}")
+    where = error_location(user_location())  # the user's line, also when called from lantern.nn
+    idx = _emit(idx.frame, "check_range", [idx], hint="classes", n=int(num_classes),
+                what=f"{where}: one_hot with {int(num_classes)} classes")
     classes = arange(int(num_classes), dtype=idx.type.dtype)
     return astype(equal(expand_dims(idx, -1), classes), dtype)
 

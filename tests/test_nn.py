@@ -491,3 +491,24 @@ def test_errors_inside_the_library_name_the_users_line():
         lantern.stage(f)(np.ones((2, 3)), np.ones((4, 5)))
     line = next(i for i, text in enumerate(open(__file__), 1) if "# LINE:user" in text)
     assert f"(at test_nn.py:{line}, in nn.py:" in str(info.value)
+
+
+@pytest.mark.parametrize("targets", [[0, 3], [0, -1], [99, 0]])
+def test_cross_entropy_rejects_classes_out_of_range(targets):
+    """As PyTorch (IndexError): a target outside [0, C) was silently a zero loss."""
+    f = lantern.stage(lambda logits, t: nn.cross_entropy(logits, t))  # LINE:ce
+    with pytest.raises(lantern.OutOfBoundsError, match=r"test_nn.py:\d+, in nn.py:\d+: one_hot with 3 classes: "
+                       rf"index {[t for t in targets if not 0 <= t < 3][0]} is out of bounds"):
+        f(np.zeros((2, 3), np.float32), np.array(targets))
+    assert float(f(np.zeros((2, 3), np.float32), np.array([0, 2]))) == pytest.approx(np.log(3.0))
+
+
+def test_one_hot_checks_its_indices_unless_checks_are_off():
+    onehot = lantern.stage(lambda i: lantern.one_hot(i, 4))
+    np.testing.assert_array_equal(onehot(np.array([1, 3])), np.eye(4, dtype=np.float32)[[1, 3]])
+    with pytest.raises(lantern.OutOfBoundsError, match="one_hot with 4 classes: index 5"):
+        onehot(np.array(5))
+    with pytest.raises(lantern.OutOfBoundsError):  # the reference interpreter agrees
+        onehot.lower(np.array(0)).interpret(np.array(5))
+    unchecked = lantern.stage(lambda i: lantern.one_hot(i, 4), check_indices=False)
+    np.testing.assert_array_equal(unchecked(np.array(5)), np.zeros(4, np.float32))

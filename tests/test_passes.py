@@ -22,19 +22,26 @@ def _one_hot_layers(x, W, Wt):
 
 @pytest.mark.parametrize("shape", [(6,), (2, 3), ()])
 def test_one_hot_products_are_gathers(rng, shape):
-    # In range, and out of range on both sides: one_hot gives a zero row there.
-    x = np.array([1, 6, 0, 7, -1, 3])[:int(np.prod(shape))].reshape(shape)
+    x = np.array([1, 6, 0, 5, 2, 3])[:int(np.prod(shape))].reshape(shape)
     W, Wt = rng.standard_normal((7, 5)), rng.standard_normal((4, 7))
-    eye = np.eye(7)[np.clip(x, 0, 6)] * ((x >= 0) & (x < 7))[..., None]
-    out, out_t = check_staged(_one_hot_layers, x, W, Wt, expected=(eye @ W, eye @ Wt.T), rtol=0, atol=0)
-    if shape == (6,):
-        assert not out[3].any() and not out_t[4].any()
+    eye = np.eye(7)[x]
+    check_staged(_one_hot_layers, x, W, Wt, expected=(eye @ W, eye @ Wt.T), rtol=0, atol=0)
     optimized = lantern.stage(_one_hot_layers).lower(x, W, Wt).optimized_ir
     assert "matmul" not in _prims(optimized) and _prims(optimized).count("take") == 2
 
 
+def test_one_hot_products_out_of_range():
+    """An index out of range is an error (one_hot checks, issue 13); with index checks off the gather still
+    gives the zero row one_hot would."""
+    x, W, Wt = np.array([1, 7, -1]), np.ones((7, 5)), np.ones((4, 7))
+    with pytest.raises(lantern.OutOfBoundsError, match="one_hot with 7 classes: index 7"):
+        lantern.stage(_one_hot_layers)(x, W, Wt)
+    out, out_t = lantern.stage(_one_hot_layers, check_indices=False)(x, W, Wt)
+    assert out[0].all() and not out[1:].any() and out_t[0].all() and not out_t[1:].any()
+
+
 def test_one_hot_product_gradient_adds_rows(rng):
-    x = np.array([2, 0, 2, 9])
+    x = np.array([2, 0, 2, 6])
     W = rng.standard_normal((7, 3))
 
     def loss(W, Wt):
@@ -42,8 +49,8 @@ def test_one_hot_product_gradient_adds_rows(rng):
         return (lantern.sin(a) * a).sum() + (b * b).sum()
 
     gW, gWt = check_grads(loss, W, rng.standard_normal((4, 7)), argnums=(0, 1))
-    assert not gW[[1, 3, 4, 5, 6]].any() and gW[[0, 2]].all()  # only the rows taken (9 is out of range)
-    assert not gWt[:, [1, 3, 4, 5, 6]].any()
+    assert not gW[[1, 3, 4, 5]].any() and gW[[0, 2, 6]].all()  # only the rows taken
+    assert not gWt[:, [1, 3, 4, 5]].any()
 
 
 def _char_rnn(h0, xs, Wx, Wh):

@@ -22,6 +22,7 @@ KERNELS: dict[str, Kernel] = {
     "matmul": matmul.matmul,
     "take": indexing.take,
     "scatter": indexing.scatter,
+    "check_range": indexing.check_range,
     "reshape": movement.reshape,
     "constant": movement.constant,
     "iota": movement.iota,

@@ -9,7 +9,7 @@ from math import prod
 from lantern.ir.nodes import Accumulate, Op
 
 from ..c_types import literal
-from ..cbuilder import index
+from ..cbuilder import c_string, index
 from .context import KernelContext
 
 
@@ -104,3 +104,23 @@ def accumulate(e: KernelContext, stmt: Accumulate) -> None:
     e.c.close()
     if guarded:
         e.check_status()
+
+
+def check_range(e: KernelContext, op: Op) -> None:
+    """Its operand, after checking every value against ``[0, n)`` (with ``check_indices``; the values are
+    read in place, no copy)."""
+    x, out = op.args[0], op.outs[0]
+    if e.m.options.check_indices:
+        where = c_string(op.attrs["what"])  # (names the user's line: see ops.one_hot)
+        n = op.attrs["n"]
+        e.c.loop("i", x.type.size)  # type: ignore[union-attr]
+        e.c.line(f"int64_t v = (int64_t){e.load(x, 'i')};")
+        e.c.line(f"if (v < 0 || v >= {n}) lt_record(LT_ERR_INDEX, \"%s: index %lld is out of bounds for an axis "
+                 f"of size %lld\", {where}, (long long)v, (long long){n});")
+        e.c.close()
+        e.check_status()
+    if not out.type.shape and e.storage[x.id].kind != "pointer":  # type: ignore[union-attr]
+        e.declare(out)
+        e.store(out, "0", e.load(x, "0"))
+    else:
+        e.bind_pointer(out, e.ptr(x))

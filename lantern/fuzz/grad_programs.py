@@ -90,7 +90,9 @@ class _Gen:
     def fresh_input(self, blk: list, scope: _Scope, shape: Shape) -> _Var:
         name = self.name("a")
         vals = np.random.default_rng(self.rng.getrandbits(32)).standard_normal(shape)
-        vals = np.where(np.abs(vals) < 0.05, 0.3, vals)  # away from the kinks of abs/relu/sign at 0
+        # away from the kinks of abs/relu/sign at 0, by a shift that keeps the values distinct (equal ones tie
+        # in max/min, where the gradient is split but a finite difference is one-sided)
+        vals = np.where(np.abs(vals) < 0.05, vals + np.where(vals < 0, -0.3, 0.3), vals)
         self.inputs.append({"name": name, "kind": "float", "shape": list(shape), "value": np.round(vals, 6).tolist()})
         v = _Var(name, shape, "float64", 3.0)
         if self.fdt != "float64":

@@ -125,6 +125,8 @@ class _NumpyExtras:
         idx = np.asarray(idx)
         if idx.dtype.kind not in "iu":
             raise TypeError("one_hot of non-integers")
+        if np.any((idx < 0) | (idx >= n)):
+            raise IndexError("one_hot: index out of range")
         return (idx[..., None] == np.arange(n)).astype(dtype)
 
     @staticmethod
@@ -668,8 +670,8 @@ class _Gen:
         x = self.pick(lambda v: v.dtype in ("int32", "int64"))
         if x is None:
             return None
-        n = r.choice([1, 3, 5])
-        return _Cand("one_hot", f"{{ext}}.one_hot({{0}}, {n}, dtype={r.choice(DTYPES)!r})", [x], ext=True,
+        n = r.choice([1, 3, 5])  # (an index out of range is an error, as in PyTorch: not generated here)
+        return _Cand("one_hot", f"{{ext}}.one_hot({{0}} % {n}, {n}, dtype={r.choice(DTYPES)!r})", [x], ext=True,
                      needs_exact=True)
 
     # -- the loop

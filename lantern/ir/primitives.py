@@ -431,6 +431,25 @@ def _ref_take(x: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
 _register("take", "take", _infer_take, _ref_take, **_KEEPS_FINITE)
 
 
+def _infer_check_range(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    (x,) = types
+    if x.dtype not in INT_DTYPES:
+        raise DTypeError(f"check_range: values must be integers, got {x.dtype}")
+    return x
+
+
+def _ref_check_range(x: np.ndarray, n: int, what: str) -> np.ndarray:
+    bad = (x < 0) | (x >= n)
+    if np.any(bad):
+        from ..errors import OutOfBoundsError
+        raise OutOfBoundsError(f"{what}: index {x[bad].ravel()[0]} is out of bounds for an axis of size {n}")
+    return x.copy()
+
+
+# Its operand, after checking that every value is in [0, n) (a class index: one_hot, cross_entropy).
+_register("check_range", "check_range", _infer_check_range, _ref_check_range, differentiable=False, **_KEEPS_FINITE)
+
+
 # ---------------------------------------------------------------- adjoints of data movement
 
 def _infer_unslice(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:

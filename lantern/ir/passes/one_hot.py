@@ -4,8 +4,8 @@ A character model's input layer (``nn.LSTMCell`` on ``one_hot(x, vocab)``, as in
 benchmarks) otherwise multiplies a matrix that is all zeros but one entry per row, reading
 all of ``W`` each step; its gradient is then a full outer product. As a gather it reads one
 row, and AD turns it into adding one row of the adjoint. The result is the same: row ``i``
-of ``W`` where ``0 <= i < d`` and zeros elsewhere (``one_hot`` of an index out of range is a
-zero row); it differs only where ``W`` holds an Inf or NaN outside the row taken, which the
+of ``W`` where ``0 <= i < d`` (``one_hot`` checks its indices; with ``check_indices`` off an
+index out of range is a zero row in both); it differs only where ``W`` holds an Inf or NaN outside the row taken, which the
 product would have spread (``0 * inf``). ``W`` read transposed (``nn.linear``) is gathered
 from its transpose, which ``hoist_loop_invariants`` then makes once per loop, not per step.
 """
