@@ -27,6 +27,25 @@ _UFUNCS = {n: n for n in ("add", "subtract", "multiply", "divide", "floor_divide
                           "bitwise_and", "bitwise_or")}
 _UFUNCS.update(true_divide="divide", remainder="mod", absolute="abs")
 
+#: NumPy functions (not ufuncs) staged on tensors: lantern's function, the keyword arguments it takes.
+_FUNCTIONS: dict[str, tuple[str, frozenset[str]]] = {
+    **{n: (n, frozenset({"axis", "keepdims"})) for n in ("sum", "mean", "max", "min")},
+    "amax": ("max", frozenset({"axis", "keepdims"})), "amin": ("min", frozenset({"axis", "keepdims"})),
+    "argmax": ("argmax", frozenset({"axis", "keepdims"})), "argmin": ("argmin", frozenset({"axis", "keepdims"})),
+    "dot": ("dot", frozenset()), "where": ("where", frozenset()), "clip": ("clip", frozenset()),
+    "concatenate": ("concatenate", frozenset({"axis"})), "stack": ("stack", frozenset({"axis"})),
+    "reshape": ("reshape", frozenset({"shape", "newshape"})), "transpose": ("transpose", frozenset({"axes"})),
+    "swapaxes": ("swapaxes", frozenset()), "moveaxis": ("moveaxis", frozenset()),
+    "expand_dims": ("expand_dims", frozenset({"axis"})), "squeeze": ("squeeze", frozenset({"axis"})),
+    "broadcast_to": ("broadcast_to", frozenset({"shape"})), "take": ("take", frozenset({"axis"})),
+    "zeros_like": ("zeros_like", frozenset({"dtype"})), "ones_like": ("ones_like", frozenset({"dtype"})),
+    "full_like": ("full_like", frozenset({"dtype"})), "astype": ("astype", frozenset()),
+}
+
+_NUMPY_HINT = ("a staged Tensor has no value while the function is traced, so NumPy cannot use it. Use the "
+               "lantern function of the same name (lantern.sum, lantern.exp, ...); to index a NumPy array with "
+               "a staged index, stage the array: lantern.asarray(array)[i] (or lantern.take(array, i))")
+
 _CONCRETE_HINT = ("a staged Tensor has no value while the function is traced. For a branch on it use "
                   "lantern.cond(pred, true_fn, false_fn, *operands) or lantern.where; for a loop whose "
                   "trip count depends on it use lantern.while_loop or lantern.fori_loop")
@@ -92,11 +111,29 @@ class Tensor:
     def __float__(self) -> float:
         return self._concretize("float()")
 
-    def __index__(self) -> int:
-        return self._concretize("use as a Python index")
+    def __index__(self) -> int:  # range(n), a_list[i], a NumPy array indexed by it
+        raise with_location(ConcretizationError, f"use as a Python index of {self!r}: {_CONCRETE_HINT}; to index "
+                            "a NumPy array with it, stage the array: lantern.asarray(array)[i]")
 
     def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
-        return self._concretize("conversion to a NumPy array")
+        raise with_location(ConcretizationError, f"conversion to a NumPy array of {self!r}: {_NUMPY_HINT}")
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: dict) -> Any:
+        """``np.sum(t)``, ``np.dot(a, t)``, ``np.concatenate([t, ...])``: NumPy functions with a lantern
+        counterpart are staged (with the keyword arguments lantern has); others are a lantern error."""
+        entry = _FUNCTIONS.get(func.__name__)
+        if entry is None:
+            raise with_location(TraceError, f"NumPy's {func.__name__} cannot run on a staged tensor and has no "
+                                "lantern counterpart; see the README's list of operations")
+        name, accepted = entry
+        extra = sorted(k for k, v in kwargs.items() if k not in accepted and v is not None)
+        if extra:
+            raise with_location(TraceError, f"np.{func.__name__} on a staged tensor: keyword arguments {extra} are not "
+                                f"supported (lantern.{name} takes {sorted(accepted) or 'none'})")
+        kwargs = {("shape" if k == "newshape" else k): v for k, v in kwargs.items() if k in accepted}
+        if func.__name__ == "take" and kwargs.get("axis") is None:  # NumPy's take flattens first
+            return _ops().take(_ops().reshape(args[0], (-1,)), *args[1:], axis=0)
+        return getattr(_ops(), name)(*args, **kwargs)
 
     def __len__(self) -> int:
         if not self.shape:
