@@ -116,7 +116,7 @@ def fit(step: Callable[..., Any], params: Any, opt_state: Any, batches: Iterable
     def line(i: int, now: float) -> str:
         rate = (f"{(i - 1) / (now - after_first):.1f} steps/s" if i > 1 and now > after_first
                 else f"first step {now - start:.2f} s")  # the first call traces and compiles (or loads)
-        return f"step {i}{total}  loss {avg / (1.0 - smoothing ** i):.4f}  {rate}"
+        return f"step {i}{total}  smoothed loss {avg / (1.0 - smoothing ** i):.4f}  {rate}"
 
     try:
         for i, batch in enumerate(_batch_source(batches, steps), start=1):

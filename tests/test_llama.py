@@ -351,3 +351,28 @@ def test_short_training_run_lowers_the_loss():
         losses.append(float(loss))
     assert abs(losses[0] - math.log(256)) < 0.3  # starts at chance over bytes
     assert np.mean(losses[-5:]) < losses[0] - 1.5, losses
+
+
+def test_training_that_finished_no_step_keeps_an_existing_checkpoint(tmp_path):
+    """Interrupted before the first step (or steps=0): the checkpoint of the same name is not overwritten."""
+    import io
+    from lantern.models.train_llama import train
+    path = tmp_path / "good.safetensors"
+    path.write_bytes(b"a good checkpoint")
+    out = io.StringIO()
+    train(llama.preset("tiny"), steps=0, batch=2, seq=16, checkpoint=str(path), file=out)
+    assert path.read_bytes() == b"a good checkpoint"
+    assert "no step finished" in out.getvalue()
+
+
+def test_generation_says_when_max_seq_len_cuts_it_short(tmp_path, capsys):
+    import io
+    from lantern.models.train_llama import generate_text, save_checkpoint
+    cfg = llama.preset("tiny")
+    path = tmp_path / "tiny.safetensors"
+    save_checkpoint(str(path), cfg, llama.init_params(cfg, 0))
+    text = generate_text(str(path), "ab", cfg.max_seq_len + 50, file=io.StringIO())
+    err = capsys.readouterr().err
+    assert f"generating {cfg.max_seq_len - 1} of the {cfg.max_seq_len + 50} tokens" in err
+    assert f"max_seq_len={cfg.max_seq_len}" in err
+    assert len(text.encode("utf-8", errors="replace")) <= cfg.max_seq_len * 3

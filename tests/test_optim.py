@@ -335,8 +335,8 @@ def test_fit_plain_lines_history_and_aux(capsys):
     assert int(result.opt_state["step"]) == 20 and result.aux.shape == ()
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3, lines
-    assert lines[0].startswith("step 10/20  loss ") and "steps/s" in lines[0]
-    assert lines[1].startswith("step 20/20  loss ")
+    assert lines[0].startswith("step 10/20  smoothed loss ") and "steps/s" in lines[0]
+    assert lines[1].startswith("step 20/20  smoothed loss ")
     assert float(lines[1].split()[3]) == pytest.approx(smooth(result.losses)[-1], rel=1e-3)
     assert lines[2].startswith("20 steps in ")
     # the same steps by hand give the same parameters

@@ -108,7 +108,7 @@ def train(config: LlamaConfig, *, steps: int, batch: int = 16, seq: int = 128, l
     """Train ``config`` from scratch on the corpus with :class:`~lantern.models.llama.Trainer`
     (AdamW, global-norm clipping, cosine schedule with linear warm-up) and :func:`lantern.train.fit`
     (progress line, optional PNG loss curve); save a checkpoint. Returns ``(params, losses)``."""
-    from ..train import fit
+    from ..train import fit, smooth
 
     if seq > config.max_seq_len:
         raise ArgumentError(f"train: seq={seq} is longer than max_seq_len={config.max_seq_len}")
@@ -131,11 +131,13 @@ def train(config: LlamaConfig, *, steps: int, batch: int = 16, seq: int = 128, l
                  file=out)
     params, losses = result.params, result.losses
     if len(losses):
-        out.write(f"final loss {losses[-1]:.3f} (chance {np.log(256):.3f}); "
-                  f"{tokens_per_step} tokens per step\n")
+        out.write(f"last step's loss {losses[-1]:.3f}, smoothed {smooth(losses)[-1]:.3f} (chance "
+                  f"{np.log(256):.3f}); {tokens_per_step} tokens per step\n")
     val = held_out_loss(config, params, batch, seq)
     out.write(f"held-out loss {val:.3f} ({val / np.log(2):.2f} bits per byte)\n")
-    if checkpoint:
+    if checkpoint and not len(losses):  # never write parameters that were not trained over a checkpoint
+        out.write(f"no step finished: {checkpoint} not written\n")
+    elif checkpoint:
         save_checkpoint(checkpoint, config, params, steps=len(losses), final_loss=float(losses[-1]) if len(losses)
                         else None, held_out_loss=val, date=time.strftime("%Y-%m-%d %H:%M"))
         out.write(f"checkpoint written to {checkpoint}\n")
@@ -156,6 +158,11 @@ def generate_text(path: str, prompt: str, max_new_tokens: int = 200, *, temperat
     out.write(prompt)
     out.flush()
     pieces = []
+    room = config.max_seq_len - len(prompt_ids) + 1  # the positions left (the last token needs no decode step)
+    if max_new_tokens > room:
+        print(f"lantern: generating {max(room, 0)} of the {max_new_tokens} tokens asked for: {path} was trained "
+              f"with max_seq_len={config.max_seq_len} positions and the prompt takes {len(prompt_ids)}",
+              file=sys.stderr, flush=True)
     for tok in stream(config, params, prompt_ids, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed):
         text = decoder.decode(bytes([tok]))
         if text:
