@@ -104,7 +104,7 @@ def main(steps: int = 5000) -> None:
         params, memory, loss, h = train_step(params, memory, *batch(s), h)
         smooth = 0.99 * smooth + 0.01 * float(loss)
         if s % 1000 == 0:
-            print(f"step {s:5d}  loss {smooth:.3f}")
+            print(f"step {s:5d}  smoothed loss {smooth:.3f}")
     elapsed = time.perf_counter() - t0
     print(f"{steps - 1} training steps in {elapsed:.2f} s ({elapsed / (steps - 1) * 1e6:.0f} us per step of "
           f"{SEQ} characters: forward, backward and update)")

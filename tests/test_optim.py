@@ -337,7 +337,7 @@ def test_fit_plain_lines_history_and_aux(capsys):
     assert len(lines) == 3, lines
     assert lines[0].startswith("step 10/20  smoothed loss ") and "steps/s" in lines[0]
     assert lines[1].startswith("step 20/20  smoothed loss ")
-    assert float(lines[1].split()[3]) == pytest.approx(smooth(result.losses)[-1], rel=1e-3)
+    assert float(lines[1].split()[4]) == pytest.approx(smooth(result.losses)[-1], rel=1e-3)
     assert lines[2].startswith("20 steps in ")
     # the same steps by hand give the same parameters
     p, s = params, opt.init(params)
