@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from lantern.errors import CacheWarning, CompileError
-from lantern.runtime import RUNTIME_HEADER
+from lantern.runtime import RUNTIME_HEADERS
 
 from . import cache
 from .cache import Artifact, CacheWriteError, Entry
@@ -30,13 +30,18 @@ def _readable(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_]+", "_", name)[:48] or "fn"
 
 
-def cache_key(text: str, uses_blas: bool, tc: Toolchain | None = None) -> str:
-    """Hash of everything that determines the shared object's bytes (see the module docstring)."""
+def _digest(*parts: str) -> str:
     h = hashlib.sha256()
-    for part in (VERSION, text, RUNTIME_HEADER.read_text(), *(tc or Toolchain.configured()).key_parts(uses_blas)):
+    for part in parts:
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:32]
+
+
+def cache_key(text: str, uses_blas: bool, tc: Toolchain | None = None) -> str:
+    """Hash of everything that determines the shared object's bytes (see the module docstring)."""
+    return _digest(VERSION, text, *(h.read_text() for h in RUNTIME_HEADERS),
+                   *(tc or Toolchain.configured()).key_parts(uses_blas))
 
 
 def compile_c(text: str, name: str, uses_blas: bool, flags: list[str] | None = None) -> Artifact:
@@ -45,6 +50,10 @@ def compile_c(text: str, name: str, uses_blas: bool, flags: list[str] | None = N
     tc = Toolchain.configured(flags)
     key = cache_key(text, uses_blas, tc)
     cache.dump(text, f"{_readable(name)}-{key}")
+    return _compile_cached(text, name, key, tc, uses_blas)
+
+
+def _compile_cached(text: str, name: str, key: str, tc: Toolchain, uses_blas: bool) -> Artifact:
     root = cache.active_cache_dir()
     try:
         return _compile_in(root, text, name, key, tc, uses_blas)

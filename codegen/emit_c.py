@@ -110,6 +110,7 @@ class FunctionEmitter(KernelContext):
                         else f"{self.fn.name} ({self.fn.loc})")
         if self.fn.name in self.m.recursive or self.env_param:  # continuations may recurse (loops)
             self.c.line(f"lt_stack_check({who});")
+            self.c.line("lt_poll_interrupt();")
         counted = self.fn.name in self.m.recursive and self.m.options.max_depth > 0
         if counted:
             self.c.line(f"lt_depth_enter({self.m.options.max_depth}, {who});")
@@ -317,6 +318,7 @@ class FunctionEmitter(KernelContext):
         hi = self.c.fresh("hi")
         self.c.line(f"int64_t {hi} = {self.load(stmt.hi, '0')};")
         self.c.open(f"for (int64_t {self.name(i)} = {self.load(stmt.lo, '0')}; {self.name(i)} < {hi}; {self.name(i)}++)")
+        self.c.line("lt_poll_interrupt();")
         mark = self.c.fresh("iteration")
         self.c.line(f"lt_mark_t {mark} = lt_mark();")
         self.bind_params(carried, stmt.outs, stmt.body)
@@ -331,6 +333,7 @@ class FunctionEmitter(KernelContext):
         self.comment_loc([stmt.loc])
         nexts = self.carried_state(stmt.outs, stmt.init)
         self.c.open("for (;;)")
+        self.c.line("lt_poll_interrupt();")
         mark = self.c.fresh("iteration")
         self.c.line(f"lt_mark_t {mark} = lt_mark();")
         self.bind_params(stmt.cond.params, stmt.outs, stmt.cond)
@@ -414,23 +417,33 @@ class ModuleEmitter:
             "    lt_mark_t mark = lt_mark();",
             "    lt_status = LT_OK;",
             *(["    lt_stack_init();"] if self.recursive or self.lambdas else []),
+            "    lt_interrupts_enter();",
             "    switch (setjmp(lt_unwind)) {",
             "    case 0:",
             "        break;",
             *[line for code in ERROR_CODES if code != "LT_OK" for line in (
-                f"    case {code}:", "        lt_release(mark);", f"        return {code};")],
+                f"    case {code}:", "        lt_release(mark);", "        lt_interrupts_leave();", f"        return {code};")],
             "    default:",
             "        lt_release(mark);",
+            "        lt_interrupts_leave();",
             "        return LT_ERR_MEMORY;",
             "    }",
             *(["    lt_depth = 0;"] if self.recursive and self.options.max_depth > 0 else []),
             f"    fn_{entry.name}({', '.join(args)});",
             "    lt_release(mark);",
+            "    lt_interrupts_leave();",
             "    return LT_OK;",
             "}",
             "",
             "const char *lantern_error(void) { return lt_error_text; }",
             "size_t lantern_arena_in_use(void) { return lt_arena_in_use(); }",
+            "/* Ctrl-C (lantern_interrupts.h): one module installs the SIGINT handler, every module polls its flag. */",
+            "const void *lantern_interrupts_init(unsigned long main_thread) { return lt_sigint_init(main_thread); }",
+            "void lantern_watch_interrupts(const void *table)",
+            "{",
+            "    lt_interrupts = (const lt_interrupts_t *)table;",
+            "    lt_interrupt_flag = lt_interrupts->flag;",
+            "}",
         ]
         sig = format_function(entry, self.names).splitlines()[0].removeprefix("func ").rstrip(":")
         header = [

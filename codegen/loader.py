@@ -17,6 +17,7 @@ from lantern.errors import NativeError, NonFiniteError, OutOfBoundsError, Recurs
 from lantern.ir.types import TensorType
 from lantern.runtime import ERROR_CODES
 
+from . import interrupts
 from .cache import Artifact, active_cache_dir, make_private_dir, private_problem
 from .toolchain import blas_paths, debug_mode
 
@@ -56,7 +57,7 @@ def _ffi(num_params: int) -> Any:
     no parser needed to load it) and built once per arity and cffi version.
     """
     import _cffi_backend
-    name = f"_lantern_ffi_{num_params}_{_cffi_backend.__version__.replace('.', '_')}"
+    name = f"_lantern_ffi2_{num_params}_{_cffi_backend.__version__.replace('.', '_')}"
     path = active_cache_dir() / "ffi" / f"{name}.py"
     try:
         if not private_problem(path, os.lstat(path)) and not private_problem(path.parent, os.stat(path.parent)):
@@ -70,7 +71,8 @@ def _ffi(num_params: int) -> Any:
     import tempfile
     builder = cffi.FFI()
     params = ", ".join(["void *"] * num_params) or "void"
-    builder.cdef(f"int lantern_entry({params}); const char *lantern_error(void); size_t lantern_arena_in_use(void);")
+    builder.cdef(f"int lantern_entry({params}); const char *lantern_error(void); size_t lantern_arena_in_use(void); "
+                 "void lantern_watch_interrupts(const void *);")
     builder.set_source(name, None)
     try:
         make_private_dir(path.parent)
@@ -118,6 +120,7 @@ class NativeFunction:
         if debug_mode():
             _require_sanitizer_runtime()
         self._lib = ffi.dlopen(artifact.so_path)
+        self._lib.lantern_watch_interrupts(ffi.cast("const void *", interrupts.table(artifact.so_path)))
         self._entry = self._lib.lantern_entry
         self._from_buffer = ffi.from_buffer
 
@@ -137,11 +140,17 @@ class NativeFunction:
             outs = [np.empty(shape, dtype) for shape, dtype in self._out_specs]
             code = self._entry(*map(fb, arrays), *map(fb, outs))
         if code:
+            if code == _INTERRUPTED:
+                # Python's SIGINT handler raises KeyboardInterrupt here; a handler of the user's that does not
+                # raise gets the call run again from the start (it has no effects but its results)
+                interrupts.raise_pending()
+                return self(arrays)
             message = self._ffi.string(self._lib.lantern_error()).decode(errors="replace")
             raise _ERRORS.get(code, NativeError)(message)
         return outs
 
 
+_INTERRUPTED = ERROR_CODES["LT_ERR_INTERRUPT"]
 #: What each error code of the runtime raises (anything else, out of memory included: NativeError).
 _ERRORS = {ERROR_CODES["LT_ERR_INDEX"]: OutOfBoundsError, ERROR_CODES["LT_ERR_STACK"]: RecursionDepthError,
            ERROR_CODES["LT_ERR_NONFINITE"]: NonFiniteError}

@@ -131,7 +131,8 @@ def _compiler_env() -> dict[str, str]:
 
 
 def run(cmd: list[str], timeout: float, what: str, c_path: str | None = None) -> subprocess.CompletedProcess:
-    """Run the compiler; stop it and everything it started after ``timeout`` seconds."""
+    """Run the compiler; stop it and everything it started after ``timeout`` seconds, or when this thread is
+    interrupted (``KeyboardInterrupt``)."""
     import signal
     import subprocess
     try:
@@ -141,19 +142,25 @@ def run(cmd: list[str], timeout: float, what: str, c_path: str | None = None) ->
     except OSError as exc:
         raise CompilerNotFoundError(f"cannot run the C compiler {cmd[0]!r} ({exc.strerror}); set CC to a working "
                                     "C compiler (gcc or clang)") from None
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    def stop() -> None:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except OSError:
             proc.kill()
         proc.communicate()
+
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop()
         kept = f" (C file kept at {c_path})" if c_path else ""
         raise CompilerTimeoutError(
             f"the C compiler {cmd[0]!r} did not finish {what} within {timeout:g} s and was stopped{kept}. "
             "Set LANTERN_CC_TIMEOUT to a larger number of seconds if the machine is just slow, or set CC to "
             "another compiler", c_path=c_path) from None
+    except BaseException:  # Ctrl-C (in a session of its own, the compiler did not get the SIGINT): stop it too
+        stop()
+        raise
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 

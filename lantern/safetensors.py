@@ -78,6 +78,8 @@ def save_file(tensors: Mapping[str, Any], path: str | os.PathLike[str],
             f.write(text)
             for arr in arrays:
                 f.write(arr.tobytes())
+            f.flush()
+            os.fsync(f.fileno())  # the data on disk before the name points at it
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

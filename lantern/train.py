@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, NamedTuple, TextIO
 
 import numpy as np
 
-__all__ = ["FitResult", "fit", "save_loss_curve", "smooth"]
+__all__ = ["FitResult", "fit", "named_arrays", "save_loss_curve", "save_params", "smooth"]
 
 _MATPLOTLIB_HINT = "writing the loss curve needs matplotlib: pip install 'lantern-staged[plot]' (or matplotlib)"
 
@@ -74,6 +74,35 @@ def save_loss_curve(losses: Iterable[float], path: str, beta: float = 0.9) -> No
     fig.savefig(path, format="png")
 
 
+def named_arrays(tree: Any) -> dict[str, np.ndarray]:
+    """The arrays of a nested structure of dicts, lists and tuples under dotted paths (``"layers.0.weight"``),
+    as checkpoints store them; ``None`` entries are left out."""
+    named: dict[str, np.ndarray] = {}
+
+    def go(t: Any, path: str) -> None:
+        if t is None:
+            return
+        if isinstance(t, dict):
+            items: Iterable[tuple[Any, Any]] = t.items()
+        elif isinstance(t, (list, tuple)):
+            items = zip(getattr(t, "_fields", range(len(t))), t)
+        else:
+            named[path] = np.asarray(t)
+            return
+        for key, child in items:
+            go(child, f"{path}.{key}" if path else str(key))
+
+    go(tree, "")
+    return named
+
+
+def save_params(params: Any, path: str, **info: Any) -> None:
+    """Write ``params`` to the safetensors file ``path`` atomically (see :func:`named_arrays`); ``info``
+    goes into the metadata as strings."""
+    from .safetensors import save_file
+    save_file(named_arrays(params), path, {k: str(v) for k, v in info.items()})
+
+
 def _batch_source(batches: Any, steps: int | None) -> Iterable[Any]:
     if callable(batches):
         if steps is None:
@@ -84,7 +113,8 @@ def _batch_source(batches: Any, steps: int | None) -> Iterable[Any]:
 
 def fit(step: Callable[..., Any], params: Any, opt_state: Any, batches: Iterable[Any] | Callable[[int], Any], *,
         steps: int | None = None, log_every: int | None = None, smoothing: float = 0.9,
-        plot: str | None = None, file: TextIO | None = None) -> FitResult:
+        plot: str | None = None, checkpoint: str | None = None, checkpoint_every: int | None = None,
+        file: TextIO | None = None) -> FitResult:
     """Run ``step(params, opt_state, *batch) -> (params, opt_state, loss[, aux...])`` over ``batches``.
 
     ``batches``: an iterable of batches (a tuple is spread into arguments, anything else is
@@ -92,12 +122,19 @@ def fit(step: Callable[..., Any], params: Any, opt_state: Any, batches: Iterable
     with a function). ``log_every``: steps between progress lines when the output is not a
     terminal (default: a tenth of ``steps``, or 100); 0 prints nothing. A terminal gets one
     line redrawn about ten times a second. ``plot``: a PNG path for the loss curve.
-    Ctrl-C stops the loop early and still returns what was trained.
+    ``checkpoint``: a safetensors path the parameters are written to at the end (and every
+    ``checkpoint_every`` steps), each array under its path in ``params`` (``"layers.0.weight"``);
+    written to a temporary file and renamed, and only once a step has finished, so a good
+    checkpoint of the same name is never replaced by untrained parameters or half a file.
+    Ctrl-C (in Python or in the staged step's native code) stops the loop early; the last
+    finished step is returned, and saved if ``checkpoint`` is given.
     """
     if plot:
         _need_matplotlib()  # before training, not after
     if steps is not None and steps < 0:
         raise ValueError(f"fit: steps={steps} must be >= 0")
+    if checkpoint_every is not None and (checkpoint_every < 1 or not checkpoint):
+        raise ValueError(f"fit: checkpoint_every={checkpoint_every} needs checkpoint= and must be >= 1")
     out = sys.stdout if file is None else file
     tty = bool(getattr(out, "isatty", lambda: False)())
     if log_every is None:
@@ -135,6 +172,8 @@ def fit(step: Callable[..., Any], params: Any, opt_state: Any, batches: Iterable
             now = time.perf_counter()
             if i == 1:
                 after_first = now
+            if checkpoint_every and i % checkpoint_every == 0:
+                save_params(params, checkpoint, step=i, loss=value)
             if quiet:
                 continue
             if tty:
@@ -157,6 +196,12 @@ def fit(step: Callable[..., Any], params: Any, opt_state: Any, batches: Iterable
         rest = f", then {(n - 1) / max(seconds - (after_first - start), 1e-9):.1f} steps/s" if n > 1 else ""
         out.write(f"{n} steps in {seconds:.2f} s (first step {after_first - start:.2f} s{rest})\n")
         out.flush()
+    if checkpoint and losses:  # never over an existing checkpoint before a step has finished
+        save_params(params, checkpoint, step=len(losses), loss=losses[-1])
+        if not quiet:
+            out.write(f"checkpoint after step {len(losses)} written to {checkpoint}\n")
+    elif checkpoint and not quiet:
+        out.write(f"no step finished: {checkpoint} not written\n")
     history = np.asarray(losses, dtype=np.float64)
     if plot and losses:
         save_loss_curve(history, plot, smoothing)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 RUNTIME_DIR = Path(__file__).resolve().parent
 RUNTIME_HEADER = RUNTIME_DIR / "lantern_runtime.h"
+#: Every header a generated module may include (their text is part of its cache key).
+RUNTIME_HEADERS = sorted(RUNTIME_DIR.glob("*.h"))
 
 
 def _error_codes() -> dict[str, int]:

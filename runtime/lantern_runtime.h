@@ -26,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lantern_interrupts.h"
+
 #ifdef LANTERN_USE_BLAS
 #include <cblas.h> /* scipy-openblas32 prefixes its symbols with scipy_ */
 #define lt_cblas_sgemm scipy_cblas_sgemm
@@ -36,7 +38,7 @@ typedef uint8_t lt_bool;
 
 /* ------------------------------------------------------------------ errors */
 
-enum { LT_OK = 0, LT_ERR_INDEX = 1, LT_ERR_MEMORY = 2, LT_ERR_STACK = 3, LT_ERR_NONFINITE = 4 };
+enum { LT_OK = 0, LT_ERR_INDEX = 1, LT_ERR_MEMORY = 2, LT_ERR_STACK = 3, LT_ERR_NONFINITE = 4, LT_ERR_INTERRUPT = 5 };
 
 static _Thread_local jmp_buf lt_unwind;
 static _Thread_local char lt_error_text[1024];
@@ -144,6 +146,39 @@ static inline void lt_stack_check(const char *function)
     if ((uintptr_t)&probe < lt_stack_floor)
         lt_fail(LT_ERR_STACK, "%s: recursion too deep for the C stack (the tree or call chain is deeper "
                 "than this thread's stack allows; a cycle in child indices also ends here)", function);
+}
+
+/*
+ * Ctrl-C (see lantern_interrupts.h): loop back-edges and recursive calls poll a flag the SIGINT
+ * handler sets, one load and a branch not taken; set, the main thread's call unwinds.
+ */
+static volatile sig_atomic_t lt_no_interrupt;
+static volatile sig_atomic_t *lt_interrupt_flag = &lt_no_interrupt;
+static const lt_interrupts_t *lt_interrupts; /* NULL until the module is given the helper's table */
+
+__attribute__((cold, noinline, unused))
+static void lt_interrupted(void)
+{
+    if (lt_interrupts && lt_interrupts->on_main_thread())
+        lt_fail(LT_ERR_INTERRUPT, "interrupted (SIGINT)");
+}
+
+static inline void lt_poll_interrupt(void)
+{
+    if (__builtin_expect(*lt_interrupt_flag != 0, 0))
+        lt_interrupted();
+}
+
+static inline void lt_interrupts_enter(void)
+{
+    if (lt_interrupts)
+        lt_interrupts->enter();
+}
+
+static inline void lt_interrupts_leave(void)
+{
+    if (lt_interrupts)
+        lt_interrupts->leave();
 }
 
 /*

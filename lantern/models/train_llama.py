@@ -133,8 +133,13 @@ def train(config: LlamaConfig, *, steps: int, batch: int = 16, seq: int = 128, l
     if len(losses):
         out.write(f"last step's loss {losses[-1]:.3f}, smoothed {smooth(losses)[-1]:.3f} (chance "
                   f"{np.log(256):.3f}); {tokens_per_step} tokens per step\n")
-    val = held_out_loss(config, params, batch, seq)
-    out.write(f"held-out loss {val:.3f} ({val / np.log(2):.2f} bits per byte)\n")
+    val: float | None = None
+    if len(losses):
+        try:
+            val = held_out_loss(config, params, batch, seq)
+            out.write(f"held-out loss {val:.3f} ({val / np.log(2):.2f} bits per byte)\n")
+        except KeyboardInterrupt:  # a second Ctrl-C: the checkpoint is still written, without this figure
+            out.write("held-out loss skipped (interrupted)\n")
     if checkpoint and not len(losses):  # never write parameters that were not trained over a checkpoint
         out.write(f"no step finished: {checkpoint} not written\n")
     elif checkpoint:
