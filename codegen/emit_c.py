@@ -408,41 +408,50 @@ class ModuleEmitter:
             prototypes.append(signature + ";")
         params = [f"void *{self.names(p)}" for p in entry.body.params]
         params += [f"void *result{k}" for k in range(len(entry.result_types or ()))]
-        args = [f"({C_TYPE[p.type.dtype]} *){self.names(p)}" for p in entry.body.params]  # type: ignore[union-attr]
-        args += [f"({C_TYPE[t.dtype]} *)result{k}" for k, t in enumerate(entry.result_types or ())]  # type: ignore[union-attr]
+        args = [f"({C_TYPE[p.type.dtype]} *)arg[{k}]" for k, p in enumerate(entry.body.params)]  # type: ignore[union-attr]
+        args += [f"({C_TYPE[t.dtype]} *)arg[{len(entry.body.params) + k}]"  # type: ignore[union-attr]
+                 for k, t in enumerate(entry.result_types or ())]
+        pointers = [self.names(p) for p in entry.body.params] + [f"result{k}" for k in range(len(entry.result_types or ()))]
+        deep = bool(self.recursive or self.lambdas)  # recursion, or continuations (loops under grad)
         wrapper = [
-            "/* Exported entry point: returns 0, or an error code with the message in lantern_error(). */",
-            f"int lantern_entry({', '.join(params) or 'void'})",
+            "/* The entry function, unwound to on an error (lt_fail, lt_check_status). */",
+            "static int run_entry(void **arg, uintptr_t stack_low, uintptr_t stack_high)",
             "{",
+            *(["    (void)arg;"] if not args else []),
             "    lt_mark_t mark = lt_mark();",
             "    lt_status = LT_OK;",
-            *(["    lt_stack_init();"] if self.recursive or self.lambdas else []),
-            "    lt_interrupts_enter();",
+            *(["    lt_stack_set(stack_low, stack_high);"] if deep else
+              ["    (void)stack_low; /* no recursion: no stack checks */", "    (void)stack_high;"]),
             "    switch (setjmp(lt_unwind)) {",
             "    case 0:",
             "        break;",
             *[line for code in ERROR_CODES if code != "LT_OK" for line in (
-                f"    case {code}:", "        lt_release(mark);", "        lt_interrupts_leave();", f"        return {code};")],
+                f"    case {code}:", "        lt_release(mark);", f"        return {code};")],
             "    default:",
             "        lt_release(mark);",
-            "        lt_interrupts_leave();",
             "        return LT_ERR_MEMORY;",
             "    }",
             *(["    lt_depth = 0;"] if self.recursive and self.options.max_depth > 0 else []),
             f"    fn_{entry.name}({', '.join(args)});",
             "    lt_release(mark);",
-            "    lt_interrupts_leave();",
             "    return LT_OK;",
+            "}",
+            "",
+            "/* Exported entry point: returns 0, or an error code with the message in lantern_error(). */",
+            f"int lantern_entry({', '.join(params) or 'void'})",
+            "{",
+            f"    void *arg[] = {{ {', '.join(pointers)} }};" if pointers else "    void **arg = NULL;",
+            f"    return lt_run_entry(run_entry, arg, {int(deep)}{' /* recursion: on the own stack */' if deep else ''});",
             "}",
             "",
             "const char *lantern_error(void) { return lt_error_text; }",
             "size_t lantern_arena_in_use(void) { return lt_arena_in_use(); }",
-            "/* Ctrl-C (lantern_interrupts.h): one module installs the SIGINT handler, every module polls its flag. */",
-            "const void *lantern_interrupts_init(unsigned long main_thread) { return lt_sigint_init(main_thread); }",
-            "void lantern_watch_interrupts(const void *table)",
+            "/* lantern_process.h: the first module a process loads serves the others (Ctrl-C, own stacks). */",
+            "const void *lantern_process_init(unsigned long main_thread) { return lt_process_init(main_thread); }",
+            "void lantern_use_process(const void *table)",
             "{",
-            "    lt_interrupts = (const lt_interrupts_t *)table;",
-            "    lt_interrupt_flag = lt_interrupts->flag;",
+            "    lt_process = (const lt_process_t *)table;",
+            "    lt_interrupt_flag = lt_process->flag;",
             "}",
         ]
         sig = format_function(entry, self.names).splitlines()[0].removeprefix("func ").rstrip(":")

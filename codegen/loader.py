@@ -17,7 +17,7 @@ from lantern.errors import NativeError, NonFiniteError, OutOfBoundsError, Recurs
 from lantern.ir.types import TensorType
 from lantern.runtime import ERROR_CODES
 
-from . import interrupts
+from . import process
 from .cache import Artifact, active_cache_dir, make_private_dir, private_problem
 from .toolchain import blas_paths, debug_mode
 
@@ -57,7 +57,7 @@ def _ffi(num_params: int) -> Any:
     no parser needed to load it) and built once per arity and cffi version.
     """
     import _cffi_backend
-    name = f"_lantern_ffi2_{num_params}_{_cffi_backend.__version__.replace('.', '_')}"
+    name = f"_lantern_ffi3_{num_params}_{_cffi_backend.__version__.replace('.', '_')}"
     path = active_cache_dir() / "ffi" / f"{name}.py"
     try:
         if not private_problem(path, os.lstat(path)) and not private_problem(path.parent, os.stat(path.parent)):
@@ -72,7 +72,7 @@ def _ffi(num_params: int) -> Any:
     builder = cffi.FFI()
     params = ", ".join(["void *"] * num_params) or "void"
     builder.cdef(f"int lantern_entry({params}); const char *lantern_error(void); size_t lantern_arena_in_use(void); "
-                 "void lantern_watch_interrupts(const void *);")
+                 "void lantern_use_process(const void *);")
     builder.set_source(name, None)
     try:
         make_private_dir(path.parent)
@@ -120,7 +120,7 @@ class NativeFunction:
         if debug_mode():
             _require_sanitizer_runtime()
         self._lib = ffi.dlopen(artifact.so_path)
-        self._lib.lantern_watch_interrupts(ffi.cast("const void *", interrupts.table(artifact.so_path)))
+        self._lib.lantern_use_process(ffi.cast("const void *", process.table(artifact.so_path)))
         self._entry = self._lib.lantern_entry
         self._from_buffer = ffi.from_buffer
 
@@ -143,7 +143,7 @@ class NativeFunction:
             if code == _INTERRUPTED:
                 # Python's SIGINT handler raises KeyboardInterrupt here; a handler of the user's that does not
                 # raise gets the call run again from the start (it has no effects but its results)
-                interrupts.raise_pending()
+                process.raise_pending()
                 return self(arrays)
             message = self._ffi.string(self._lib.lantern_error()).decode(errors="replace")
             raise _ERRORS.get(code, NativeError)(message)

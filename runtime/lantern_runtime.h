@@ -26,7 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "lantern_interrupts.h"
+#include "lantern_process.h"
 
 #ifdef LANTERN_USE_BLAS
 #include <cblas.h> /* scipy-openblas32 prefixes its symbols with scipy_ */
@@ -115,51 +115,92 @@ static inline void lt_nonfinite(const char *where, double value, int64_t at)
 LT_DEFINE_CHECK_FINITE(float, f32)
 LT_DEFINE_CHECK_FINITE(double, f64)
 
-/* ------------------------------------------------------------------ stack depth */
+/* ------------------------------------------------------------------ stack depth, Ctrl-C */
 
 /*
- * Recursive staged functions recurse in C. Rather than let a very deep tree overflow the
- * C stack (a segfault), each recursive function checks that at least LT_STACK_RESERVE
- * bytes of this thread's stack remain, and fails cleanly otherwise.
+ * Recursive staged functions (and continuations: each iteration of a loop under grad) recurse
+ * in C. Rather than let a very deep tree overflow the stack (a segfault), each checks that at
+ * least LT_STACK_RESERVE bytes of the stack it runs on remain, and fails cleanly otherwise.
+ * Modules with recursion run on lantern's own stack (lantern_process.h), else on the thread's.
  */
 #define LT_STACK_RESERVE ((uintptr_t)256 * 1024)
-static _Thread_local uintptr_t lt_stack_floor; /* 0: not known yet; 1: unknown, no check */
+static _Thread_local uintptr_t lt_stack_floor;  /* 0: unknown, no check */
+static _Thread_local uintptr_t lt_stack_watch;  /* lt_stack_check's bound: the floor, or higher (below) */
+static _Thread_local uintptr_t lt_stack_high;
+static _Thread_local int lt_stack_own;          /* on lantern's own stack (else the thread's) */
+static _Thread_local int lt_stack_went_deep;    /* this call went below the own stack's kept top part */
+static _Thread_local uintptr_t lt_thread_stack[2]; /* this thread's stack, found once (slow for the main one) */
 
-static inline void lt_stack_init(void)
+/* The stack this call runs on: [low, high), or both 0 for the thread's own. */
+static inline void lt_stack_set(uintptr_t low, uintptr_t high)
 {
-    if (lt_stack_floor)
-        return;
-    pthread_attr_t attr;
-    void *low = NULL;
-    size_t size = 0;
-    lt_stack_floor = 1;
-    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
-        if (pthread_attr_getstack(&attr, &low, &size) == 0 && low)
-            lt_stack_floor = (uintptr_t)low + LT_STACK_RESERVE;
-        pthread_attr_destroy(&attr);
+    lt_stack_own = low != 0;
+    lt_stack_went_deep = 0;
+    if (!low) {
+        if (!lt_thread_stack[1]) {
+            pthread_attr_t attr;
+            void *start = NULL;
+            size_t size = 0;
+            lt_thread_stack[1] = 1;
+            if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+                if (pthread_attr_getstack(&attr, &start, &size) == 0 && start) {
+                    lt_thread_stack[0] = (uintptr_t)start;
+                    lt_thread_stack[1] = (uintptr_t)start + size;
+                }
+                pthread_attr_destroy(&attr);
+            }
+        }
+        low = lt_thread_stack[0];
+        high = lt_thread_stack[1];
     }
+    lt_stack_floor = low ? low + LT_STACK_RESERVE : 0;
+    lt_stack_high = high;
+    /* On the own stack, first notice passing its kept top part (so the pages below are given back). */
+    lt_stack_watch = lt_stack_own && high - LT_OWN_STACK_KEPT > lt_stack_floor ? high - LT_OWN_STACK_KEPT
+                                                                               : lt_stack_floor;
+}
+
+__attribute__((noreturn, cold, noinline))
+static void lt_stack_exhausted(const char *function, uintptr_t at)
+{
+    double used = (double)(lt_stack_high - at) / (1024.0 * 1024.0);
+    if (lt_stack_own)
+        lt_fail(LT_ERR_STACK, "%s: recursion too deep: all %.0f MiB of lantern's stack used (each level of a "
+                "recursion, and each iteration of a loop under grad, holds a frame); set LANTERN_STACK_SIZE=%.0fG "
+                "or more to go deeper, as memory allows (a cycle in child indices also ends here)", function, used,
+                used < 1024.0 ? 4.0 : 4.0 * used / 1024.0);
+    lt_fail(LT_ERR_STACK, "%s: recursion too deep for the C stack (%.0f MiB used: the tree or call chain is "
+            "deeper than this thread's stack allows; a cycle in child indices also ends here)", function, used);
+}
+
+__attribute__((cold, noinline))
+static void lt_stack_passed_watch(const char *function, uintptr_t at)
+{
+    if (at < lt_stack_floor)
+        lt_stack_exhausted(function, at);
+    lt_stack_went_deep = 1;
+    lt_stack_watch = lt_stack_floor;
 }
 
 static inline void lt_stack_check(const char *function)
 {
     char probe;
-    if ((uintptr_t)&probe < lt_stack_floor)
-        lt_fail(LT_ERR_STACK, "%s: recursion too deep for the C stack (the tree or call chain is deeper "
-                "than this thread's stack allows; a cycle in child indices also ends here)", function);
+    if (__builtin_expect((uintptr_t)&probe < lt_stack_watch, 0))
+        lt_stack_passed_watch(function, (uintptr_t)&probe);
 }
 
 /*
- * Ctrl-C (see lantern_interrupts.h): loop back-edges and recursive calls poll a flag the SIGINT
+ * Ctrl-C (see lantern_process.h): loop iterations and recursive calls poll a flag the SIGINT
  * handler sets, one load and a branch not taken; set, the main thread's call unwinds.
  */
 static volatile sig_atomic_t lt_no_interrupt;
 static volatile sig_atomic_t *lt_interrupt_flag = &lt_no_interrupt;
-static const lt_interrupts_t *lt_interrupts; /* NULL until the module is given the helper's table */
+static const lt_process_t *lt_process; /* NULL until the module is given the process table */
 
 __attribute__((cold, noinline, unused))
 static void lt_interrupted(void)
 {
-    if (lt_interrupts && lt_interrupts->on_main_thread())
+    if (lt_process && lt_process->on_main_thread())
         lt_fail(LT_ERR_INTERRUPT, "interrupted (SIGINT)");
 }
 
@@ -169,16 +210,23 @@ static inline void lt_poll_interrupt(void)
         lt_interrupted();
 }
 
-static inline void lt_interrupts_enter(void)
+/* lantern_entry: `body` on lantern's own stack if the module recurses (`deep`), else on this one. */
+static inline int lt_run_entry(lt_entry_body body, void **arg, int deep)
 {
-    if (lt_interrupts)
-        lt_interrupts->enter();
-}
-
-static inline void lt_interrupts_leave(void)
-{
-    if (lt_interrupts)
-        lt_interrupts->leave();
+    int code;
+#ifdef __SANITIZE_ADDRESS__
+    deep = 0; /* AddressSanitizer keeps shadow memory per stack: stay on the thread's */
+#endif
+    if (!lt_process)
+        return body(arg, 0, 0);
+    lt_process->enter();
+    code = deep ? lt_process->run_deep(body, arg) : body(arg, 0, 0);
+    if (lt_stack_went_deep) {
+        lt_stack_went_deep = 0;
+        lt_process->trim();
+    }
+    lt_process->leave();
+    return code;
 }
 
 /*

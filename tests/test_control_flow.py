@@ -4,6 +4,7 @@ Every test runs the native code and the reference interpreter (traced and optimi
 through ``check_staged`` and compares them with a NumPy computation. Shapes are reused
 across tests so the compile cache keeps the number of distinct kernels small.
 """
+import os
 import re
 import sys
 from collections import namedtuple
@@ -695,15 +696,58 @@ def _chain_sum(node, values, child):
                         lambda: _chain_sum(child[node], values, child) + values[node])
 
 
-def test_recursion_deeper_than_the_c_stack_raises_instead_of_crashing():
+def on_new_thread(fn, stack_size: str | None = None):
+    """``fn()`` on a new thread (with ``LANTERN_STACK_SIZE=stack_size`` when it first runs recursive code, which
+    is when a thread reserves lantern's stack): its result, or the exception it raised."""
+    import os
+    import threading
+    out: list = []
+
+    def work():
+        try:
+            out.append(fn())
+        except BaseException as exc:
+            out.append(exc)
+
+    old = os.environ.get("LANTERN_STACK_SIZE")
+    if stack_size:
+        os.environ["LANTERN_STACK_SIZE"] = stack_size
+    try:
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+    finally:
+        if old is None:
+            os.environ.pop("LANTERN_STACK_SIZE", None)
+        else:
+            os.environ["LANTERN_STACK_SIZE"] = old
+    return out[0]
+
+
+def sanitized() -> bool:
+    """LANTERN_DEBUG=1 builds run on the thread's stack (AddressSanitizer), not on lantern's own."""
+    from lantern.codegen.toolchain import debug_mode
+    return debug_mode()
+
+
+def test_recursion_deeper_than_its_stack_raises_instead_of_crashing():
     n = 300_000
     child = np.arange(1, n + 1, dtype=np.int64)
     child[-1] = -1
     values = np.ones(n)
-    with pytest.raises(lantern.RecursionDepthError, match="recursion too deep"):
-        _chain_sum(np.int64(0), values, child)
-    # The arena and the error state are reset: a shallower call on the same code works.
-    assert _chain_sum(np.int64(n - 500), values, child) == 500.0
+    if not sanitized():  # on lantern's stack (1 GiB by default) this is not deep
+        assert _chain_sum(np.int64(0), values, child) == n
+
+    def deep_then_shallow():
+        with pytest.raises(lantern.RecursionDepthError) as info:
+            _chain_sum(np.int64(0), values, child)
+        # The arena and the error state are reset: a shallower call on the same code works.
+        return info.value, _chain_sum(np.int64(n - 500), values, child)
+
+    error, shallow = on_new_thread(deep_then_shallow, stack_size="8M")
+    assert re.search("recursion too deep for the C stack" if sanitized() else
+                     r"recursion too deep: all 8 MiB of lantern's stack used .* LANTERN_STACK_SIZE=4G", str(error))
+    assert shallow == 500.0
 
 
 def test_numpy_scalars_are_zero_dimensional_constants():
@@ -715,3 +759,33 @@ def test_numpy_scalars_are_zero_dimensional_constants():
     x = np.ones(3, np.float32)
     out = check_staged(f, x)
     assert out.shape == () and out.dtype == np.float32 and out == 10.0
+
+
+def _decay(x, n):
+    """n steps of s -> s * (1 - 1e-7) + 1e-7 in a while_loop: d result / dx = (1 - 1e-7) ** n."""
+    return lantern.while_loop(lambda s: s[1] < n, lambda s: (s[0] * (1.0 - 1e-7) + 1e-7, s[1] + 1),
+                              (x, np.int64(0)))[0]
+
+
+def _resident_mib() -> float:
+    """This process's resident memory now (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_gradient_of_a_while_loop_with_millions_of_iterations():
+    """Each iteration's continuation is a C frame; on lantern's own stack (issue 13) two million of them fit,
+    where the thread's 8 MiB stack ended at about 75,000. Too small a stack names the loop and the memory."""
+    if sanitized():
+        pytest.skip("LANTERN_DEBUG=1 builds run on the thread's stack")
+    grad = lantern.stage(lantern.grad(_decay))
+    n = 2_000_000
+    grad(np.float64(0.5), np.int64(10))
+    before = _resident_mib()
+    np.testing.assert_allclose(grad(np.float64(0.5), np.int64(n)), (1.0 - 1e-7) ** n, rtol=1e-9)
+    # the call took some 200 MiB of stack; all but the kept top 8 MiB is given back when it returns
+    assert _resident_mib() - before < 64, (before, _resident_mib())
+    error = on_new_thread(lambda: grad(np.float64(0.5), np.int64(n)), stack_size="8M")
+    assert isinstance(error, lantern.RecursionDepthError), error
+    assert re.search(r"the gradient's continuation at test_control_flow\.py:\d+: recursion too deep: all 8 MiB of "
+                     r"lantern's stack used", str(error)), str(error)

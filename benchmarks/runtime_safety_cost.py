@@ -1,7 +1,11 @@
-"""What polling for Ctrl-C costs (issue 13): each program's C as generated, against the same C with its
-``lt_poll_interrupt();`` lines taken out, in one process, alternating, median ms per call.
+"""What the run-time safety of issue 13 costs: each program's C as generated, against the same C without
+one safety measure, in one process, alternating, median ms per call.
 
-    python benchmarks/interrupt_poll_cost.py [--rounds 15] [--calls 20]
+    python benchmarks/runtime_safety_cost.py [--without polls|own-stack] [--rounds 15] [--calls 20]
+
+``--without polls`` takes out the ``lt_poll_interrupt();`` lines (Ctrl-C); ``--without own-stack`` runs
+the entry on the thread's stack instead of switching to lantern's own (deep recursion and loops under
+grad); the tiny gradient program shows the per-call cost of the switch.
 
 Programs: the LSTM (hidden 50) and RNN (hidden 100) training steps of ``make bench`` (a loop of 20
 iterations, forward and backward), the TreeLSTM step (recursion and continuations), and the worst case
@@ -44,25 +48,47 @@ def programs() -> dict[str, tuple[object, tuple]]:
     def scalar_loop(x):
         return lantern.fori_loop(0, 1_000_000, lambda i, c: c * np.float32(0.999) + np.float32(0.001), x)
     out["scalar fori_loop, 10^6 iterations"] = (scalar_loop, (np.float32(1.0),))
+
+    @lantern.stage
+    def tiny_gradient(x):
+        def loss(y):
+            _, z = lantern.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1] * y), (0, y))
+            return z.sum()
+        return lantern.grad(loss)(x)
+    out["gradient of a 3-iteration while_loop"] = (tiny_gradient, (np.ones(4, np.float32),))
     return out
 
 
-def without_polls(native: NativeFunction, title: str) -> NativeFunction:
-    text = native.c_source.replace("lt_poll_interrupt();", "")
-    assert text != native.c_source, f"{title}: no poll in the C"
-    artifact = compile_c(text, title + "_nopoll", native.uses_blas)
+# What each variant takes out of the generated C: (text, replacement).
+VARIANTS = {
+    "polls": ("lt_poll_interrupt();", ""),
+    "own-stack": ("lt_run_entry(run_entry, arg, 1", "lt_run_entry(run_entry, arg, 0"),
+}
+
+
+def without(native: NativeFunction, title: str, variant: str) -> NativeFunction | None:
+    """The same C without `variant`'s safety measure, compiled; None if the program does not have it."""
+    text = native.c_source.replace(*VARIANTS[variant])
+    if text == native.c_source:
+        return None
+    artifact = compile_c(text, f"{title}_no_{variant.replace('-', '_')}", native.uses_blas)
     return NativeFunction(artifact, dataclasses.replace(native.source, text=text), native.out_types)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--without", choices=sorted(VARIANTS), default="polls")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--calls", type=int, default=20)
     args = ap.parse_args()
-    print("| program | polls ms | no polls ms | ratio |\n| --- | ---: | ---: | ---: |")
+    print(f"| program | as generated ms | without {args.without} ms | ratio |\n| --- | ---: | ---: | ---: |")
     for name, (fn, call_args) in programs().items():
         exe = fn.lower(*call_args)
-        variants = {"polls": exe.native, "none": without_polls(exe.native, name.split()[0])}
+        other = without(exe.native, name.split()[0], args.without)
+        if other is None:
+            print(f"| {name} | | | (no {args.without} in its C) |", flush=True)
+            continue
+        variants = {"generated": exe.native, "without": other}
         times: dict[str, list[float]] = {k: [] for k in variants}
         for _ in range(args.rounds):
             for key, native in variants.items():
@@ -72,8 +98,8 @@ def main() -> None:
                 for _ in range(args.calls):
                     exe(*call_args)
                 times[key].append((time.perf_counter() - start) / args.calls * 1e3)
-        exe.native = variants["polls"]
-        a, b = statistics.median(times["polls"]), statistics.median(times["none"])
+        exe.native = variants["generated"]
+        a, b = statistics.median(times["generated"]), statistics.median(times["without"])
         print(f"| {name} | {a:.4f} | {b:.4f} | {a / b:.3f} |", flush=True)
 
 
