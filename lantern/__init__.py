@@ -4,8 +4,11 @@ Decorate a function with :func:`stage`; call it with NumPy arrays. The first cal
 signature traces it into a typed IR, emits C, compiles and loads it; later calls run
 the native code directly.
 """
+from types import FunctionType
+
 from .ad import grad, value_and_grad
 from .control import cond, fori_loop, while_loop
+from .eager import disable_stage, eager as _eager
 from .errors import (ArgumentError, CacheWarning, CompileError, CompilerNotFoundError, CompilerTimeoutError,
                      ConcretizationError, DTypeError, IRVerificationError, LanternError, LanternWarning,
                      NativeError, NonFiniteError, OutOfBoundsError, RecompileWarning, RecursionDepthError, ShapeError,
@@ -19,6 +22,11 @@ from .ops import (abs, add, arange, argmax, argmin, asarray, astype, broadcast_t
                   swapaxes, take, tanh, transpose, where, zeros, zeros_like)
 from .staging import Executable, Staged, stage
 from .tensor import Tensor
+
+# Called outside a staged function, on NumPy arrays, the operations run eagerly (lantern/eager.py);
+# lantern.ops keeps the plain functions, which lantern's own code calls while tracing.
+globals().update({name: _eager(value) for name, value in list(globals().items())
+                  if isinstance(value, FunctionType) and getattr(ops, name, None) is value})
 
 from . import nn  # noqa: E402  (layers and losses; after the ops they are written with)
 from . import optim  # noqa: E402  (optimizers and gradient clipping)
@@ -36,4 +44,4 @@ def cache_stats() -> dict[str, int]:
     return dict(STATS)
 
 
-__all__ = [n for n in dir() if not n.startswith("_")]
+__all__ = [n for n in dir() if not n.startswith("_") and n != "FunctionType"]

@@ -11,12 +11,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import ops
+from .eager import as_array
 from .errors import DTypeError, ShapeError
 from .ir.nodes import Block, If, Loop, Var, While
 from .ir.types import TensorType, scalar
 from .source import Loc, user_location
 from .tensor import Tensor
-from .tracing import Frame, TracedBody, require_frame, trace_callable, with_location
+from .tracing import Frame, TracedBody, current_frame, trace_callable, with_location
 from .tree import TreeDef, flatten, unflatten
 
 
@@ -92,7 +93,9 @@ def cond(pred: Any, true_fn: Callable[..., Any], false_fn: Callable[..., Any], *
     """
     if isinstance(pred, (bool, np.bool_)):
         return true_fn(*operands) if pred else false_fn(*operands)
-    frame = require_frame("lantern.cond")
+    frame = current_frame()
+    if frame is None:  # eager (lantern.eager): the branch the value picks
+        return true_fn(*operands) if _eager_pred(pred, "cond") else false_fn(*operands)
     loc = user_location()
     p = _scalar_pred(pred, "cond")
     branches: list[TracedBody | None] = []
@@ -148,7 +151,13 @@ def fori_loop(lower: Any, upper: Any, body_fun: Callable[[Tensor, Any], Any], in
 
     ``i`` is a staged int64 scalar; the bounds may be Python ints or staged integer scalars.
     """
-    frame = require_frame("lantern.fori_loop")
+    frame = current_frame()
+    if frame is None:  # eager: a Python loop with the staged loop's checks
+        lo, hi = (_eager_int_scalar(b, "fori_loop") for b in (lower, upper))
+        td, val = _eager_init(init_val)
+        for i in range(lo, hi):
+            val = _eager_carried("fori_loop", td, val, body_fun(np.int64(i), unflatten(td, val)), "body_fun")
+        return unflatten(td, val)
     loc = user_location()
     lo, hi = (ops.astype(_int_scalar(b, "fori_loop"), "int64") for b in (lower, upper))
     td, init, _ = _lift_init(init_val)
@@ -170,7 +179,12 @@ def _int_scalar(x: Any, what: str) -> Tensor:
 
 def while_loop(cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], init_val: Any) -> Any:
     """``while cond_fun(val): val = body_fun(val)``; returns ``val``. The trip count is decided at run time."""
-    frame = require_frame("lantern.while_loop")
+    frame = current_frame()
+    if frame is None:  # eager: a Python loop with the staged loop's checks
+        td, val = _eager_init(init_val)
+        while _eager_pred(cond_fun(unflatten(td, val)), "while_loop cond_fun"):
+            val = _eager_carried("while_loop", td, val, body_fun(unflatten(td, val)), "body_fun")
+        return unflatten(td, val)
     loc = user_location()
     td, init, _ = _lift_init(init_val)
     cparams = [Var(t.type, "carry") for t in init]
@@ -182,6 +196,48 @@ def while_loop(cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], i
     outs = [Var(t.type, "while") for t in init]
     frame.add(While(outs, loc=loc, init=[t.var for t in init], cond=cblock.block, body=body.block))
     return unflatten(td, [Tensor(v, frame) for v in outs])
+
+
+# ---------------------------------------------------------------- eager (outside staging, disable_stage)
+
+def _eager_pred(pred: Any, what: str) -> bool:
+    p = as_array(pred)
+    if p.ndim != 0:
+        raise with_location(ShapeError, f"{what}: the predicate must be a scalar, got shape {p.shape}")
+    return bool(p)
+
+
+def _eager_int_scalar(x: Any, what: str) -> int:
+    t = as_array(x)
+    if t.ndim != 0 or t.dtype.name not in ("int32", "int64"):
+        raise with_location(DTypeError, f"{what}: loop bounds must be integer scalars, got "
+                            f"{TensorType(t.shape, t.dtype.name)}")
+    return int(t)
+
+
+def _eager_init(init: Any) -> tuple[TreeDef, list[np.ndarray]]:
+    leaves, treedef = flatten(init)
+    return treedef, [as_array(x) for x in leaves]
+
+
+def _eager_carried(what: str, init_td: TreeDef, old: list[np.ndarray], new: Any, name: str) -> list[np.ndarray]:
+    """The loop state after an iteration, checked as the staged loop checks it (:func:`_carried`)."""
+    leaves, treedef = flatten(new)
+    if treedef != init_td:
+        raise with_location(ShapeError, f"{what}: {name} returns structure {treedef} but the initial "
+                            f"value has structure {init_td}")
+    out = []
+    for i, (t0, x) in enumerate(zip(old, leaves)):
+        t1 = as_array(x)
+        if t0.shape == t1.shape and (t0.dtype == t1.dtype or (
+                _is_weak(x) and _join_weak(t0.dtype.name, [t1.dtype.name]) == t0.dtype.name)):
+            out.append(t1.astype(t0.dtype, copy=False))
+            continue
+        raise with_location(DTypeError if t0.shape == t1.shape else ShapeError,
+                            f"{what}: {name} changes carried value {i} from {TensorType(t0.shape, t0.dtype.name)} "
+                            f"to {TensorType(t1.shape, t1.dtype.name)}; the loop state must keep its shape and "
+                            "dtype (use astype)")
+    return out
 
 
 __all__ = ["cond", "fori_loop", "while_loop"]

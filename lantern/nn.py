@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import ops
+from .eager import eager
 from .errors import DTypeError, ShapeError, TraceError
 from .ir.types import FLOAT_DTYPES, INT_DTYPES, canonical_dtype
 from .tensor import Tensor
@@ -46,6 +47,7 @@ def _pair(v: int | tuple[int, int], what: str) -> tuple[int, int]:
     return int(out[0]), int(out[1])
 
 
+@eager
 def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
     """``x @ weight.T + bias`` for ``x`` of shape ``[..., in]`` and ``weight`` of shape ``[out, in]``.
 
@@ -69,6 +71,13 @@ class Layer:
     """Base class: hyperparameters in attributes, parameters made by :meth:`init`."""
 
     dtype: str
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # a layer applied to NumPy arrays outside staging runs eagerly, as lantern's operations do
+        super().__init_subclass__(**kwargs)
+        for name in ("__call__", "leaf", "zero_state"):
+            if name in vars(cls):
+                setattr(cls, name, eager(vars(cls)[name]))
 
     def init(self, rng: np.random.Generator | int | None = None) -> Params:
         raise NotImplementedError
@@ -453,6 +462,7 @@ def _reduce_loss(losses: Tensor, reduction: str, what: str) -> Tensor:
     raise ValueError(f"{what}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
+@eager
 def nll_loss(log_probs: Any, targets: Any, reduction: str = "mean") -> Tensor:
     """Negative log-likelihood ``-log_probs[..., targets]`` with classes on the LAST axis.
 
@@ -472,6 +482,7 @@ def nll_loss(log_probs: Any, targets: Any, reduction: str = "mean") -> Tensor:
     return _reduce_loss(-picked, reduction, "nll_loss")
 
 
+@eager
 def cross_entropy(logits: Any, targets: Any, reduction: str = "mean") -> Tensor:
     """``nll_loss(log_softmax(logits, -1), targets)``: logits ``[..., C]`` (classes last) and
     integer targets ``[...]``; numerically stable for any logits."""

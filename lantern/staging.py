@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import compile_log, ops
+from . import compile_log, eager, ops
 from .compile_log import CompileEvent
 from .control import UnknownRecursiveResult
 from .errors import ArgumentError, DTypeError, LanternError, TraceError
@@ -364,6 +364,9 @@ class Staged:
         self.trace_count = 0
         self._compiles: list[CompileEvent] = []  # lantern/compile_log.py
         self._compiled_signatures: list[tuple[TreeDef, list[tuple], list[str]]] = []
+        #: under disable_stage, trace and interpret rather than run the Python function (grad's wrappers,
+        #: whose Python function only makes sense while tracing)
+        self.interpret_when_unstaged = False
 
     def __repr__(self) -> str:
         return f"<lantern.stage {self.name}{self.signature}>"
@@ -379,6 +382,8 @@ class Staged:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if current_frame() is not None:
             return self._call_while_tracing(args, kwargs)
+        if eager.stage_disabled():
+            return self._call_unstaged(args, kwargs)
         if kwargs or not self._simple or len(args) != len(self._param_names):
             exe, leaves = self._specialize(args, kwargs)
             return exe.run_leaves(leaves)
@@ -395,6 +400,14 @@ class Staged:
             exe, leaves = self._specialize(args, kwargs)
             self._fast[fast_key] = exe
         return exe.run_leaves(leaves)
+
+    def _call_unstaged(self, args: tuple, kwargs: dict) -> Any:
+        """Under :func:`lantern.disable_stage`: the Python function itself, its operations eager; a gradient
+        (``interpret_when_unstaged``) is traced and run by the reference interpreter."""
+        if self.interpret_when_unstaged:
+            return eager.run_traced(self.fn, self.name, args, kwargs)
+        result = self.call_bound(*_bind(self.name, self.signature, args, kwargs))
+        return tree_map(eager.as_array, result)  # arrays, with the dtypes staged code gives
 
     def lower(self, *args: Any, **kwargs: Any) -> Executable:
         """The compiled executable for these arguments: ``.ir``, ``.c_source``, ``.c_path``; callable."""

@@ -129,6 +129,7 @@ def value_and_grad(fun: Callable[..., Any], argnums: int | Sequence[int] = 0,
         return traced(*args, **kwargs)
 
     host_staged = Staged(host, f"value_and_grad_{staged.name}", staged.options)  # fun's checks apply
+    host_staged.interpret_when_unstaged = True
 
     @functools.wraps(staged.fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -168,5 +169,6 @@ def grad(fun: Callable[..., Any], argnums: int | Sequence[int] = 0, has_aux: boo
 
     _host_grad = Staged(functools.wraps(fun)(lambda *a, **k: wrapper(*a, **k)), f"grad_{getattr(fun, '__name__', 'fun')}",
                         fun.options if isinstance(fun, Staged) else None)
+    _host_grad.interpret_when_unstaged = True
     wrapper.lower = _host_grad.lower  # type: ignore[attr-defined]
     return wrapper
