@@ -47,11 +47,16 @@ def elementwise_expr(prim: str, in_dtypes: list[str], out_dtype: str, args: list
     b = args[1] if len(args) > 1 else ""
     one = literal(1, t) if t != "bool" else "1"
     fsuffix = "f" if t == "float32" else ""
-    unary_math = {"exp", "log", "sin", "cos", "tanh", "sqrt", "floor", "log1p", "expm1"}
+    # lantern's name -> C's (<math.h>, `f` suffix for float32); round is rint: half to even, as NumPy
+    unary_math = {"exp": "exp", "log": "log", "sin": "sin", "cos": "cos", "tanh": "tanh", "sqrt": "sqrt",
+                  "floor": "floor", "log1p": "log1p", "expm1": "expm1", "round": "rint", "tan": "tan",
+                  "arcsin": "asin", "arccos": "acos", "arctan": "atan", "sinh": "sinh", "cosh": "cosh", "erf": "erf"}
     if prim in ("tanh", "exp") and t == "float32":
         return f"lt_{prim}_f32({a})"  # vectorizable (see the runtime header)
     if prim in unary_math:
-        return f"{prim}{fsuffix}({a})"
+        return f"{unary_math[prim]}{fsuffix}({a})"
+    if prim == "arctan2":
+        return f"atan2{fsuffix}({a}, {b})"
     match prim:
         case "neg":
             return f"-{a}"

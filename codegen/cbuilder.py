@@ -2,6 +2,8 @@
 strings, comments and index arithmetic. Code generation writes C only through it (no text surgery)."""
 from __future__ import annotations
 
+from math import prod
+
 from typing import Callable, Iterable
 
 
@@ -20,6 +22,11 @@ def c_string(text: str) -> str:
 
 def comment(text: str) -> str:
     return "/* " + text.replace("*/", "* /") + " */"
+
+
+def around_axis(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
+    """``shape`` seen as ``[before, shape[axis], after]``: the sizes of the axes before, of it, after."""
+    return prod(shape[:axis]), shape[axis], prod(shape[axis + 1:])
 
 
 def strides(shape: tuple[int, ...]) -> list[int]:

@@ -13,20 +13,25 @@ from .errors import (ArgumentError, CacheWarning, CompileError, CompilerNotFound
                      ConcretizationError, DTypeError, IRVerificationError, LanternError, LanternWarning,
                      NativeError, NonFiniteError, OutOfBoundsError, RecompileWarning, RecursionDepthError, ShapeError,
                      TraceError)
-from .ops import (abs, add, arange, argmax, argmin, asarray, astype, broadcast_to, clip, concatenate, constant,
-                  cos, divide, dot, equal, exp, expand_dims, expm1, floor, floor_divide, full, full_like, greater,
-                  greater_equal, less, less_equal, log, log1p, log_softmax, logical_and, logical_not, logical_or,
-                  logsumexp, matmul, max, maximum, mean, min, minimum, mod, moveaxis, multiply, negative,
-                  not_equal, one_hot, ones, ones_like, power, random_uniform, relu, remainder, reshape, rsqrt,
-                  sigmoid, sign, silu, sin, softmax, sqrt, square, squeeze, stack, stop_gradient, subtract, sum,
-                  swapaxes, take, tanh, transpose, where, zeros, zeros_like)
+from .ops import (abs, add, arange, arccos, arcsin, arctan, arctan2, argmax, argmin, asarray, astype, broadcast_to,
+                  clip, concatenate, constant, cos, cosh, divide, dot, elu, equal, erf, exp, expand_dims, expm1, floor,
+                  floor_divide, full, full_like, gelu, greater, greater_equal, isfinite, isinf, isnan, leaky_relu,
+                  less, less_equal, log, log1p, log_sigmoid, log_softmax, logaddexp, logical_and, logical_not,
+                  logical_or, logsumexp, matmul, max, maximum, mean, min, minimum, mod, moveaxis, multiply, negative,
+                  not_equal, one_hot, ones, ones_like, power, random_uniform, relu, remainder, reshape, round, rsqrt,
+                  sigmoid, sign, silu, sin, sinh, softmax, softplus, sqrt, square, squeeze, stack, stop_gradient,
+                  subtract, sum, swapaxes, take, tan, tanh, transpose, where, zeros, zeros_like)
+from .ops_arrays import (argsort, einsum, eye, flip, linspace, nonzero, pad, repeat, roll, sort, split, take_along_axis,
+                         tile, topk, tril, triu)
+from .ops_reduce import all, any, cumprod, cumsum, norm, prod, std, var
 from .staging import Executable, Staged, stage
 from .tensor import Tensor
 
 # Called outside a staged function, on NumPy arrays, the operations run eagerly (lantern/eager.py);
 # lantern.ops keeps the plain functions, which lantern's own code calls while tracing.
+_OPERATION_MODULES = ("lantern.ops", "lantern.ops_arrays", "lantern.ops_reduce")
 globals().update({name: _eager(value) for name, value in list(globals().items())
-                  if isinstance(value, FunctionType) and getattr(ops, name, None) is value})
+                  if isinstance(value, FunctionType) and value.__module__ in _OPERATION_MODULES})
 
 from . import nn  # noqa: E402  (layers and losses; after the ops they are written with)
 from . import optim  # noqa: E402  (optimizers and gradient clipping)

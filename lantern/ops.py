@@ -164,6 +164,57 @@ def floor(x: ArrayLike) -> Tensor:
     return x if x.type.dtype not in FLOAT_DTYPES else _unary("floor", x)
 
 
+def tan(x: ArrayLike) -> Tensor: return _unary("tan", x)
+def arcsin(x: ArrayLike) -> Tensor: return _unary("arcsin", x)
+def arccos(x: ArrayLike) -> Tensor: return _unary("arccos", x)
+def arctan(x: ArrayLike) -> Tensor: return _unary("arctan", x)
+def sinh(x: ArrayLike) -> Tensor: return _unary("sinh", x)
+def cosh(x: ArrayLike) -> Tensor: return _unary("cosh", x)
+def erf(x: ArrayLike) -> Tensor: return _unary("erf", x)
+
+
+def round(x: ArrayLike, decimals: int = 0) -> Tensor:  # noqa: A001
+    """NumPy's ``round``: halves to the nearest even value, ``decimals`` places (negative: tens,
+    hundreds, ...) computed as ``rint(x * 10**decimals) / 10**decimals``; integers stay integers.
+    Its gradient is zero, as PyTorch's."""
+    x = asarray(x)
+    decimals = operator_index(decimals)
+    if x.type.dtype == "bool":  # NumPy: float16 (lantern: float32, as its other float functions of bools)
+        if decimals:
+            raise with_location(DTypeError, f"round: bool tensors take no decimals (as in NumPy), got {decimals}")
+        return _unary("round", x)
+    if x.type.dtype not in FLOAT_DTYPES:
+        if decimals >= 0:
+            return x
+        scale = 10.0 ** -decimals
+        return astype(multiply(_unary("round", divide(astype(x, "float64"), scale)), scale), x.type.dtype)
+    if decimals == 0:
+        return _unary("round", x)
+    scale = 10.0 ** decimals
+    return divide(_unary("round", multiply(x, scale)), scale)
+
+
+def arctan2(a: ArrayLike, b: ArrayLike) -> Tensor:
+    """The angle of the point ``(b, a)``, in ``[-pi, pi]`` (NumPy's ``arctan2``)."""
+    a, b = (astype(t, "float32") if _is_bool(t) else t for t in (a, b))
+    return _binary("arctan2", np.arctan2, a, b)
+
+
+def isnan(x: ArrayLike) -> Tensor:
+    x = asarray(x)
+    return not_equal(x, x) if x.type.dtype in FLOAT_DTYPES else full(x.shape, False, "bool")
+
+
+def isinf(x: ArrayLike) -> Tensor:
+    x = asarray(x)
+    return equal(abs(x), math.inf) if x.type.dtype in FLOAT_DTYPES else full(x.shape, False, "bool")
+
+
+def isfinite(x: ArrayLike) -> Tensor:
+    x = asarray(x)
+    return less(abs(x), math.inf) if x.type.dtype in FLOAT_DTYPES else full(x.shape, True, "bool")
+
+
 def negative(x: ArrayLike) -> Tensor: return _unary("neg", x, float_only=False)
 
 
@@ -195,6 +246,52 @@ def silu(x: ArrayLike) -> Tensor:
     """``x * sigmoid(x)`` (also called swish)."""
     x = _float(x)
     return multiply(x, sigmoid(x))
+
+
+def logaddexp(a: ArrayLike, b: ArrayLike) -> Tensor:
+    """``log(exp(a) + exp(b))`` without overflow (NumPy's ``logaddexp``); the gradient is ``sigmoid(a - b)``
+    and its complement, halves where ``a == b``."""
+    a, b = (_float(t) for t in (a, b))
+    top = maximum(a, b)
+    stable = add(top, log1p(exp(negative(abs(subtract(a, b))))))
+    return where(logical_and(isinf(top), equal(a, b)), top, stable)  # inf - inf is NaN in `stable`
+
+
+def softplus(x: ArrayLike, beta: float = 1.0) -> Tensor:
+    """``log(1 + exp(beta * x)) / beta``, computed without overflow (PyTorch's ``softplus``, without its
+    linear ``threshold``, which only approximates this)."""
+    x = _float(x)
+    return divide(logaddexp(multiply(x, beta), 0.0), beta) if beta != 1.0 else logaddexp(x, 0.0)
+
+
+def log_sigmoid(x: ArrayLike) -> Tensor:
+    """``log(sigmoid(x))`` without overflow: ``-softplus(-x)``."""
+    return negative(softplus(negative(_float(x))))
+
+
+def elu(x: ArrayLike, alpha: float = 1.0) -> Tensor:
+    """``x`` where positive, ``alpha * (exp(x) - 1)`` elsewhere (PyTorch's ``elu``)."""
+    x = _float(x)
+    # expm1 of the clamped value: the branch not taken must not overflow (its gradient would be NaN)
+    return where(greater(x, 0), x, multiply(expm1(minimum(x, 0)), alpha))
+
+
+def leaky_relu(x: ArrayLike, negative_slope: float = 0.01) -> Tensor:
+    """``x`` where positive, ``negative_slope * x`` elsewhere (PyTorch's ``leaky_relu``)."""
+    x = asarray(x)
+    return where(greater(x, 0), x, multiply(x, negative_slope))
+
+
+def gelu(x: ArrayLike, approximate: str = "none") -> Tensor:
+    """``x * Phi(x)`` with ``Phi`` the standard normal CDF (``approximate="none"``, via ``erf``), or
+    PyTorch's and JAX's tanh approximation (``approximate="tanh"``)."""
+    x = _float(x)
+    if approximate == "none":
+        return multiply(multiply(x, 0.5), add(erf(multiply(x, 1 / math.sqrt(2))), 1.0))
+    if approximate == "tanh":
+        inner = multiply(add(x, multiply(multiply(multiply(x, x), x), 0.044715)), math.sqrt(2 / math.pi))
+        return multiply(multiply(x, 0.5), add(tanh(inner), 1.0))
+    raise with_location(TraceError, f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
 def logical_not(x: ArrayLike) -> Tensor:
@@ -332,8 +429,22 @@ def square(x: ArrayLike) -> Tensor:
     return multiply(x, x)
 
 
-def where(cond: ArrayLike, a: ArrayLike, b: ArrayLike) -> Tensor:
-    """Elementwise ``a if cond else b`` with broadcasting."""
+_NOT_GIVEN: Any = object()
+
+
+def where(cond: ArrayLike, a: ArrayLike = _NOT_GIVEN, b: ArrayLike = _NOT_GIVEN, *, size: int | None = None,
+          fill_value: int = 0) -> Any:
+    """Elementwise ``a if cond else b`` with broadcasting. With ``cond`` alone, NumPy's ``nonzero(cond)``,
+    which needs a static ``size`` (see :func:`lantern.nonzero`)."""
+    if a is _NOT_GIVEN and b is _NOT_GIVEN:
+        if size is None:
+            raise with_location(TraceError, "where(condition) alone gives the indices of the nonzero elements, "
+                                "whose number is only known when the code runs: pass size=N (the first N, padded "
+                                "with fill_value, as jax.numpy.where does)")
+        from .ops_arrays import nonzero
+        return nonzero(cond, size=size, fill_value=fill_value)
+    if a is _NOT_GIVEN or b is _NOT_GIVEN:
+        raise with_location(TraceError, "where: give both x and y, or neither")
     frame = _frame_of(cond, a, b)
     c = asarray(cond)
     if c.type.dtype != "bool":
@@ -392,7 +503,8 @@ def _reduce(prim: str, x: ArrayLike, axis: Any, keepdims: bool) -> Tensor:
     x = asarray(x)
     axes = _axes(x, axis, prim)
     if not axes:
-        return x if prim != "reduce_sum" or x.type.dtype in FLOAT_DTYPES + ("int64",) else astype(x, "int64")
+        summing = prim in ("reduce_sum", "reduce_prod")  # (int32 and bool sums and products are int64)
+        return x if not summing or x.type.dtype in FLOAT_DTYPES + ("int64",) else astype(x, "int64")
     return _emit(x.frame, prim, [x], hint=prim.removeprefix("reduce_"), axes=axes, keepdims=bool(keepdims))
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 # The machinery of tracing. Frames in these files are never "the user's line"; library
 # code written *with* lantern (lantern/demo.py, models, nn layers) is, so C comments can
 # point at it.
-_INTERNAL_MODULES = ("__init__", "control", "eager", "errors", "ops", "source", "staging", "tensor", "tracing", "tree")
+_INTERNAL_MODULES = ("__init__", "control", "eager", "errors", "ops", "ops_arrays", "ops_reduce", "source", "staging", "tensor", "tracing", "tree")
 _INTERNAL: tuple[str, ...] = ()
 
 

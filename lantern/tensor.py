@@ -19,13 +19,32 @@ def _ops():
     return ops
 
 
+def _operation(name: str) -> Any:
+    """lantern's function ``name`` (from ops, ops_reduce or ops_arrays)."""
+    for module in (_ops(), _reduce_ops(), _array_ops()):
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise AttributeError(name)
+
+
+def _reduce_ops():
+    from . import ops_reduce
+    return ops_reduce
+
+
+def _array_ops():
+    from . import ops_arrays
+    return ops_arrays
+
+
 # NumPy ufunc name -> lantern.ops function
 _UFUNCS = {n: n for n in ("add", "subtract", "multiply", "divide", "floor_divide", "power", "negative", "exp",
                           "log", "log1p", "expm1", "sin", "cos", "tanh", "sqrt", "floor", "sign", "maximum",
                           "minimum", "equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
                           "logical_and", "logical_or", "logical_not", "matmul", "square", "positive", "invert",
-                          "bitwise_and", "bitwise_or")}
-_UFUNCS.update(true_divide="divide", remainder="mod", absolute="abs")
+                          "bitwise_and", "bitwise_or", "tan", "arcsin", "arccos", "arctan", "arctan2", "sinh", "cosh",
+                          "isnan", "isinf", "isfinite", "logaddexp")}
+_UFUNCS.update(true_divide="divide", remainder="mod", absolute="abs", rint="round")
 
 #: NumPy functions (not ufuncs) staged on tensors: lantern's function, the keyword arguments it takes.
 _FUNCTIONS: dict[str, tuple[str, frozenset[str]]] = {
@@ -40,6 +59,17 @@ _FUNCTIONS: dict[str, tuple[str, frozenset[str]]] = {
     "broadcast_to": ("broadcast_to", frozenset({"shape"})), "take": ("take", frozenset({"axis"})),
     "zeros_like": ("zeros_like", frozenset({"dtype"})), "ones_like": ("ones_like", frozenset({"dtype"})),
     "full_like": ("full_like", frozenset({"dtype"})), "astype": ("astype", frozenset()),
+    "any": ("any", frozenset({"axis", "keepdims"})), "all": ("all", frozenset({"axis", "keepdims"})),
+    "prod": ("prod", frozenset({"axis", "keepdims"})), "var": ("var", frozenset({"axis", "ddof", "keepdims"})),
+    "std": ("std", frozenset({"axis", "ddof", "keepdims"})), "norm": ("norm", frozenset({"ord", "axis", "keepdims"})),
+    "cumsum": ("cumsum", frozenset({"axis"})), "cumprod": ("cumprod", frozenset({"axis"})),
+    "sort": ("sort", frozenset({"axis"})), "argsort": ("argsort", frozenset({"axis"})),
+    "take_along_axis": ("take_along_axis", frozenset({"axis"})), "einsum": ("einsum", frozenset()),
+    "tril": ("tril", frozenset({"k"})), "triu": ("triu", frozenset({"k"})),
+    "pad": ("pad", frozenset({"mode", "constant_values"})), "flip": ("flip", frozenset({"axis"})),
+    "roll": ("roll", frozenset({"axis"})), "tile": ("tile", frozenset()), "repeat": ("repeat", frozenset({"axis"})),
+    "split": ("split", frozenset({"axis"})), "round": ("round", frozenset({"decimals"})),
+    "around": ("round", frozenset({"decimals"})), "nonzero": ("nonzero", frozenset()),
 }
 
 _NUMPY_HINT = ("a staged Tensor has no value while the function is traced, so NumPy cannot use it. Use the "
@@ -64,7 +94,7 @@ class Tensor:
             call = ufunc.__name__ + ("" if method == "__call__" else f".{method}")
             raise with_location(TraceError, f"NumPy's {call} cannot run on a staged tensor; use the lantern "
                                 "function of the same name (lantern.sum, lantern.exp, ...)")
-        return getattr(_ops(), name)(*inputs)
+        return _operation(name)(*inputs)
 
     def __init__(self, var: Var, frame: Frame):
         self.var = var
@@ -133,7 +163,7 @@ class Tensor:
         kwargs = {("shape" if k == "newshape" else k): v for k, v in kwargs.items() if k in accepted}
         if func.__name__ == "take" and kwargs.get("axis") is None:  # NumPy's take flattens first
             return _ops().take(_ops().reshape(args[0], (-1,)), *args[1:], axis=0)
-        return getattr(_ops(), name)(*args, **kwargs)
+        return _operation(name)(*args, **kwargs)
 
     def __len__(self) -> int:
         if not self.shape:
@@ -199,3 +229,28 @@ class Tensor:
     def ravel(self): return _ops().reshape(self, (-1,))
     def astype(self, dtype): return _ops().astype(self, dtype)
     def clip(self, lo=None, hi=None): return _ops().clip(self, lo, hi)
+    def prod(self, axis=None, keepdims=False): return _reduce_ops().prod(self, axis, keepdims)
+    def any(self, axis=None, keepdims=False): return _reduce_ops().any(self, axis, keepdims)
+    def all(self, axis=None, keepdims=False): return _reduce_ops().all(self, axis, keepdims)
+    def std(self, axis=None, ddof=0, keepdims=False): return _reduce_ops().std(self, axis, ddof, keepdims)
+    def cumsum(self, axis=None): return _reduce_ops().cumsum(self, axis)
+    def cumprod(self, axis=None): return _reduce_ops().cumprod(self, axis)
+    def argsort(self, axis=-1): return _array_ops().argsort(self, axis)
+    def repeat(self, repeats, axis=None): return _array_ops().repeat(self, repeats, axis)
+    def round(self, decimals=0): return _ops().round(self, decimals)
+    def __round__(self, ndigits=None): return _ops().round(self, ndigits or 0)
+
+    def copy(self) -> Tensor:
+        """``self``: staged tensors are immutable, so a copy is the same value."""
+        return self
+
+    @property
+    def mT(self) -> Tensor:
+        """The last two axes swapped (NumPy's and PyTorch's ``mT``)."""
+        if self.ndim < 2:
+            raise with_location(TraceError, f"mT: needs at least 2 dimensions, got {self!r}")
+        return _ops().swapaxes(self, -1, -2)
+
+    def item(self) -> Any:
+        raise with_location(ConcretizationError, f"item() of {self!r}: a staged tensor has a value only when the "
+                            "compiled code runs; return it from the staged function and call .item() on the result")

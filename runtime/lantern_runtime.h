@@ -534,4 +534,44 @@ static inline double lt_uniform_f64(uint64_t seed, int64_t i)
     return (double)(lt_mix64(seed + ((uint64_t)i + 1) * LT_GOLDEN64) >> 11) * 0x1.0p-53;
 }
 
+/*
+ * argsort along one axis: idx[0..n) gets the order of x[0], x[stride], ..., x[(n-1)*stride].
+ * A bottom-up merge sort (tmp holds n more indices), so stable: equal values keep their order,
+ * as NumPy's kind="stable" and PyTorch's stable=True. NaN counts as the largest value: last, or
+ * first when descending (NumPy and PyTorch put it there).
+ */
+#define LT_NAN_FLOAT(v) ((v) != (v))
+#define LT_NAN_NONE(v) 0
+#define LT_DEFINE_ARGSORT(T, SUF, IS_NAN)                                                             \
+    static inline int lt_sorts_before_##SUF(T a, T b, int descending)                                 \
+    {                                                                                                 \
+        return descending ? (a > b || (IS_NAN(a) && !IS_NAN(b))) : (a < b || (IS_NAN(b) && !IS_NAN(a))); \
+    }                                                                                                 \
+    static inline void lt_argsort_##SUF(const T *x, int64_t n, int64_t stride, int descending,        \
+                                        int64_t *idx, int64_t *tmp)                                   \
+    {                                                                                                 \
+        for (int64_t k = 0; k < n; k++)                                                               \
+            idx[k] = k;                                                                               \
+        for (int64_t width = 1; width < n; width *= 2) {                                              \
+            for (int64_t lo = 0; lo < n; lo += 2 * width) {                                           \
+                int64_t mid = lo + width < n ? lo + width : n;                                        \
+                int64_t hi = lo + 2 * width < n ? lo + 2 * width : n;                                 \
+                int64_t i = lo, j = mid, k = lo;                                                      \
+                while (i < mid && j < hi) /* the right run first only if strictly before: stable */  \
+                    tmp[k++] = lt_sorts_before_##SUF(x[idx[j] * stride], x[idx[i] * stride], descending) \
+                                   ? idx[j++] : idx[i++];                                             \
+                while (i < mid)                                                                       \
+                    tmp[k++] = idx[i++];                                                              \
+                while (j < hi)                                                                        \
+                    tmp[k++] = idx[j++];                                                              \
+            }                                                                                         \
+            memcpy(idx, tmp, (size_t)n * sizeof *idx);                                                \
+        }                                                                                             \
+    }
+LT_DEFINE_ARGSORT(float, f32, LT_NAN_FLOAT)
+LT_DEFINE_ARGSORT(double, f64, LT_NAN_FLOAT)
+LT_DEFINE_ARGSORT(int32_t, i32, LT_NAN_NONE)
+LT_DEFINE_ARGSORT(int64_t, i64, LT_NAN_NONE)
+LT_DEFINE_ARGSORT(lt_bool, bool, LT_NAN_NONE)
+
 #endif /* LANTERN_RUNTIME_H */

@@ -12,7 +12,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable

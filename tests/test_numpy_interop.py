@@ -22,8 +22,8 @@ def test_numpy_functions_without_a_lantern_counterpart_are_clear_errors(rng):
     f = lantern.stage(lambda x: np.add.reduce(x))
     with pytest.raises(lantern.TraceError, match=r"add\.reduce .*lantern.*test_numpy_interop.py:"):
         f(rng.standard_normal(3))
-    g = lantern.stage(lambda x: np.arctan2(x, x))
-    with pytest.raises(lantern.TraceError, match="arctan2"):
+    g = lantern.stage(lambda x: np.hypot(x, x))
+    with pytest.raises(lantern.TraceError, match="hypot"):
         g(rng.standard_normal(3))
 
 
@@ -63,8 +63,10 @@ def test_numpy_functions_on_staged_tensors_are_staged(name, fn, rng):
 def test_numpy_function_keywords_lantern_lacks_are_named():
     with pytest.raises(lantern.TraceError, match=r"np.sum on a staged tensor: keyword arguments \['out'\]"):
         lantern.stage(lambda x: np.sum(x, out=np.zeros(())))(np.ones(3))
-    with pytest.raises(lantern.TraceError, match="NumPy's cumsum cannot run on a staged tensor"):
-        lantern.stage(lambda x: np.cumsum(x))(np.ones(3))
+    with pytest.raises(lantern.TraceError, match="NumPy's diff cannot run on a staged tensor"):
+        lantern.stage(lambda x: np.diff(x))(np.ones(3))
+    with pytest.raises(lantern.TraceError, match=r"np.cumsum on a staged tensor: keyword arguments \['dtype'\]"):
+        lantern.stage(lambda x: np.cumsum(x, dtype=np.float32))(np.ones(3))
 
 
 def test_indexing_a_numpy_array_with_a_staged_index_says_how():

@@ -11,7 +11,7 @@ from typing import Callable
 
 from lantern.ir.nodes import Op
 
-from . import elementwise, indexing, matmul, movement, reductions
+from . import elementwise, indexing, matmul, movement, reductions, scans, sorting
 from .context import KernelContext, Storage
 
 Kernel = Callable[[KernelContext, Op], None]
@@ -31,6 +31,8 @@ KERNELS: dict[str, Kernel] = {
     "concatenate": movement.concatenate,
     "unslice": movement.unslice,
     "random": movement.random,
+    "scan": scans.scan,
+    "sort": sorting.argsort,
 }
 
 __all__ = ["KERNELS", "Kernel", "KernelContext", "Storage"]

@@ -4,12 +4,10 @@ With ``check_indices`` a bad index is recorded (``lt_index`` returns -1), the el
 and the status is checked after the kernel: kernels never unwind."""
 from __future__ import annotations
 
-from math import prod
-
 from lantern.ir.nodes import Accumulate, Op
 
 from ..c_types import literal
-from ..cbuilder import c_string, index
+from ..cbuilder import around_axis, c_string, index
 from .context import KernelContext
 
 
@@ -19,7 +17,7 @@ def take(e: KernelContext, op: Op) -> None:
     e.declare(out)
     axis = op.attrs["axis"]
     xs = x.type.shape  # type: ignore[union-attr]
-    pre, n, inner = prod(xs[:axis]), xs[axis], prod(xs[axis + 1:])
+    pre, n, inner = around_axis(xs, axis)
     m = idx.type.size  # type: ignore[union-attr]
     where = f"{e.where(op)}: indexing axis {axis} of shape {tuple(xs)}"
     if out.type.size == 0:  # type: ignore[union-attr]
@@ -61,7 +59,7 @@ def scatter(e: KernelContext, op: Op) -> None:
     e.zero(out)
     axis = op.attrs["axis"]
     os_ = out.type.shape  # type: ignore[union-attr]
-    pre, n, inner = prod(os_[:axis]), os_[axis], prod(os_[axis + 1:])
+    pre, n, inner = around_axis(os_, axis)
     m = idx.type.size  # type: ignore[union-attr]
     e.c.loop('p', pre, parallel=True)
     e.c.loop('j', m)

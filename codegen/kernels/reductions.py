@@ -1,4 +1,4 @@
-"""Reductions: sums, maxima and minima over axes (vectorized where the innermost axis is reduced),
+"""Reductions: sums, products, maxima and minima over axes (vectorized where the innermost axis is reduced),
 and argmax/argmin."""
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ def reduce(e: KernelContext, op: Op) -> None:
     if op.prim in ("argmax", "argmin"):
         arg_reduce(e, op)
     else:
-        sum_max_min(e, op)
+        reduce_values(e, op)
     e.c.close()
 
 
-def sum_max_min(e: KernelContext, op: Op) -> None:
+def reduce_values(e: KernelContext, op: Op) -> None:
     x, out = op.args[0], op.outs[0]
     xs: tuple[int, ...] = x.type.shape  # type: ignore[union-attr]
     axes = set(op.attrs["axes"])
@@ -38,8 +38,10 @@ def sum_max_min(e: KernelContext, op: Op) -> None:
     o_strides = [0 if d in axes else s for d, s in enumerate(strides(kept_shape))]
     t = e.ctype(out)
     dtype = out.type.dtype  # type: ignore[union-attr]
-    if op.prim == "reduce_sum":
-        init, combine = literal(0, dtype), (lambda acc, v: f"{acc} + {v}")
+    if op.prim in ("reduce_sum", "reduce_prod"):
+        symbol = "+" if op.prim == "reduce_sum" else "*"
+        init = literal(0 if symbol == "+" else 1, dtype)
+        combine = lambda acc, v: f"{acc} {symbol} {v}"  # noqa: E731
     elif dtype == "bool":  # max is any, min is all
         is_max = op.prim == "reduce_max"
         init = "0" if is_max else "1"
@@ -66,14 +68,16 @@ def sum_max_min(e: KernelContext, op: Op) -> None:
         e.c.line(f"{acc_t} acc = {init};")
         # A float max/min vectorizes as an OpenMP max/min reduction plus a NaN flag (the
         # reduction alone would not say what a NaN does); NaN wins, as in NumPy.
-        nan_flag = op.prim != "reduce_sum" and dtype in FLOATS
+        nan_flag = op.prim in ("reduce_max", "reduce_min") and dtype in FLOATS
         if nan_flag:
             e.c.line("int seen_nan = 0;")
         for d in red:
             if d == red[-1] and dtype in FLOATS:
-                extremum = {"reduce_max": "max", "reduce_min": "min"}.get(op.prim)
-                e.c.line(SIMD_SUM if op.prim == "reduce_sum"
-                          else f"#pragma omp simd reduction({extremum}:acc) reduction(|:seen_nan)")
+                if nan_flag:
+                    extremum = {"reduce_max": "max", "reduce_min": "min"}[op.prim]
+                    e.c.line(f"#pragma omp simd reduction({extremum}:acc) reduction(|:seen_nan)")
+                else:
+                    e.c.line(SIMD_SUM if op.prim == "reduce_sum" else "#pragma omp simd reduction(*:acc)")
             e.c.loop(f"i{d}", xs[d])
         value = src([f"i{d}" for d in range(len(xs))])
         if nan_flag:

@@ -10,6 +10,7 @@ staged operations users write, so they read like the math.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 from .. import ops
@@ -69,6 +70,29 @@ def _sin(g, xs, y, attrs): return [g * ops.cos(xs[0])]
 def _cos(g, xs, y, attrs): return [-g * ops.sin(xs[0])]
 @rule("tanh")
 def _tanh(g, xs, y, attrs): return [g * (1 - y * y)]
+@rule("tan")
+def _tan(g, xs, y, attrs): return [g * (1 + y * y)]
+@rule("arcsin")
+def _arcsin(g, xs, y, attrs): return [g * ops.rsqrt(1 - xs[0] * xs[0])]
+@rule("arccos")
+def _arccos(g, xs, y, attrs): return [-g * ops.rsqrt(1 - xs[0] * xs[0])]
+@rule("arctan")
+def _arctan(g, xs, y, attrs): return [g / (1 + xs[0] * xs[0])]
+@rule("sinh")
+def _sinh(g, xs, y, attrs): return [g * ops.cosh(xs[0])]
+@rule("cosh")
+def _cosh(g, xs, y, attrs): return [g * ops.sinh(xs[0])]
+@rule("erf")
+def _erf(g, xs, y, attrs): return [g * (2 / math.sqrt(math.pi)) * ops.exp(-xs[0] * xs[0])]
+
+
+@rule("arctan2")
+def _arctan2(g, xs, y, attrs):
+    a, b = xs  # arctan2(a, b): the angle of the point (b, a)
+    r2 = a * a + b * b
+    return [g * b / r2, -g * a / r2]
+
+
 @rule("sigmoid")
 def _sigmoid(g, xs, y, attrs): return [g * y * (1 - y)]
 @rule("sqrt")
@@ -126,6 +150,47 @@ def _keepdims_shape(x: Tensor, axes: tuple[int, ...]) -> tuple[int, ...]:
 def _reduce_sum(g, xs, y, attrs):
     x = xs[0]
     return [ops.broadcast_to(ops.reshape(g, _keepdims_shape(x, attrs["axes"])), x.shape)]
+
+
+@rule("reduce_prod")
+def _reduce_prod(g, xs, y, attrs):
+    # PyTorch's rule: y / x over a slice without zeros; where a slice has exactly one zero, that
+    # element's gradient is the product of the others (and the rest get 0); with two or more, all 0.
+    x = xs[0]
+    keep = _keepdims_shape(x, attrs["axes"])
+    g, y = ops.reshape(g, keep), ops.reshape(y, keep)
+    zero = ops.equal(x, 0)
+    zeros = ops.sum(ops.astype(zero, "int64"), attrs["axes"], keepdims=True)
+    safe = ops.where(zero, 1, x)
+    others = ops.reshape(primitive("reduce_prod", [safe], axes=attrs["axes"], keepdims=False), keep)
+    one_zero = ops.where(zero, g * others, 0)
+    return [ops.where(ops.equal(zeros, 0), g * y / safe, ops.where(ops.equal(zeros, 1), one_zero, 0))]
+
+
+def _reversed_cumsum(v: Tensor, axis: int) -> Tensor:
+    """Sums from each position to the end of ``axis``."""
+    backwards = tuple(slice(None, None, -1) if d == axis else slice(None) for d in range(v.ndim))
+    return primitive("cumsum", [v[backwards]], axis=axis)[backwards]
+
+
+@rule("cumsum")
+def _cumsum(g, xs, y, attrs): return [_reversed_cumsum(g, attrs["axis"])]
+
+
+@rule("cumprod")
+def _cumprod(g, xs, y, attrs):
+    # Before the first zero z of a row: sum_{j>=i} g_j y_j / x_i. At z: sum_{j>=z} g_j y'_j, with y' the
+    # running product with x_z taken as 1. After z: 0 (every product there has the factor x_z = 0).
+    x, axis = xs[0], attrs["axis"]
+    n = x.shape[axis]
+    position = ops.reshape(ops.arange(n), tuple(n if d == axis else 1 for d in range(x.ndim)))
+    zero = ops.equal(x, 0)
+    first_zero = ops.min(ops.where(zero, position, n), axis, keepdims=True)
+    before, at = ops.less(position, first_zero), ops.equal(position, first_zero)
+    before_zero = _reversed_cumsum(g * y, axis) / ops.where(before, x, 1)
+    skipping_zero = primitive("cumprod", [ops.where(at, 1, x)], axis=axis)
+    at_zero = _reversed_cumsum(g * skipping_zero, axis)
+    return [ops.where(before, before_zero, ops.where(at, at_zero, 0))]
 
 
 @rule("reduce_max", "reduce_min")

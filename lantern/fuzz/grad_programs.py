@@ -183,6 +183,15 @@ class _Gen:
         ("rdiv_const", "1.5 / ({0} * {0} + 1.0)", lambda b: 1.5),
         ("mod", "{0} % 1.5", lambda b: 1.5), ("floor_divide", "({0} // 0.7) * {0}", lambda b: b * (b / 0.7 + 1)),
         ("divide", "lantern.divide({0}, 1.0 + lantern.exp(-{0} * {0}))", lambda b: b),
+        ("tan", "lantern.tan(lantern.tanh({0}))", lambda b: 1.56), ("arctan", "lantern.arctan({0})", lambda b: 1.58),
+        ("arcsin", "lantern.arcsin(lantern.tanh({0}) * 0.9)", lambda b: 1.12),
+        ("arccos", "lantern.arccos(lantern.tanh({0}) * 0.9)", lambda b: 2.7),
+        ("sinh", "lantern.sinh(lantern.tanh({0}))", lambda b: 1.18),
+        ("cosh", "lantern.cosh(lantern.tanh({0}))", lambda b: 1.55), ("erf", "lantern.erf({0})", lambda b: 1.0),
+        ("gelu", "lantern.gelu({0})", lambda b: b), ("gelu_tanh", "lantern.gelu({0}, approximate='tanh')", lambda b: b),
+        ("softplus", "lantern.softplus({0})", lambda b: b + 0.7), ("elu", "lantern.elu({0})", lambda b: b + 1),
+        ("leaky_relu", "lantern.leaky_relu({0}, 0.1)", lambda b: b),
+        ("log_sigmoid", "lantern.log_sigmoid({0})", lambda b: b + 0.7),
     ]
 
     def unary(self, blk: list, scope: _Scope) -> None:
@@ -199,6 +208,8 @@ class _Gen:
         ("pow", "({0} * {0} + 1.0) ** lantern.tanh({1})", lambda a, b: a * a + 1),
         ("subtract", "lantern.subtract({0}, {1})", lambda a, b: a + b),
         ("multiply", "lantern.multiply({0}, {1})", lambda a, b: a * b),
+        ("logaddexp", "lantern.logaddexp({0}, {1})", lambda a, b: max(a, b) + 0.7),
+        ("arctan2", "lantern.arctan2({0}, {1} * {1} + 0.5)", lambda a, b: 1.58),
     ]
 
     def binary(self, blk: list, scope: _Scope) -> None:
@@ -229,8 +240,23 @@ class _Gen:
     def reduce(self, blk: list, scope: _Scope) -> None:
         x = self.pick(scope)
         op = self.rng.choice(["sum", "mean", "max", "min", "logsumexp", "softmax", "log_softmax", "sum_method",
-                              "argmax"])
+                              "argmax", "prod", "var", "norm"])
         n = max(math.prod(x.shape), 1)
+        if op == "prod" and n > 12:
+            op = "var"  # (a product of many factors in (-0.5, 1.5) would underflow or grow past the bounds)
+        if op in ("prod", "var", "norm"):
+            axis, out, kept = self._axis(x.shape)
+            kw = f", axis={axis!r}" if axis is not None else ""
+            if op == "norm" and isinstance(axis, tuple):
+                kw = ""
+                out = ()
+            tmpl = {"prod": f"lantern.prod(lantern.tanh({{0}}) + 0.5{kw})", "var": f"lantern.var({{0}}{kw})",
+                    "norm": f"lantern.norm({{0}}{kw})"}[op]
+            bound = 1.5 ** n if op == "prod" else x.bound * x.bound if op == "var" else n * x.bound
+            if bound > _MAX_BOUND:
+                return self.unary(blk, scope)
+            self.let(blk, scope, op, tmpl, [x], out, self.fdt, bound)
+            return
         if op in ("softmax", "log_softmax"):
             if not x.shape:
                 return self.unary(blk, scope)
@@ -274,7 +300,10 @@ class _Gen:
         x = self.pick(scope)
         s, nd, rng = x.shape, len(x.shape), self.rng
         choice = rng.choice(["reshape", "transpose", "slice", "index", "concatenate", "stack", "expand_dims",
-                             "squeeze", "broadcast_to", "swapaxes", "moveaxis", "arange", "one_hot"])
+                             "squeeze", "broadcast_to", "swapaxes", "moveaxis", "arange", "one_hot", "rearrange",
+                             "rearrange", "rearrange"])
+        if choice == "rearrange" and nd >= 1:
+            return self.rearrange(blk, scope, x)
         if choice == "reshape":
             size = math.prod(s)
             dims, rest = [], size
@@ -367,6 +396,55 @@ class _Gen:
         elif choice == "broadcast_to" and nd < 3:
             out = (rng.choice([1, 2, 3]),) + tuple(rng.choice([2, 3]) if d == 1 else d for d in s)
             self.let(blk, scope, "broadcast_to", f"lantern.broadcast_to({{0}}, {out})", [x], out, self.fdt, x.bound)
+        else:
+            self.unary(blk, scope)
+
+    def rearrange(self, blk: list, scope: _Scope, x: Any) -> None:
+        """Issue 13's shape-keeping and shape-changing functions: scans, sorting, flips, padding, tiling."""
+        s, nd, rng = x.shape, len(x.shape), self.rng
+        ax = rng.randrange(nd)
+        op = rng.choice(["cumsum", "cumprod", "sort", "topk", "flip", "roll", "tile", "repeat", "pad", "tril",
+                         "einsum"])
+        if op in ("cumsum", "cumprod", "sort", "flip", "roll"):
+            tmpl = {"cumsum": f"lantern.cumsum({{0}}, axis={ax})",
+                    "cumprod": f"lantern.cumprod(lantern.tanh({{0}}) + 0.5, axis={ax})",
+                    "sort": f"lantern.sort({{0}}, axis={ax}, descending={rng.random() < 0.5})",
+                    "flip": f"lantern.flip({{0}}, axis={ax})", "roll": f"lantern.roll({{0}}, {rng.randint(-3, 3)}, axis={ax})"}[op]
+            bound = s[ax] * x.bound if op == "cumsum" else 1.5 ** min(s[ax], 64) if op == "cumprod" else x.bound
+            if bound > _MAX_BOUND:
+                return self.unary(blk, scope)
+            self.let(blk, scope, op, tmpl, [x], s, self.fdt, bound)
+        elif op == "topk":
+            k = rng.randint(1, s[ax])
+            self.let(blk, scope, op, f"lantern.topk({{0}}, {k}, axis={ax}, largest={rng.random() < 0.5})[0]", [x],
+                     s[:ax] + (k,) + s[ax + 1:], self.fdt, x.bound)
+        elif op == "tile":
+            reps = tuple(rng.choice([1, 2]) for _ in range(rng.randint(1, 2)))
+            nd2 = max(nd, len(reps))
+            full_reps = (1,) * (nd2 - len(reps)) + reps
+            shape = (1,) * (nd2 - nd) + s
+            self.let(blk, scope, op, f"lantern.tile({{0}}, {reps!r})", [x], tuple(r * d for r, d in zip(full_reps, shape)),
+                     self.fdt, x.bound)
+        elif op == "repeat":
+            r = rng.choice([1, 2])
+            self.let(blk, scope, op, f"lantern.repeat({{0}}, {r}, axis={ax})", [x], s[:ax] + (s[ax] * r,) + s[ax + 1:],
+                     self.fdt, x.bound)
+        elif op == "pad":
+            before, after = rng.randint(0, 2), rng.randint(0, 2)
+            mode = rng.choice(["constant", "edge", "wrap", "reflect"]) if s[ax] > 2 else "constant"
+            widths = tuple((before, after) if d == ax else (0, 0) for d in range(nd))
+            self.let(blk, scope, op, f"lantern.pad({{0}}, {widths!r}, mode={mode!r})", [x],
+                     s[:ax] + (s[ax] + before + after,) + s[ax + 1:], self.fdt, x.bound)
+        elif op == "tril" and nd >= 2:
+            self.let(blk, scope, op, f"lantern.{rng.choice(['tril', 'triu'])}({{0}}, {rng.randint(-1, 1)})", [x], s,
+                     self.fdt, x.bound)
+        elif op == "einsum" and nd >= 2:  # a contraction with a fresh operand over the last axis
+            y = self.of_shape(blk, scope, (s[-1], 2))
+            if s[-1] * x.bound * y.bound > _MAX_BOUND:
+                return self.unary(blk, scope)
+            letters = "abcd"[:nd]
+            self.let(blk, scope, op, f"lantern.einsum('{letters},{letters[-1]}z->{letters[:-1]}z', {{0}}, {{1}})",
+                     [x, y], s[:-1] + (2,), self.fdt, s[-1] * x.bound * y.bound)
         else:
             self.unary(blk, scope)
 

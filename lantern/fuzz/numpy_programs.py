@@ -121,6 +121,19 @@ class _NumpyExtras:
         return x - _NumpyExtras.logsumexp(x, axis=axis, keepdims=True)
 
     @staticmethod
+    def erf(x: Any) -> np.ndarray:
+        x = _unary_float(x)
+        return np.vectorize(math.erf, otypes=[np.float64])(x).astype(x.dtype)
+
+    @staticmethod
+    def sort(x: Any, axis: int = -1) -> np.ndarray:
+        return np.sort(x, axis=axis, kind="stable")  # lantern's sort is stable (ties: -0.0 and 0.0 in order)
+
+    @staticmethod
+    def argsort(x: Any, axis: int = -1) -> np.ndarray:
+        return np.argsort(x, axis=axis, kind="stable")
+
+    @staticmethod
     def one_hot(idx: Any, n: int, dtype: str = "float32") -> np.ndarray:
         idx = np.asarray(idx)
         if idx.dtype.kind not in "iu":
@@ -674,9 +687,59 @@ class _Gen:
         return _Cand("one_hot", f"{{ext}}.one_hot({{0}} % {n}, {n}, dtype={r.choice(DTYPES)!r})", [x], ext=True,
                      needs_exact=True)
 
+    _MORE_MATH = ("tan", "arcsin", "arccos", "arctan", "sinh", "cosh")
+
+    def more(self) -> _Cand | None:
+        """The functions of issue 13 point 12: more math, reductions and scans, sorting, rearrangement."""
+        r = self.rng
+        x = self.pick()
+        if x is None:
+            return None
+        nd = x.ndim
+        axis = r.randrange(-nd, nd) if nd else None
+        op = r.choice(self._MORE_MATH + ("erf", "round", "round_decimals", "isnan", "isinf", "isfinite", "prod",
+                                         "any", "all", "var", "std", "cumsum", "cumprod", "sort", "argsort", "flip",
+                                         "roll", "tile", "repeat", "tril", "triu", "pad"))
+        if op in self._MORE_MATH or op == "erf":
+            fn = "{ext}.erf" if op == "erf" else f"{{xp}}.{op}"
+            src = "{0}" if x.exact and x.scale <= MAX_MATH_ARG else "{xp}.tanh({0} * 0.01)"
+            return _Cand(op, f"{fn}({src})", [x], exact=False, ext=op == "erf")
+        if op in ("round", "isnan", "isinf", "isfinite"):
+            return _Cand(op, f"{{xp}}.{op}({{0}})", [x], needs_exact=True)
+        if op == "round_decimals":  # rint(x * 10) / 10 in both
+            return _Cand(op, "{xp}.round({0}, 1)", [x], needs_exact=True)
+        if op in ("any", "all"):
+            return _Cand(op, f"{{xp}}.{op}({{0}}, axis={axis!r})", [x], needs_exact=True)
+        n = x.shape[axis] if nd else 1
+        floaty = x.dtype in FLOATS
+        if op in ("prod", "var", "std"):
+            extra = f", ddof={r.choice([0, 1])}" if op != "prod" else ""
+            return _Cand(op, f"{{xp}}.{op}({{0}}, axis={axis!r}{extra})", [x], exact=op == "prod" and not floaty,
+                         reassoc=True, grow=max(n, 1) ** (2 if op != "prod" else 1))
+        if op in ("cumsum", "cumprod"):  # sequential in both: exactly NumPy's order of operations
+            return _Cand(op, f"{{xp}}.{op}({{0}}, axis={axis!r})", [x])
+        if op in ("sort", "argsort"):
+            return _Cand(op, f"{{ext}}.{op}({{0}}, axis={axis if nd else -1!r})", [x], needs_exact=op == "argsort",
+                         ext=True)
+        if op == "flip":
+            return _Cand(op, f"{{xp}}.flip({{0}}, axis={axis!r})", [x])
+        if op == "roll":
+            return _Cand(op, f"{{xp}}.roll({{0}}, {r.randint(-5, 5)}, axis={axis!r})", [x])
+        if op == "tile":
+            reps = tuple(r.choice([1, 2, 3]) for _ in range(r.randint(1, 3)))
+            return _Cand(op, f"{{xp}}.tile({{0}}, {reps!r})", [x])
+        if op == "repeat":
+            return _Cand(op, f"{{xp}}.repeat({{0}}, {r.choice([0, 1, 2, 3])}, axis={axis!r})", [x])
+        if op in ("tril", "triu"):
+            return _Cand(op, f"{{xp}}.{op}({{0}}, {r.randint(-2, 2)})", [x])
+        widths = r.choice([1, (0, 2), ((1, 0),) * max(nd, 1)])
+        mode = r.choice(["constant", "edge", "reflect", "symmetric", "wrap"])
+        return _Cand(op, f"{{xp}}.pad({{0}}, {widths!r}, mode={mode!r})", [x])
+
     # -- the loop
     _KINDS = [("unary", 6), ("binary", 9), ("select", 2), ("clip", 1), ("logical_not", 1), ("reduce", 5),
-              ("matmul", 3), ("shape_op", 7), ("gather", 3), ("join", 2), ("create", 1), ("one_hot", 1)]
+              ("matmul", 3), ("shape_op", 7), ("gather", 3), ("join", 2), ("create", 1), ("one_hot", 1),
+              ("more", 6)]
 
     def statement(self) -> bool:
         """Try one random statement; True if it was added (False: NumPy or the filters said no)."""

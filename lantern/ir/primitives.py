@@ -15,6 +15,7 @@ their axes as a sorted tuple of non-negative ints, and ``matmul`` sees 2-D or 3-
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -130,6 +131,11 @@ def _ipow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.power(a, b)
 
 
+def _erf(x: np.ndarray) -> np.ndarray:
+    """The error function (NumPy has none; C's ``erf`` is what the generated code calls)."""
+    return np.vectorize(math.erf, otypes=[np.float64])(x).astype(x.dtype)
+
+
 def _errstate(f: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     def wrapped(*args: np.ndarray) -> np.ndarray:
         with np.errstate(all="ignore"):
@@ -155,6 +161,14 @@ _elementwise("sigmoid", 1, _errstate(_sigmoid), allowed=_FLOAT, saved_in_loops=T
 _elementwise("sqrt", 1, _errstate(np.sqrt), allowed=_FLOAT)
 _elementwise("rsqrt", 1, _errstate(lambda x: 1 / np.sqrt(x)), allowed=_FLOAT)
 _elementwise("floor", 1, _errstate(np.floor), allowed=_FLOAT, differentiable=False, **_KEEPS_FINITE)
+_elementwise("round", 1, _errstate(np.rint), allowed=_FLOAT, differentiable=False, **_KEEPS_FINITE)  # half to even
+_elementwise("tan", 1, _errstate(np.tan), allowed=_FLOAT)
+_elementwise("arcsin", 1, _errstate(np.arcsin), allowed=_FLOAT)
+_elementwise("arccos", 1, _errstate(np.arccos), allowed=_FLOAT)
+_elementwise("arctan", 1, _errstate(np.arctan), allowed=_FLOAT, **_KEEPS_FINITE)
+_elementwise("sinh", 1, _errstate(np.sinh), allowed=_FLOAT, saved_in_loops=True)
+_elementwise("cosh", 1, _errstate(np.cosh), allowed=_FLOAT, saved_in_loops=True)
+_elementwise("erf", 1, _errstate(lambda x: _erf(x)), allowed=_FLOAT, saved_in_loops=True, **_KEEPS_FINITE)
 _elementwise("neg", 1, np.negative, allowed=_NUMERIC, **_KEEPS_FINITE)
 _elementwise("abs", 1, np.abs, allowed=_NUMERIC, **_KEEPS_FINITE)
 _elementwise("sign", 1, np.sign, allowed=_NUMERIC, differentiable=False, **_KEEPS_FINITE)
@@ -170,6 +184,7 @@ _elementwise("maximum", 2, _errstate(np.maximum), allowed=_NUMERIC, **_KEEPS_FIN
 _elementwise("minimum", 2, _errstate(np.minimum), allowed=_NUMERIC, **_KEEPS_FINITE)
 _elementwise("div", 2, _errstate(np.true_divide), allowed=_FLOAT)
 _elementwise("pow", 2, _ipow, allowed=_NUMERIC)
+_elementwise("arctan2", 2, _errstate(np.arctan2), allowed=_FLOAT, **_KEEPS_FINITE)
 # Python semantics (floor division; the remainder has the divisor's sign) for every numeric
 # dtype; floats follow NumPy's divmod exactly (1.0 // 0.1 == 9.0), integer division by zero gives 0.
 _elementwise("floordiv", 2, _floordiv, allowed=_NUMERIC, differentiable=False)
@@ -286,6 +301,49 @@ _reduction("reduce_max", lambda x, axes, keepdims: np.max(x, axis=axes, keepdims
            **_KEEPS_FINITE)
 _reduction("reduce_min", lambda x, axes, keepdims: np.min(x, axis=axes, keepdims=keepdims), lambda d: d, nonempty=True,
            **_KEEPS_FINITE)
+
+
+_reduction("reduce_prod", lambda x, axes, keepdims: np.prod(x, axis=axes, keepdims=keepdims, dtype=_sum_dtype(x.dtype.name)),
+           _sum_dtype, nonempty=False, saved_in_loops=True)
+
+
+def _scan(name: str, ref: Callable[..., np.ndarray]) -> None:
+    """A running sum or product along ``axis`` (the result has the operand's shape; NumPy's dtype)."""
+    def infer_fn(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+        (x,) = types
+        if not 0 <= attrs["axis"] < x.ndim:
+            raise ShapeError(f"{name}: axis {attrs['axis']} out of range for shape {x.shape}")
+        return TensorType(x.shape, _sum_dtype(x.dtype))
+
+    def ref_fn(x: np.ndarray, axis: int) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            return ref(x, axis=axis, dtype=_sum_dtype(x.dtype.name))
+
+    _register(name, "scan", infer_fn, ref_fn, saved_in_loops=True)
+
+
+_scan("cumsum", np.cumsum)
+_scan("cumprod", np.cumprod)
+
+
+def _infer_argsort(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    (x,) = types
+    if not 0 <= attrs["axis"] < x.ndim:
+        raise ShapeError(f"argsort: axis {attrs['axis']} out of range for shape {x.shape}")
+    return TensorType(x.shape, "int64")
+
+
+def _ref_argsort(x: np.ndarray, axis: int, descending: bool) -> np.ndarray:
+    """Stable: equal elements keep their order; NaN counts as the largest value (last, or first when
+    descending), as NumPy and PyTorch place it."""
+    if not descending:
+        return np.argsort(x, axis=axis, kind="stable")
+    n = x.shape[axis]
+    backwards = np.flip(np.argsort(np.flip(x, axis), axis=axis, kind="stable"), axis)
+    return (n - 1 - backwards).astype(np.int64)
+
+
+_register("argsort", "sort", _infer_argsort, _ref_argsort, differentiable=False, **_KEEPS_FINITE)
 
 
 def _arg_infer(name: str) -> Infer:
