@@ -21,19 +21,35 @@ outside staging: when any leaf of the arguments is a staged :class:`~lantern.Ten
 update is written with lantern operations, otherwise with NumPy. Either way the parameters
 keep their dtypes (float32 stays float32) and the inputs are never modified.
 
-Hyperparameters are Python numbers, so they are compile-time constants of the generated code:
-a different learning rate is a different kernel (compiled once and cached).
+Hyperparameters (learning rate, momentum, betas, weight decay, ...) may be
+
+* Python numbers (or NumPy scalars given outside staging): constants of the generated code, so a
+  different value is a different kernel (compiled once and cached);
+* staged scalars: pass the value into the staged step as an argument (``np.float32(lr)``) and build
+  the optimizer there, ``AdamW(lr=lr)``; a new value each call needs no recompilation;
+* schedules (:mod:`lantern.optim.schedules`, or any function of the 0-based step index): evaluated on
+  the optimizer's own step counter inside the update, so the value changes every step with one compile::
+
+      opt = lantern.optim.AdamW(lr=lantern.optim.schedules.warmup_cosine(3e-4, warmup=100, total=5000))
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import numpy as np
 
+from . import schedules
+from .errors import ArgumentError
+from .tracing import with_location
 from .tree import flatten, tree_map, unflatten
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "Adam", "AdamW", "clip_by_value", "clip_by_global_norm", "global_norm"]
+#: A hyperparameter: a number, a staged scalar, or a schedule (a function of the 0-based step index).
+Hyper = Any
+
+__all__ = ["Optimizer", "SGD", "Adagrad", "Adam", "AdamW", "clip_by_value", "clip_by_global_norm", "global_norm",
+           "schedules"]
 
 
 # ------------------------------------------------------------------ backends
@@ -90,14 +106,40 @@ def _ops_for(*trees: Any) -> Any:
 def _check_same_structure(what: str, a: Any, b: Any) -> None:
     ta, tb = flatten(a)[1], flatten(b)[1]
     if ta != tb:
-        raise ValueError(f"{what}: the structures differ: {ta} vs {tb}")
+        raise with_location(ArgumentError, f"{what}: the structures differ: {ta} vs {tb}")
 
 
-def _nonneg(name: str, value: float) -> float:
-    value = float(value)
-    if not value >= 0.0:
-        raise ValueError(f"invalid {name}: {value} (must be >= 0)")
-    return value
+def _is_staged(value: Any) -> bool:
+    from .tensor import Tensor
+    return isinstance(value, Tensor)
+
+
+def _nonneg(name: str, value: Any, below_one: bool = False) -> Any:
+    """A checked hyperparameter: a number (as a float; >= 0, and < 1 with ``below_one``), or a staged
+    scalar or schedule as it is (checked where it is known: never, or when the step runs)."""
+    if callable(value) and not isinstance(value, (np.ndarray, np.generic)):
+        return value
+    if _is_staged(value):
+        if value.ndim != 0:
+            raise with_location(ArgumentError, f"invalid {name}: a hyperparameter must be a scalar, got {value!r}")
+        return value
+    if isinstance(value, (np.ndarray, np.generic)) and np.ndim(value) != 0:
+        raise with_location(ArgumentError, f"invalid {name}: a hyperparameter must be a scalar, got shape "
+                            f"{np.shape(value)}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise with_location(ArgumentError, f"invalid {name}: expected a number, a staged scalar or a schedule, "
+                            f"got {type(value).__name__} {value!r}") from None
+    if not number >= 0.0 or (below_one and not number < 1.0):
+        raise with_location(ArgumentError, f"invalid {name}: {number} (must be at least 0"
+                            f"{' and below 1' if below_one else ''})")
+    return number
+
+
+def _is_zero(value: Any) -> bool:
+    """A hyperparameter known to be 0 now (a staged value or a schedule may be anything)."""
+    return isinstance(value, float) and value == 0.0
 
 
 # ------------------------------------------------------------------ clipping
@@ -105,7 +147,7 @@ def _nonneg(name: str, value: float) -> float:
 def clip_by_value(grads: Any, lo: float, hi: float) -> Any:
     """Each element clipped to ``[lo, hi]`` (min-char-rnn clips to ±5)."""
     if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo > hi:
-        raise ValueError(f"clip_by_value: lo={lo} > hi={hi}")
+        raise with_location(ArgumentError, f"clip_by_value: lo={lo} > hi={hi}")
     xp = _ops_for(grads)
     return tree_map(lambda g: xp.minimum(xp.maximum(g, lo), hi), grads)
 
@@ -115,7 +157,7 @@ def global_norm(grads: Any) -> Any:
     xp = _ops_for(grads)
     leaves = flatten(grads)[0]
     if not leaves:
-        raise ValueError("global_norm: no arrays in the gradient tree")
+        raise with_location(ArgumentError, "global_norm: no arrays in the gradient tree")
     total = None
     for g in leaves:
         sq = xp.sum(g * g)
@@ -159,13 +201,15 @@ class Optimizer:
         _check_same_structure(f"{name}.update(grads, state, params)", grads, params)
         missing = [k for k in ("step", *self.slots) if k not in state]
         if missing:
-            raise ValueError(f"{name}.update: the state has no {missing} (make it with {name}.init(params))")
+            raise with_location(ArgumentError, f"{name}.update: the state has no {missing} (make it with "
+                                f"{name}.init(params))")
         for slot in self.slots:
             _check_same_structure(f"{name}.update: state[{slot!r}] and params", state[slot], params)
         xp = _ops_for(grads, state, params)
         step = state["step"] + 1  # the number of this step, 1-based as in PyTorch
         if xp is _NUMPY:
             step = np.asarray(step, np.int64)
+        hyper = self._at_step(state["step"])
         g_leaves, treedef = flatten(grads)
         p_leaves = flatten(params)[0]
         slot_leaves = [flatten(state[s])[0] for s in self.slots]
@@ -176,7 +220,7 @@ class Optimizer:
             def scalar(x: Any, dt: Any = dt) -> Any:  # x (e.g. a step-dependent coefficient) in the parameter dtype
                 return xp.astype(x, dt)
 
-            p2, s2 = self._leaf(xp, step, scalar, g, p, [s[i] for s in slot_leaves])
+            p2, s2 = hyper._leaf(xp, step, scalar, g, p, [s[i] for s in slot_leaves])
             new_p.append(scalar(p2))  # parameters and slots keep the parameter's dtype (as in PyTorch)
             for lst, v in zip(new_slots, s2):
                 lst.append(scalar(v))
@@ -185,6 +229,16 @@ class Optimizer:
         for slot, lst in zip(self.slots, new_slots):
             new_state[slot] = unflatten(treedef, lst)
         return unflatten(treedef, new_p), new_state
+
+    def _at_step(self, t: Any) -> Optimizer:
+        """This optimizer with its schedules evaluated at step index ``t`` (0-based)."""
+        changes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        evaluated = {k: v(t) for k, v in changes.items() if callable(v)}
+        if isinstance(changes.get("betas"), tuple):
+            betas = tuple(b(t) if callable(b) else b for b in changes["betas"])
+            if betas != changes["betas"]:
+                evaluated["betas"] = betas
+        return dataclasses.replace(self, **evaluated) if evaluated else self  # type: ignore[type-var]
 
     def _leaf(self, xp: Any, step: Any, scalar: Any, g: Any, p: Any, slots: list[Any]) -> tuple[Any, list[Any]]:
         raise NotImplementedError
@@ -199,30 +253,30 @@ class SGD(Optimizer):
     (Nesterov) or ``buf``; ``p -= lr * step``.
     """
 
-    lr: float = 1e-3
+    lr: Hyper = 1e-3
     _: KW_ONLY
-    momentum: float = 0.0
-    dampening: float = 0.0
-    weight_decay: float = 0.0
+    momentum: Hyper = 0.0
+    dampening: Hyper = 0.0
+    weight_decay: Hyper = 0.0
     nesterov: bool = False
 
     def __post_init__(self) -> None:
         for name in ("lr", "momentum", "dampening", "weight_decay"):
             object.__setattr__(self, name, _nonneg(name, getattr(self, name)))
-        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        if self.nesterov and (_is_zero(self.momentum) or not _is_zero(self.dampening)):
+            raise with_location(ArgumentError, "Nesterov momentum requires a momentum and zero dampening")
 
     @property
     def slots(self) -> tuple[str, ...]:  # type: ignore[override]
-        return ("momentum_buffer",) if self.momentum else ()
+        return () if _is_zero(self.momentum) else ("momentum_buffer",)
 
     def _leaf(self, xp, step, scalar, g, p, slots):
-        if self.weight_decay:
+        if not _is_zero(self.weight_decay):
             g = g + self.weight_decay * p
-        if not self.momentum:
+        if _is_zero(self.momentum):
             return p - self.lr * g, []
         (buf,) = slots
-        if self.dampening:  # the first step takes the gradient undamped (the buffer is zero then)
+        if not _is_zero(self.dampening):  # the first step takes the gradient undamped (the buffer is zero then)
             buf = self.momentum * buf + scalar(xp.where(step == 1, 1.0, 1.0 - self.dampening)) * g
         else:
             buf = self.momentum * buf + g
@@ -235,10 +289,10 @@ class Adagrad(Optimizer):
     """``torch.optim.Adagrad``: ``sum += g * g``; ``p -= clr * g / (sqrt(sum) + eps)`` with
     ``clr = lr / (1 + (step - 1) * lr_decay)``; weight decay adds ``weight_decay * p`` to ``g``."""
 
-    lr: float = 1e-2
+    lr: Hyper = 1e-2
     _: KW_ONLY
-    lr_decay: float = 0.0
-    weight_decay: float = 0.0
+    lr_decay: Hyper = 0.0
+    weight_decay: Hyper = 0.0
     initial_accumulator_value: float = 0.0
     eps: float = 1e-10
 
@@ -252,11 +306,11 @@ class Adagrad(Optimizer):
         return xp.full_like(p, self.initial_accumulator_value)
 
     def _leaf(self, xp, step, scalar, g, p, slots):
-        if self.weight_decay:
+        if not _is_zero(self.weight_decay):
             g = g + self.weight_decay * p
         (acc,) = slots
         acc = acc + g * g
-        lr = scalar(self.lr / (1.0 + (step - 1) * self.lr_decay)) if self.lr_decay else self.lr
+        lr = self.lr if _is_zero(self.lr_decay) else scalar(self.lr / (1.0 + (step - 1) * self.lr_decay))
         return p - lr * (g / (xp.sqrt(acc) + self.eps)), [acc]
 
 
@@ -269,11 +323,11 @@ class Adam(Optimizer):
         p -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
     """
 
-    lr: float = 1e-3
+    lr: Hyper = 1e-3
     _: KW_ONLY
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+    betas: tuple[Hyper, Hyper] = (0.9, 0.999)
+    eps: Hyper = 1e-8
+    weight_decay: Hyper = 0.0
     amsgrad: bool = False
 
     _decoupled = False
@@ -281,10 +335,9 @@ class Adam(Optimizer):
     def __post_init__(self) -> None:
         for name in ("lr", "eps", "weight_decay"):
             object.__setattr__(self, name, _nonneg(name, getattr(self, name)))
-        b1, b2 = (float(b) for b in self.betas)
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-            raise ValueError(f"invalid betas {self.betas}: each must be in [0, 1)")
-        object.__setattr__(self, "betas", (b1, b2))
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
+            raise with_location(ArgumentError, f"invalid betas {self.betas!r}: expected a pair")
+        object.__setattr__(self, "betas", tuple(_nonneg("betas", b, below_one=True) for b in self.betas))
 
     @property
     def slots(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -292,7 +345,7 @@ class Adam(Optimizer):
 
     def _leaf(self, xp, step, scalar, g, p, slots):
         b1, b2 = self.betas
-        if self.weight_decay:
+        if not _is_zero(self.weight_decay):
             if self._decoupled:
                 p = p * (1.0 - self.lr * self.weight_decay)
             else:
@@ -315,7 +368,7 @@ class AdamW(Adam):
     """``torch.optim.AdamW``: Adam with decoupled weight decay, ``p *= 1 - lr * weight_decay``
     before the Adam step (the gradient is not changed)."""
 
-    weight_decay: float = 1e-2
+    weight_decay: Hyper = 1e-2
 
     _decoupled = True
 

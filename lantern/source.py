@@ -5,6 +5,7 @@ import linecache
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 # The machinery of tracing. Frames in these files are never "the user's line"; library
 # code written *with* lantern (lantern/demo.py, models, nn layers) is, so C comments can
@@ -64,10 +65,15 @@ def error_location(loc: Loc) -> str:
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not filename.startswith(inside) and not filename.startswith("<frozen"):
+        if not filename.startswith(inside) and not filename.startswith("<frozen") and not _generated_for_lantern(frame):
             return f"{Loc(filename, frame.f_lineno)}, in {loc}"
         frame = frame.f_back
     return str(loc)
+
+
+def _generated_for_lantern(frame: Any) -> bool:
+    """Code that dataclasses generate (``__init__``) for lantern's classes: no file, lantern's globals."""
+    return frame.f_code.co_filename == "<string>" and str(frame.f_globals.get("__name__", "")).startswith("lantern.")
 
 
 def user_location() -> Loc:
@@ -76,7 +82,8 @@ def user_location() -> Loc:
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not filename.startswith(internal) and not filename.startswith("<frozen"):
+        if not filename.startswith(internal) and not filename.startswith("<frozen") \
+                and not _generated_for_lantern(frame):
             return Loc(filename, frame.f_lineno)
         frame = frame.f_back
     return UNKNOWN
