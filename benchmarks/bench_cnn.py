@@ -52,13 +52,7 @@ def lantern_step():
         h = lantern.relu(fc1(p["fc1"], lantern.reshape(h, (x.shape[0], 320))))
         return nn.cross_entropy(fc2(p["fc2"], h), y)
 
-    @lantern.stage
-    def step(p, state, x, y):
-        loss, g = lantern.value_and_grad(loss_fn)(p, x, y)
-        p, state = opt.update(g, state, p)
-        return p, state, loss
-
-    return step, opt
+    return harness.lantern_train_step(loss_fn, opt), opt
 
 
 def lantern_setup():
@@ -144,10 +138,7 @@ def main() -> None:
     rows, first_losses, losses = [], {}, {}
 
     def timed_row(name, first, once):
-        out, first_s = harness.timed(first)
-        first_losses[name] = float(out)
-        rows.append({"framework": name, "first_call_s": round(first_s, 3),
-                     **harness.time_steps(once, steps, args.repeats)})
+        harness.timed_row(rows, first_losses, name, first, once, steps, args.repeats)
 
     if "lantern" in args.frameworks:
         step, opt = lantern_step()

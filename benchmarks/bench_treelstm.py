@@ -210,10 +210,7 @@ def main() -> None:
     rows, first_losses, epoch_losses = [], {}, {}
 
     def timed_row(name, first, epoch):
-        out, first_s = harness.timed(first)
-        first_losses[name] = float(out)
-        rows.append({"framework": name, "first_call_s": round(first_s, 3),
-                     **harness.time_steps(epoch, 1, repeats, warmup=1)})
+        harness.timed_row(rows, first_losses, name, first, epoch, 1, repeats, warmup=1)
 
     if "lantern" in args.frameworks:
         step, opt = lantern_step()

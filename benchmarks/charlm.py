@@ -171,10 +171,7 @@ def run(model: str, config: tuple[int, int, int], args, torch, jax) -> None:
     rows, first_losses = [], {}
 
     def timed_row(name, first, once):
-        out, first_s = harness.timed(first)
-        first_losses[name] = float(out)
-        rows.append({"framework": name, "first_call_s": round(first_s, 3),
-                     **harness.time_steps(once, steps, args.repeats)})
+        harness.timed_row(rows, first_losses, name, first, once, steps, args.repeats)
 
     if "lantern" in args.frameworks:
         step = lantern_step(model)

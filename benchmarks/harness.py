@@ -112,6 +112,29 @@ def jax_or_none(args: argparse.Namespace) -> Any:
     return jax
 
 
+def timed_row(rows: list[dict[str, Any]], first_losses: dict[str, float], name: str, first: Callable[[], Any],
+              once: Callable[[], Any], steps: int, repeats: int, warmup: int = 3) -> None:
+    """Time ``first()`` (the first call: tracing, compiling; its result is the first loss), then ``once()``
+    (one step or epoch) ``steps`` times per repeat; append the row to ``rows``."""
+    out, first_s = timed(first)
+    first_losses[name] = float(out)
+    rows.append({"framework": name, "first_call_s": round(first_s, 3), **time_steps(once, steps, repeats, warmup)})
+
+
+def lantern_train_step(loss_fn: Callable[..., Any], opt: Any) -> Any:
+    """``step(params, state, *batch) -> (params, state, loss)``: forward, backward and the optimizer
+    update of ``loss_fn(params, *batch)``, staged as one native call."""
+    import lantern
+
+    @lantern.stage
+    def step(p, state, *batch):
+        loss, g = lantern.value_and_grad(loss_fn)(p, *batch)
+        p, state = opt.update(g, state, p)
+        return p, state, loss
+
+    return step
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "numpy": np.__version__}
     for mod in ("torch", "jax", "jaxlib"):

@@ -13,10 +13,13 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import RecompileWarning
+from .errors import RecompileWarning, UnrolledLoopWarning
+from .ir.nodes import Module, walk_stmts
+from .source import UNKNOWN, _package_dirs
 
 #: Recompiles of one staged function (compiles after its first) before a RecompileWarning.
 RECOMPILE_WARNING_AFTER = 8
@@ -31,6 +34,8 @@ class CompileEvent:
     reason: str
     seconds: float
     from_trace_cache: bool
+    #: Python loops unrolled while tracing (see :func:`unrolled_loops`), e.g. ``model.py:12 ran 20 times``
+    unrolled: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,13 +102,50 @@ def _leaf_difference(path: str, old: tuple, new: tuple) -> Reason:
     return Reason("structure", f"{path}: {_leaf_text(old)} -> {_leaf_text(new)}", path)
 
 
+#: A source line whose statements repeat this many times in one block was a Python loop's body, unrolled.
+UNROLLED_AFTER = 16
+
+
+def unrolled_loops(module: Module) -> tuple[str, ...]:
+    """The Python loops that tracing ``module``'s functions unrolled: a line of the user's code whose
+    statements (the same operations on the same types) repeat more than :data:`UNROLLED_AFTER` times in
+    one block, each as ``file:line ran N times (S of T statements)``."""
+    library = _package_dirs()
+    found: dict[tuple[str, int], tuple[int, int]] = {}
+    total = 0
+    for fn in module.functions.values():
+        for block in [fn.body] + [b for s in walk_stmts(fn.body) for b in s.blocks()]:
+            total += len(block.stmts)
+            counts = Counter((s.loc.file, s.loc.line, getattr(s, "prim", type(s).__name__),
+                              tuple(str(o.type) for o in s.outs)) for s in block.stmts
+                             if getattr(s, "prim", "") not in ("fill", "constant"))  # (constants repeat anyway)
+            per_line: dict[tuple[str, int], list[int]] = {}
+            for (file, line, _, _), n in counts.items():
+                per_line.setdefault((file, line), []).append(n)
+            for (file, line), ns in per_line.items():
+                # the iterations: how often most of the line's operations ran (one may run twice a time)
+                iterations = min(ns, key=lambda n: (-ns.count(n), n))
+                if iterations > UNROLLED_AFTER and file != UNKNOWN.file and not file.startswith(library):
+                    times, stmts = found.get((file, line), (0, 0))
+                    found[(file, line)] = (max(times, iterations), stmts + sum(ns))
+    return tuple(f"{os.path.basename(f)}:{line} ran {times} times ({stmts} of {total} statements)"
+                 for (f, line), (times, stmts) in sorted(found.items(), key=lambda kv: -kv[1][1]))
+
+
 def record(name: str, events: list[CompileEvent], event: CompileEvent, reason: Reason) -> None:
-    """Keep ``event``; log it (``LANTERN_LOG_COMPILES=1``); warn once too many recompiles happened."""
+    """Keep ``event``; log it (``LANTERN_LOG_COMPILES=1``); warn once too many recompiles happened, and
+    once per function about Python loops unrolled while tracing it."""
     events.append(event)
     if os.environ.get("LANTERN_LOG_COMPILES", "") not in ("", "0"):
         how = "found in the trace cache" if event.from_trace_cache else "traced and compiled"
-        print(f"lantern: {name}({event.signature}) {how} in {event.seconds:.2f} s: {event.reason}", file=sys.stderr,
-              flush=True)
+        unrolled = "".join(f"; unrolled a Python loop: {u}" for u in event.unrolled)
+        print(f"lantern: {name}({event.signature}) {how} in {event.seconds:.2f} s: {event.reason}{unrolled}",
+              file=sys.stderr, flush=True)
+    if event.unrolled and not any(e.unrolled for e in events[:-1]):
+        warnings.warn(f"lantern: tracing {name} unrolled a Python loop: {event.unrolled[0]}; its body is compiled "
+                      f"once per iteration ({event.seconds:.1f} s here). lantern.fori_loop(lo, hi, body, init) "
+                      "compiles it once, which compiles faster and usually runs as fast",
+                      UnrolledLoopWarning, stacklevel=4)
     if len(events) == RECOMPILE_WARNING_AFTER + 1:
         warnings.warn(_advice(name, len(events), reason), RecompileWarning, stacklevel=4)
 

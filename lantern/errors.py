@@ -67,6 +67,11 @@ class RecompileWarning(LanternWarning):
     or an argument whose shape keeps changing (the message says which, and what to do)."""
 
 
+class UnrolledLoopWarning(LanternWarning):
+    """A Python loop ran many times while a function was traced, so its body was copied into the
+    generated code once per iteration (slow to compile); ``lantern.fori_loop`` compiles it once."""
+
+
 class OutOfBoundsError(LanternError, IndexError):
     """An index out of bounds: a static one while tracing, or a staged one at run time."""
 

@@ -870,41 +870,73 @@ def _inside(n: int, k: int, s: int, p: int) -> np.ndarray:
 
 # ------------------------------------------------------------------ losses
 
-def _reduce_loss(losses: Tensor, reduction: str, what: str) -> Tensor:
+def _reduce_loss(losses: Tensor, counted: Tensor | None, reduction: str, what: str) -> Tensor:
+    """``losses`` summed, averaged over the ``counted`` positions (all when None), or as they are."""
     if reduction == "mean":
-        return ops.mean(losses)
+        return ops.mean(losses) if counted is None else ops.sum(losses) / ops.sum(ops.astype(counted, losses.dtype))
     if reduction == "sum":
         return ops.sum(losses)
     if reduction == "none":
         return losses
-    raise ValueError(f"{what}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    raise with_location(ArgumentError, f"{what}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
-@eager
-def nll_loss(log_probs: Any, targets: Any, reduction: str = "mean") -> Tensor:
-    """Negative log-likelihood ``-log_probs[..., targets]`` with classes on the LAST axis.
-
-    ``log_probs`` is ``[..., C]`` (floats), ``targets`` ``[...]`` integer classes in ``[0, C)``
-    (a target outside the range is an ``OutOfBoundsError`` at run time, as in PyTorch). ``reduction``:
-    ``"mean"`` over all positions, ``"sum"``, or ``"none"`` (shape of ``targets``)."""
-    lp = ops.asarray(log_probs)
-    t = ops.asarray(targets)
+def _class_losses(what: str, log_probs: Any, targets: Any, axis: int, ignore_index: int | None,
+                  label_smoothing: float = 0.0) -> tuple[Tensor, Tensor | None]:
+    """The loss of each position and which positions count (None: all): ``-log_probs[target]`` along the
+    class ``axis``, 0 where the target is ``ignore_index``, mixed with the mean over the classes by
+    ``label_smoothing`` (PyTorch's definitions)."""
+    lp, t = ops.asarray(log_probs), ops.asarray(targets)
     if lp.type.dtype not in FLOAT_DTYPES:
-        raise with_location(DTypeError, f"nll_loss: log-probabilities must be floats, got {lp.type}")
+        raise with_location(DTypeError, f"{what}: log-probabilities must be floats, got {lp.type}")
     if t.type.dtype not in INT_DTYPES:
-        raise with_location(DTypeError, f"nll_loss: targets must be integer classes, got {t.type}")
-    if lp.ndim == 0 or lp.shape[:-1] != t.shape:
-        raise with_location(ShapeError, f"nll_loss: targets of shape {t.shape} do not match log-probabilities "
-                            f"of shape {lp.shape} (expected targets of shape {lp.shape[:-1]}; classes are last)")
-    picked = ops.sum(lp * ops.one_hot(t, lp.shape[-1], lp.type.dtype), -1)
-    return _reduce_loss(-picked, reduction, "nll_loss")
+        raise with_location(DTypeError, f"{what}: targets must be integer classes, got {t.type}")
+    if lp.ndim == 0:
+        raise with_location(ShapeError, f"{what}: the input must have a class axis (got a scalar)")
+    (axis,) = ops._axis_list(lp.ndim, axis, what, lp.shape)
+    expected = lp.shape[:axis] + lp.shape[axis + 1:]
+    if t.shape != expected:
+        raise with_location(ShapeError, f"{what}: targets of shape {t.shape} do not match an input of shape "
+                            f"{lp.shape} with classes on axis {axis} (expected targets of shape {expected}; "
+                            "PyTorch's [N, C, ...] layout is axis=1)")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise with_location(ArgumentError, f"{what}: label_smoothing must be in [0, 1], got {label_smoothing}")
+    lp = ops.moveaxis(lp, axis, -1)
+    counted = None if ignore_index is None else ops.not_equal(t, ignore_index)
+    if counted is not None:
+        t = ops.where(counted, t, 0)  # (any class: its loss is dropped below)
+    losses = -ops.sum(lp * ops.one_hot(t, lp.shape[-1], lp.type.dtype), -1)
+    if label_smoothing:
+        losses = losses * (1.0 - label_smoothing) - ops.mean(lp, -1) * label_smoothing
+    return (losses if counted is None else ops.where(counted, losses, 0.0)), counted
 
 
 @eager
-def cross_entropy(logits: Any, targets: Any, reduction: str = "mean") -> Tensor:
-    """``nll_loss(log_softmax(logits, -1), targets)``: logits ``[..., C]`` (classes last) and
-    integer targets ``[...]``; numerically stable for any logits."""
+def nll_loss(log_probs: Any, targets: Any, reduction: str = "mean", *, axis: int = -1, dim: int | None = None,
+             ignore_index: int | None = -100) -> Tensor:
+    """Negative log-likelihood ``-log_probs[target]`` along the class ``axis`` (or ``dim``): the last by
+    default; PyTorch's ``[N, C, d1, ...]`` layout is ``axis=1``.
+
+    ``targets`` are integer classes in ``[0, C)`` (another value is an ``OutOfBoundsError`` at run time,
+    as in PyTorch), except ``ignore_index`` (PyTorch's -100 by default; None: none), whose positions
+    score 0 and are left out of the mean. ``reduction``: ``"mean"`` over the counted positions,
+    ``"sum"``, or ``"none"`` (shape of ``targets``)."""
+    axis = ops.torch_names("nll_loss", None if axis == -1 else axis, dim)[0]
+    losses, counted = _class_losses("nll_loss", log_probs, targets, -1 if axis is None else axis, ignore_index)
+    return _reduce_loss(losses, counted, reduction, "nll_loss")
+
+
+@eager
+def cross_entropy(logits: Any, targets: Any, reduction: str = "mean", *, axis: int = -1, dim: int | None = None,
+                  ignore_index: int | None = -100, label_smoothing: float = 0.0) -> Tensor:
+    """``nll_loss(log_softmax(logits, axis), targets, ...)`` with PyTorch's ``label_smoothing`` (the target
+    mixed with the uniform distribution over the classes); numerically stable for any logits. Classes
+    on ``axis`` (or ``dim``): the last by default, ``axis=1`` for PyTorch's ``[N, C, d1, ...]``."""
+    axis = ops.torch_names("cross_entropy", None if axis == -1 else axis, dim)[0]
+    axis = -1 if axis is None else axis
     logits = ops.asarray(logits)
     if logits.ndim == 0:
         raise with_location(ShapeError, "cross_entropy: logits must have a class axis (got a scalar)")
-    return nll_loss(ops.log_softmax(logits, -1), targets, reduction)
+    losses, counted = _class_losses("cross_entropy", ops.log_softmax(logits, axis), targets, axis, ignore_index,
+                                    float(label_smoothing))
+    return _reduce_loss(losses, counted, reduction, "cross_entropy")

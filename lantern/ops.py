@@ -499,6 +499,15 @@ def _axes(x: Tensor, axis: int | Sequence[int] | None, op: str) -> tuple[int, ..
     return tuple(sorted(_axis_list(x.ndim, axis, op, x.shape)))
 
 
+def torch_names(op: str, axis: Any, dim: Any, keepdims: bool = False, keepdim: bool | None = None) -> tuple[Any, bool]:
+    """``axis`` or PyTorch's name for it, ``dim`` (and ``keepdims`` or ``keepdim``); both at once is an error."""
+    if dim is not None:
+        if axis is not None:
+            raise with_location(TraceError, f"{op}: give axis or dim (PyTorch's name for it), not both")
+        axis = dim
+    return axis, bool(keepdims if keepdim is None else keepdim)
+
+
 def _reduce(prim: str, x: ArrayLike, axis: Any, keepdims: bool) -> Tensor:
     x = asarray(x)
     axes = _axes(x, axis, prim)
@@ -508,19 +517,24 @@ def _reduce(prim: str, x: ArrayLike, axis: Any, keepdims: bool) -> Tensor:
     return _emit(x.frame, prim, [x], hint=prim.removeprefix("reduce_"), axes=axes, keepdims=bool(keepdims))
 
 
-def sum(x: ArrayLike, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
-    return _reduce("reduce_sum", x, axis, keepdims)
+def sum(x: ArrayLike, axis: Any = None, keepdims: bool = False, *, dim: Any = None,  # noqa: A001
+        keepdim: bool | None = None) -> Tensor:
+    return _reduce("reduce_sum", x, *torch_names("sum", axis, dim, keepdims, keepdim))
 
 
-def max(x: ArrayLike, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
-    return _reduce("reduce_max", x, axis, keepdims)
+def max(x: ArrayLike, axis: Any = None, keepdims: bool = False, *, dim: Any = None,  # noqa: A001
+        keepdim: bool | None = None) -> Tensor:
+    return _reduce("reduce_max", x, *torch_names("max", axis, dim, keepdims, keepdim))
 
 
-def min(x: ArrayLike, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
-    return _reduce("reduce_min", x, axis, keepdims)
+def min(x: ArrayLike, axis: Any = None, keepdims: bool = False, *, dim: Any = None,  # noqa: A001
+        keepdim: bool | None = None) -> Tensor:
+    return _reduce("reduce_min", x, *torch_names("min", axis, dim, keepdims, keepdim))
 
 
-def mean(x: ArrayLike, axis: Any = None, keepdims: bool = False) -> Tensor:
+def mean(x: ArrayLike, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
+         keepdim: bool | None = None) -> Tensor:
+    axis, keepdims = torch_names("mean", axis, dim, keepdims, keepdim)
     x = asarray(x)
     axes = _axes(x, axis, "mean")
     count = prod(x.shape[a] for a in axes)
@@ -541,16 +555,20 @@ def _arg(prim: str, x: ArrayLike, axis: int | None, keepdims: bool) -> Tensor:
     return _emit(x.frame, prim, [x], axis=a, keepdims=bool(keepdims))
 
 
-def argmax(x: ArrayLike, axis: int | None = None, keepdims: bool = False) -> Tensor:
-    return _arg("argmax", x, axis, keepdims)
+def argmax(x: ArrayLike, axis: int | None = None, keepdims: bool = False, *, dim: Any = None,
+           keepdim: bool | None = None) -> Tensor:
+    return _arg("argmax", x, *torch_names("argmax", axis, dim, keepdims, keepdim))
 
 
-def argmin(x: ArrayLike, axis: int | None = None, keepdims: bool = False) -> Tensor:
-    return _arg("argmin", x, axis, keepdims)
+def argmin(x: ArrayLike, axis: int | None = None, keepdims: bool = False, *, dim: Any = None,
+           keepdim: bool | None = None) -> Tensor:
+    return _arg("argmin", x, *torch_names("argmin", axis, dim, keepdims, keepdim))
 
 
-def logsumexp(x: ArrayLike, axis: Any = None, keepdims: bool = False) -> Tensor:
+def logsumexp(x: ArrayLike, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
+              keepdim: bool | None = None) -> Tensor:
     """``log(sum(exp(x)))`` computed stably (the maximum is subtracted first)."""
+    axis, keepdims = torch_names("logsumexp", axis, dim, keepdims, keepdim)
     x = _float(x)
     axes = _axes(x, axis, "logsumexp")
     # The shift cancels in the result, so also in its gradient: held constant, no gradient is
@@ -561,13 +579,19 @@ def logsumexp(x: ArrayLike, axis: Any = None, keepdims: bool = False) -> Tensor:
     return out if keepdims else squeeze(out, axes)
 
 
-def softmax(x: ArrayLike, axis: int = -1) -> Tensor:
+def softmax(x: ArrayLike, axis: int | None = None, *, dim: int | None = None) -> Tensor:
+    """``exp(x) / sum(exp(x))`` along ``axis`` (or ``dim``; default the last), computed stably."""
+    axis = torch_names("softmax", axis, dim)[0]
+    axis = -1 if axis is None else axis
     x = _float(x)
     e = exp(subtract(x, stop_gradient(max(x, axis, keepdims=True))))  # the shift cancels (see logsumexp)
     return divide(e, sum(e, axis, keepdims=True))
 
 
-def log_softmax(x: ArrayLike, axis: int = -1) -> Tensor:
+def log_softmax(x: ArrayLike, axis: int | None = None, *, dim: int | None = None) -> Tensor:
+    """``x - logsumexp(x)`` along ``axis`` (or ``dim``; default the last)."""
+    axis = torch_names("log_softmax", axis, dim)[0]
+    axis = -1 if axis is None else axis
     x = _float(x)
     return subtract(x, logsumexp(x, axis, keepdims=True))
 

@@ -36,9 +36,10 @@ def _along(x: Tensor, axis: int, index: Any) -> Tensor:
 
 # ------------------------------------------------------------------ sorting
 
-def argsort(x: ArrayLike, axis: int | None = -1, descending: bool = False) -> Tensor:
+def argsort(x: ArrayLike, axis: int | None = -1, descending: bool = False, *, dim: int | None = None) -> Tensor:
     """The indices that sort ``x`` along ``axis`` (flattened when None). Stable: equal elements keep
     their order (NumPy's ``kind="stable"``, PyTorch's ``stable=True``); NaN sorts as the largest value."""
+    axis = axis if dim is None else dim
     x = ops.asarray(x)
     if axis is None or x.ndim == 0:  # (NumPy sorts a 0-d array as a 1-element one, whatever the axis)
         x, axis = ops.reshape(x, (-1,)), 0
@@ -74,20 +75,22 @@ def take_along_axis(x: ArrayLike, indices: ArrayLike, axis: int) -> Tensor:
     return ops.moveaxis(ops.reshape(gathered, idx.shape), -1, axis)
 
 
-def sort(x: ArrayLike, axis: int | None = -1, descending: bool = False) -> Tensor:
+def sort(x: ArrayLike, axis: int | None = -1, descending: bool = False, *, dim: int | None = None) -> Tensor:
     """``x`` sorted along ``axis`` (flattened when None), NaN last (first when ``descending``). The
     gradient flows to the elements where they were."""
+    axis = axis if dim is None else dim
     x = ops.asarray(x)
     if axis is None:
         x, axis = ops.reshape(x, (-1,)), 0
     return take_along_axis(x, argsort(x, axis, descending), axis)
 
 
-def topk(x: ArrayLike, k: int, axis: int = -1, largest: bool = True) -> tuple[Tensor, Tensor]:
+def topk(x: ArrayLike, k: int, axis: int = -1, largest: bool = True, *, dim: int | None = None
+         ) -> tuple[Tensor, Tensor]:
     """The ``k`` largest (or smallest) elements along ``axis``, sorted, and their indices
     (``torch.topk``, ``jax.lax.top_k``); ties keep the earlier element first."""
     x = ops.asarray(x)
-    axis = _axis(x, axis, "topk")
+    axis = _axis(x, axis if dim is None else dim, "topk")
     k = ops.operator_index(k)
     if not 0 <= k <= x.shape[axis]:
         raise with_location(ShapeError, f"topk: k={k} out of range for an axis of size {x.shape[axis]}")

@@ -13,24 +13,31 @@ from .tensor import Tensor
 from .tracing import with_location
 
 
-def any(x: ArrayLike, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+def any(x: ArrayLike, axis: Any = None, keepdims: bool = False, *, dim: Any = None,  # noqa: A001
+        keepdim: bool | None = None) -> Tensor:
     """Whether any element is nonzero (NaN counts as nonzero); False over an empty axis."""
+    axis, keepdims = ops.torch_names("any", axis, dim, keepdims, keepdim)
     return ops.greater(ops.sum(ops.astype(ops.not_equal(x, 0), "int64"), axis, keepdims), 0)
 
 
-def all(x: ArrayLike, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+def all(x: ArrayLike, axis: Any = None, keepdims: bool = False, *, dim: Any = None,  # noqa: A001
+        keepdim: bool | None = None) -> Tensor:
     """Whether every element is nonzero (NaN counts as nonzero); True over an empty axis."""
+    axis, keepdims = ops.torch_names("all", axis, dim, keepdims, keepdim)
     return ops.equal(ops.sum(ops.astype(ops.equal(x, 0), "int64"), axis, keepdims), 0)
 
 
-def prod(x: ArrayLike, axis: Any = None, keepdims: bool = False) -> Tensor:
+def prod(x: ArrayLike, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
+         keepdim: bool | None = None) -> Tensor:
     """The product of the elements (integers and bools multiply as int64, as in NumPy; 1 over an empty
     axis). Its gradient is exact where elements are zero (PyTorch's rule)."""
-    return ops._reduce("reduce_prod", x, axis, keepdims)
+    return ops._reduce("reduce_prod", x, *ops.torch_names("prod", axis, dim, keepdims, keepdim))
 
 
-def var(x: ArrayLike, axis: Any = None, ddof: int = 0, keepdims: bool = False) -> Tensor:
+def var(x: ArrayLike, axis: Any = None, ddof: int = 0, keepdims: bool = False, *, dim: Any = None,
+        keepdim: bool | None = None) -> Tensor:
     """The variance, ``sum((x - mean)**2) / (n - ddof)`` (NumPy's; ``ddof=1`` is PyTorch's default)."""
+    axis, keepdims = ops.torch_names("var", axis, dim, keepdims, keepdim)
     x = ops._float(x)
     axes = ops._axes(x, axis, "var")
     n = math.prod(x.shape[a] for a in axes)
@@ -40,8 +47,10 @@ def var(x: ArrayLike, axis: Any = None, ddof: int = 0, keepdims: bool = False) -
     return ops.divide(squares, float(divisor))
 
 
-def std(x: ArrayLike, axis: Any = None, ddof: int = 0, keepdims: bool = False) -> Tensor:
+def std(x: ArrayLike, axis: Any = None, ddof: int = 0, keepdims: bool = False, *, dim: Any = None,
+        keepdim: bool | None = None) -> Tensor:
     """The standard deviation, ``sqrt(var(x, axis, ddof))``."""
+    axis, keepdims = ops.torch_names("std", axis, dim, keepdims, keepdim)
     return ops.sqrt(var(x, axis, ddof, keepdims))
 
 
@@ -52,10 +61,12 @@ def _root_of_squares(x: Tensor, axes: tuple[int, ...], keepdims: bool) -> Tensor
     return ops.where(positive, ops.sqrt(ops.where(positive, squares, 1.0)), 0.0)
 
 
-def norm(x: ArrayLike, ord: Any = None, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A002
+def norm(x: ArrayLike, ord: Any = None, axis: Any = None, keepdims: bool = False, *,  # noqa: A002
+         dim: Any = None, keepdim: bool | None = None) -> Tensor:
     """``numpy.linalg.norm``: the 2-norm of all elements (``axis=None``), a vector norm over one axis
     (``ord`` = 2, 1, inf, -inf, 0 or any p), or a matrix norm over two (``"fro"``, 1, -1, inf, -inf;
     2, -2 and ``"nuc"`` need singular values, which lantern does not compute)."""
+    axis, keepdims = ops.torch_names("norm", axis, dim, keepdims, keepdim)
     x = ops._float(x)
     if ord is None and axis is None:
         return _root_of_squares(x, tuple(range(x.ndim)), keepdims)
@@ -100,11 +111,11 @@ def _scan(prim: str, x: ArrayLike, axis: int | None) -> Tensor:
     return ops._emit(x.frame, prim, [x], hint=prim, axis=axis)
 
 
-def cumsum(x: ArrayLike, axis: int | None = None) -> Tensor:
+def cumsum(x: ArrayLike, axis: int | None = None, *, dim: int | None = None) -> Tensor:
     """Running sums along ``axis`` (the flattened array when None); integers and bools sum as int64."""
-    return _scan("cumsum", x, axis)
+    return _scan("cumsum", x, ops.torch_names("cumsum", axis, dim)[0])
 
 
-def cumprod(x: ArrayLike, axis: int | None = None) -> Tensor:
+def cumprod(x: ArrayLike, axis: int | None = None, *, dim: int | None = None) -> Tensor:
     """Running products along ``axis`` (the flattened array when None); its gradient is exact at zeros."""
-    return _scan("cumprod", x, axis)
+    return _scan("cumprod", x, ops.torch_names("cumprod", axis, dim)[0])

@@ -165,6 +165,8 @@ class Executable:
         self._checks = [(i, spec.shape, np.dtype(spec.dtype), spec) for spec, i in zip(self.in_specs, self._array_positions)]
         self._single_out = out_treedef.kind == "leaf"
         self._accepted: set[tuple] = set()  # argument keys (structure and constants) already checked
+        #: how this signature was compiled: its time (tracing, C, compiler), why, loops unrolled
+        self.compile_event: compile_log.CompileEvent | None = None
 
     # ---------------------------------------------------------- inspection
     def _ir_modules(self) -> tuple[Module, Module]:
@@ -433,8 +435,11 @@ class Staged:
             hits = _trace_cache_hits()
             start = time.perf_counter()
             exe = self._compile(treedef, keys, paths)
-            event = compile_log.CompileEvent(compile_log.describe_signature(paths, keys), reason.text,
-                                             time.perf_counter() - start, _trace_cache_hits() > hits)
+            seconds = time.perf_counter() - start
+            unrolled = compile_log.unrolled_loops(exe._modules[0]) if exe._modules is not None else ()
+            event = compile_log.CompileEvent(compile_log.describe_signature(paths, keys), reason.text, seconds,
+                                             _trace_cache_hits() > hits, unrolled)
+            exe.compile_event = event
             self._executables[key] = exe
             self._compiled_signatures.append((treedef, keys, paths))
             compile_log.record(self.name, self._compiles, event, reason)

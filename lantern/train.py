@@ -18,11 +18,14 @@ output). The steps/s figure leaves out the first step, which traces and compiles
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any, Callable, Iterable, NamedTuple, TextIO
 
 import numpy as np
+
+from .errors import ArgumentError
 
 __all__ = ["FitResult", "fit", "named_arrays", "save_loss_curve", "save_params", "smooth"]
 
@@ -103,18 +106,38 @@ def save_params(params: Any, path: str, **info: Any) -> None:
     save_file(named_arrays(params), path, {k: str(v) for k, v in info.items()})
 
 
-def _batch_source(batches: Any, steps: int | None) -> Iterable[Any]:
+def _batch_source(batches: Any, steps: int | None, start: int) -> Iterable[Any]:
+    """The batches from index ``start`` on (an iterable is advanced past the first ``start``)."""
     if callable(batches):
         if steps is None:
             raise ValueError("fit: with a function of the step index as batches, say how many steps (steps=...)")
-        return (batches(i) for i in range(steps))
-    return batches
+        return (batches(i) for i in range(start, steps))
+    it = iter(batches)
+    for _ in range(start):
+        next(it, None)
+    return it
+
+
+def _save_training_state(path: str, params: Any, opt_state: Any, losses: list[float]) -> None:
+    from .checkpoint import save
+    save(path, {"params": params, "opt_state": opt_state, "step": len(losses),
+                "losses": np.asarray(losses, dtype=np.float64)}, step=len(losses), loss=losses[-1])
+
+
+def _resumed(path: str) -> tuple[Any, Any, list[float]]:
+    """params, opt_state and the loss history of a checkpoint :func:`fit` wrote."""
+    from .checkpoint import load
+    state = load(path)
+    if not isinstance(state, dict) or not {"params", "opt_state", "step", "losses"} <= set(state):
+        raise ArgumentError(f"fit: {path} is not a checkpoint written by fit (it has no params, opt_state, step "
+                            "and losses); resume needs one")
+    return state["params"], state["opt_state"], [float(v) for v in state["losses"]]
 
 
 def fit(step: Callable[..., Any], params: Any, opt_state: Any, batches: Iterable[Any] | Callable[[int], Any], *,
         steps: int | None = None, log_every: int | None = None, smoothing: float = 0.9,
         plot: str | None = None, checkpoint: str | None = None, checkpoint_every: int | None = None,
-        file: TextIO | None = None) -> FitResult:
+        resume: bool = False, file: TextIO | None = None) -> FitResult:
     """Run ``step(params, opt_state, *batch) -> (params, opt_state, loss[, aux...])`` over ``batches``.
 
     ``batches``: an iterable of batches (a tuple is spread into arguments, anything else is
@@ -122,10 +145,14 @@ def fit(step: Callable[..., Any], params: Any, opt_state: Any, batches: Iterable
     with a function). ``log_every``: steps between progress lines when the output is not a
     terminal (default: a tenth of ``steps``, or 100); 0 prints nothing. A terminal gets one
     line redrawn about ten times a second. ``plot``: a PNG path for the loss curve.
-    ``checkpoint``: a safetensors path the parameters are written to at the end (and every
-    ``checkpoint_every`` steps), each array under its path in ``params`` (``"layers.0.weight"``);
-    written to a temporary file and renamed, and only once a step has finished, so a good
-    checkpoint of the same name is never replaced by untrained parameters or half a file.
+    ``checkpoint``: a safetensors path the training state is written to at the end (and every
+    ``checkpoint_every`` steps) with :func:`lantern.save`: ``{"params", "opt_state", "step",
+    "losses"}``, each array under its path (``"params.layers.0.weight"``; ``lantern.load(path)
+    ["params"]`` reads the parameters back); written to a temporary file and renamed, and only once
+    a step has finished, so a good checkpoint of the same name is never replaced by untrained
+    parameters or half a file. ``resume=True`` continues from that checkpoint when it exists: its
+    parameters, optimizer state and losses, from the batch after its last step (an iterable of
+    batches is advanced past the ones already used), so the run ends as an uninterrupted one would.
     Ctrl-C (in Python or in the staged step's native code) stops the loop early; the last
     finished step is returned, and saved if ``checkpoint`` is given.
     """
@@ -135,6 +162,8 @@ def fit(step: Callable[..., Any], params: Any, opt_state: Any, batches: Iterable
         raise ValueError(f"fit: steps={steps} must be >= 0")
     if checkpoint_every is not None and (checkpoint_every < 1 or not checkpoint):
         raise ValueError(f"fit: checkpoint_every={checkpoint_every} needs checkpoint= and must be >= 1")
+    if resume and not checkpoint:
+        raise ValueError("fit: resume=True needs checkpoint= (the file to resume from)")
     out = sys.stdout if file is None else file
     tty = bool(getattr(out, "isatty", lambda: False)())
     if log_every is None:
@@ -143,20 +172,25 @@ def fit(step: Callable[..., Any], params: Any, opt_state: Any, batches: Iterable
     total = f"/{steps}" if steps is not None else ""
 
     losses: list[float] = []
+    if resume and checkpoint and os.path.exists(checkpoint):
+        params, opt_state, losses = _resumed(checkpoint)
+    done = len(losses)
     aux: Any = None
     avg = 0.0
+    for value in losses:
+        avg = smoothing * avg + (1.0 - smoothing) * value
     start = time.perf_counter()
     after_first = start
     last_draw = 0.0
     last_line = ""
 
     def line(i: int, now: float) -> str:
-        rate = (f"{(i - 1) / (now - after_first):.1f} steps/s" if i > 1 and now > after_first
+        rate = (f"{(i - done - 1) / (now - after_first):.1f} steps/s" if i > done + 1 and now > after_first
                 else f"first step {now - start:.2f} s")  # the first call traces and compiles (or loads)
         return f"step {i}{total}  smoothed loss {avg / (1.0 - smoothing ** i):.4f}  {rate}"
 
     try:
-        for i, batch in enumerate(_batch_source(batches, steps), start=1):
+        for i, batch in enumerate(_batch_source(batches, steps, done), start=done + 1):
             if steps is not None and i > steps:
                 break
             args = batch if isinstance(batch, tuple) else (batch,)
@@ -170,10 +204,10 @@ def fit(step: Callable[..., Any], params: Any, opt_state: Any, batches: Iterable
             losses.append(value)
             avg = smoothing * avg + (1.0 - smoothing) * value
             now = time.perf_counter()
-            if i == 1:
+            if i == done + 1:
                 after_first = now
             if checkpoint_every and i % checkpoint_every == 0:
-                save_params(params, checkpoint, step=i, loss=value)
+                _save_training_state(checkpoint, params, opt_state, losses)
             if quiet:
                 continue
             if tty:
@@ -189,15 +223,16 @@ def fit(step: Callable[..., Any], params: Any, opt_state: Any, batches: Iterable
         if not quiet:
             out.write(f"\ninterrupted after {len(losses)} steps\n")
     seconds = time.perf_counter() - start
-    if not quiet and losses:
-        n = len(losses)
+    ran = len(losses) - done
+    if not quiet and ran:
         if tty:
-            out.write("\r" + line(n, time.perf_counter()).ljust(len(last_line)) + "\n")
-        rest = f", then {(n - 1) / max(seconds - (after_first - start), 1e-9):.1f} steps/s" if n > 1 else ""
-        out.write(f"{n} steps in {seconds:.2f} s (first step {after_first - start:.2f} s{rest})\n")
+            out.write("\r" + line(len(losses), time.perf_counter()).ljust(len(last_line)) + "\n")
+        rest = f", then {(ran - 1) / max(seconds - (after_first - start), 1e-9):.1f} steps/s" if ran > 1 else ""
+        resumed = f" after resuming at step {done}" if done else ""
+        out.write(f"{ran} steps in {seconds:.2f} s{resumed} (first step {after_first - start:.2f} s{rest})\n")
         out.flush()
-    if checkpoint and losses:  # never over an existing checkpoint before a step has finished
-        save_params(params, checkpoint, step=len(losses), loss=losses[-1])
+    if checkpoint and len(losses) > done:  # never over an existing checkpoint before a step has finished
+        _save_training_state(checkpoint, params, opt_state, losses)
         if not quiet:
             out.write(f"checkpoint after step {len(losses)} written to {checkpoint}\n")
     elif checkpoint and not quiet:

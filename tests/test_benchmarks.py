@@ -67,6 +67,19 @@ def test_cnn_quick_against_torch_eager_when_installed(tmp_path):
         assert (tmp_path / "cnn.png").stat().st_size > 0
 
 
+def test_transformer_quick_one_compile_and_resume_against_torch_eager_when_installed(tmp_path):
+    """Issue 17: a scheduled AdamW step compiles once; a checkpointed and resumed run equals the
+    uninterrupted one bit for bit; the losses follow PyTorch's step by step."""
+    have_torch = importlib.util.find_spec("torch") is not None
+    run_quick(tmp_path, "bench_transformer.py", "--frameworks", "lantern,torch eager" if have_torch else "lantern")
+    result = load(tmp_path, "transformer")
+    assert result["lantern_compiles"] == 1 and result["checkpoint_and_resume"]["compiles"] == 1
+    assert result["checkpoint_and_resume"]["resumed_equals_uninterrupted_bitwise"] is True
+    assert result["first_loss_max_difference"] < 1e-4
+    if have_torch:
+        assert result["loss_max_difference_vs_torch_eager"] < 1e-3
+
+
 def test_llama_quick_against_torch_eager_when_installed(tmp_path):
     have_torch = importlib.util.find_spec("torch") is not None
     run_quick(tmp_path, "bench_llama.py", "--frameworks", "lantern,torch eager" if have_torch else "lantern")

@@ -85,3 +85,37 @@ def test_a_changing_shape_warns_with_advice():
     with pytest.warns(lantern.RecompileWarning, match=r"x: dim 0 .*pad the argument x to a few fixed sizes"):
         for n in range(1, compile_log.RECOMPILE_WARNING_AFTER + 3):
             f(np.ones(n))
+
+
+def _unrolled_rnn(h, xs, w):
+    for t in range(xs.shape[0]):
+        h = lantern.tanh(h @ w + xs[t])  # LINE:unrolled
+    return h
+
+
+def test_an_unrolled_python_loop_is_reported_once_with_its_line(monkeypatch, capsys):
+    """Issue 17: a Python loop over 17+ time steps copies its body into the C each time; the log line, the
+    compile event, lower() and a one-time UnrolledLoopWarning say where, how often, and what to use."""
+    import inspect
+    line = next(i for i, text in enumerate(inspect.getsourcelines(_unrolled_rnn)[0], inspect.getsourcelines(
+        _unrolled_rnn)[1]) if "LINE:unrolled" in text)
+    monkeypatch.setenv("LANTERN_LOG_COMPILES", "1")
+    f = lantern.stage(_unrolled_rnn)
+    args = (np.zeros(3), np.ones((20, 3)), np.eye(3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        f(*args)
+        f(np.zeros(3), np.ones((18, 3)), np.eye(3))  # a second compile: the warning is not repeated
+    where = f"test_compile_log.py:{line} ran 20 times"
+    unrolled = [w for w in caught if issubclass(w.category, lantern.UnrolledLoopWarning)]
+    assert len(unrolled) == 1 and where in str(unrolled[0].message) and "lantern.fori_loop" in str(unrolled[0].message)
+    assert f.cache_info().events[0].unrolled[0].startswith(where)
+    assert "unrolled a Python loop: " + where in capsys.readouterr().err
+    exe = f.lower(*args)
+    assert exe.compile_event is f.cache_info().events[0] and exe.compile_event.seconds > 0
+    # a loop below the threshold, and a loop over parameters of different shapes, are not reported
+    short = lantern.stage(_unrolled_rnn)
+    short(np.zeros(3), np.ones((16, 3)), np.eye(3))
+    params = lantern.stage(lambda p: {k: v * 2.0 for k, v in p.items()})
+    params({f"w{i}": np.ones(i + 1) for i in range(30)})
+    assert short.cache_info().events[0].unrolled == () and params.cache_info().events[0].unrolled == ()

@@ -198,11 +198,13 @@ def test_fit_checkpoints_only_finished_steps(tmp_path):
     first, second = results
     assert first["losses"] == [3.0, 6.0, 9.0] and first["w"] == [3.0] * 3
     assert "interrupted after 3 steps" in first["text"] and "checkpoint after step 3 written" in first["text"]
-    saved = safetensors.load_file(path)
-    assert sorted(saved) == ["layers.0", "w"]
-    np.testing.assert_array_equal(saved["w"], [3.0] * 3)
-    np.testing.assert_array_equal(saved["layers.0"], [8.0] * 2)
-    assert safetensors.read_header(path)["__metadata__"] == {"step": "3", "loss": "9.0"}
+    assert sorted(safetensors.load_file(path)) == ["losses", "params.layers.0", "params.w"]
+    saved = lantern.load(path)
+    np.testing.assert_array_equal(saved["params"]["w"], [3.0] * 3)
+    np.testing.assert_array_equal(saved["params"]["layers"][0], [8.0] * 2)
+    assert saved["step"] == 3 and saved["losses"].tolist() == [3.0, 6.0, 9.0] and saved["opt_state"] is None
+    assert {k: v for k, v in safetensors.read_header(path)["__metadata__"].items() if k != "lantern.tree"} == {
+        "step": "3", "loss": "9.0"}
     assert [p.name for p in tmp_path.iterdir() if "tmp" in p.name] == []
     assert second["losses"] == [] and "no step finished" in second["text"]
     assert good.read_bytes() == b"a good checkpoint"

@@ -185,7 +185,7 @@ def test_gradients_of_products_through_zeros():
 def test_against_pytorch():
     torch = pytest.importorskip("torch")
     x = torch.tensor(X, requires_grad=True)
-    out = torch.special.erf(x).sum() + torch.nn.functional.gelu(x).sum() + torch.cumprod(x, 1).sum() + torch.sort(x, 1, descending=True, stable=True).values[:, 0].sum() \
+    out = torch.special.erf(x).sum() + torch.nn.functional.gelu(x).sum() + torch.cumprod(x, 1).sum() + torch.sort(x, dim=1, descending=True, stable=True).values[:, 0].sum() \
         + torch.topk(x, 2, dim=0).values.sum() + torch.nn.functional.softplus(x).sum() \
         + torch.nn.functional.elu(x).sum() + torch.var(x, 0).sum() + torch.linalg.vector_norm(x)
     out.backward()
