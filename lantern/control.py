@@ -146,6 +146,21 @@ def _carried(what: str, frame: Frame, init_td: TreeDef, init: list[Tensor], body
                             "the loop state must keep its shape and dtype (use astype)")
 
 
+def _settled_body(init: list[Tensor], weak: list[bool], trace: Callable[[list[TensorType]], TracedBody]) -> TracedBody:
+    """The loop body traced for the carried values' types. A Python number as an initial value whose body
+    result is a tensor of a dtype it promotes to (``0.0`` carried through float64 code) takes that dtype,
+    as NumPy promotes a Python number, and the body is traced again for it. (Two Python numbers, ``0`` in
+    and ``2.5`` out, stay an error: the int carry would truncate.)"""
+    body = trace([t.type for t in init])
+    changed = False
+    for k, (t0, t1) in enumerate(zip(init, body.leaves)):
+        if weak[k] and not body.weak[k] and t0.shape == t1.shape and t0.type.dtype != t1.type.dtype \
+                and _join_weak(t1.type.dtype, [t0.type.dtype]) == t1.type.dtype:
+            init[k] = ops.astype(t0, t1.type.dtype)
+            changed = True
+    return trace([t.type for t in init]) if changed else body
+
+
 def fori_loop(lower: Any, upper: Any, body_fun: Callable[[Tensor, Any], Any], init_val: Any) -> Any:
     """``for i in range(lower, upper): val = body_fun(i, val)``; returns ``val``.
 
@@ -160,10 +175,10 @@ def fori_loop(lower: Any, upper: Any, body_fun: Callable[[Tensor, Any], Any], in
         return unflatten(td, val)
     loc = user_location()
     lo, hi = (ops.astype(_int_scalar(b, "fori_loop"), "int64") for b in (lower, upper))
-    td, init, _ = _lift_init(init_val)
-    i = Var(scalar("int64"), "i")
-    params = [i] + [Var(t.type, "carry") for t in init]
-    body = _trace(frame, body_fun, params, lambda ts: (ts[0], unflatten(td, ts[1:])))
+    td, init, weak = _lift_init(init_val)
+    body = _settled_body(init, weak, lambda types: _trace(
+        frame, body_fun, [Var(scalar("int64"), "i")] + [Var(t, "carry") for t in types],
+        lambda ts: (ts[0], unflatten(td, ts[1:]))))
     _carried("fori_loop", frame, td, init, body, "body_fun")
     outs = [Var(t.type, "loop") for t in init]
     frame.add(Loop(outs, loc=loc, lo=lo.var, hi=hi.var, init=[t.var for t in init], body=body.block))
@@ -186,12 +201,12 @@ def while_loop(cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], i
             val = _eager_carried("while_loop", td, val, body_fun(unflatten(td, val)), "body_fun")
         return unflatten(td, val)
     loc = user_location()
-    td, init, _ = _lift_init(init_val)
+    td, init, weak = _lift_init(init_val)
+    body = _settled_body(init, weak, lambda types: _trace(frame, body_fun, [Var(t, "carry") for t in types],
+                                                          lambda ts: (unflatten(td, ts),)))
     cparams = [Var(t.type, "carry") for t in init]
     cblock = _trace(frame, lambda *a: _scalar_pred(cond_fun(*a), "while_loop cond_fun"), cparams,
                     lambda ts: (unflatten(td, ts),))
-    bparams = [Var(t.type, "carry") for t in init]
-    body = _trace(frame, body_fun, bparams, lambda ts: (unflatten(td, ts),))
     _carried("while_loop", frame, td, init, body, "body_fun")
     outs = [Var(t.type, "while") for t in init]
     frame.add(While(outs, loc=loc, init=[t.var for t in init], cond=cblock.block, body=body.block))

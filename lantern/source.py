@@ -10,7 +10,7 @@ from typing import Any
 # The machinery of tracing. Frames in these files are never "the user's line"; library
 # code written *with* lantern (lantern/demo.py, models, nn layers) is, so C comments can
 # point at it.
-_INTERNAL_MODULES = ("__init__", "control", "eager", "errors", "ops", "ops_arrays", "ops_reduce", "source", "staging", "tensor", "tracing", "tree")
+_INTERNAL_MODULES = ("__init__", "control", "eager", "errors", "ops", "ops_arrays", "ops_reduce", "python_control_flow", "source", "staging", "tensor", "tracing", "tree")
 _INTERNAL: tuple[str, ...] = ()
 
 

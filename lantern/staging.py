@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import compile_log, eager, ops
+from . import python_control_flow as python_control_flow_rewrite
 from .compile_log import CompileEvent
 from .control import UnknownRecursiveResult
 from .errors import ArgumentError, DTypeError, LanternError, TraceError
@@ -167,6 +168,8 @@ class Executable:
         self._accepted: set[tuple] = set()  # argument keys (structure and constants) already checked
         #: how this signature was compiled: its time (tracing, C, compiler), why, loops unrolled
         self.compile_event: compile_log.CompileEvent | None = None
+        #: the function's Python with its control flow rewritten (None: nothing was rewritten)
+        self.converted_source: str | None = None
 
     # ---------------------------------------------------------- inspection
     def _ir_modules(self) -> tuple[Module, Module]:
@@ -350,11 +353,17 @@ def stage_options(check_indices: bool | None = None, check_finite: bool | None =
 class Staged:
     """A Python function staged with :func:`stage`. Call it with NumPy arrays."""
 
-    def __init__(self, fn: Callable[..., Any], name: str | None = None, options: dict[str, Any] | None = None):
+    def __init__(self, fn: Callable[..., Any], name: str | None = None, options: dict[str, Any] | None = None,
+                 python_control_flow: bool = True):
         if not callable(fn):
             raise ArgumentError(f"stage: expected a function, got {type(fn).__name__} {_short_repr(fn)}")
         functools.update_wrapper(self, fn, updated=())  # not fn.__dict__: a grad wrapper's .lower would shadow ours
-        self.fn = fn
+        #: the function as written; ``fn`` is what is traced: its Python if/while/for rewritten to decide on
+        #: staged values while tracing (lantern/python_control_flow.py), unless ``python_control_flow=False``
+        self.python_fn = fn
+        self.python_control_flow = python_control_flow
+        self.fn = (python_control_flow_rewrite.convert(fn) or fn) if python_control_flow and not _lanterns_own(fn) \
+            else fn
         self.name = name or getattr(fn, "__name__", "staged")
         #: the checks compiled into every signature's C (see :func:`stage_options`)
         self.options = options if options is not None else stage_options()
@@ -440,6 +449,7 @@ class Staged:
             event = compile_log.CompileEvent(compile_log.describe_signature(paths, keys), reason.text, seconds,
                                              _trace_cache_hits() > hits, unrolled)
             exe.compile_event = event
+            exe.converted_source = python_control_flow_rewrite.converted_source(self.fn)
             self._executables[key] = exe
             self._compiled_signatures.append((treedef, keys, paths))
             compile_log.record(self.name, self._compiles, event, reason)
@@ -669,8 +679,15 @@ def trace_function(builder: ModuleBuilder, staged: Staged, treedef: TreeDef, spe
     return name
 
 
+def _lanterns_own(fn: Callable[..., Any]) -> bool:
+    """A function of lantern's own code (grad's wrappers, say), which is never rewritten."""
+    code = getattr(fn, "__code__", None)
+    return code is not None and code.co_filename.startswith(os.path.dirname(os.path.abspath(__file__)) + os.sep) \
+        and "models" not in code.co_filename
+
+
 def stage(fn: Callable[..., Any] | None = None, *, name: str | None = None, check_indices: bool | None = None,
-          check_finite: bool | None = None, max_depth: int | None = None) -> Any:
+          check_finite: bool | None = None, max_depth: int | None = None, python_control_flow: bool = True) -> Any:
     """Decorator: trace ``fn`` per signature, compile it to native code, and call that.
 
     ``@lantern.stage`` or ``@lantern.stage(name="...", ...)``. The result has ``.lower(*args)``
@@ -684,10 +701,15 @@ def stage(fn: Callable[..., Any] | None = None, *, name: str | None = None, chec
       ``RecursionDepthError``; 0 leaves only the C stack guard.
 
     Each option changes the generated C, so each setting has its own compile-cache entry.
+
+    ``python_control_flow`` (default on): Python ``if``/``while``/``for`` (and ``a if c else b``, ``and``,
+    ``or``, ``not``) in ``fn`` run as Python on Python values and become ``cond``/``while_loop``/
+    ``fori_loop`` on staged ones (see README, "Control flow"); ``False`` leaves ``fn`` as written.
     """
     options = stage_options(check_indices, check_finite, max_depth)
     if fn is None:
-        return lambda f: Staged(f, name, options)
-    if isinstance(fn, Staged) and name is None and all(v is None for v in (check_indices, check_finite, max_depth)):
+        return lambda f: Staged(f, name, options, python_control_flow)
+    if isinstance(fn, Staged) and name is None and python_control_flow == fn.python_control_flow and all(
+            v is None for v in (check_indices, check_finite, max_depth)):
         return fn
-    return Staged(fn.fn if isinstance(fn, Staged) else fn, name, options)
+    return Staged(fn.python_fn if isinstance(fn, Staged) else fn, name, options, python_control_flow)

@@ -111,7 +111,8 @@ def test_where_with_bool_condition_is_fine():
 
 # ------------------------------------------------------------------ concretization
 
-def test_python_if_on_staged_value():
+def test_python_if_with_return_on_staged_value():
+    # (an if holding a return is not rewritten yet: tests/test_python_control_flow.py)
     @lantern.stage
     def f(x):
         if x.sum() > 0:  # LINE:if
@@ -121,8 +122,8 @@ def test_python_if_on_staged_value():
     raises_at(ConcretizationError, f, a(3), line_of="# LINE:if", match=["lantern.cond", "while_loop"])
 
 
-def test_python_while_on_staged_value():
-    @lantern.stage
+def test_python_while_on_staged_value_without_the_rewrite():
+    @lantern.stage(python_control_flow=False)
     def f(x):
         while x.max() < 10:  # LINE:while
             x = x * 2
@@ -155,8 +156,8 @@ def test_staged_value_as_python_index():
     raises_at(TraceError, f, a(4), np.int64(2), line_of="# LINE:dynamic-shape", match=["static"])
 
 
-def test_range_over_staged_value():
-    @lantern.stage
+def test_range_over_staged_value_without_the_rewrite():
+    @lantern.stage(python_control_flow=False)
     def f(x, n):
         for _ in range(n):  # LINE:range
             x = x + 1

@@ -1,0 +1,549 @@
+"""Plain Python ``if``/``while``/``for`` on staged values (issue 15): the source of a staged function is
+rewritten so that each of these statements (and ``a if c else b``, ``and``, ``or``, ``not``) calls a
+function here that decides **while tracing**: on a Python value it runs as plain Python (so shapes and
+configuration flags cost nothing), on a staged value it becomes ``lantern.cond``, ``while_loop`` or
+``fori_loop``.
+
+The variables a statement hands on are found by liveness: a branch or loop body becomes a function of
+the variables it assigns, returning those that are read afterwards (a branch) or carried from one
+iteration to the next (a loop). Under a staged condition, such a variable must then be defined on both
+paths (before the loop), with one shape and dtype: else a ``TraceError`` names it and the line.
+
+Not rewritten (they keep today's behaviour: a staged condition there is a ``ConcretizationError``): a
+statement whose body holds ``break``, ``continue``, ``return``, ``yield``, ``try``, ``with``, ``global``
+or ``nonlocal``; loops with an ``else``; ``for`` targets other than one name. The rewritten function keeps
+the original file and line numbers, so errors and the C's comments point at the user's lines.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import functools
+import inspect
+import re
+import sys
+import textwrap
+import types
+import warnings
+from typing import Any, Callable, Sequence
+
+from .errors import LanternWarning, TraceError
+from .source import Loc
+from .tracing import with_location
+
+__all__ = ["convert", "converted_source"]
+
+_HELPER = "__lantern_cf__"
+_BLOCKERS = (ast.Break, ast.Continue, ast.Return, ast.Yield, ast.YieldFrom, ast.Await, ast.Try, ast.With,
+             ast.AsyncWith, ast.Global, ast.Nonlocal)
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.ListComp, ast.SetComp,
+           ast.DictComp, ast.GeneratorExp)
+
+
+# ------------------------------------------------------------------ what statements read and write
+
+def _walk_scope(node: ast.AST):
+    """``node`` and what it holds, not entering nested functions, classes or comprehensions."""
+    yield node
+    for child in ast.iter_child_nodes(node):
+        if not isinstance(child, _SCOPES):
+            yield from _walk_scope(child)
+        elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            yield from (d for deco in child.decorator_list for d in _walk_scope(deco))
+
+
+def _reads(node: ast.AST) -> set[str]:
+    """Names ``node`` reads, nested functions and comprehensions included (they may read them later)."""
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def _assigned(node: ast.AST) -> set[str]:
+    """Names ``node`` may assign in this scope."""
+    out = set()
+    for n in _walk_scope(node):
+        if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
+            out.add(n.id)
+        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n is not node:
+            out.add(n.name)
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            out.update((a.asname or a.name).split(".")[0] for a in n.names)
+    return out
+
+
+def _surely_assigned(stmt: ast.stmt) -> set[str]:
+    """Names ``stmt`` assigns on every path through it."""
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and not (
+            isinstance(stmt, ast.AnnAssign) and stmt.value is None):
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+        return {n.id for t in targets for n in _walk_scope(t) if isinstance(n, ast.Name)}
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {stmt.name}
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        return {(a.asname or a.name).split(".")[0] for a in stmt.names}
+    if isinstance(stmt, ast.If):
+        return _sequence_assigned(stmt.body) & _sequence_assigned(stmt.orelse)
+    return set()
+
+
+def _sequence_assigned(stmts: Sequence[ast.stmt]) -> set[str]:
+    out: set[str] = set()
+    for s in stmts:
+        out |= _surely_assigned(s)
+    return out
+
+
+def _exposed(stmts: Sequence[ast.stmt], done: frozenset[str] = frozenset()) -> set[str]:
+    """Names read before the statements surely assign them (a loop carries those); ``done``: assigned
+    before these statements."""
+    assigned = set(done)
+    out: set[str] = set()
+    for s in stmts:
+        if isinstance(s, ast.If):
+            out |= (_reads(s.test) - assigned) | _exposed(s.body, frozenset(assigned)) | _exposed(
+                s.orelse, frozenset(assigned))
+        elif isinstance(s, (ast.While, ast.For)):
+            head = s.test if isinstance(s, ast.While) else s.iter
+            inside = assigned | (_assigned(s.target) if isinstance(s, ast.For) else set())
+            out |= (_reads(head) - assigned) | _exposed(s.body, frozenset(inside)) | _exposed(
+                s.orelse, frozenset(assigned))
+        else:
+            reads = _reads(s)
+            if isinstance(s, ast.AugAssign):
+                reads |= {n.id for n in _walk_scope(s.target) if isinstance(n, ast.Name)}
+            out |= reads - assigned
+        assigned |= _surely_assigned(s)
+    return out
+
+
+def _blocked(stmts: Sequence[ast.stmt]) -> bool:
+    return any(isinstance(n, _BLOCKERS) for s in stmts for n in _walk_scope(s))
+
+
+# ------------------------------------------------------------------ the rewrite
+
+def _name(id_: str, store: bool = False) -> ast.Name:
+    return ast.Name(id=id_, ctx=ast.Store() if store else ast.Load())
+
+
+def _helper(attr: str) -> ast.Attribute:
+    return ast.Attribute(value=_name(_HELPER), attr=attr, ctx=ast.Load())
+
+
+def _tuple(names: Sequence[str], store: bool = False) -> ast.Tuple:
+    return ast.Tuple(elts=[_name(n, store) for n in names], ctx=ast.Store() if store else ast.Load())
+
+
+def _current(names: Sequence[str]) -> ast.Tuple:
+    """``(value of n, ...)``: each variable's value now, or the helper's UNDEFINED when it has none."""
+    locals_call = ast.Call(func=_name("locals"), args=[], keywords=[])
+    return ast.Tuple(elts=[ast.Call(func=_helper("value"), args=[locals_call, ast.Constant(n)], keywords=[])
+                           for n in names], ctx=ast.Load())
+
+
+def _function(name: str, params: Sequence[str], body: list[ast.stmt], results: Sequence[str]) -> ast.FunctionDef:
+    args = ast.arguments(posonlyargs=[], args=[ast.arg(arg=p) for p in params], vararg=None, kwonlyargs=[],
+                         kw_defaults=[], kwarg=None, defaults=[])
+    return ast.FunctionDef(name=name, args=args, body=body + [ast.Return(value=_tuple(results))],
+                           decorator_list=[], returns=None, type_comment=None)
+
+
+class _Rewriter(ast.NodeTransformer):
+    def __init__(self) -> None:
+        self.count = 0
+        self.changed = False
+
+    def fresh(self, what: str) -> str:
+        self.count += 1
+        return f"__lantern_{what}_{self.count}"
+
+    # -- statement lists, back to front, with the names live after each statement
+    def body(self, stmts: list[ast.stmt], live_out: set[str]) -> list[ast.stmt]:
+        out: list[ast.stmt] = []
+        live = set(live_out)
+        for stmt in reversed(stmts):
+            out[:0] = self.statement(stmt, live)
+            live = (live - _surely_assigned(stmt)) | _reads(stmt)
+        return out
+
+    def statement(self, stmt: ast.stmt, live: set[str]) -> list[ast.stmt]:
+        """``stmt``, rewritten; what the rewrite adds carries its line (errors and the C name it)."""
+        return [_located(s, stmt) for s in self.rewrite(stmt, live)]
+
+    def rewrite(self, stmt: ast.stmt, live: set[str]) -> list[ast.stmt]:
+        if isinstance(stmt, ast.ClassDef):
+            return [stmt]
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            stmt.body = self.body(stmt.body, set())
+            stmt.decorator_list = [self.visit(d) for d in stmt.decorator_list]
+            return [stmt]
+        if isinstance(stmt, ast.If) and not _blocked([stmt]):
+            return self.if_(stmt, live)
+        if isinstance(stmt, ast.While) and not stmt.orelse and not _blocked(stmt.body):
+            return self.while_(stmt, live)
+        if isinstance(stmt, ast.For) and not stmt.orelse and isinstance(stmt.target, ast.Name) \
+                and not _blocked(stmt.body):
+            return self.for_(stmt, live)
+        # not rewritten: its parts still are
+        inner_live = live | _reads(stmt)
+        for field in ("body", "orelse", "finalbody"):
+            if isinstance(getattr(stmt, field, None), list) and getattr(stmt, field) and \
+                    isinstance(getattr(stmt, field)[0], ast.stmt):
+                setattr(stmt, field, self.body(getattr(stmt, field), inner_live))
+        if isinstance(stmt, ast.Try):
+            for handler in stmt.handlers:
+                handler.body = self.body(handler.body, inner_live)
+        for field, value in ast.iter_fields(stmt):
+            if isinstance(value, ast.expr):
+                setattr(stmt, field, self.visit(value))
+        return [stmt]
+
+    def if_(self, stmt: ast.If, live: set[str]) -> list[ast.stmt]:
+        self.changed = True
+        params = sorted(_assigned(ast.Module(body=stmt.body + stmt.orelse, type_ignores=[])))
+        results = [n for n in params if n in live]
+        true_name, false_name = self.fresh("if_true"), self.fresh("if_false")
+        true_fn = _function(true_name, params, self.body(stmt.body, set(results)), results)
+        false_fn = _function(false_name, params, self.body(stmt.orelse, set(results)) or [ast.Pass()], results)
+        call = ast.Call(func=_helper("if_stmt"), args=[
+            self.visit(stmt.test), _name(true_name), _name(false_name), _current(params), ast.Constant(tuple(params)),
+            ast.Constant(tuple(results)), ast.Constant(stmt.lineno)], keywords=[])
+        return [true_fn, false_fn, self.assign(results, call)]
+
+    def while_(self, stmt: ast.While, live: set[str]) -> list[ast.stmt]:
+        self.changed = True
+        assigned = sorted(_assigned(ast.Module(body=stmt.body, type_ignores=[])))
+        carried = [n for n in assigned if n in live or n in _reads(stmt.test) or n in _exposed(stmt.body)]
+        test_name, body_name = self.fresh("while_test"), self.fresh("while_body")
+        test_fn = _function(test_name, carried, [], [])
+        test_fn.body = [ast.Return(value=self.visit(stmt.test))]
+        body_fn = _function(body_name, carried, self.body(stmt.body, set(carried)), carried)
+        call = ast.Call(func=_helper("while_stmt"), args=[
+            _name(test_name), _name(body_name), _current(carried), ast.Constant(tuple(carried)),
+            ast.Constant(stmt.lineno)], keywords=[])
+        return [test_fn, body_fn, self.assign(carried, call)]
+
+    def for_(self, stmt: ast.For, live: set[str]) -> list[ast.stmt]:
+        self.changed = True
+        target = stmt.target.id  # type: ignore[attr-defined]
+        assigned = sorted(_assigned(ast.Module(body=stmt.body, type_ignores=[])) - {target})
+        carried = [n for n in assigned if n in live or n in _exposed(stmt.body)]
+        results = carried + ([target] if target in live else [])
+        body_name = self.fresh("for_body")
+        body = self.body(stmt.body, set(results))
+        body_fn = _function(body_name, [target] + carried, body, results)
+        iterable = self.visit(stmt.iter)
+        if isinstance(iterable, ast.Call) and isinstance(iterable.func, ast.Name) and iterable.func.id == "range":
+            iterable = ast.Call(func=_helper("range_"), args=iterable.args, keywords=iterable.keywords)
+        call = ast.Call(func=_helper("for_stmt"), args=[
+            iterable, _name(body_name), _current(carried), _current([target]), ast.Constant(tuple(carried)),
+            ast.Constant(target in live), ast.Constant(stmt.lineno)], keywords=[])
+        return [body_fn, self.assign(results, call)]
+
+    @staticmethod
+    def assign(names: Sequence[str], call: ast.Call) -> ast.stmt:
+        if not names:
+            return ast.Expr(value=call)
+        return ast.Assign(targets=[_tuple(names, store=True)], value=call)
+
+    # -- expressions
+    def visit_IfExp(self, node: ast.IfExp) -> ast.AST:
+        self.changed = True
+        return ast.Call(func=_helper("if_exp"), args=[
+            self.visit(node.test), _thunk(self.visit(node.body)), _thunk(self.visit(node.orelse)),
+            ast.Constant(node.lineno)], keywords=[])
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
+        self.changed = True
+        attr = "and_" if isinstance(node.op, ast.And) else "or_"
+        return ast.Call(func=_helper(attr), args=[_thunk(self.visit(v)) for v in node.values], keywords=[])
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
+        node = self.generic_visit(node)  # type: ignore[assignment]
+        if isinstance(node.op, ast.Not):
+            self.changed = True
+            return ast.Call(func=_helper("not_"), args=[node.operand], keywords=[])
+        return node
+
+    def visit_Lambda(self, node: ast.Lambda) -> ast.AST:
+        node.body = self.visit(node.body)
+        return node
+
+
+def _located(node: ast.AST, origin: ast.AST) -> Any:
+    """``node`` with ``origin``'s position on every part of it that has none."""
+    for n in ast.walk(node):
+        if "lineno" in n._attributes and not hasattr(n, "lineno"):
+            ast.copy_location(n, origin)
+    return node
+
+
+def _thunk(expr: ast.expr) -> ast.Lambda:
+    args = ast.arguments(posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None,
+                         defaults=[])
+    return ast.Lambda(args=args, body=expr)
+
+
+# ------------------------------------------------------------------ converting a function
+
+class SourceUnavailableWarning(LanternWarning):
+    """A staged function's source cannot be read, so its Python ``if``/``while``/``for`` stay Python."""
+
+
+_warned_about: set[str] = set()
+
+
+def _parse(fn: Callable[..., Any]) -> tuple[ast.FunctionDef, str, int] | None:
+    try:
+        lines, first = inspect.getsourcelines(fn)
+    except (OSError, TypeError):
+        return None
+    text = textwrap.dedent("".join(lines))
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:  # a lambda inside a larger expression, say
+        return None
+    node = tree.body[0] if tree.body else None
+    if not isinstance(node, ast.FunctionDef) or node.name != fn.__name__:
+        return None
+    return node, text, first
+
+
+def convert(fn: Callable[..., Any]) -> Callable[..., Any] | None:
+    """``fn`` with its Python control flow rewritten (see the module docstring), or None when there is
+    nothing to rewrite or the source cannot be read (then ``fn`` runs as it is)."""
+    if not isinstance(fn, types.FunctionType) or fn.__name__ == "<lambda>" or fn.__code__.co_flags & (
+            inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR):
+        return None
+    parsed = _parse(fn)
+    if parsed is None:
+        if fn.__qualname__ not in _warned_about and _has_branches(fn):
+            _warned_about.add(fn.__qualname__)
+            warnings.warn(f"lantern: the source of {fn.__qualname__} cannot be read (defined in a REPL or generated): "
+                          "its Python if/while/for run as plain Python, so a staged condition there is an error; "
+                          "use lantern.cond, while_loop and fori_loop", SourceUnavailableWarning, stacklevel=4)
+        return None
+    node, _, first = parsed
+    ast.increment_lineno(node, first - 1)  # the file's line numbers, before the rewrite records them
+    rewriter = _Rewriter()
+    node.decorator_list = []
+    node.body = rewriter.body(node.body, set())
+    if not rewriter.changed:
+        return None
+    freevars = fn.__code__.co_freevars
+    node.name = "__lantern_converted__"  # (under its own name, a recursive call would read the factory's local)
+    factory = ast.FunctionDef(name="__lantern_factory__", args=ast.arguments(
+        posonlyargs=[], args=[ast.arg(arg=a) for a in (*freevars, _HELPER)], vararg=None, kwonlyargs=[],
+        kw_defaults=[], kwarg=None, defaults=[]), body=[node, ast.Return(value=_name(node.name))],
+        decorator_list=[], returns=None, type_comment=None)
+    module = ast.Module(body=[factory], type_ignores=[])
+    ast.fix_missing_locations(module)
+    code = compile(module, fn.__code__.co_filename, "exec")
+    factory_code = next(c for c in code.co_consts if isinstance(c, types.CodeType))
+    inner = next(c for c in factory_code.co_consts if isinstance(c, types.CodeType)
+                 and c.co_name == "__lantern_converted__").replace(co_name=fn.__name__, co_qualname=fn.__qualname__)
+    cells = dict(zip(freevars, fn.__closure__ or ()))
+    cells[_HELPER] = types.CellType(sys.modules[__name__])
+    new = types.FunctionType(inner, fn.__globals__, fn.__name__, fn.__defaults__,
+                             tuple(cells[name] for name in inner.co_freevars))
+    new.__kwdefaults__ = fn.__kwdefaults__
+    functools.update_wrapper(new, fn, updated=())
+    node.name = fn.__name__
+    new.__lantern_converted_source__ = ast.unparse(node)  # type: ignore[attr-defined]
+    return new
+
+
+def _has_branches(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn``'s bytecode jumps (an if, a loop, and/or), so a missing source matters."""
+    import dis
+    return any("JUMP" in ins.opname for ins in dis.get_instructions(fn))
+
+
+def converted_source(fn: Callable[..., Any]) -> str | None:
+    """The rewritten Python of a converted function (for debugging), or None."""
+    return getattr(fn, "__lantern_converted_source__", None)
+
+
+# ------------------------------------------------------------------ what the rewritten code calls
+
+class _Undefined:
+    """The value of a variable that has none on this path; using it says which and where."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<lantern: {self.name} is undefined here>"
+
+    def _fail(self, *args: Any, **kwargs: Any) -> Any:
+        raise with_location(TraceError, f"variable {self.name!r} is used where it has no value (it is assigned on "
+                            "only some paths through an if or loop before this line)")
+
+    __bool__ = __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _fail
+    __matmul__ = __rmatmul__ = __getitem__ = __getattr__ = __call__ = __neg__ = __lt__ = __gt__ = _fail  # type: ignore
+    __le__ = __ge__ = __pow__ = __iter__ = __len__ = __index__ = __float__ = __int__ = __array__ = _fail  # type: ignore
+
+
+def value(scope: dict[str, Any], name: str) -> Any:
+    return scope[name] if name in scope else _Undefined(name)
+
+
+def _staged(x: Any) -> bool:
+    from .tensor import Tensor
+    return isinstance(x, Tensor)
+
+
+def _where(line: int) -> Loc:
+    from .source import user_location
+    loc = user_location()
+    return Loc(loc.file, line)
+
+
+@contextlib.contextmanager
+def _naming_carried(names: Sequence[str], what: str, line: int):
+    """Errors of the loop combinator about "carried value k" say which variable that is."""
+    from .errors import DTypeError, ShapeError
+    try:
+        yield
+    except (DTypeError, ShapeError) as exc:
+        m = re.search(r"changes carried value (\d+) from (\S+) to (\S+);", str(exc))
+        if m is None or int(m.group(1)) >= len(names):
+            raise
+        raise with_location(type(exc), f"the variable {names[int(m.group(1))]!r} carried by the {what} at line {line} "
+                            f"changes from {m.group(2)} to {m.group(3)}; a loop's variables must keep their shape "
+                            "and dtype (use astype)", _where(line)) from None
+
+
+def _defined(values: Sequence[Any], names: Sequence[str], what: str, line: int) -> None:
+    for v, n in zip(values, names):
+        if isinstance(v, _Undefined):
+            raise with_location(TraceError, f"variable {n!r} {what}", _where(line))
+
+
+def if_stmt(test: Any, true_fn: Callable[..., tuple], false_fn: Callable[..., tuple], values: tuple,
+            params: tuple[str, ...], results: tuple[str, ...], line: int) -> Any:
+    """``if test:`` — Python's when ``test`` is a Python value, ``lantern.cond`` when it is staged."""
+    return tuple(_run_if(test, true_fn, false_fn, values, results, line))
+
+
+def _run_if(test: Any, true_fn: Callable[..., tuple], false_fn: Callable[..., tuple], values: tuple,
+            results: tuple[str, ...], line: int) -> tuple:
+    if not _staged(test):
+        return true_fn(*values) if test else false_fn(*values)
+    from .control import cond
+
+    def branch(fn: Callable[..., tuple]) -> Callable[[], tuple]:
+        def run() -> tuple:
+            out = fn(*values)
+            _defined(out, results, f"is assigned in only one branch of the staged if at line {line} and used after "
+                     "it; assign it in both branches (or before the if)", line)
+            return out
+        return run
+    return cond(test, branch(true_fn), branch(false_fn))
+
+
+def if_exp(test: Any, then: Callable[[], Any], otherwise: Callable[[], Any], line: int) -> Any:
+    """``a if test else b``: ``lantern.where``-like ``cond`` when ``test`` is staged."""
+    if not _staged(test):
+        return then() if test else otherwise()
+    from .control import cond
+    return cond(test, then, otherwise)
+
+
+def and_(*parts: Callable[[], Any]) -> Any:
+    value_ = parts[0]()
+    for part in parts[1:]:
+        if _staged(value_):
+            from . import ops
+            value_ = ops.logical_and(value_, part())
+        elif not value_:
+            return value_
+        else:
+            value_ = part()
+    return value_
+
+
+def or_(*parts: Callable[[], Any]) -> Any:
+    value_ = parts[0]()
+    for part in parts[1:]:
+        if _staged(value_):
+            from . import ops
+            value_ = ops.logical_or(value_, part())
+        elif value_:
+            return value_
+        else:
+            value_ = part()
+    return value_
+
+
+def not_(x: Any) -> Any:
+    if _staged(x):
+        from . import ops
+        return ops.logical_not(x)
+    return not x
+
+
+def while_stmt(test: Callable[..., Any], body: Callable[..., tuple], values: tuple, names: tuple[str, ...],
+               line: int) -> Any:
+    """``while test:`` — a Python loop while the test gives Python values; ``lantern.while_loop`` from the
+    first staged test on."""
+    values = tuple(values)
+    while True:
+        t = test(*values)
+        if _staged(t):
+            _defined(values, names, f"is carried by the staged while loop at line {line} but has no value before "
+                     "it; assign it before the loop", line)
+            from .control import while_loop
+            with _naming_carried(names, "staged while loop", line):
+                values = while_loop(lambda s: test(*s), lambda s: tuple(body(*s)), values)
+            break
+        if not t:
+            break
+        values = tuple(body(*values))
+    return values
+
+
+class _StagedRange:
+    """``range(lo, hi)`` with a staged bound: a ``fori_loop``."""
+
+    def __init__(self, lo: Any, hi: Any, step: Any):
+        self.lo, self.hi, self.step = lo, hi, step
+
+
+def range_(*args: Any) -> Any:
+    """``range(...)`` in a rewritten ``for``: Python's, or a staged range when a bound is staged."""
+    if not any(_staged(a) for a in args):
+        return range(*args)
+    lo, hi, step = (0, args[0], 1) if len(args) == 1 else (args[0], args[1], args[2] if len(args) > 2 else 1)
+    return _StagedRange(lo, hi, step)
+
+
+def for_stmt(iterable: Any, body: Callable[..., tuple], values: tuple, target: tuple, names: tuple[str, ...],
+             target_live: bool, line: int) -> Any:
+    """``for x in iterable:`` — Python's loop over Python iterables (unrolled while tracing); over a staged
+    range or the first axis of a staged tensor, ``lantern.fori_loop``."""
+    values = tuple(values)
+    last = target[0]
+    if isinstance(iterable, _StagedRange) or _staged(iterable):
+        if target_live:
+            raise with_location(TraceError, "the loop variable of the staged for loop at line "
+                                f"{line} is used after the loop; keep a copy in a variable the loop assigns",
+                                _where(line))
+        _defined(values, names, f"is carried by the staged for loop at line {line} but has no value before it; "
+                 "assign it before the loop", line)
+        from .control import fori_loop
+        if isinstance(iterable, _StagedRange):
+            if not isinstance(iterable.step, int) or iterable.step != 1:
+                raise with_location(TraceError, f"the for loop at line {line} runs over a staged range with step "
+                                    f"{iterable.step!r}; only step 1 is staged (use lantern.while_loop)", _where(line))
+            lo, hi, item = iterable.lo, iterable.hi, (lambda i: i)
+        else:
+            if not iterable.shape:
+                raise with_location(TraceError, f"the for loop at line {line} iterates over a 0-d staged tensor")
+            lo, hi, item = 0, iterable.shape[0], (lambda i, xs=iterable: xs[i])
+        with _naming_carried(names, "staged for loop", line):
+            return tuple(fori_loop(lo, hi, lambda i, s: tuple(body(item(i), *s)), values))
+    for x in iterable:
+        values, last = tuple(body(x, *values))[:len(names)], x
+    return values + ((last,) if target_live else ())

@@ -1,0 +1,251 @@
+"""Plain Python ``if``/``while``/``for``, conditional expressions and ``and``/``or``/``not`` in staged functions
+(issue 15, first part): Python values run as Python, staged ones become ``cond``/``while_loop``/``fori_loop``;
+the variable rules and their errors; gradients against finite differences; the rewritten source."""
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+import lantern
+from lantern.testing import check_grads, check_staged
+
+
+def piecewise(x, scale):
+    if x.sum() > 0:          # staged: a cond
+        y = x * scale
+    elif x.sum() < -1.0:
+        y = -x
+    else:
+        y = x * 0.0 + 1.0
+    if scale > 1.5:          # a Python number: plain Python, no cond
+        y = y * 2.0
+    return y
+
+
+def _piecewise_ref(x, scale):
+    y = x * scale if x.sum() > 0 else -x if x.sum() < -1.0 else x * 0.0 + 1.0
+    return y * 2.0 if scale > 1.5 else y
+
+
+@pytest.mark.parametrize("x", [np.array([1.0, 2.0]), np.array([-1.0, -2.0]), np.array([0.25, -0.5])])
+def test_if_elif_else_on_staged_and_python_values(x):
+    check_staged(piecewise, x, 2.0, expected=_piecewise_ref(x, 2.0))
+    ir = lantern.stage(piecewise).lower(x, 2.0).ir
+    assert ir.count("= if ") == 2 or ir.count("if %") == 2 or len(re.findall(r"\bif\b", ir)) >= 2, ir
+    plain = lantern.stage(piecewise).lower(x, 1.0).ir  # scale <= 1.5: the Python if leaves no trace
+    assert len(re.findall(r"\bif\b", plain)) == len(re.findall(r"\bif\b", ir))
+
+
+def loops(x, n):
+    total = 0.0
+    for i in range(n):                 # staged n: a fori_loop
+        total = total + lantern.sum(x) * i
+    steps = 0
+    while total < 100.0:               # staged test: a while_loop
+        total = total * 2.0 + 1.0
+        steps = steps + 1
+    for row in x:                      # a staged tensor: over its first axis
+        total = total + row.max()
+    for k in range(3):                 # a Python range: unrolled
+        total = total + k
+    return total, steps
+
+
+def _loops_ref(x, n):
+    total = sum(x.sum() * i for i in range(n))
+    steps = 0
+    while total < 100.0:
+        total, steps = total * 2.0 + 1.0, steps + 1
+    total += sum(row.max() for row in x) + 3
+    return total, steps
+
+
+@pytest.mark.parametrize("n", [0, 1, 4])
+def test_loops_over_staged_ranges_tests_and_tensors(n):
+    x = np.arange(6.0).reshape(3, 2) * 0.5
+    total, steps = lantern.stage(loops)(x, np.int64(n))
+    want_total, want_steps = _loops_ref(x, n)
+    np.testing.assert_allclose(total, want_total, rtol=1e-12)
+    assert int(steps) == want_steps and steps.dtype == np.int64
+    ir = lantern.stage(loops).lower(x, np.int64(n)).ir
+    assert "while" in ir and "loop" in ir
+
+
+def nested(x, n):
+    acc = x * 0.0
+    for i in range(n):
+        if lantern.sum(acc) < 5.0:
+            y = acc
+            while lantern.max(y) < 1.0:
+                y = y + x
+            acc = acc + y
+        else:
+            acc = acc * 0.5
+    return acc
+
+
+def test_nesting_a_while_in_an_if_in_a_for():
+    x = np.array([0.3, 0.1])
+    acc = np.zeros(2)
+    for _ in range(5):
+        if acc.sum() < 5.0:
+            y = acc.copy()
+            while y.max() < 1.0:
+                y = y + x
+            acc = acc + y
+        else:
+            acc = acc * 0.5
+    check_staged(nested, x, np.int64(5), expected=acc)
+
+
+def expressions(x, flag):
+    a = x.sum() if x[0] > 0 else -x.sum()
+    b = (x[0] > 0) and (x[1] > 0)
+    c = (x[0] > 0) or not (x[1] > 0)
+    d = 1.0 if flag else 2.0          # Python: no cond
+    return a * d, b, c
+
+
+@pytest.mark.parametrize("x", [np.array([1.0, 2.0]), np.array([-1.0, 2.0]), np.array([1.0, -2.0])])
+def test_conditional_expressions_and_boolean_operators(x):
+    a, b, c = lantern.stage(expressions)(x, True)
+    np.testing.assert_allclose(a, x.sum() if x[0] > 0 else -x.sum())
+    assert bool(b) == bool(x[0] > 0 and x[1] > 0) and bool(c) == bool(x[0] > 0 or not x[1] > 0)
+
+
+def test_gradients_through_rewritten_control_flow():
+    def loss(w, x):
+        h = x
+        for _ in range(np.int64(3)):  # (a NumPy int: a Python range, unrolled)
+            h = lantern.tanh(h @ w)
+        if lantern.sum(h) > 0:
+            h = h * h
+        else:
+            h = -h
+        k = 0
+        while k < 2:
+            h = h + 0.5 * h
+            k = k + 1
+        return lantern.sum(h)
+
+    w = np.random.default_rng(0).standard_normal((3, 3)) * 0.5
+    x = np.random.default_rng(1).standard_normal((2, 3))
+    check_grads(loss, w, x)
+
+    def staged_loops(w, x, n):
+        h = x
+        for _ in range(n):
+            h = lantern.tanh(h @ w)
+        while lantern.max(lantern.abs(h)) < 3.0:
+            h = h * 1.5
+        return lantern.sum(h * h)
+
+    g = lantern.grad(staged_loops)(w, x, np.int64(2))
+
+    def combinators(w, x, n):
+        h = lantern.fori_loop(0, n, lambda i, h: lantern.tanh(h @ w), x)
+        h = lantern.while_loop(lambda h: lantern.max(lantern.abs(h)) < 3.0, lambda h: h * 1.5, h)
+        return lantern.sum(h * h)
+    np.testing.assert_allclose(g, lantern.grad(combinators)(w, x, np.int64(2)), rtol=1e-12)
+    check_grads(staged_loops, w, x, np.int64(2))
+
+
+def tree_sum(left, right, vals, node):
+    """Recursion over a tree written with a plain if."""
+    if left[node] < 0:
+        total = vals[node]
+    else:
+        total = vals[node] + tree_sum(left, right, vals, left[node]) + tree_sum(left, right, vals, right[node])
+    return total
+
+
+tree_sum = lantern.stage(tree_sum)
+
+
+def test_recursion_with_a_plain_if():
+    left, right = np.array([1, 3, -1, -1, -1]), np.array([2, 4, -1, -1, -1])
+    vals = np.arange(5.0)
+    assert float(tree_sum(left, right, vals, np.int64(0))) == 10.0
+    g = lantern.grad(lambda v: tree_sum(left, right, v, np.int64(0)))(vals)
+    np.testing.assert_array_equal(g, np.ones(5))
+
+
+def test_a_variable_on_one_path_only_is_an_error_naming_it():
+    def one_branch(x):
+        if x.sum() > 0:
+            y = x * 2
+        return y  # noqa: F821 (defined on one path only)
+
+    with pytest.raises(lantern.TraceError, match=r"variable 'y' is assigned in only one branch of the staged if at "
+                                                 r"line \d+ .*test_python_control_flow\.py"):
+        lantern.stage(one_branch)(np.ones(2))
+
+    def carried_undefined(x, n):
+        for i in range(n):
+            s = x if i == 0 else s + x  # noqa: F821
+        return s
+
+    with pytest.raises(lantern.TraceError, match=r"variable 's' is carried by the staged for loop .* has no value "
+                                                 "before it"):
+        lantern.stage(carried_undefined)(np.ones(2), np.int64(3))
+
+    def changes_dtype(x):
+        k = np.int32(0)
+        while k < x.sum():
+            k = k + 1.5
+        return k
+
+    with pytest.raises(lantern.DTypeError, match=r"the variable 'k' carried by the staged while loop at line \d+ "
+                                                 r"changes from i32\[\] to f64\[\]"):
+        lantern.stage(changes_dtype)(np.ones(2))
+    # the same program with the condition a Python value is plain Python
+    assert one_branch.__name__ and float(lantern.stage(lambda x: x.sum())(np.ones(2))) == 2.0
+
+
+def test_the_rewrite_can_be_turned_off_and_shown():
+    def f(x):
+        if x.sum() > 0:
+            x = x * 2
+        return x
+
+    assert float(lantern.stage(f)(np.ones(2)).sum()) == 4.0
+    with pytest.raises(lantern.ConcretizationError):
+        lantern.stage(f, python_control_flow=False)(np.ones(2))
+    source = lantern.stage(f).lower(np.ones(2)).converted_source
+    assert "__lantern_cf__.if_stmt(x.sum() > 0" in source
+    assert lantern.stage(lambda x: x + 1).lower(np.ones(2)).converted_source is None
+
+
+def test_statements_with_break_or_return_stay_python():
+    def early(x):
+        for i in range(5):
+            if i == 3:
+                break
+            x = x + i
+        return x
+
+    np.testing.assert_array_equal(lantern.stage(early)(np.zeros(2)), [3.0, 3.0])  # Python values: fine
+
+    def staged_return(x):
+        if x.sum() > 0:
+            return x
+        return -x
+
+    with pytest.raises(lantern.ConcretizationError, match="except those holding break, continue or return"):
+        lantern.stage(staged_return)(np.ones(2))
+
+
+def test_a_function_without_source_warns_once():
+    namespace = {"lantern": lantern}
+    exec("def nosource(x):\n    if x.sum() > 0:\n        x = x * 2\n    return x\n", namespace)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        staged = lantern.stage(namespace["nosource"])
+        lantern.stage(namespace["nosource"])
+    assert [w.category.__name__ for w in caught] == ["SourceUnavailableWarning"]
+    assert "nosource" in str(caught[0].message)
+    with pytest.raises(lantern.ConcretizationError):
+        staged(np.ones(2))
