@@ -9,9 +9,13 @@ the variables it assigns, returning those that are read afterwards (a branch) or
 iteration to the next (a loop). Under a staged condition, such a variable must then be defined on both
 paths (before the loop), with one shape and dtype: else a ``TraceError`` names it and the line.
 
-Not rewritten (they keep today's behaviour: a staged condition there is a ``ConcretizationError``): a
-statement whose body holds ``break``, ``continue``, ``return``, ``yield``, ``try``, ``with``, ``global``
-or ``nonlocal``; loops with an ``else``; ``for`` targets other than one name. The rewritten function keeps
+``continue`` moves the rest of the loop body into the other branch of its ``if``; ``break`` also sets a
+flag the loop carries (a staged ``while`` tests it, a staged range runs its remaining iterations doing
+nothing); an early ``return`` in an ``if`` moves the statements after it into the other branch, so both
+branches return and the ``if`` becomes one ``cond``. Not rewritten (they keep today's behaviour: a staged
+condition there is a ``ConcretizationError``): ``return`` inside a loop, ``break``/``continue`` inside
+``try``/``with``, ``yield``, ``try``, ``with``, ``global`` and ``nonlocal`` around staged conditions; loops
+with an ``else``; ``for`` targets other than one name. The rewritten function keeps
 the original file and line numbers, so errors and the C's comments point at the user's lines.
 """
 from __future__ import annotations
@@ -115,8 +119,88 @@ def _exposed(stmts: Sequence[ast.stmt], done: frozenset[str] = frozenset()) -> s
     return out
 
 
-def _blocked(stmts: Sequence[ast.stmt]) -> bool:
-    return any(isinstance(n, _BLOCKERS) for s in stmts for n in _walk_scope(s))
+def _blocked(stmts: Sequence[ast.stmt], allowed: tuple[type, ...] = ()) -> bool:
+    return any(isinstance(n, _BLOCKERS) and not isinstance(n, allowed) for s in stmts for n in _walk_scope(s))
+
+
+def _loop_exits(stmts: Sequence[ast.stmt]) -> list[ast.stmt]:
+    """The ``break`` and ``continue`` statements of this loop (not of loops or functions inside it)."""
+    out: list[ast.stmt] = []
+    for s in stmts:
+        if isinstance(s, (ast.Break, ast.Continue)):
+            out.append(s)
+        elif not isinstance(s, (ast.For, ast.While, ast.AsyncFor) + _SCOPES):
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                inner = getattr(s, field, None)
+                if isinstance(inner, list):
+                    out += _loop_exits([h for x in inner for h in (x.body if isinstance(x, ast.ExceptHandler)
+                                                                   else [x])])
+    return out
+
+
+def _always_exits(stmts: Sequence[ast.stmt], kind: type) -> bool:
+    """Every path through ``stmts`` ends in a ``kind`` statement (``break`` or ``continue``)."""
+    if not stmts:
+        return False
+    last = stmts[-1]
+    return isinstance(last, kind) or (isinstance(last, ast.If) and _always_exits(last.body, kind)
+                                      and _always_exits(last.orelse, kind))
+
+
+def _exits_lowered(stmts: list[ast.stmt], kind: type, replacement: Callable[[], list[ast.stmt]]) -> list[ast.stmt]:
+    """``if c: ...; continue`` followed by more statements becomes ``if c: ...`` / ``else:`` those statements
+    (as :func:`_early_returns_nested` does for ``return``), and each ``kind`` statement that ends a path is
+    replaced (``continue``: by nothing; ``break``: by setting the loop's flag)."""
+    for k, stmt in enumerate(stmts):
+        rest = stmts[k + 1:]
+        if isinstance(stmt, ast.If) and rest:
+            if _always_exits(stmt.body, kind) and not _always_exits(stmt.orelse, kind):
+                stmt.orelse = stmt.orelse + rest
+                stmts = stmts[:k + 1]
+                break
+            if _always_exits(stmt.orelse, kind) and not _always_exits(stmt.body, kind):
+                stmt.body = stmt.body + rest
+                stmts = stmts[:k + 1]
+                break
+    out: list[ast.stmt] = []
+    for stmt in stmts:
+        if isinstance(stmt, kind):
+            out += replacement()
+            break  # (what follows a break or continue never runs)
+        if isinstance(stmt, ast.If):
+            stmt.body = _exits_lowered(stmt.body, kind, replacement) or [ast.Pass()]
+            stmt.orelse = _exits_lowered(stmt.orelse, kind, replacement)
+        out.append(stmt)
+    return out
+
+
+def _always_returns(stmts: Sequence[ast.stmt]) -> bool:
+    """Every path through ``stmts`` ends in ``return`` (or ``raise``)."""
+    if not stmts:
+        return False
+    last = stmts[-1]
+    if isinstance(last, (ast.Return, ast.Raise)):
+        return True
+    return isinstance(last, ast.If) and _always_returns(last.body) and _always_returns(last.orelse)
+
+
+def _early_returns_nested(stmts: list[ast.stmt]) -> list[ast.stmt]:
+    """``if c: return a`` followed by more statements becomes ``if c: return a`` / ``else:`` those statements
+    (and the same with the branches swapped), so that an early return is an ``if`` both of whose branches
+    return: one expression, a ``cond`` when ``c`` is staged."""
+    for k, stmt in enumerate(stmts):
+        rest = stmts[k + 1:]
+        if not isinstance(stmt, ast.If) or not rest:
+            continue
+        stmt.body = _early_returns_nested(stmt.body)
+        stmt.orelse = _early_returns_nested(stmt.orelse)
+        if _always_returns(stmt.body) and not _always_returns(stmt.orelse):
+            stmt.orelse = _early_returns_nested(stmt.orelse + rest)
+            return stmts[:k + 1]
+        if _always_returns(stmt.orelse) and stmt.orelse and not _always_returns(stmt.body):
+            stmt.body = _early_returns_nested(stmt.body + rest)
+            return stmts[:k + 1]
+    return stmts
 
 
 # ------------------------------------------------------------------ the rewrite
@@ -140,11 +224,14 @@ def _current(names: Sequence[str]) -> ast.Tuple:
                            for n in names], ctx=ast.Load())
 
 
-def _function(name: str, params: Sequence[str], body: list[ast.stmt], results: Sequence[str]) -> ast.FunctionDef:
+def _function(name: str, params: Sequence[str], body: list[ast.stmt], results: Sequence[str] | None
+              ) -> ast.FunctionDef:
+    """``def name(params): body; return (results)`` (``results`` None: the body returns by itself)."""
     args = ast.arguments(posonlyargs=[], args=[ast.arg(arg=p) for p in params], vararg=None, kwonlyargs=[],
                          kw_defaults=[], kwarg=None, defaults=[])
-    return ast.FunctionDef(name=name, args=args, body=body + [ast.Return(value=_tuple(results))],
-                           decorator_list=[], returns=None, type_comment=None)
+    tail = [] if results is None else [ast.Return(value=_tuple(results))]
+    return ast.FunctionDef(name=name, args=args, body=body + tail, decorator_list=[], returns=None,
+                           type_comment=None)
 
 
 class _Rewriter(ast.NodeTransformer):
@@ -160,6 +247,7 @@ class _Rewriter(ast.NodeTransformer):
     def body(self, stmts: list[ast.stmt], live_out: set[str]) -> list[ast.stmt]:
         out: list[ast.stmt] = []
         live = set(live_out)
+        stmts = _early_returns_nested(stmts)
         for stmt in reversed(stmts):
             out[:0] = self.statement(stmt, live)
             live = (live - _surely_assigned(stmt)) | _reads(stmt)
@@ -178,11 +266,17 @@ class _Rewriter(ast.NodeTransformer):
             return [stmt]
         if isinstance(stmt, ast.If) and not _blocked([stmt]):
             return self.if_(stmt, live)
-        if isinstance(stmt, ast.While) and not stmt.orelse and not _blocked(stmt.body):
-            return self.while_(stmt, live)
-        if isinstance(stmt, ast.For) and not stmt.orelse and isinstance(stmt.target, ast.Name) \
-                and not _blocked(stmt.body):
-            return self.for_(stmt, live)
+        if isinstance(stmt, ast.If) and _always_returns(stmt.body) and _always_returns(stmt.orelse) \
+                and not _blocked([stmt], allowed=(ast.Return,)):
+            return self.returning_if(stmt)
+        if isinstance(stmt, (ast.While, ast.For)) and not stmt.orelse and (
+                isinstance(stmt, ast.While) or isinstance(stmt.target, ast.Name)):
+            flag, lowered = self.loop_exits_lowered(stmt)
+            if lowered is not None and not _blocked(lowered.body):
+                setup = [ast.Assign(targets=[_name(flag, store=True)], value=ast.Constant(False))] if flag else []
+                loop = self.while_(lowered, live, flag) if isinstance(lowered, ast.While) else \
+                    self.for_(lowered, live, flag)
+                return setup + loop
         # not rewritten: its parts still are
         inner_live = live | _reads(stmt)
         for field in ("body", "orelse", "finalbody"):
@@ -209,20 +303,58 @@ class _Rewriter(ast.NodeTransformer):
             ast.Constant(tuple(results)), ast.Constant(stmt.lineno)], keywords=[])
         return [true_fn, false_fn, self.assign(results, call)]
 
-    def while_(self, stmt: ast.While, live: set[str]) -> list[ast.stmt]:
+    def loop_exits_lowered(self, stmt: ast.While | ast.For) -> tuple[str | None, Any]:
+        """``stmt`` with its ``continue`` statements turned into moved code and its ``break`` statements into a
+        flag the loop carries (``(flag name or None, the loop)``), or ``(None, None)`` when an exit sits
+        where this cannot be done (inside a ``try``, say)."""
+        exits = _loop_exits(stmt.body)
+        if not exits:
+            return None, stmt
+        import copy
+        loop = copy.deepcopy(stmt)
+        loop.body = _exits_lowered(loop.body, ast.Continue, lambda: [])
+        flag = None
+        if any(isinstance(e, ast.Break) for e in exits):
+            flag = self.fresh("broke")
+            loop.body = _exits_lowered(loop.body, ast.Break, lambda: [
+                ast.Assign(targets=[_name(flag, store=True)], value=ast.Constant(True))])
+            # later iterations do nothing once the flag is set (a staged range cannot stop early)
+            loop.body = [ast.If(test=ast.UnaryOp(op=ast.Not(), operand=_name(flag)), body=loop.body, orelse=[])]
+        if _loop_exits(loop.body):
+            return None, None
+        loop.body = loop.body or [ast.Pass()]
+        return flag, _located(loop, stmt)
+
+    def returning_if(self, stmt: ast.If) -> list[ast.stmt]:
+        """``if c: ... return a`` / ``else: ... return b``: ``return`` of the chosen branch's value."""
+        self.changed = True
+        params = sorted(_assigned(ast.Module(body=stmt.body + stmt.orelse, type_ignores=[])))
+        true_name, false_name = self.fresh("if_true"), self.fresh("if_false")
+        true_fn = _function(true_name, params, self.body(stmt.body, set()), None)
+        false_fn = _function(false_name, params, self.body(stmt.orelse, set()), None)
+        call = ast.Call(func=_helper("if_return"), args=[
+            self.visit(stmt.test), _name(true_name), _name(false_name), _current(params), ast.Constant(stmt.lineno)],
+            keywords=[])
+        return [true_fn, false_fn, ast.Return(value=call)]
+
+    def while_(self, stmt: ast.While, live: set[str], flag: str | None = None) -> list[ast.stmt]:
         self.changed = True
         assigned = sorted(_assigned(ast.Module(body=stmt.body, type_ignores=[])))
         carried = [n for n in assigned if n in live or n in _reads(stmt.test) or n in _exposed(stmt.body)]
         test_name, body_name = self.fresh("while_test"), self.fresh("while_body")
         test_fn = _function(test_name, carried, [], [])
-        test_fn.body = [ast.Return(value=self.visit(stmt.test))]
+        test = self.visit(stmt.test)
+        if flag:  # not after a break: `not flag and test`
+            test = ast.Call(func=_helper("and_"), args=[
+                _thunk(ast.Call(func=_helper("not_"), args=[_name(flag)], keywords=[])), _thunk(test)], keywords=[])
+        test_fn.body = [ast.Return(value=test)]
         body_fn = _function(body_name, carried, self.body(stmt.body, set(carried)), carried)
         call = ast.Call(func=_helper("while_stmt"), args=[
             _name(test_name), _name(body_name), _current(carried), ast.Constant(tuple(carried)),
             ast.Constant(stmt.lineno)], keywords=[])
         return [test_fn, body_fn, self.assign(carried, call)]
 
-    def for_(self, stmt: ast.For, live: set[str]) -> list[ast.stmt]:
+    def for_(self, stmt: ast.For, live: set[str], flag: str | None = None) -> list[ast.stmt]:
         self.changed = True
         target = stmt.target.id  # type: ignore[attr-defined]
         assigned = sorted(_assigned(ast.Module(body=stmt.body, type_ignores=[])) - {target})
@@ -236,7 +368,7 @@ class _Rewriter(ast.NodeTransformer):
             iterable = ast.Call(func=_helper("range_"), args=iterable.args, keywords=iterable.keywords)
         call = ast.Call(func=_helper("for_stmt"), args=[
             iterable, _name(body_name), _current(carried), _current([target]), ast.Constant(tuple(carried)),
-            ast.Constant(target in live), ast.Constant(stmt.lineno)], keywords=[])
+            ast.Constant(target in live), ast.Constant(stmt.lineno), ast.Constant(flag)], keywords=[])
         return [body_fn, self.assign(results, call)]
 
     @staticmethod
@@ -443,6 +575,15 @@ def _run_if(test: Any, true_fn: Callable[..., tuple], false_fn: Callable[..., tu
     return cond(test, branch(true_fn), branch(false_fn))
 
 
+def if_return(test: Any, true_fn: Callable[..., Any], false_fn: Callable[..., Any], values: tuple, line: int) -> Any:
+    """``if test: ... return a`` / ``else: ... return b``: the value the chosen branch returns (``lantern.cond``
+    when ``test`` is staged: both branches' results must then have one structure, shapes and dtypes)."""
+    if not _staged(test):
+        return true_fn(*values) if test else false_fn(*values)
+    from .control import cond
+    return cond(test, lambda: true_fn(*values), lambda: false_fn(*values))
+
+
 def if_exp(test: Any, then: Callable[[], Any], otherwise: Callable[[], Any], line: int) -> Any:
     """``a if test else b``: ``lantern.where``-like ``cond`` when ``test`` is staged."""
     if not _staged(test):
@@ -520,7 +661,7 @@ def range_(*args: Any) -> Any:
 
 
 def for_stmt(iterable: Any, body: Callable[..., tuple], values: tuple, target: tuple, names: tuple[str, ...],
-             target_live: bool, line: int) -> Any:
+             target_live: bool, line: int, flag: str | None = None) -> Any:
     """``for x in iterable:`` — Python's loop over Python iterables (unrolled while tracing); over a staged
     range or the first axis of a staged tensor, ``lantern.fori_loop``."""
     values = tuple(values)
@@ -544,6 +685,9 @@ def for_stmt(iterable: Any, body: Callable[..., tuple], values: tuple, target: t
             lo, hi, item = 0, iterable.shape[0], (lambda i, xs=iterable: xs[i])
         with _naming_carried(names, "staged for loop", line):
             return tuple(fori_loop(lo, hi, lambda i, s: tuple(body(item(i), *s)), values))
+    stop = names.index(flag) if flag else None
     for x in iterable:
         values, last = tuple(body(x, *values))[:len(names)], x
+        if stop is not None and not _staged(values[stop]) and values[stop]:
+            break  # a Python break (a staged one: the remaining iterations do nothing)
     return values + ((last,) if target_live else ())

@@ -77,8 +77,8 @@ _NUMPY_HINT = ("a staged Tensor has no value while the function is traced, so Nu
                "a staged index, stage the array: lantern.asarray(array)[i] (or lantern.take(array, i))")
 
 _CONCRETE_HINT = ("a staged Tensor has no value while the function is traced. A staged function's own "
-                  "if/while/for on it are rewritten to lantern.cond/while_loop/fori_loop, except those holding "
-                  "break, continue or return (and code in functions it calls); there, use "
+                  "if/while/for on it are rewritten to lantern.cond/while_loop/fori_loop, except a return inside a "
+                  "loop, and code in functions it calls; there, use "
                   "lantern.cond(pred, true_fn, false_fn, *operands) or lantern.where, and lantern.while_loop or "
                   "lantern.fori_loop for a loop whose trip count depends on it")
 

@@ -219,23 +219,94 @@ def test_the_rewrite_can_be_turned_off_and_shown():
     assert lantern.stage(lambda x: x + 1).lower(np.ones(2)).converted_source is None
 
 
-def test_statements_with_break_or_return_stay_python():
-    def early(x):
-        for i in range(5):
-            if i == 3:
-                break
-            x = x + i
-        return x
+def early_exits(x, n):
+    total = x[0] * 0.0
+    for i in range(n):
+        if total > 5.0:
+            break
+        if x[i % 3] < 0:
+            continue
+        total = total + x[i % 3] * x[i % 3]
+    k = 0
+    while True:
+        k = k + 1
+        if k * total > 20.0:
+            break
+    return total * k
 
-    np.testing.assert_array_equal(lantern.stage(early)(np.zeros(2)), [3.0, 3.0])  # Python values: fine
 
-    def staged_return(x):
+def _early_exits_ref(x, n):
+    total = 0.0
+    for i in range(n):
+        if total > 5.0:
+            break
+        if x[i % 3] < 0:
+            continue
+        total = total + x[i % 3] ** 2
+    k = 0
+    while True:
+        k += 1
+        if k * total > 20.0:
+            break
+    return total * k
+
+
+@pytest.mark.parametrize("n", [1, 3, 10])
+def test_break_and_continue_on_staged_and_python_values(n):
+    x = np.array([1.5, -1.0, 2.0])
+    want = _early_exits_ref(x, n)
+    np.testing.assert_allclose(lantern.stage(early_exits)(x, np.int64(n)), want, rtol=1e-12)  # staged range
+    np.testing.assert_allclose(lantern.stage(early_exits)(x, n), want, rtol=1e-12)            # Python range
+    check_grads(early_exits, x, np.int64(n))
+
+
+def signed(x):
+    if x.sum() > 0:
+        return x * 2.0
+    y = x - 1.0
+    if y[0] > -1.5:
+        return y
+    return -y
+
+
+def leaf_or_branches(left, right, vals, node):
+    if left[node] < 0:
+        return vals[node]
+    return vals[node] + leaf_or_branches(left, right, vals, left[node]) \
+        + leaf_or_branches(left, right, vals, right[node])
+
+
+leaf_or_branches = lantern.stage(leaf_or_branches)
+
+
+def test_early_returns_become_one_cond():
+    for x in (np.array([1.0, 2.0]), np.array([-0.2, -1.0]), np.array([-3.0, 1.0])):
+        want = x * 2 if x.sum() > 0 else (x - 1 if x[0] - 1 > -1.5 else 1 - x)
+        check_staged(signed, x, expected=want)
+        check_grads(lambda x: lantern.sum(lantern.stage(signed)(x) * np.array([1.0, -0.5])), x)
+    left, right = np.array([1, 3, -1, -1, -1]), np.array([2, 4, -1, -1, -1])
+    assert float(leaf_or_branches(left, right, np.arange(5.0), np.int64(0))) == 10.0  # "recursion reads naturally"
+    np.testing.assert_array_equal(lantern.grad(lambda v: leaf_or_branches(left, right, v, np.int64(0)))(np.arange(5.0)),
+                                  np.ones(5))
+
+    def mismatched(x):
         if x.sum() > 0:
             return x
-        return -x
+        return x.sum()
 
-    with pytest.raises(lantern.ConcretizationError, match="except those holding break, continue or return"):
-        lantern.stage(staged_return)(np.ones(2))
+    with pytest.raises(lantern.ShapeError, match="cond"):
+        lantern.stage(mismatched)(np.ones(2))
+
+
+def test_a_return_inside_a_loop_stays_python():
+    def first_positive(x):
+        for i in range(3):
+            if x[i] > 0:
+                return x[i]
+        return x[0] * 0.0
+
+    with pytest.raises(lantern.ConcretizationError, match="return inside a loop"):
+        lantern.stage(first_positive)(np.array([-1.0, 2.0, 3.0]))
 
 
 def test_a_function_without_source_warns_once():

@@ -111,9 +111,8 @@ def test_where_with_bool_condition_is_fine():
 
 # ------------------------------------------------------------------ concretization
 
-def test_python_if_with_return_on_staged_value():
-    # (an if holding a return is not rewritten yet: tests/test_python_control_flow.py)
-    @lantern.stage
+def test_python_if_on_staged_value_without_the_rewrite():
+    @lantern.stage(python_control_flow=False)
     def f(x):
         if x.sum() > 0:  # LINE:if
             return x
