@@ -38,6 +38,8 @@ from .tracing import with_location
 __all__ = ["convert", "converted_source"]
 
 _HELPER = "__lantern_cf__"
+#: Calls that look at their caller's frame: left as they are (through a helper they would see the helper's).
+_FRAME_FUNCTIONS = frozenset({"super", "locals", "globals", "vars", "eval", "exec", "dir"})
 _BLOCKERS = (ast.Break, ast.Continue, ast.Return, ast.Yield, ast.YieldFrom, ast.Await, ast.Try, ast.With,
              ast.AsyncWith, ast.Global, ast.Nonlocal)
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.ListComp, ast.SetComp,
@@ -363,9 +365,11 @@ class _Rewriter(ast.NodeTransformer):
         body_name = self.fresh("for_body")
         body = self.body(stmt.body, set(results))
         body_fn = _function(body_name, [target] + carried, body, results)
-        iterable = self.visit(stmt.iter)
-        if isinstance(iterable, ast.Call) and isinstance(iterable.func, ast.Name) and iterable.func.id == "range":
-            iterable = ast.Call(func=_helper("range_"), args=iterable.args, keywords=iterable.keywords)
+        if isinstance(stmt.iter, ast.Call) and isinstance(stmt.iter.func, ast.Name) and stmt.iter.func.id == "range":
+            iterable: ast.expr = ast.Call(func=_helper("range_"), args=[self.visit(a) for a in stmt.iter.args],
+                                          keywords=[self.visit(k) for k in stmt.iter.keywords])
+        else:
+            iterable = self.visit(stmt.iter)
         call = ast.Call(func=_helper("for_stmt"), args=[
             iterable, _name(body_name), _current(carried), _current([target]), ast.Constant(tuple(carried)),
             ast.Constant(target in live), ast.Constant(stmt.lineno), ast.Constant(flag)], keywords=[])
@@ -399,6 +403,13 @@ class _Rewriter(ast.NodeTransformer):
     def visit_Lambda(self, node: ast.Lambda) -> ast.AST:
         node.body = self.visit(node.body)
         return node
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        """``f(...)`` becomes ``call(f, ...)``: a function of the user's that ``f`` is runs rewritten too."""
+        node = self.generic_visit(node)  # type: ignore[assignment]
+        if isinstance(node.func, ast.Name) and node.func.id in _FRAME_FUNCTIONS:
+            return node
+        return ast.Call(func=_helper("call"), args=[node.func, *node.args], keywords=node.keywords)
 
 
 def _located(node: ast.AST, origin: ast.AST) -> Any:
@@ -440,15 +451,15 @@ def _parse(fn: Callable[..., Any]) -> tuple[ast.FunctionDef, str, int] | None:
     return node, text, first
 
 
-def convert(fn: Callable[..., Any]) -> Callable[..., Any] | None:
+def convert(fn: Callable[..., Any], warn: bool = True) -> Callable[..., Any] | None:
     """``fn`` with its Python control flow rewritten (see the module docstring), or None when there is
-    nothing to rewrite or the source cannot be read (then ``fn`` runs as it is)."""
+    nothing to rewrite or the source cannot be read (then ``fn`` runs as it is; ``warn``: say so once)."""
     if not isinstance(fn, types.FunctionType) or fn.__name__ == "<lambda>" or fn.__code__.co_flags & (
             inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR):
         return None
     parsed = _parse(fn)
     if parsed is None:
-        if fn.__qualname__ not in _warned_about and _has_branches(fn):
+        if warn and fn.__qualname__ not in _warned_about and _has_branches(fn):
             _warned_about.add(fn.__qualname__)
             warnings.warn(f"lantern: the source of {fn.__qualname__} cannot be read (defined in a REPL or generated): "
                           "its Python if/while/for run as plain Python, so a staged condition there is an error; "
@@ -488,6 +499,49 @@ def _has_branches(fn: Callable[..., Any]) -> bool:
     """Whether ``fn``'s bytecode jumps (an if, a loop, and/or), so a missing source matters."""
     import dis
     return any("JUMP" in ins.opname for ins in dis.get_instructions(fn))
+
+
+_converted: dict[types.CodeType, Callable[..., Any] | None] = {}
+
+
+def _users(fn: Any) -> bool:
+    """A plain function of the user's: not lantern's, not the standard library's or an installed package's."""
+    if not isinstance(fn, types.FunctionType) or fn.__name__ == "<lambda>":
+        return False
+    from .trace_cache import _trusted_file
+    return not _trusted_file(fn.__code__.co_filename) and not fn.__code__.co_filename.startswith("<")
+
+
+def call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, with ``fn``'s own if/while/for rewritten when it is a function of the user's
+    (converted once per function; the rest is called as it is)."""
+    target, bound = (fn.__func__, fn.__self__) if isinstance(fn, types.MethodType) else (fn, None)
+    if not _users(target):
+        return fn(*args, **kwargs)
+    code = target.__code__
+    if code not in _converted:
+        _converted[code] = convert(target, warn=False)
+    new = _converted[code]
+    if new is None:
+        return fn(*args, **kwargs)
+    if new.__closure__ != _closure_of(target, new) or new.__defaults__ != target.__defaults__:
+        new = _rebuilt(new, target)  # the same code for another closure (a function made in a loop, say)
+    return new(bound, *args, **kwargs) if bound is not None else new(*args, **kwargs)
+
+
+def _closure_of(original: types.FunctionType, new: types.FunctionType) -> tuple | None:
+    cells = dict(zip(original.__code__.co_freevars, original.__closure__ or ()))
+    cells[_HELPER] = None
+    return tuple(cells.get(n) if n != _HELPER else c for n, c in zip(new.__code__.co_freevars, new.__closure__ or ()))
+
+
+def _rebuilt(new: types.FunctionType, original: types.FunctionType) -> types.FunctionType:
+    """``new``'s rewritten code with ``original``'s closure cells and defaults."""
+    cells = dict(zip(original.__code__.co_freevars, original.__closure__ or ()))
+    closure = tuple(cells.get(n, c) for n, c in zip(new.__code__.co_freevars, new.__closure__ or ()))
+    out = types.FunctionType(new.__code__, original.__globals__, original.__name__, original.__defaults__, closure)
+    out.__kwdefaults__ = original.__kwdefaults__
+    return out
 
 
 def converted_source(fn: Callable[..., Any]) -> str | None:

@@ -76,9 +76,9 @@ _NUMPY_HINT = ("a staged Tensor has no value while the function is traced, so Nu
                "lantern function of the same name (lantern.sum, lantern.exp, ...); to index a NumPy array with "
                "a staged index, stage the array: lantern.asarray(array)[i] (or lantern.take(array, i))")
 
-_CONCRETE_HINT = ("a staged Tensor has no value while the function is traced. A staged function's own "
-                  "if/while/for on it are rewritten to lantern.cond/while_loop/fori_loop, except a return inside a "
-                  "loop, and code in functions it calls; there, use "
+_CONCRETE_HINT = ("a staged Tensor has no value while the function is traced. Your if/while/for on it are "
+                  "rewritten to lantern.cond/while_loop/fori_loop, except a return inside a loop and code whose "
+                  "source cannot be read; there, use "
                   "lantern.cond(pred, true_fn, false_fn, *operands) or lantern.where, and lantern.while_loop or "
                   "lantern.fori_loop for a loop whose trip count depends on it")
 

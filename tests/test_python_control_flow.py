@@ -215,7 +215,7 @@ def test_the_rewrite_can_be_turned_off_and_shown():
     with pytest.raises(lantern.ConcretizationError):
         lantern.stage(f, python_control_flow=False)(np.ones(2))
     source = lantern.stage(f).lower(np.ones(2)).converted_source
-    assert "__lantern_cf__.if_stmt(x.sum() > 0" in source
+    assert "__lantern_cf__.if_stmt(__lantern_cf__.call(x.sum) > 0" in source
     assert lantern.stage(lambda x: x + 1).lower(np.ones(2)).converted_source is None
 
 
@@ -320,3 +320,40 @@ def test_a_function_without_source_warns_once():
     assert "nosource" in str(caught[0].message)
     with pytest.raises(lantern.ConcretizationError):
         staged(np.ones(2))
+
+
+def _clip_helper(v, limit):
+    """A plain function of the user's, called from staged code: rewritten too."""
+    if v.max() > limit:
+        v = v * (limit / v.max())
+    return v
+
+
+class _Scaler:
+    def __init__(self, factor):
+        self.factor = factor
+
+    def apply(self, v):
+        while v.sum() < 10.0:
+            v = v * self.factor
+        return v
+
+
+def test_functions_the_staged_function_calls_are_rewritten_too():
+    def model(x):
+        scalers = [_Scaler(f) for f in (2.0, 3.0)]
+        makers = [lambda v, k=k: v + k for k in (1.0, 2.0)]
+        y = _clip_helper(x, 4.0)
+        for s in scalers:
+            y = s.apply(y)
+        return makers[1](y)
+
+    def ref(x):
+        y = x * (4.0 / x.max()) if x.max() > 4.0 else x
+        for f in (2.0, 3.0):
+            while y.sum() < 10.0:
+                y = y * f
+        return y + 2.0
+
+    for x in (np.array([1.0, 8.0]), np.array([0.5, 1.0])):
+        np.testing.assert_allclose(lantern.stage(model)(x), ref(x), rtol=1e-12)
