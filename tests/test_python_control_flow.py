@@ -357,3 +357,34 @@ def test_functions_the_staged_function_calls_are_rewritten_too():
 
     for x in (np.array([1.0, 8.0]), np.array([0.5, 1.0])):
         np.testing.assert_allclose(lantern.stage(model)(x), ref(x), rtol=1e-12)
+
+
+def _rnn_plain(h, xs, w, n):
+    for i in range(n):
+        h = lantern.tanh(h @ w + xs[i])
+    if lantern.sum(h) > 0:
+        h = h * 2.0
+    else:
+        h = -h
+    return lantern.sum(h)
+
+
+def _rnn_combinators(h, xs, w, n):
+    h = lantern.fori_loop(0, n, lambda i, h: lantern.tanh(h @ w + xs[i]), h)
+    h = lantern.cond(lantern.sum(h) > 0, lambda h: h * 2.0, lambda h: -h, h)
+    return lantern.sum(h)
+
+
+def _shape_of_ir(ir: str) -> str:
+    """The IR with every variable and function renamed in order of appearance, and the locations dropped."""
+    names: dict[str, str] = {}
+    ir = re.sub(r"%[A-Za-z_]\w*", lambda m: names.setdefault(m.group(0), f"%v{len(names)}"), ir)
+    return re.sub(r"@\w+", "@f", re.sub(r"#.*", "", ir))
+
+
+def test_plain_python_and_combinators_compile_to_the_same_ir():
+    """So the C and its speed are the same (benchmarks/plain_python_control_flow.py measures it too)."""
+    args = (np.zeros(3), np.ones((5, 3)), np.eye(3) * 0.5, np.int64(5))
+    for wrap in (lantern.stage, lambda f: lantern.stage(lantern.value_and_grad(f, argnums=2))):
+        plain, combinators = (_shape_of_ir(wrap(f).lower(*args).optimized_ir) for f in (_rnn_plain, _rnn_combinators))
+        assert plain == combinators
