@@ -13,7 +13,7 @@ from .eager import disable_stage, eager as _eager
 from .errors import (ArgumentError, CacheWarning, CompileError, CompilerNotFoundError, CompilerTimeoutError,
                      ConcretizationError, DTypeError, IRVerificationError, LanternError, LanternWarning,
                      NativeError, NonFiniteError, OutOfBoundsError, RecompileWarning, RecursionDepthError, ShapeError,
-                     TraceError, UnrolledLoopWarning)
+                     SourceUnavailableWarning, TraceError, UnrolledLoopWarning)
 from .ops import (abs, add, arange, arccos, arcsin, arctan, arctan2, argmax, argmin, asarray, astype, broadcast_to,
                   clip, concatenate, constant, cos, cosh, divide, dot, elu, equal, erf, exp, expand_dims, expm1, floor,
                   floor_divide, full, full_like, gelu, greater, greater_equal, isfinite, isinf, isnan, leaky_relu,

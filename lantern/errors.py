@@ -67,6 +67,11 @@ class RecompileWarning(LanternWarning):
     or an argument whose shape keeps changing (the message says which, and what to do)."""
 
 
+class SourceUnavailableWarning(LanternWarning):
+    """A staged function's source cannot be read (a REPL, ``exec``), so its Python ``if``/``while``/``for``
+    are not rewritten: on a staged value they are a ``ConcretizationError``."""
+
+
 class UnrolledLoopWarning(LanternWarning):
     """A Python loop ran many times while a function was traced, so its body was copied into the
     generated code once per iteration (slow to compile); ``lantern.fori_loop`` compiles it once."""

@@ -31,7 +31,7 @@ import types
 import warnings
 from typing import Any, Callable, Sequence
 
-from .errors import LanternWarning, TraceError
+from .errors import SourceUnavailableWarning, TraceError
 from .source import Loc
 from .tracing import with_location
 
@@ -427,10 +427,6 @@ def _thunk(expr: ast.expr) -> ast.Lambda:
 
 
 # ------------------------------------------------------------------ converting a function
-
-class SourceUnavailableWarning(LanternWarning):
-    """A staged function's source cannot be read, so its Python ``if``/``while``/``for`` stay Python."""
-
 
 _warned_about: set[str] = set()
 
