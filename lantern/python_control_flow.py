@@ -24,6 +24,7 @@ import ast
 import contextlib
 import functools
 import inspect
+import linecache
 import re
 import sys
 import textwrap
@@ -384,20 +385,21 @@ class _Rewriter(ast.NodeTransformer):
     # -- expressions
     def visit_IfExp(self, node: ast.IfExp) -> ast.AST:
         self.changed = True
-        return ast.Call(func=_helper("if_exp"), args=[
+        return _located(ast.Call(func=_helper("if_exp"), args=[
             self.visit(node.test), _thunk(self.visit(node.body)), _thunk(self.visit(node.orelse)),
-            ast.Constant(node.lineno)], keywords=[])
+            ast.Constant(node.lineno)], keywords=[]), node)
 
     def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
         self.changed = True
         attr = "and_" if isinstance(node.op, ast.And) else "or_"
-        return ast.Call(func=_helper(attr), args=[_thunk(self.visit(v)) for v in node.values], keywords=[])
+        return _located(ast.Call(func=_helper(attr), args=[_thunk(self.visit(v)) for v in node.values], keywords=[]),
+                        node)
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
         node = self.generic_visit(node)  # type: ignore[assignment]
         if isinstance(node.op, ast.Not):
             self.changed = True
-            return ast.Call(func=_helper("not_"), args=[node.operand], keywords=[])
+            return _located(ast.Call(func=_helper("not_"), args=[node.operand], keywords=[]), node)
         return node
 
     def visit_Lambda(self, node: ast.Lambda) -> ast.AST:
@@ -409,7 +411,8 @@ class _Rewriter(ast.NodeTransformer):
         node = self.generic_visit(node)  # type: ignore[assignment]
         if isinstance(node.func, ast.Name) and node.func.id in _FRAME_FUNCTIONS:
             return node
-        return ast.Call(func=_helper("call"), args=[node.func, *node.args], keywords=node.keywords)
+        self.changed = True  # (a function without if/while/for may still call one that has them)
+        return _located(ast.Call(func=_helper("call"), args=[node.func, *node.args], keywords=node.keywords), node)
 
 
 def _located(node: ast.AST, origin: ast.AST) -> Any:
@@ -451,7 +454,8 @@ def convert(fn: Callable[..., Any], warn: bool = True) -> Callable[..., Any] | N
     """``fn`` with its Python control flow rewritten (see the module docstring), or None when there is
     nothing to rewrite or the source cannot be read (then ``fn`` runs as it is; ``warn``: say so once)."""
     if not isinstance(fn, types.FunctionType) or fn.__name__ == "<lambda>" or fn.__code__.co_flags & (
-            inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR):
+            inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR) \
+            or _HELPER in fn.__code__.co_freevars:  # (already rewritten)
         return None
     parsed = _parse(fn)
     if parsed is None:
@@ -505,7 +509,10 @@ def _users(fn: Any) -> bool:
     if not isinstance(fn, types.FunctionType) or fn.__name__ == "<lambda>":
         return False
     from .trace_cache import _trusted_file
-    return not _trusted_file(fn.__code__.co_filename) and not fn.__code__.co_filename.startswith("<")
+    file = fn.__code__.co_filename
+    if file.startswith("<"):  # generated code: the user's if its lines were registered (linecache)
+        return not file.startswith("<frozen") and bool(linecache.getlines(file))
+    return not _trusted_file(file)
 
 
 def call(fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -743,7 +743,9 @@ def _expr(tmpl: str, args: list[str]) -> str:
     return tmpl.format(*args)
 
 
-def _render_block(stmts: list, ind: str, out: list[str]) -> None:
+def _render_block(stmts: list, ind: str, out: list[str], plain: bool = False) -> None:
+    """``stmts`` as Python source; ``plain``: control flow as Python ``if``/``for``/``while`` statements
+    (rewritten by ``@lantern.stage``), else as ``lantern.cond``/``fori_loop``/``while_loop`` calls."""
     for s in stmts:
         k = s["k"]
         if k == "let":
@@ -754,6 +756,8 @@ def _render_block(stmts: list, ind: str, out: list[str]) -> None:
         if k == "zeros":
             for o in s["outs"]:
                 out.append(f"{ind}{o['name']} = lantern.zeros({tuple(o['shape'])}, '{o['dtype']}')")
+        elif plain and k in ("cond", "fori", "while"):
+            _render_plain(s, names, ind, out)
         elif k == "cond":
             for which, body, res in (("t", s["then"], s["then_res"]), ("f", s["else_"], s["else_res"])):
                 out.append(f"{ind}def _{which}_{names[0]}():")
@@ -769,11 +773,7 @@ def _render_block(stmts: list, ind: str, out: list[str]) -> None:
             hi = _expr(s["hi"], s["hi_args"])
             out.append(f"{ind}{lhs} = lantern.fori_loop({s['lo']}, {hi}, _body_{names[0]}, ({', '.join(s['init'])},))")
         elif k == "while":
-            hi = _expr(s["hi"], s["hi_args"])
-            c0 = s["cparams"][0]
-            stop = f"{s['kvar']} < {hi}"
-            if s.get("data_stop"):
-                stop = f"lantern.logical_and({stop}, lantern.sum({c0} * {c0}) < 40.0)"
+            stop = _while_stop(s, lambda a, b: f"lantern.logical_and({a}, {b})")
             out.append(f"{ind}def _cond_{names[0]}(_state):")
             out.append(f"{ind}    {s['kvar']}, {', '.join(s['cparams'])}, = _state")
             out.append(f"{ind}    return {stop}")
@@ -789,10 +789,44 @@ def _render_block(stmts: list, ind: str, out: list[str]) -> None:
             raise ValueError(f"unknown statement kind {k!r}")
 
 
-def _render_function(fn: dict, staged: bool) -> list[str]:
+def _while_stop(s: dict, both: Callable[[str, str], str]) -> str:
+    """A ``while`` statement's test: the counter below its bound (and, with ``data_stop``, a data test)."""
+    stop = f"{s['kvar']} < {_expr(s['hi'], s['hi_args'])}"
+    c0 = s["cparams"][0]
+    return both(stop, f"lantern.sum({c0} * {c0}) < 40.0") if s.get("data_stop") else stop
+
+
+def _render_plain(s: dict, names: list[str], ind: str, out: list[str]) -> None:
+    """A ``cond``/``fori``/``while`` statement as the Python statement a user would write."""
+    def assign(targets: list[str], values: list[str], at: str) -> None:
+        out.append(f"{at}{', '.join(targets)}, = ({', '.join(values)},)")
+
+    if s["k"] == "cond":
+        out.append(f"{ind}if {_expr(s['pred'], s['pred_args'])}:")
+        _render_block(s["then"], ind + "    ", out, plain=True)
+        assign(names, s["then_res"], ind + "    ")
+        out.append(f"{ind}else:")
+        _render_block(s["else_"], ind + "    ", out, plain=True)
+        assign(names, s["else_res"], ind + "    ")
+        return
+    assign(s["cparams"], s["init"], ind)
+    hi = _expr(s["hi"], s["hi_args"])
+    if s["k"] == "fori":
+        out.append(f"{ind}for {s['ivar']} in range({s['lo']}, {hi}):")
+    else:
+        out.append(f"{ind}{s['kvar']} = np.int64(0)")
+        out.append(f"{ind}while {_while_stop(s, lambda a, b: f'({a}) and {b}')}:")
+    _render_block(s["body"], ind + "    ", out, plain=True)
+    assign(s["cparams"], s["res"], ind + "    ")
+    if s["k"] == "while":
+        out.append(f"{ind}    {s['kvar']} = {s['kvar']} + 1")
+    assign(names, s["cparams"], ind)
+
+
+def _render_function(fn: dict, staged: bool, plain: bool = False) -> list[str]:
     out = ["@lantern.stage"] if staged else []
     out.append(f"def {fn['name']}({', '.join(p['name'] for p in fn['params'])}):")
-    _render_block(fn["body"], "    ", out)
+    _render_block(fn["body"], "    ", out, plain)
     one = staged and len(fn["res"]) == 1  # a staged function returns one value or a tuple
     out.append(f"    return {fn['res'][0]}" if one else f"    return ({', '.join(fn['res'])},)")
     return out
@@ -803,9 +837,10 @@ def render(programs: list[Program]) -> str:
     returns (outputs, per-program losses, gradients of the summed loss w.r.t. ``floats``)."""
     lines = ["import numpy as np", "import lantern", ""]
     for p in programs:
+        plain = p["index"] % 2 == 1  # every other program written with Python if/for/while (issue 15)
         for fn in p["functions"]:
-            lines += _render_function(fn, staged=True) + [""]
-        lines += _render_function(p["main"], staged=False) + [""]
+            lines += _render_function(fn, staged=True, plain=plain) + [""]
+        lines += _render_function(p["main"], staged=False, plain=plain) + [""]
     lines.append("def _losses(floats, ints, weights):")
     lines.append("    outs, losses = [], []")
     for j, p in enumerate(programs):
