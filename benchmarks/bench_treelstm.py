@@ -78,23 +78,20 @@ def lantern_step():
 
     @lantern.stage
     def tree(p, emb, words, left, right, labels, node):
-        """(h, c, summed loss of the subtree) of ``node``."""
-        def leaf():
+        """(h, c, summed loss of the subtree) of ``node``, in plain Python: the ``if`` on the staged child
+        index is staged as a ``lantern.cond`` (issue 15; the same IR as writing the ``cond``)."""
+        if left[node] < 0:
             g = emb[words[node]] @ p["Wx"] + p["bx"]
             c = lantern.sigmoid(g[:H]) * lantern.tanh(g[2 * H:])
             h = lantern.sigmoid(g[H:2 * H]) * lantern.tanh(c)
             return h, c, node_loss(p, h, labels[node])
-
-        def inner():
-            hl, cl, ll = tree(p, emb, words, left, right, labels, left[node])
-            hr, cr, lr = tree(p, emb, words, left, right, labels, right[node])
-            g = lantern.concatenate([hl, hr]) @ p["U"] + p["bu"]
-            c = (lantern.sigmoid(g[:H]) * lantern.tanh(g[4 * H:]) + lantern.sigmoid(g[H:2 * H]) * cl
-                 + lantern.sigmoid(g[2 * H:3 * H]) * cr)
-            h = lantern.sigmoid(g[3 * H:4 * H]) * lantern.tanh(c)
-            return h, c, ll + lr + node_loss(p, h, labels[node])
-
-        return lantern.cond(left[node] < 0, leaf, inner)
+        hl, cl, ll = tree(p, emb, words, left, right, labels, left[node])
+        hr, cr, lr = tree(p, emb, words, left, right, labels, right[node])
+        g = lantern.concatenate([hl, hr]) @ p["U"] + p["bu"]
+        c = (lantern.sigmoid(g[:H]) * lantern.tanh(g[4 * H:]) + lantern.sigmoid(g[H:2 * H]) * cl
+             + lantern.sigmoid(g[2 * H:3 * H]) * cr)
+        h = lantern.sigmoid(g[3 * H:4 * H]) * lantern.tanh(c)
+        return h, c, ll + lr + node_loss(p, h, labels[node])
 
     def loss_fn(p, emb, words, left, right, labels):
         return tree(p, emb, words, left, right, labels, lantern.asarray(np.int64(0)))[2]
