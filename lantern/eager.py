@@ -38,11 +38,13 @@ def _env_disabled() -> bool:
 
 
 _DISABLED_BY_ENV = _env_disabled()  # read once, when lantern is imported
+#: False while no thread can have staging disabled: the per-call check is then one global read
+may_be_disabled = _DISABLED_BY_ENV
 
 
 def stage_disabled() -> bool:
     """Whether staged functions run as plain Python on this thread (:func:`disable_stage`)."""
-    return getattr(_state, "disabled", _DISABLED_BY_ENV)
+    return may_be_disabled and getattr(_state, "disabled", _DISABLED_BY_ENV)
 
 
 @contextlib.contextmanager
@@ -56,7 +58,9 @@ def disable_stage(disable: bool = True) -> Iterator[None]:
     in the environment (read when lantern is imported) does the same for the whole process;
     ``disable_stage(False)`` turns it off inside.
     """
+    global may_be_disabled
     previous = stage_disabled()
+    may_be_disabled = may_be_disabled or disable  # (stays set: other threads may still be inside)
     _state.disabled = disable
     try:
         yield

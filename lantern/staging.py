@@ -393,7 +393,7 @@ class Staged:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if current_frame() is not None:
             return self._call_while_tracing(args, kwargs)
-        if eager.stage_disabled():
+        if eager.may_be_disabled and eager.stage_disabled():
             return self._call_unstaged(args, kwargs)
         if kwargs or not self._simple or len(args) != len(self._param_names):
             exe, leaves = self._specialize(args, kwargs)
