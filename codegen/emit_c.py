@@ -20,6 +20,7 @@ Storage of a variable:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ from lantern.ir.names import Namer
 from lantern.ir.passes import recursive_functions
 from lantern.ir.primitives import ELEMENTWISE, PRIMITIVES
 from lantern.ir.printer import format_function
+from lantern.ir.symbolic import Size
 from lantern.ir.types import FnType, TensorType
 from lantern.runtime import ERROR_CODES
 from lantern.source import Loc
@@ -66,6 +68,20 @@ class CSource:
     num_inputs: int
     num_outputs: int
     uses_blas: bool
+    #: the run-time sizes ``lantern_entry`` takes after the results, in order: (name, input, axis) of
+    #: where a call's value is read
+    sizes: tuple[tuple[str, int, int], ...] = ()
+
+
+def entry_sizes(module: Module) -> tuple[tuple[str, int, int], ...]:
+    """The size variables of ``module`` (``ir/symbolic.py``), each with the first entry parameter axis that
+    is exactly it: where its value comes from in a call."""
+    found: dict[str, tuple[str, int, int]] = {}
+    for k, p in enumerate(module.entry_function.body.params):
+        for axis, d in enumerate(p.type.shape):  # type: ignore[union-attr]
+            if isinstance(d, Size) and d.variable:
+                found.setdefault(d.variable, (d.variable, k, axis))
+    return tuple(found.values())
 
 
 class FunctionEmitter(KernelContext):
@@ -130,7 +146,8 @@ class FunctionEmitter(KernelContext):
         names = [self.name(p) for p in body.params] + [f"result{k}" for k in range(len(self.fn.result_types or ()))]
         unused = [f"    (void){name}; /* not needed by this signature */" for name in names
                   if name not in self.referenced]
-        return [self.signature(), "{", *unused, *self.env_prologue(), *self.c.lines, "}"]
+        return [self.signature(), "{", *unused, *self.env_prologue(), *self.m.size_prologue(self.c.lines),
+                *self.c.lines, "}"]
 
     def env_prologue(self) -> list[str]:
         """A lambda body's first lines: its environment, and a local copy of each pointer it reads from it.
@@ -367,6 +384,7 @@ class ModuleEmitter:
         self.lambdas: list[tuple[str, list[str], Loc]] = []
         self._lambda_count = 0
         self.plan = lower_module(module)  # destinations, accumulate-into, literals, closure captures
+        self.sizes = entry_sizes(module)  # run-time sizes, in the order lantern_entry receives them
 
     def cont_type(self, t: FnType) -> str:
         """The C closure type for continuations of type ``t`` (declared once per type)."""
@@ -380,6 +398,13 @@ class ModuleEmitter:
             self.typedefs.append(f"/* a continuation {t} */\ntypedef struct {{\n    void (*fn)({', '.join(args)});\n"
                                  f"    void *env;\n}} {name};")
         return name
+
+    def size_prologue(self, lines: list[str]) -> list[str]:
+        """Local copies of the run-time sizes a function's ``lines`` read (set per call by ``lantern_entry``)."""
+        text = "\n".join(lines)
+        params = self.module.entry_function.body.params
+        return [f"    const int64_t {name} = lt_size[{k}]; /* {params[i].hint}.shape[{axis}] */"
+                for k, (name, i, axis) in enumerate(self.sizes) if re.search(rf"\b{name}\b", text)]
 
     def next_lambda(self) -> int:
         self._lambda_count += 1
@@ -408,6 +433,7 @@ class ModuleEmitter:
             prototypes.append(signature + ";")
         params = [f"void *{self.names(p)}" for p in entry.body.params]
         params += [f"void *result{k}" for k in range(len(entry.result_types or ()))]
+        params += ["const void *sizes"] if self.sizes else []
         args = [f"({C_TYPE[p.type.dtype]} *)arg[{k}]" for k, p in enumerate(entry.body.params)]  # type: ignore[union-attr]
         args += [f"({C_TYPE[t.dtype]} *)arg[{len(entry.body.params) + k}]"  # type: ignore[union-attr]
                  for k, t in enumerate(entry.result_types or ())]
@@ -441,6 +467,7 @@ class ModuleEmitter:
             f"int lantern_entry({', '.join(params) or 'void'})",
             "{",
             f"    void *arg[] = {{ {', '.join(pointers)} }};" if pointers else "    void **arg = NULL;",
+            *(["    memcpy(lt_size, sizes, sizeof lt_size); /* this call's run-time sizes */"] if self.sizes else []),
             f"    return lt_run_entry(run_entry, arg, {int(deep)}{' /* recursion: on the own stack */' if deep else ''});",
             "}",
             "",
@@ -465,6 +492,10 @@ class ModuleEmitter:
         ]
         includes = (["#define LANTERN_USE_BLAS"] if self.uses_blas else []) + ['#include "lantern_runtime.h"']
         parts = ["\n".join(header), "\n".join(includes)]
+        if self.sizes:
+            names = ", ".join(name for name, _, _ in self.sizes)
+            parts.append(f"/* The run-time sizes of this call ({names}): see lantern_entry. */\n"
+                         f"static _Thread_local int64_t lt_size[{len(self.sizes)}];")
         if self.constants:
             parts.append("\n".join(self.constants))
         if self.typedefs:
@@ -475,7 +506,8 @@ class ModuleEmitter:
         parts.extend(bodies)
         parts.append("\n".join(wrapper))
         text = "\n\n".join(parts) + "\n"
-        return CSource(text, "lantern_entry", len(entry.body.params), len(entry.result_types or ()), self.uses_blas)
+        return CSource(text, "lantern_entry", len(entry.body.params), len(entry.result_types or ()), self.uses_blas,
+                       self.sizes)
 
 
 def emit_module(module: Module, title: str, options: EmitOptions = EmitOptions()) -> CSource:

@@ -14,6 +14,7 @@ import cffi
 import numpy as np
 
 from lantern.errors import NativeError, NonFiniteError, OutOfBoundsError, RecursionDepthError
+from lantern.ir.symbolic import evaluate_shape
 from lantern.ir.types import TensorType
 from lantern.runtime import ERROR_CODES
 
@@ -114,9 +115,11 @@ class NativeFunction:
         self.artifact_key = artifact.key
         self.entry, self.num_inputs, self.uses_blas = source.entry, source.num_inputs, source.uses_blas
         self._out_specs = [(t.shape, np.dtype(t.dtype)) for t in out_types]
+        #: run-time sizes: (name, input, axis) where each one's value is read (``CSource.sizes``)
+        self._sizes = source.sizes
         if source.uses_blas:
             _configure_blas()
-        ffi = self._ffi = _ffi(source.num_inputs + source.num_outputs)
+        ffi = self._ffi = _ffi(source.num_inputs + source.num_outputs + bool(source.sizes))
         if debug_mode():
             _require_sanitizer_runtime()
         self._lib = ffi.dlopen(artifact.so_path)
@@ -131,6 +134,8 @@ class NativeFunction:
     def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """Run on C-contiguous, aligned, native-order ``arrays`` (the caller checked them); fresh results."""
         fb = self._from_buffer
+        if self._sizes:
+            return self._call_with_sizes(arrays)
         if len(self._out_specs) == 1:  # the common case, without a second list
             shape, dtype = self._out_specs[0]
             out = np.empty(shape, dtype)
@@ -139,6 +144,19 @@ class NativeFunction:
         else:
             outs = [np.empty(shape, dtype) for shape, dtype in self._out_specs]
             code = self._entry(*map(fb, arrays), *map(fb, outs))
+        return self._finish(code, arrays, outs)
+
+    def _call_with_sizes(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """A module with run-time sizes: their values come from the arrays' shapes (the caller checked that
+        the arrays fit the signature) and go to C after the results; results are allocated at their size."""
+        fb = self._from_buffer
+        values = {name: arrays[i].shape[axis] for name, i, axis in self._sizes}
+        outs = [np.empty(evaluate_shape(shape, values), dtype) for shape, dtype in self._out_specs]
+        sizes = np.array([values[name] for name, _, _ in self._sizes], np.int64)
+        code = self._entry(*map(fb, arrays), *map(fb, outs), fb(sizes))
+        return self._finish(code, arrays, outs)
+
+    def _finish(self, code: int, arrays: list[np.ndarray], outs: list[np.ndarray]) -> list[np.ndarray]:
         if code:
             if code == _INTERRUPTED:
                 # Python's SIGINT handler raises KeyboardInterrupt here; a handler of the user's that does not

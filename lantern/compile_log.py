@@ -11,6 +11,7 @@ what to do about it.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from collections import Counter
@@ -145,9 +146,13 @@ def record(name: str, events: list[CompileEvent], event: CompileEvent, reason: R
         warnings.warn(f"lantern: tracing {name} unrolled a Python loop: {event.unrolled[0]}; its body is compiled "
                       f"once per iteration ({event.seconds:.1f} s here). lantern.fori_loop(lo, hi, body, init) "
                       "compiles it once, which compiles faster and usually runs as fast",
-                      UnrolledLoopWarning, stacklevel=4)
+                      UnrolledLoopWarning, stacklevel=5)
     if len(events) == RECOMPILE_WARNING_AFTER + 1:
-        warnings.warn(_advice(name, len(events), reason), RecompileWarning, stacklevel=4)
+        warnings.warn(_advice(name, len(events), reason), RecompileWarning, stacklevel=5)
+
+
+def _parameter(path: str) -> str:
+    return re.split(r"[\[.]", path, maxsplit=1)[0]
 
 
 def _advice(name: str, count: int, reason: Reason) -> str:
@@ -156,8 +161,10 @@ def _advice(name: str, count: int, reason: Reason) -> str:
         return head + (f"A Python number is a compile-time constant: pass {reason.path} as an array instead "
                        "(np.float32(x), np.int64(x)), a staged scalar, and it compiles once.")
     if reason.kind == "shape":
-        return head + ("Every new shape is compiled again (symbolic sizes are not supported yet): pad the "
-                       f"argument {reason.path} to a few fixed sizes.")
+        return head + (f"Every new shape of {reason.path} is compiled again. Make the dimensions that change "
+                       f"run-time sizes: @lantern.stage(dynamic={{{_parameter(reason.path)!r}: axes}}) (or leave "
+                       "dynamic at its default, which does it after a second size, unless "
+                       "LANTERN_LOG_COMPILES=1 says why it could not), or pad to a few fixed sizes.")
     if reason.kind == "dtype":
         return head + f"Pass {reason.path} with one dtype (astype) on every call."
     return head + "Keep the arguments' structure (nesting, dict keys, number of arrays) the same on every call."

@@ -62,15 +62,17 @@ def sentences(min_words: int = 4, max_words: int = 20) -> Iterator[list[str]]:
             yield words
 
 
-def sentence_trees(count: int, classes: int = 5, min_words: int = 4, max_words: int = 20,
+def sentence_trees(count: int, classes: int = 5, min_words: int = 4, max_words: int = 20, pad: bool = True,
                    ) -> tuple[list[str], list[dict[str, np.ndarray]]]:
     """The first ``count`` :func:`sentences`, each a balanced binary tree: ``(vocabulary, trees)``.
 
     ``vocabulary`` is the sorted list of the trees' words (a word's id is its position). A
     sentence is split at its middle (the left half gets the extra word) down to single words.
     Nodes are numbered in pre-order: the root is 0 and a node's children come after it, the
-    left subtree before the right one. Every tree is padded to ``2 * max_words - 1`` nodes,
-    so all trees have the same shapes (one compiled kernel), and is a dict of arrays:
+    left subtree before the right one. With ``pad`` every tree is padded to ``2 * max_words - 1``
+    nodes, so all trees have the same shapes; without, each has its own size (``2 * words - 1``:
+    a staged function compiles once more and then serves every size, see ``dynamic=`` of
+    :func:`lantern.stage`). A tree is a dict of arrays:
 
     * ``left``, ``right`` (int64): the children's node numbers, ``-1`` for a leaf and padding;
     * ``words`` (int64): a leaf's word id (0 for inner nodes and padding);
@@ -96,7 +98,7 @@ def sentence_trees(count: int, classes: int = 5, min_words: int = 4, max_words: 
     vocabulary = sorted({w for s in found for w in s})
     index = {w: i for i, w in enumerate(vocabulary)}
     size = 2 * max_words - 1
-    return vocabulary, [_binarize(words, index, classes, size) for words in found]
+    return vocabulary, [_binarize(words, index, classes, size if pad else 2 * len(words) - 1) for words in found]
 
 
 def _binarize(words: list[str], index: dict[str, int], classes: int, size: int) -> dict[str, np.ndarray]:

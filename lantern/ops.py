@@ -13,6 +13,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import DTypeError, OutOfBoundsError, ShapeError, TraceError
+from .ir import primitives
+from .ir.symbolic import Size, known_equal
 from .ir.types import FLOAT_DTYPES, INT_DTYPES, TensorType, canonical_dtype
 from .tensor import Tensor
 from .source import error_location, user_location
@@ -55,6 +57,9 @@ def constant(value: Any, dtype: Any = None) -> Tensor:
     frame = _frame_of()
     if isinstance(value, Tensor):
         return astype(value, dtype) if dtype is not None else value
+    if isinstance(value, Size):  # a run-time size (x.shape[0]) as an int64 scalar
+        size = _emit(frame, "size", [], hint="size", value=value)
+        return astype(size, dtype) if dtype is not None else size
     if isinstance(value, _PY_SCALARS) and not isinstance(value, np.generic):
         dt = canonical_dtype(dtype) if dtype is not None else _default_dtype(value)
         return _emit(frame, "fill", [], hint="c", value=_scalar_value(value, dt), shape=(), dtype=dt)
@@ -84,9 +89,11 @@ def asarray(x: ArrayLike, dtype: Any = None) -> Tensor:
 def _dtype_proxy(x: ArrayLike, op: str) -> Any:
     """Something NumPy's promotion treats like ``x``: weak for Python scalars."""
     if isinstance(x, Tensor):  # (an empty tensor has no element to raise on: int ** -1 is fine for NumPy)
-        return np.zeros((0,) if x.size == 0 else (), x.dtype)
+        return np.zeros((0,) if known_equal(x.size, 0) else (), x.dtype)
     if isinstance(x, _PY_SCALARS):
         return x
+    if isinstance(x, Size):
+        return 0  # a Python int (weak) for NumPy's promotion
     arr = np.asarray(x)
     if arr.dtype.kind in "OUS":  # None, strings, lists mixing strings and numbers
         text = repr(x) if len(repr(x)) <= 40 else repr(x)[:37] + "..."
@@ -540,6 +547,8 @@ def mean(x: ArrayLike, axis: Any = None, keepdims: bool = False, *, dim: Any = N
     count = prod(x.shape[a] for a in axes)
     if x.type.dtype not in FLOAT_DTYPES:
         x = astype(x, "float64")
+    if isinstance(count, Size):  # known at run time: divided there (0 / 0 is NaN, as below)
+        return divide(sum(x, axes, keepdims), astype(constant(count), x.type.dtype))
     return divide(sum(x, axes, keepdims), float(count) if count else float("nan"))
 
 
@@ -603,14 +612,15 @@ def _float(x: ArrayLike) -> Tensor:
 
 # ------------------------------------------------------------------ shapes
 
-def _shape_tuple(shape: Any, op: str) -> tuple[int, ...]:
-    if isinstance(shape, (int, np.integer)):
-        return (int(shape),)
+def _shape_tuple(shape: Any, op: str) -> tuple[int | Size, ...]:
+    """A shape argument as a tuple of dimensions (ints, and run-time sizes such as ``x.shape[0]``)."""
+    if isinstance(shape, (int, np.integer, Size)):
+        shape = (shape,)
     try:
-        out = tuple(int(operator_index(d)) for d in shape)
+        out = tuple(d if isinstance(d, Size) else int(operator_index(d)) for d in shape)
     except TypeError:
         raise with_location(TraceError, f"{op}: shape must be a tuple of Python ints, got {shape!r}") from None
-    if any(d < 0 for d in out if d != -1):
+    if any(d < 0 for d in out if isinstance(d, int) and d != -1):
         raise with_location(ShapeError, f"{op}: negative dimension in {out}")
     return out
 
@@ -625,13 +635,14 @@ def operator_index(d: Any) -> int:
 def reshape(x: ArrayLike, shape: Any) -> Tensor:
     x = asarray(x)
     shape = _shape_tuple(shape, "reshape")
-    if shape.count(-1) > 1:
+    inferred = [isinstance(d, int) and d == -1 for d in shape]  # (a run-time size is never -1)
+    if inferred.count(True) > 1:
         raise with_location(ShapeError, f"reshape: only one -1 allowed in {shape}")
-    if -1 in shape:
-        known = prod(d for d in shape if d != -1)
+    if any(inferred):
+        known = prod(d for d, infer in zip(shape, inferred) if not infer)
         if known == 0 or x.size % known:
             raise with_location(ShapeError, f"reshape: cannot reshape {x.shape} (size {x.size}) to {shape}")
-        shape = tuple(x.size // known if d == -1 else d for d in shape)
+        shape = tuple(x.size // known if infer else d for d, infer in zip(shape, inferred))
     if shape == x.shape:
         return x
     return _emit(x.frame, "reshape", [x], shape=shape)
@@ -733,8 +744,7 @@ def stack(xs: Sequence[ArrayLike], axis: int = 0) -> Tensor:
     ts = [asarray(x) for x in xs]
     if not ts:
         raise with_location(ShapeError, "stack: need at least one array")
-    shapes = {t.shape for t in ts}
-    if len(shapes) != 1:
+    if builtins.any(t.shape != ts[0].shape for t in ts[1:]):  # (==, not a set: run-time sizes compare so)
         raise with_location(ShapeError, f"stack: all inputs must have the same shape, got {[t.shape for t in ts]}")
     return concatenate([expand_dims(t, axis) for t in ts], axis=axis)
 
@@ -826,9 +836,13 @@ def arange(start: Scalar, stop: Scalar | None = None, step: Scalar = 1, dtype: A
     if step == 0:
         raise with_location(ShapeError, "arange: step must not be zero")
     # NumPy's length formula, without building the array (arange(2**40) is a trace-time size error)
-    n = builtins.max(0, math.ceil((stop - start) / step)) if not builtins.all(
-        isinstance(v, (int, np.integer)) for v in (start, stop, step)) else len(range(start, stop, step))
-    all_ints = builtins.all(isinstance(v, (int, np.integer)) for v in (start, stop, step))
+    all_ints = builtins.all(isinstance(v, (int, np.integer, Size)) for v in (start, stop, step))
+    if builtins.any(isinstance(v, Size) for v in (start, stop)) and isinstance(step, int):
+        n = primitives.slice_length(start, stop, step)  # arange(len(x)): a run-time length
+    elif all_ints:
+        n = len(range(start, stop, step))
+    else:
+        n = builtins.max(0, math.ceil((stop - start) / step))
     dt = canonical_dtype(dtype if dtype is not None else ("int64" if all_ints else "float32"))
     return _emit(frame, "iota", [], hint="arange", n=n, start=start, step=step, dtype=dt)
 
@@ -909,19 +923,19 @@ def getitem(x: Tensor, key: Any) -> Tensor:
             continue
         size = x.shape[dim]
         if isinstance(k, slice):
-            start, stop, step = k.indices(size)
+            start, stop, step = slice_indices(k, size)
             starts.append(start), stops.append(stop), steps.append(step)
-            out_shape.append(len(range(start, stop, step)))
+            out_shape.append(primitives.slice_length(start, stop, step))
         elif isinstance(k, Tensor):
             starts.append(0), stops.append(size), steps.append(1)
             gathers.append((len(out_shape), k))
             out_shape.append(size)
         else:
-            i = int(k)
+            i = k if isinstance(k, Size) else int(k)
             if not -size <= i < size:
                 raise with_location(OutOfBoundsError, f"index {i} is out of bounds for axis {dim} with size {size} "
                                     f"(shape {x.shape})")
-            i %= size
+            i = i + size if i < 0 else i
             starts.append(i), stops.append(i + 1), steps.append(1)
         dim += 1
 
@@ -948,6 +962,29 @@ def getitem(x: Tensor, key: Any) -> Tensor:
     return y
 
 
+def slice_indices(k: slice, size: int | Size) -> tuple[int | Size, int | Size, int]:
+    """``k.indices(size)``, where the size or the bounds may be run-time sizes (each comparison with one is
+    a decision of the trace, see ``ir/symbolic.py``)."""
+    if not any(isinstance(v, Size) for v in (size, k.start, k.stop)):
+        return k.indices(size)  # type: ignore[arg-type]
+    step = 1 if k.step is None else operator_index(k.step)
+    if step == 0:
+        raise with_location(ShapeError, "slice step cannot be zero")
+
+    def bound(i: Any, default: int | Size) -> int | Size:
+        if i is None:
+            return default
+        i = i if isinstance(i, Size) else operator_index(i)
+        if i < 0:
+            i = i + size
+            if i < 0:
+                return -1 if step < 0 else 0
+        elif i >= size:
+            return size - 1 if step < 0 else size
+        return i
+    return (bound(k.start, size - 1 if step < 0 else 0), bound(k.stop, -1 if step < 0 else size), step)
+
+
 def _index_item(k: Any) -> Any:
     if k is None or k is Ellipsis or isinstance(k, (slice, Tensor)):
         if isinstance(k, slice) and builtins.any(isinstance(v, Tensor) for v in (k.start, k.stop, k.step)):
@@ -963,6 +1000,8 @@ def _index_item(k: Any) -> Any:
         raise with_location(TraceError, "boolean indices are not supported")
     if isinstance(k, (int, np.integer)):
         return int(k)
+    if isinstance(k, Size):  # x[y.shape[0] - 1]
+        return k
     if isinstance(k, (list, np.ndarray)):
         arr = np.asarray(k)
         if arr.dtype.kind not in "iu":
@@ -972,5 +1011,5 @@ def _index_item(k: Any) -> Any:
 
 
 __all__ = [name for name in dir() if not name.startswith("_") and name not in {
-    "annotations", "builtins", "prod", "np", "Any", "Callable", "Sequence", "Frame", "Tensor",
+    "annotations", "builtins", "prod", "np", "primitives", "Any", "Callable", "Sequence", "Frame", "Tensor",
     "TensorType", "Scalar", "ArrayLike"}]

@@ -33,6 +33,7 @@ import warnings
 from typing import Any, Callable, Sequence
 
 from .errors import SourceUnavailableWarning, TraceError
+from .ir.symbolic import Size
 from .source import Loc
 from .tracing import with_location
 
@@ -518,6 +519,9 @@ def _users(fn: Any) -> bool:
 def call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)``, with ``fn``'s own if/while/for rewritten when it is a function of the user's
     (converted once per function; the rest is called as it is)."""
+    if fn is len and len(args) == 1 and not kwargs and _staged(args[0]) and args[0].ndim \
+            and isinstance(args[0].shape[0], Size):
+        return args[0].shape[0]  # a run-time length stays one (Python's len() must return an int)
     target, bound = (fn.__func__, fn.__self__) if isinstance(fn, types.MethodType) else (fn, None)
     if not _users(target):
         return fn(*args, **kwargs)
@@ -710,8 +714,9 @@ class _StagedRange:
 
 
 def range_(*args: Any) -> Any:
-    """``range(...)`` in a rewritten ``for``: Python's, or a staged range when a bound is staged."""
-    if not any(_staged(a) for a in args):
+    """``range(...)`` in a rewritten ``for``: Python's, or a staged range when a bound is staged or a run-time
+    size (``range(len(xs))`` where ``xs`` has a run-time length: one loop for every length)."""
+    if not any(_staged(a) or isinstance(a, Size) for a in args):
         return range(*args)
     lo, hi, step = (0, args[0], 1) if len(args) == 1 else (args[0], args[1], args[2] if len(args) > 2 else 1)
     return _StagedRange(lo, hi, step)

@@ -10,6 +10,7 @@ a tree stored as child-index arrays). Non-recursive calls are inlined before C i
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
@@ -21,13 +22,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import compile_log, eager, ops
+from . import compile_log, dynamic_shapes, eager, ops
 from . import python_control_flow as python_control_flow_rewrite
 from .compile_log import CompileEvent
 from .control import UnknownRecursiveResult
 from .errors import ArgumentError, DTypeError, LanternError, TraceError
 from .ir.nodes import Block, Call, Function, Module, Var
 from .ir.printer import format_module
+from .ir.symbolic import ShapeEnv, Size, shape_env
 from .ir.types import DTYPES, TensorType
 from .ir.verify import verify
 from .source import Loc, user_location
@@ -44,7 +46,7 @@ class ArraySpec:
     """What a staged function expects at one array position of its arguments."""
 
     path: str
-    shape: tuple[int, ...]
+    shape: tuple[int | str, ...]  # a str: a run-time size of that name (lantern/dynamic_shapes.py)
     dtype: str
 
 
@@ -125,11 +127,16 @@ def _as_native_array(spec: ArraySpec, leaf: Any) -> np.ndarray:
         got = f"{arr.dtype.name} array of shape {arr.shape}"
     else:
         arr, got = None, f"{type(leaf).__name__} {_short_repr(leaf)}"
-    if arr is None or arr.shape != spec.shape or arr.dtype.name != spec.dtype:
-        raise ArgumentError(f"argument {spec.path}: expected {spec.dtype} array of shape {spec.shape}, got {got}")
+    if arr is None or not _fits(spec.shape, arr.shape) or arr.dtype.name != spec.dtype:
+        shape = "(" + ", ".join(map(str, spec.shape)) + ("," if len(spec.shape) == 1 else "") + ")"
+        raise ArgumentError(f"argument {spec.path}: expected {spec.dtype} array of shape {shape}, got {got}")
     if type(arr) is np.ndarray and arr.flags.c_contiguous and arr.flags.aligned and arr.dtype.isnative:
         return arr
     return np.array(arr, dtype=arr.dtype.newbyteorder("="), order="C", copy=True, subok=False)
+
+
+def _fits(expected: tuple[int | str, ...], shape: tuple[int, ...]) -> bool:
+    return len(expected) == len(shape) and all(isinstance(e, str) or e == d for e, d in zip(expected, shape))
 
 
 def _short_repr(value: Any) -> str:
@@ -147,8 +154,11 @@ class Executable:
     def __init__(self, name: str, signature: inspect.Signature, in_treedef: TreeDef, leaf_keys: list[tuple],
                  in_paths: list[str], traced: Module | None, optimized: Module | None, out_treedef: TreeDef,
                  out_types: list[TensorType], native: Any,
-                 retrace: Callable[[], tuple[Module, Module]] | None = None):
+                 retrace: Callable[[], tuple[Module, Module]] | None = None,
+                 pattern: dynamic_shapes.Pattern | None = None):
         self.name = name
+        #: the signature's run-time sizes and the guards its code assumes (None: every shape is static)
+        self.pattern = pattern
         self._signature = signature
         self._param_names = list(signature.parameters)
         self._simple = _is_simple(signature)
@@ -228,6 +238,8 @@ class Executable:
         array of the right shape and native dtype goes to C as it is; anything else goes
         through :func:`_as_native_array` (copy, or ``ArgumentError``).
         """
+        if self.pattern is not None:
+            return self._run_with_sizes(leaves)
         arrays = []
         for i, shape, dtype, spec in self._checks:
             a = leaves[i]
@@ -235,6 +247,22 @@ class Executable:
                     and a.flags.c_contiguous and a.flags.aligned):
                 a = _as_native_array(spec, a)
             arrays.append(a)
+        outs = self.native(arrays)
+        return outs[0] if self._single_out else unflatten(self.out_treedef, outs)
+
+    def _run_with_sizes(self, leaves: list[Any] | tuple[Any, ...]) -> Any:
+        """:meth:`run_leaves` for a signature with run-time sizes: the arrays must fit its pattern."""
+        assert self.pattern is not None
+        arrays = []
+        for i, _, dtype, spec in self._checks:
+            a = leaves[i]
+            if not (type(a) is np.ndarray and (a.dtype is dtype or a.dtype == dtype) and a.flags.c_contiguous
+                    and a.flags.aligned):
+                a = _as_native_array(spec, a)
+            arrays.append(a)
+        shapes = [a.shape for a in arrays]
+        if self.pattern.bind_shapes(shapes) is None:
+            raise ArgumentError(f"{self.name}: {self.pattern.mismatch(shapes, [s.path for s in self.in_specs])}")
         outs = self.native(arrays)
         return outs[0] if self._single_out else unflatten(self.out_treedef, outs)
 
@@ -354,7 +382,7 @@ class Staged:
     """A Python function staged with :func:`stage`. Call it with NumPy arrays."""
 
     def __init__(self, fn: Callable[..., Any], name: str | None = None, options: dict[str, Any] | None = None,
-                 python_control_flow: bool = True):
+                 python_control_flow: bool = True, dynamic: dynamic_shapes.DynamicOption = None):
         if not callable(fn):
             raise ArgumentError(f"stage: expected a function, got {type(fn).__name__} {_short_repr(fn)}")
         functools.update_wrapper(self, fn, updated=())  # not fn.__dict__: a grad wrapper's .lower would shadow ours
@@ -378,6 +406,12 @@ class Staged:
         #: under disable_stage, trace and interpret rather than run the Python function (grad's wrappers,
         #: whose Python function only makes sense while tracing)
         self.interpret_when_unstaged = False
+        #: which argument dimensions are run-time sizes (lantern/dynamic_shapes.py)
+        self.dynamic = dynamic_shapes.check_option(dynamic)
+        self._changed_axes: set[tuple[str, int]] = set()  # (path, axis) seen with different sizes
+        self._fixed_axes: set[tuple[str, int]] = set()    # (path, axis) a trace needed as a constant
+        self._with_sizes: list[tuple[TreeDef, Executable]] = []  # compiled signatures with run-time sizes
+        self._no_sizes_because: str | None = None  # why run-time sizes failed here (then: per shape)
 
     def __repr__(self) -> str:
         return f"<lantern.stage {self.name}{self.signature}>"
@@ -440,20 +474,64 @@ class Staged:
         key = (treedef, tuple(keys))
         exe = self._executables.get(key)
         if exe is None:
-            reason = compile_log.recompile_reason(self._compiled_signatures, treedef, keys, paths)
-            hits = _trace_cache_hits()
-            start = time.perf_counter()
-            exe = self._compile(treedef, keys, paths)
-            seconds = time.perf_counter() - start
-            unrolled = compile_log.unrolled_loops(exe._modules[0]) if exe._modules is not None else ()
-            event = compile_log.CompileEvent(compile_log.describe_signature(paths, keys), reason.text, seconds,
-                                             _trace_cache_hits() > hits, unrolled)
-            exe.compile_event = event
-            exe.converted_source = python_control_flow_rewrite.converted_source(self.fn)
+            exe = self._serving(treedef, keys) or self._compile_new(treedef, keys, paths)
             self._executables[key] = exe
-            self._compiled_signatures.append((treedef, keys, paths))
-            compile_log.record(self.name, self._compiles, event, reason)
         return exe, leaves
+
+    def _serving(self, treedef: TreeDef, keys: list[tuple]) -> Executable | None:
+        """A signature with run-time sizes compiled before that serves a call with these leaf keys."""
+        for td, exe in reversed(self._with_sizes):
+            if td == treedef and exe.pattern is not None and exe.pattern.bind(keys) is not None:
+                return exe
+        return None
+
+    def _compile_new(self, treedef: TreeDef, keys: list[tuple], paths: list[str]) -> Executable:
+        reason = compile_log.recompile_reason(self._compiled_signatures, treedef, keys, paths)
+        if self.dynamic is None:
+            self._changed_axes |= dynamic_shapes.changed_axes(self._compiled_signatures, treedef, keys, paths)
+        axes = dynamic_shapes.declared_axes(self.dynamic, keys, paths, self._param_names)
+        axes |= {(i, a) for i, p in enumerate(paths) for q, a in self._changed_axes if p == q}
+        axes -= {(i, a) for i, p in enumerate(paths) for q, a in self._fixed_axes if p == q}
+        pattern = dynamic_shapes.make_pattern(keys, paths, axes, _c_hint) if axes else None
+        hits = _trace_cache_hits()
+        start = time.perf_counter()
+        exe = None
+        if pattern is not None and pattern.symbolic and self._no_sizes_because is None:
+            exe = self._compile_with_sizes(treedef, keys, paths, pattern)
+        note = ""
+        if exe is not None:
+            assert exe.pattern is not None
+            note = "; run-time sizes " + ", ".join(f"{name} ({paths[i]} axis {a})" for name, i, a in exe.pattern.variables)
+            self._with_sizes.append((treedef, exe))
+        else:
+            if pattern is not None and pattern.symbolic:
+                note = f"; per shape: {self._no_sizes_because}"
+            exe = self._compile(treedef, keys, paths)
+        seconds = time.perf_counter() - start
+        unrolled = compile_log.unrolled_loops(exe._modules[0]) if exe._modules is not None else ()
+        signature = compile_log.describe_signature(paths, list(exe.pattern.keys) if exe.pattern else keys)
+        event = compile_log.CompileEvent(signature, reason.text + note, seconds, _trace_cache_hits() > hits, unrolled)
+        exe.compile_event = event
+        exe.converted_source = python_control_flow_rewrite.converted_source(self.fn)
+        self._compiled_signatures.append((treedef, keys, paths))
+        compile_log.record(self.name, self._compiles, event, reason)
+        return exe
+
+    def _compile_with_sizes(self, treedef: TreeDef, keys: list[tuple], paths: list[str],
+                            pattern: dynamic_shapes.Pattern) -> Executable | None:
+        """The code for ``pattern`` (run-time sizes), or None where it cannot be made: then every shape is
+        compiled on its own from now on (``cache_info`` says why). Sizes a trace needed as constants
+        (``int(n)``) are constants in later compiles."""
+        try:
+            exe = self._compile(treedef, list(pattern.keys), paths, pattern)
+        except Exception as exc:  # noqa: BLE001  (the per-shape compile that follows raises a real error again)
+            self._no_sizes_because = f"run-time sizes failed ({type(exc).__name__}: {exc})"
+            return None
+        assert exe.pattern is not None
+        fixed = {name for g in exe.pattern.guards for name in g.expression.variables
+                 if g.relation == "==" and len(g.expression.terms) == 2 and g.expression.variables == {name}}
+        self._fixed_axes |= {(paths[i], a) for name, i, a in pattern.variables if name in fixed}
+        return exe
 
     def cache_info(self) -> compile_log.CacheInfo:
         """The signatures compiled in this process (in order), with why each was needed and how long it took
@@ -461,10 +539,21 @@ class Staged:
         return compile_log.CacheInfo(len(self._compiles), tuple(e.signature for e in self._compiles),
                                      tuple(self._compiles))
 
-    def _compile(self, treedef: TreeDef, keys: list[tuple], paths: list[str]) -> Executable:
+    def _compile(self, treedef: TreeDef, keys: list[tuple], paths: list[str],
+                 pattern: dynamic_shapes.Pattern | None = None) -> Executable:
         from . import trace_cache
         from .codegen import EmitOptions, build_native
 
+        if pattern is not None:  # (the trace cache keeps signatures of static shapes only)
+            env = ShapeEnv(dict(pattern.hints))
+            with shape_env(env):
+                builder, name, traced = self._trace(treedef, keys, paths)
+                env.frozen = True  # (code generation adds no guards)
+                native, optimized = build_native(traced, self.name, EmitOptions(**self.options))
+            fn = traced.functions[name]
+            return Executable(self.name, self.signature, treedef, keys, paths, traced, optimized,
+                              builder.out_treedefs[name], list(fn.result_types or ()), native,
+                              pattern=dataclasses.replace(pattern, guards=tuple(env.guards)))
         # Fingerprinted before tracing: what a fresh process sees before it would trace.
         fingerprint = trace_cache.fingerprint(self, treedef, keys)
         if fingerprint is not None and trace_cache.mode() == "on":
@@ -489,7 +578,8 @@ class Staged:
 
     def _trace(self, treedef: TreeDef, keys: list[tuple], paths: list[str]) -> tuple[ModuleBuilder, str, Module]:
         builder = ModuleBuilder()
-        specs: list[Any] = [TensorType(k[1], k[2]) if k[0] == "array" else _Static(k[2]) for k in keys]
+        specs: list[Any] = [TensorType(tuple(Size.var(d) if isinstance(d, str) else d for d in k[1]), k[2])
+                            if k[0] == "array" else _Static(k[2]) for k in keys]
         name = trace_function(builder, self, treedef, specs, paths, entry=True)
         traced = builder.module(name)
         verify(traced)
@@ -687,7 +777,8 @@ def _lanterns_own(fn: Callable[..., Any]) -> bool:
 
 
 def stage(fn: Callable[..., Any] | None = None, *, name: str | None = None, check_indices: bool | None = None,
-          check_finite: bool | None = None, max_depth: int | None = None, python_control_flow: bool = True) -> Any:
+          check_finite: bool | None = None, max_depth: int | None = None, python_control_flow: bool = True,
+          dynamic: dynamic_shapes.DynamicOption = None) -> Any:
     """Decorator: trace ``fn`` per signature, compile it to native code, and call that.
 
     ``@lantern.stage`` or ``@lantern.stage(name="...", ...)``. The result has ``.lower(*args)``
@@ -705,11 +796,17 @@ def stage(fn: Callable[..., Any] | None = None, *, name: str | None = None, chec
     ``python_control_flow`` (default on): Python ``if``/``while``/``for`` (and ``a if c else b``, ``and``,
     ``or``, ``not``) in ``fn`` run as Python on Python values and become ``cond``/``while_loop``/
     ``fori_loop`` on staged ones (see README, "Control flow"); ``False`` leaves ``fn`` as written.
+
+    ``dynamic``: which array dimensions are sizes known only at run time, so one compile serves every
+    size of them (see ``lantern/dynamic_shapes.py``): ``None`` (default) makes a dimension run-time once
+    calls differ in it, ``True`` every dimension from the first call, ``{"words": 0, "x": (0, 1)}`` those
+    axes of those arguments, ``False`` none (every shape is compiled on its own).
     """
     options = stage_options(check_indices, check_finite, max_depth)
+    dynamic = dynamic_shapes.check_option(dynamic)
     if fn is None:
-        return lambda f: Staged(f, name, options, python_control_flow)
+        return lambda f: Staged(f, name, options, python_control_flow, dynamic)
     if isinstance(fn, Staged) and name is None and python_control_flow == fn.python_control_flow and all(
-            v is None for v in (check_indices, check_finite, max_depth)):
+            v is None for v in (check_indices, check_finite, max_depth, dynamic)):
         return fn
-    return Staged(fn.python_fn if isinstance(fn, Staged) else fn, name, options, python_control_flow)
+    return Staged(fn.python_fn if isinstance(fn, Staged) else fn, name, options, python_control_flow, dynamic)

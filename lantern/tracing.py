@@ -146,9 +146,11 @@ class Frame:
             out_type = primitives.infer(prim, [a.type for a in args], attrs)
         except LanternError as exc:
             raise with_location(type(exc), str(exc), loc) from None
-        if any(d < 0 for d in out_type.shape):
+        if any(d < 0 for d in out_type.shape if isinstance(d, int)):
             raise with_location(ShapeError, f"{prim}: negative dimension in the result shape {out_type.shape}", loc)
-        if out_type.nbytes > MAX_TENSOR_BYTES:  # its byte size would overflow the C code's size_t/int64 arithmetic
+        # its byte size would overflow the C code's size_t/int64 arithmetic (with run-time sizes, the
+        # allocation fails at run time instead: no guard on every size)
+        if isinstance(out_type.nbytes, int) and out_type.nbytes > MAX_TENSOR_BYTES:
             raise with_location(ShapeError, f"{prim}: the result {out_type} would take {out_type.nbytes} bytes; "
                                 f"a staged tensor is limited to {MAX_TENSOR_BYTES} (2**62) bytes", loc)
         out = Var(out_type, hint or prim)

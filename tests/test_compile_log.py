@@ -18,24 +18,26 @@ def test_cache_info_lists_each_signature_and_why():
     x = np.ones(3, np.float32)
     f(x, 2.0)
     f(x, 2.0)                          # same signature: no compile
-    f(np.ones(5, np.float32), 2.0)     # a new size
+    f(np.ones(5, np.float32), 2.0)     # a new size: compiled with a run-time size (issue 12)
+    f(np.ones(7, np.float32), 2.0)     # served by that code
     f(x, 3.0)                          # a new constant
     f(x.astype(np.float64), 2.0)       # a new dtype
     f((x,), 2.0)                       # another structure
     info = f.cache_info()
     assert info.compiles == 5
     assert info.signatures[0] == "x: float32[3], k=2.0"
+    assert info.signatures[1] == "x: float32[n_x], k=2.0"
     reasons = [e.reason for e in info.events]
     assert reasons[0] == "first call"
-    assert reasons[1] == "x: dim 0 3 -> 5"
-    assert reasons[2] == "k: 2.0 -> 3.0"
-    assert reasons[3] == "x: dtype float32 -> float64"
+    assert reasons[1] == "x: dim 0 3 -> 5; run-time sizes n_x (x axis 0)"
+    assert reasons[2].startswith("k: 2.0 -> 3.0")  # (x's length stays a run-time size)
+    assert reasons[3].startswith("x: dtype float32 -> float64")
     assert reasons[4].startswith("the arguments' structure differs")
     assert all(e.seconds > 0 for e in info.events)
 
 
 def test_reason_names_the_closest_earlier_signature():
-    f = lantern.stage(lambda x, y: x.sum() + y.sum())
+    f = lantern.stage(lambda x, y: x.sum() + y.sum(), dynamic=False)
     a, b = np.ones((2, 3)), np.ones((4, 3))
     f(a, a)
     f(b, b)
@@ -81,10 +83,19 @@ def test_a_changing_python_number_warns_once_with_advice():
 
 
 def test_a_changing_shape_warns_with_advice():
-    f = lantern.stage(lambda x: x.sum())
-    with pytest.warns(lantern.RecompileWarning, match=r"x: dim 0 .*pad the argument x to a few fixed sizes"):
+    f = lantern.stage(lambda x: x.sum(), dynamic=False)
+    with pytest.warns(lantern.RecompileWarning, match=r"x: dim 0 .*dynamic=\{'x': axes\}"):
         for n in range(1, compile_log.RECOMPILE_WARNING_AFTER + 3):
             f(np.ones(n))
+
+
+def test_a_changing_shape_compiles_once_more_with_a_run_time_size():
+    f = lantern.stage(lambda x: x.sum())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lantern.RecompileWarning)
+        for n in range(2, compile_log.RECOMPILE_WARNING_AFTER + 6):
+            assert f(np.ones(n)) == n
+    assert f.cache_info().compiles == 2
 
 
 def _unrolled_rnn(h, xs, w):

@@ -127,6 +127,19 @@ def test_numpy_oracle_programs_sanitized():
     assert sum(v for k, v in cov.items() if k.startswith("input ")) >= N_SANITIZED  # the programs really ran
 
 
+N_DYNAMIC = 60  # NumPy-oracle programs (seed 2) staged with dynamic=True, one program per function
+
+
+def test_numpy_oracle_programs_with_run_time_sizes():
+    """Issue 12: every dimension of 2 or more a run-time size. The code is checked against NumPy, the
+    interpreter and -O0 as usual; a program whose code needs a size as a number is compiled per shape."""
+    total = Report()
+    for i in range(N_DYNAMIC):
+        total.add(numpy_programs.check_programs([numpy_programs.generate(SEED + 2, i)], dynamic=True))
+    _assert_clean(total, N_DYNAMIC, "numpy")
+    assert total.with_sizes >= N_DYNAMIC // 3, total.with_sizes  # most ran with run-time sizes
+
+
 def test_numpy_programs_cover_dtypes_layouts_and_ops():
     cov = numpy_programs.coverage([numpy_programs.generate(SEED, i) for i in range(N_NUMPY)])
     wanted = {f"input {d}" for d in numpy_programs.DTYPES} | {f"result {d}" for d in numpy_programs.DTYPES} | {

@@ -33,6 +33,7 @@ KERNELS: dict[str, Kernel] = {
     "random": movement.random,
     "scan": scans.scan,
     "sort": sorting.argsort,
+    "size": movement.size,
 }
 
 __all__ = ["KERNELS", "Kernel", "KernelContext", "Storage"]

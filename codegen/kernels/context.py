@@ -10,6 +10,7 @@ import os
 from typing import TYPE_CHECKING
 
 from lantern.ir.nodes import Function, Stmt, Var
+from lantern.ir.symbolic import hint, known_equal
 from lantern.ir.types import TensorType
 from lantern.source import Loc
 
@@ -103,7 +104,7 @@ class KernelContext:
             self.c.line(f"{self.ctype(v)} {self.name(v)};")
         else:
             self.storage[v.id] = Storage("pointer", self.name(v))
-            if t.nbytes >= _NAMED_ALLOCATION and self.last_loc is not None:
+            if hint(t.nbytes) >= _NAMED_ALLOCATION and self.last_loc is not None:
                 site = c_string(f"{self.name(v)}: {t} at {self.last_loc}: {self.last_loc.text()}")
                 self.c.line(f"{self.ctype(v)} *{self.name(v)} = lt_alloc_at({t.nbytes}, {site});")
             else:
@@ -113,7 +114,7 @@ class KernelContext:
 
     def mark_if_empty(self, v: Var) -> None:
         """An empty array's pointer may never be read (its loops run zero times): say so to the compiler."""
-        if v.type.size == 0:  # type: ignore[union-attr]
+        if known_equal(v.type.size, 0):  # type: ignore[union-attr]
             self.c.line(f"(void){self.name(v)}; /* empty */")
 
     def bind_pointer(self, v: Var, expr: str) -> None:

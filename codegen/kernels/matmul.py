@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from lantern.ir.nodes import Op
+from lantern.ir.symbolic import hint, known_equal
 
 from ..c_types import FLOATS, literal
 from ..cbuilder import offset
@@ -35,8 +36,9 @@ def matmul(e: KernelContext, op: Op) -> None:
     t = e.ctype(out)
     # A single row or column (vector-matrix products of RNNs) runs faster as a
     # generated loop than through BLAS's general kernels, until it is very large.
-    vector = m == 1 or n == 1 or k == 1
-    if dtype in FLOATS and m * n * k >= (VECTOR_BLAS_MIN_MACS if vector else BLAS_MIN_MACS):
+    # (a run-time size decides by its typical value, the one of the call compiled: any size is correct)
+    vector = known_equal(m, 1) or known_equal(n, 1) or known_equal(k, 1)
+    if dtype in FLOATS and hint(m * n * k) >= (VECTOR_BLAS_MIN_MACS if vector else BLAS_MIN_MACS):
         e.m.uses_blas = True
         gemm = "lt_cblas_sgemm" if dtype == "float32" else "lt_cblas_dgemm"
         flags = f"CblasRowMajor, {'CblasTrans' if ta else 'CblasNoTrans'}, {'CblasTrans' if tb else 'CblasNoTrans'}"

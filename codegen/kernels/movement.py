@@ -26,6 +26,13 @@ def reshape(e: KernelContext, op: Op) -> None:
         e.bind_pointer(out, e.ptr(x))  # same bytes, new shape: no copy
 
 
+def size(e: KernelContext, op: Op) -> None:
+    """A run-time size (``x.shape[0]`` used as a value): its C expression."""
+    out = op.outs[0]
+    e.declare(out)
+    e.store(out, "0", f"(int64_t){op.attrs['value']}")
+
+
 def constant(e: KernelContext, op: Op) -> None:
     out = op.outs[0]
     value: np.ndarray = op.attrs["value"]

@@ -42,6 +42,7 @@ from ..errors import TraceError
 from ..ir.nodes import Accumulate, Apply, Block, Call, Function, If, Lambda, Loop, Op, Stmt, Var, While, free_vars
 from ..ir.primitives import PRIMITIVES
 from ..ir.rewrite import clone_block
+from ..ir.symbolic import Size, hint
 from ..ir.types import FLOAT_DTYPES, FnType, TensorType, scalar
 from ..tensor import Tensor
 from ..tracing import Frame, with_location
@@ -76,6 +77,11 @@ class _StackedGradient:
         self.product = product  # the body's ``a @ op(b)``
         self.a = rows           # [n, m, k]: the rows of a, one block per iteration
         self.g = rows_bar       # [n, m, p]: the adjoint of the product, likewise
+
+
+def _bound(value: object) -> int | Size:
+    """A counted loop's bound known while tracing: a constant, or a run-time size (``len(xs)``)."""
+    return value if isinstance(value, Size) else int(value)  # type: ignore[call-overload]
 
 
 def _is_float(v: Var) -> bool:
@@ -275,6 +281,8 @@ class Differentiator:
         self.val[out.id] = self.tensor(new)
         if s.prim == "fill" and out.type.shape == ():  # type: ignore[union-attr]
             self.static[out.id] = s.attrs["value"]
+        elif s.prim == "size":  # a run-time size: a loop bound whose trip count is known before the loop
+            self.static[out.id] = s.attrs["value"]
         self.zeros_for(out)
 
     def backward_op(self, s: Op) -> None:
@@ -367,8 +375,8 @@ class Differentiator:
     def control_loop(self, s: Loop, rest: Continuation) -> list[Tensor]:
         frame = self.frame
         self.at(s)
-        lo, hi = int(self.static[s.lo.id]), int(self.static[s.hi.id])
-        n = max(hi - lo, 0)
+        lo, hi = (_bound(self.static[v.id]) for v in (s.lo, s.hi))
+        n = hi - lo if hi - lo > 0 else 0  # (a run-time trip count: the code assumes what this call's is)
         i_old, *carry_old = s.body.params
         # Forward: the loop as written, storing the state each iteration starts from and the
         # results of its products (residuals), which the backward part then does not recompute.
@@ -377,7 +385,7 @@ class Differentiator:
         budget = LOOP_RESIDUAL_MAX_BYTES
         for st in s.body.stmts if has_backward else []:
             if isinstance(st, Op) and PRIMITIVES[st.prim].saved_in_loops and st.outs[0].id in self.active:
-                budget -= n * st.outs[0].type.nbytes  # type: ignore[union-attr]
+                budget -= hint(n * st.outs[0].type.nbytes)  # type: ignore[union-attr]
                 if budget >= 0:
                     residuals.append(st.outs[0])
 
@@ -467,8 +475,8 @@ class Differentiator:
             shapes = [v.type.shape for v in (a, b, out)]  # type: ignore[union-attr]
             if (b.id in free and b.id in self.active and out.id in self.active
                     and all(len(sh) == 2 for sh in shapes)
-                    and a.type.size + out.type.size < b.type.size  # type: ignore[union-attr]
-                    and n * (a.type.size + out.type.size) * 8 <= STACKED_GRADIENT_MAX_BYTES):  # type: ignore[union-attr]
+                    and hint(a.type.size + out.type.size) < hint(b.type.size)  # type: ignore[union-attr]
+                    and hint(n * (a.type.size + out.type.size) * 8) <= STACKED_GRADIENT_MAX_BYTES):  # type: ignore[union-attr]
                 found.append(st)
         return found
 

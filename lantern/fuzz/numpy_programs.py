@@ -924,16 +924,20 @@ def _mismatch(actual: Any, expected: Any, flag: dict, bitwise: bool = False) -> 
                 f"{tuple(diff[0]) if len(diff) else ()}:\n got {a!r}\n expected {e!r}")
 
 
-def check_programs(programs: list[Program]) -> Report:
+def check_programs(programs: list[Program], dynamic: bool = False) -> Report:
     """Check ``programs`` (see the module docstring): the ones NumPy runs as one staged function, the ones
-    NumPy rejects one at a time. A batch that fails as a whole is checked one program at a time."""
+    NumPy rejects one at a time. A batch that fails as a whole is checked one program at a time.
+
+    ``dynamic``: the batch is staged with ``dynamic=True`` (every dimension of size 2 or more a run-time
+    size; a batch whose code needs a size as a number is compiled per shape, as users' code would be)."""
     report = Report(programs=len(programs))
     good = [p for p in programs if not _is_error(p)]
     for p in programs:
-        if _is_error(p):
+        if _is_error(p) and not dynamic:
             report.failures += _check_rejected(p)
     if good:
-        report.failures += _check_batch(good)
+        failures, report.with_sizes = _check_batch(good, dynamic)
+        report.failures += failures
     return report
 
 
@@ -954,15 +958,24 @@ def _check_rejected(p: Program) -> list[Failure]:
                     "lantern returned a result")]
 
 
-def _check_batch(programs: list[Program]) -> list[Failure]:
+def _check_batch(programs: list[Program], dynamic: bool = False) -> tuple[list[Failure], int]:
+    """The failures of ``programs`` run as one staged function, and whether it had run-time sizes."""
     args = arguments(programs)
-    pristine = copy.deepcopy(args)
     try:
         ns = load_batch(programs)
-        exe = ns["batch"].lower(*args)
+        exe = (stage(ns["batch"], dynamic=True) if dynamic else ns["batch"]).lower(*args)
+    except Exception as exc:  # noqa: BLE001
+        return _one_by_one(programs, type(exc).__name__, describe(exc), dynamic), 0
+    return _check_executable(programs, ns, exe, args, dynamic), int(exe.pattern is not None)
+
+
+def _check_executable(programs: list[Program], ns: dict[str, Any], exe: Any, args: tuple,
+                      dynamic: bool) -> list[Failure]:
+    pristine = copy.deepcopy(args)
+    try:
         native = exe(*args)
     except Exception as exc:  # noqa: BLE001
-        return _one_by_one(programs, type(exc).__name__, describe(exc))
+        return _one_by_one(programs, type(exc).__name__, describe(exc), dynamic)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = ns["numpy_batch"](*args)
@@ -970,17 +983,17 @@ def _check_batch(programs: list[Program]) -> list[Failure]:
     try:
         checks.append(("the reference interpreter", exe.interpret(*args), False))
     except Exception as exc:  # noqa: BLE001
-        return _one_by_one(programs, "interpret", describe(exc))
+        return _one_by_one(programs, "interpret", describe(exc), dynamic)
     try:
         twin = flags.unoptimized(exe)
         if twin is not None:
             checks.append(("the same C compiled at -O0", twin(*args), True))
     except Exception as exc:  # noqa: BLE001
-        return _one_by_one(programs, "-O0", describe(exc))
+        return _one_by_one(programs, "-O0", describe(exc), dynamic)
     again = exe(*args)
     checks.append(("a second call", again, True))
     if exe.native.arena_in_use() != 0:
-        return _one_by_one(programs, "arena", f"{exe.native.arena_in_use()} arena bytes held after the call")
+        return _one_by_one(programs, "arena", f"{exe.native.arena_in_use()} arena bytes held after the call", dynamic)
     failures = []
     for j, p in enumerate(programs):
         if not all(flags.same_bits(a, b) for a, b in zip(args[j], pristine[j])):
@@ -1003,11 +1016,11 @@ def _check_batch(programs: list[Program]) -> list[Failure]:
     return failures
 
 
-def _one_by_one(programs: list[Program], stage: str, message: str) -> list[Failure]:
+def _one_by_one(programs: list[Program], stage: str, message: str, dynamic: bool) -> list[Failure]:
     if len(programs) == 1:
         p = programs[0]
         return [Failure(p["seed"], p["index"], stage, message)]
-    return [f for p in programs for f in _check_batch([p])]
+    return [f for p in programs for f in _check_batch([p], dynamic)[0]]
 
 
 def coverage(programs: list[Program]) -> Counter:

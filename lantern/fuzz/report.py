@@ -26,9 +26,11 @@ class Report:
     fd_checked: int = 0
     fd_skipped: int = 0  # the difference quotient was not stable (a kink or branch along the direction)
     failures: list[Failure] = field(default_factory=list)
+    with_sizes: int = 0  # batches compiled with run-time sizes (``dynamic=True`` checks)
 
     def add(self, other: "Report") -> None:
         self.programs += other.programs
+        self.with_sizes += other.with_sizes
         self.fd_checked += other.fd_checked
         self.fd_skipped += other.fd_skipped
         self.failures += other.failures

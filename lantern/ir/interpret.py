@@ -13,23 +13,26 @@ import numpy as np
 
 from .nodes import Accumulate, Apply, Block, Call, Fused, If, Lambda, Loop, Module, Op, Stmt, Var, While
 from .primitives import PRIMITIVES
+from .symbolic import Size, evaluate_shape, substitute
 from .types import TensorType
 
 Env = dict[int, Any]
 
 
-def _check(v: Var, value: Any) -> Any:
+def _check(v: Var, value: Any, sizes: dict[str, int]) -> Any:
     if isinstance(v.type, TensorType):
         value = np.asarray(value)
         if value.dtype.name != v.type.dtype:
             value = value.astype(v.type.dtype)
-        assert value.shape == v.type.shape, (v, value.shape, v.type)
+        assert value.shape == evaluate_shape(v.type.shape, sizes), (v, value.shape, v.type)
     return value
 
 
 class Interpreter:
-    def __init__(self, module: Module):
+    def __init__(self, module: Module, sizes: dict[str, int] | None = None):
         self.module = module
+        #: the value of each run-time size (``ir/symbolic.py``) in this call
+        self.sizes = sizes or {}
 
     def call(self, fn_name: str, args: Sequence[Any]) -> list[Any]:
         fn = self.module.functions[fn_name]
@@ -38,18 +41,19 @@ class Interpreter:
 
     def block(self, block: Block, args: Sequence[Any], env: Env) -> list[Any]:
         for p, a in zip(block.params, args, strict=True):
-            env[p.id] = _check(p, a)
+            env[p.id] = _check(p, a, self.sizes)
         for stmt in block.stmts:
             values = self.stmt(stmt, env)
             for o, val in zip(stmt.outs, values, strict=True):
-                env[o.id] = _check(o, val)
+                env[o.id] = _check(o, val, self.sizes)
         return [env[r.id] for r in block.results]
 
     def stmt(self, stmt: Stmt, env: Env) -> list[Any]:
         get: Callable[[Var], Any] = lambda v: env[v.id]  # noqa: E731
         match stmt:
             case Op():
-                return [PRIMITIVES[stmt.prim].ref(*map(get, stmt.args), **stmt.attrs)]
+                attrs = {k: substitute(v, self.sizes) for k, v in stmt.attrs.items()} if self.sizes else stmt.attrs
+                return [PRIMITIVES[stmt.prim].ref(*map(get, stmt.args), **attrs)]
             case If():
                 return self.block(stmt.then_block if bool(get(stmt.pred)) else stmt.else_block, [], env)
             case Loop():
@@ -97,7 +101,7 @@ def interpret(module: Module, args: Sequence[Any]) -> list[np.ndarray]:
     def run() -> None:
         try:
             with np.errstate(all="ignore"):  # NaN and Inf propagate, as in the generated C
-                outcome["value"] = Interpreter(module).call(module.entry, arrays)
+                outcome["value"] = Interpreter(module, call_sizes(module, arrays)).call(module.entry, arrays)
         except BaseException as exc:  # re-raised in the caller's thread
             outcome["error"] = exc
 
@@ -114,6 +118,16 @@ def interpret(module: Module, args: Sequence[Any]) -> list[np.ndarray]:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+def call_sizes(module: Module, arrays: Sequence[np.ndarray]) -> dict[str, int]:
+    """The value of each run-time size of ``module``'s entry function in a call with ``arrays``."""
+    sizes: dict[str, int] = {}
+    for p, a in zip(module.entry_function.body.params, arrays):
+        for d, n in zip(p.type.shape, np.shape(a)):  # type: ignore[union-attr]
+            if isinstance(d, Size) and d.variable:
+                sizes.setdefault(d.variable, n)
+    return sizes
 
 
 _RECURSION_LIMIT = 200_000

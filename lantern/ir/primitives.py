@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import DTypeError, ShapeError
+from .symbolic import Size, shape_text
 from .types import FLOAT_DTYPES, INT_DTYPES, TensorType
 
 Infer = Callable[[list[TensorType], dict[str, Any]], TensorType]
@@ -60,17 +61,31 @@ def _register(name: str, kind: str, infer: Infer, ref: Callable[..., np.ndarray]
 
 
 def broadcast_shapes(*shapes: tuple[int, ...], op: str = "broadcast") -> tuple[int, ...]:
-    """NumPy broadcasting of static shapes, raising ``ShapeError`` naming ``op``."""
+    """NumPy broadcasting of shapes, raising ``ShapeError`` naming ``op``. With run-time sizes each
+    ``== 1`` and each equality is a decision of the trace (a guard, see ``ir/symbolic.py``)."""
     # By hand: np.broadcast_shapes also rejects shapes too large for an array, with the same
     # ValueError; lantern reports size separately (tracing.Frame.emit).
     ndim = max((len(s) for s in shapes), default=0)
     out = []
     for k in range(ndim):
-        dims = {s[k - ndim + len(s)] for s in shapes if k - ndim + len(s) >= 0} - {1}
-        if len(dims) > 1:
-            raise ShapeError(f"{op}: shapes {', '.join(map(str, shapes))} cannot be broadcast together")
-        out.append(dims.pop() if dims else 1)
+        dim = None
+        for s in shapes:
+            if k - ndim + len(s) < 0:
+                continue
+            d = s[k - ndim + len(s)]
+            if d == 1:
+                continue
+            if dim is None:
+                dim = d
+            elif d != dim:
+                raise ShapeError(f"{op}: shapes {', '.join(map(shape_str, shapes))} cannot be broadcast together")
+        out.append(1 if dim is None else dim)
     return tuple(out)
+
+
+def shape_str(shape: tuple) -> str:
+    """A shape as NumPy prints it, run-time sizes by name: ``(n_words, 150)``."""
+    return f"({shape_text(shape).replace(',', ', ')}{',' if len(shape) == 1 else ''})"
 
 
 def infer(prim: str, arg_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
@@ -269,6 +284,17 @@ _register("iota", "iota", _infer_iota,
           may_make_nonfinite=False)
 
 
+def _infer_size(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    if types:
+        raise ShapeError("size takes no operands")
+    return TensorType((), "int64")
+
+
+# A size as a staged int64 scalar (``x.shape[0]`` used as a value: a loop bound, arithmetic with tensors).
+_register("size", "size", _infer_size, lambda value: np.array(value, np.int64), differentiable=False,
+          may_make_nonfinite=False)
+
+
 # ---------------------------------------------------------------- reductions
 
 def _reduced_shape(name: str, x: TensorType, axes: tuple[int, ...], keepdims: bool) -> tuple[int, ...]:
@@ -398,7 +424,7 @@ _register("matmul", "matmul", _infer_matmul, _ref_matmul, saved_in_loops=True)
 def _infer_reshape(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     (x,) = types
     shape = tuple(attrs["shape"])
-    if int(np.prod(shape)) != x.size:
+    if math.prod(shape) != x.size:
         raise ShapeError(f"reshape: cannot reshape {x.shape} (size {x.size}) to {shape}")
     return TensorType(shape, x.dtype)
 
@@ -425,16 +451,26 @@ def _infer_slice(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
         raise ShapeError(f"slice: need one (start, stop, step) per axis of {x.shape}")
     shape = []
     for d, start, stop, step in zip(x.shape, starts, stops, steps):
-        n = len(range(start, stop, step))
+        n = slice_length(start, stop, step)
         if n and not (0 <= start < d and 0 <= start + (n - 1) * step < d):
             raise ShapeError(f"slice: {start}:{stop}:{step} out of bounds for axis of size {d}")
         shape.append(n)
     return TensorType(tuple(shape), x.dtype)
 
 
+def slice_length(start: int | Size, stop: int | Size, step: int) -> int | Size:
+    """``len(range(start, stop, step))``, for run-time sizes too (a step other than 1 or -1 fixes them)."""
+    if not (isinstance(start, Size) or isinstance(stop, Size)):
+        return len(range(start, stop, step))
+    if step in (1, -1):
+        n = (stop - start) * step
+        return n if n > 0 else 0
+    return len(range(int(start), int(stop), step))
+
+
 def _python_slice(start: int, stop: int, step: int) -> slice:
     """The slice reading ``range(start, stop, step)`` (normalized bounds: a stop of -1 means "past 0")."""
-    r = range(start, stop, step)
+    r = range(int(start), int(stop), step)
     if not r:
         return slice(0, 0)
     end = r[-1] + (1 if step > 0 else -1)

@@ -6,6 +6,8 @@ from math import prod
 
 import numpy as np
 
+from .symbolic import Size, shape_text
+
 #: dtypes a staged tensor may have, by their NumPy names.
 DTYPES = ("bool", "int32", "int64", "float32", "float64")
 FLOAT_DTYPES = ("float32", "float64")
@@ -28,9 +30,10 @@ def canonical_dtype(dtype) -> str:
 
 @dataclass(frozen=True)
 class TensorType:
-    """A tensor of static ``shape`` and ``dtype`` (a name from :data:`DTYPES`)."""
+    """A tensor of ``shape`` and ``dtype`` (a name from :data:`DTYPES`); a dimension is an ``int`` or a
+    :class:`~lantern.ir.symbolic.Size` known only at run time."""
 
-    shape: tuple[int, ...]
+    shape: tuple[int | Size, ...]
     dtype: str
 
     @property
@@ -38,7 +41,7 @@ class TensorType:
         return len(self.shape)
 
     @property
-    def size(self) -> int:
+    def size(self) -> int | Size:
         return prod(self.shape)
 
     @property
@@ -46,11 +49,16 @@ class TensorType:
         return np.dtype(self.dtype).itemsize
 
     @property
-    def nbytes(self) -> int:
+    def is_static(self) -> bool:
+        """Every dimension is an ``int``."""
+        return not any(isinstance(d, Size) for d in self.shape)
+
+    @property
+    def nbytes(self) -> int | Size:
         return self.size * self.itemsize
 
     def __str__(self) -> str:
-        return f"{_SHORT[self.dtype]}[{','.join(map(str, self.shape))}]"
+        return f"{_SHORT[self.dtype]}[{shape_text(self.shape)}]"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..nodes import Accumulate, Function, Module, Op, Stmt
 from ..rewrite import map_blocks
+from ..symbolic import known_equal
 from ..types import TensorType
 
 
@@ -19,20 +20,21 @@ def _zeros_instead(stmt: Op) -> bool:
     t: TensorType = stmt.outs[0].type  # type: ignore[assignment]
     if stmt.prim in ("fill", "constant"):
         return False
-    if stmt.prim == "take" and stmt.args[1].type.size:  # type: ignore[union-attr]
+    # (a run-time size is not known to be 0: its code must work for every size)
+    if stmt.prim == "take" and not known_equal(stmt.args[1].type.size, 0):  # type: ignore[union-attr]
         return False  # its indices are still checked (NumPy raises for a bad index into an empty result)
-    if t.size == 0:
+    if known_equal(t.size, 0):
         return True
     if stmt.prim == "matmul":
         a: TensorType = stmt.args[0].type  # type: ignore[assignment]
-        return a.shape[-2 if stmt.attrs.get("trans_a") else -1] == 0
+        return known_equal(a.shape[-2 if stmt.attrs.get("trans_a") else -1], 0)
     return False
 
 
 def _rewrite(stmts: list[Stmt]) -> list[Stmt]:
     out: list[Stmt] = []
     for s in stmts:
-        if isinstance(s, Accumulate) and s.value.type.size == 0:  # type: ignore[union-attr]
+        if isinstance(s, Accumulate) and known_equal(s.value.type.size, 0):  # type: ignore[union-attr]
             continue
         if isinstance(s, Op) and _zeros_instead(s):
             t: TensorType = s.outs[0].type  # type: ignore[assignment]

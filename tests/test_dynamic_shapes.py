@@ -1,0 +1,273 @@
+"""Run-time sizes (issue 12): symbolic dimensions, guards, one compile for every size, gradients."""
+import warnings
+
+import numpy as np
+import pytest
+
+import lantern
+from lantern.dynamic_shapes import Pattern
+from lantern.ir.interpret import interpret
+from lantern.ir.symbolic import ShapeEnv, Size, SymbolicSizeError, shape_env
+
+rng = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def quick_compiles(monkeypatch):
+    monkeypatch.setenv("CFLAGS", "-O0")
+
+
+# ------------------------------------------------------------------ sizes and guards
+
+def test_size_arithmetic_is_polynomial_and_prints_as_c():
+    n, m = Size.var("n"), Size.var("m")
+    assert n * 150 == 150 * n and (n * 150).pretty() == "150 * n" and str(n * 150) == "(150 * n)"
+    assert str(n) == "n" and (n + 1 - n) == 1 and isinstance(n - n, int)
+    assert (n * m * 3).exact_div(n) == 3 * m and (n * 150).exact_div(150) == n
+    assert (n + 1).exact_div(2) is None
+    assert (2 * n - 1).pretty() == "2 * n - 1" and (n * n).pretty() == "n * n"
+    assert (n * 4 + m).evaluate({"n": 3, "m": 5}) == 17
+    assert hash(n * 2) == hash(Size.var("n") * 2) and n * 2 == Size.var("n") * 2
+    assert n != m and n != 1  # outside a trace: compared as expressions
+
+
+def test_decisions_outside_a_trace_raise_and_inside_record_guards():
+    n = Size.var("n")
+    with pytest.raises(SymbolicSizeError, match="known only at run time"):
+        bool(n > 3)
+    with pytest.raises(SymbolicSizeError):
+        int(n)
+    env = ShapeEnv({"n": 7})
+    with shape_env(env):
+        assert n > 3 and not n == 1 and n // 7 == 1 and int(n * 2) == 14
+    relations = {str(g) for g in env.guards}
+    assert {"n - 3 > 0", "n - 1 != 0", "n - 7 == 0", "2 * n - 14 == 0"} <= relations
+    assert env.specialized == {"n": 7}
+
+
+def test_pattern_binds_sizes_shares_equal_sizes_and_checks_guards():
+    from lantern.dynamic_shapes import make_pattern
+    keys = [("array", (5, 3), "float32"), ("array", (5,), "int64"), ("static", "float", 0.5)]
+    pattern = make_pattern(keys, ["x", "y", "lr"], {(0, 0), (1, 0)}, lambda p: p)
+    assert pattern.keys[0] == ("array", ("n_x", 3), "float32") and pattern.keys[1][1] == ("n_x",)
+    assert pattern.bind([("array", (9, 3), "float32"), ("array", (9,), "int64"), ("static", "float", 0.5)]) \
+        == {"n_x": 9}
+    assert pattern.bind([("array", (9, 3), "float32"), ("array", (8,), "int64"), ("static", "float", 0.5)]) is None
+    assert pattern.bind([("array", (9, 4), "float32"), ("array", (9,), "int64"), ("static", "float", 0.5)]) is None
+    # sizes 0 and 1 stay constants (broadcasting and empty arrays behave differently there)
+    assert make_pattern([("array", (1, 3), "float32")], ["x"], {(0, 0)}, str).variables == ()
+
+
+# ------------------------------------------------------------------ one compile for every size
+
+def _mlp(W, b, x):
+    return lantern.sum(lantern.tanh(x @ W + b), axis=1)
+
+
+def test_automatic_run_time_size_after_a_second_size():
+    f = lantern.stage(_mlp)
+    W, b = rng.standard_normal((3, 4)), rng.standard_normal(4)
+    for n in (5, 7, 9, 40, 2):
+        x = rng.standard_normal((n, 3))
+        np.testing.assert_allclose(f(W, b, x), np.tanh(x @ W + b).sum(1), rtol=1e-12)
+    info = f.cache_info()
+    assert info.compiles == 2
+    assert info.signatures[1] == "W: float64[3,4], b: float64[4], x: float64[n_x,3]"
+    exe = f.lower(W, b, np.ones((11, 3)))
+    assert exe.pattern is not None and "f64[n_x,4]" in exe.ir and "x.shape[0]" in exe.c_source
+    assert "lt_size[0]" in exe.c_source
+
+
+def test_declared_and_disabled_dynamic_axes():
+    f = lantern.stage(_mlp, dynamic={"x": 0})
+    W, b = rng.standard_normal((3, 4)), rng.standard_normal(4)
+    for n in (5, 6, 8):
+        f(W, b, rng.standard_normal((n, 3)))
+    assert f.cache_info().compiles == 1
+    g = lantern.stage(_mlp, dynamic=False)
+    for n in (5, 6, 8):
+        g(W, b, rng.standard_normal((n, 3)))
+    assert g.cache_info().compiles == 3
+    h = lantern.stage(lambda x: x.sum(axis=0), dynamic=True)
+    for shape in ((3, 4), (5, 6), (7, 2)):
+        h(np.ones(shape))
+    assert h.cache_info().compiles == 1 and h.cache_info().signatures[0] == "x: float64[n_x,n1_x]"
+    with pytest.raises(lantern.ArgumentError, match="not parameters"):
+        lantern.stage(_mlp, dynamic={"z": 0})(W, b, np.ones((2, 3)))
+    with pytest.raises(lantern.ArgumentError, match="dynamic must be"):
+        lantern.stage(_mlp, dynamic="yes")
+
+
+def test_sizes_zero_and_one_are_served_correctly():
+    f = lantern.stage(lambda x, y: (x * 2.0).sum() + y.mean(), dynamic=True)
+    for n in (5, 1, 0, 6):
+        x, y = np.arange(n, dtype=np.float64), np.ones(4)
+        assert f(x, y) == pytest.approx(2 * x.sum() + 1.0)
+
+
+def test_a_call_that_breaks_a_guard_compiles_again_and_stays_right():
+    @lantern.stage(dynamic=True)
+    def f(x):
+        if x.shape[0] > 4:  # a decision on the size: guarded
+            return x.sum()
+        return -x.sum()
+    assert f(np.ones(6)) == 6.0 and f(np.ones(9)) == 9.0
+    assert f.cache_info().compiles == 1
+    assert f(np.ones(3)) == -3.0 and f(np.ones(2)) == -2.0
+    assert f.cache_info().compiles == 2
+
+
+def test_different_sizes_of_one_variable_compile_separately_and_mismatches_are_shape_errors():
+    f = lantern.stage(lambda x, y: x + y)
+    f(np.ones(3), np.ones(3))
+    np.testing.assert_allclose(f(np.ones(5), np.ones(5)), 2 * np.ones(5))  # x and y share n_x
+    assert f.cache_info().signatures[1] == "x: float64[n_x], y: float64[n_x]"
+    with pytest.raises(lantern.ShapeError, match="cannot be broadcast"):
+        f(np.ones(5), np.ones(6))
+
+
+def test_an_executable_with_sizes_rejects_arrays_that_do_not_fit():
+    f = lantern.stage(lambda x, y: x * y.sum(), dynamic=True)
+    exe = f.lower(np.ones(4), np.ones(4))
+    np.testing.assert_allclose(exe(np.ones(6), np.ones(6)), 6 * np.ones(6))
+    with pytest.raises(lantern.ArgumentError, match=r"argument y: axis 0 has size 5, but this code has one size"):
+        exe(np.ones(6), np.ones(5))
+    with pytest.raises(lantern.ArgumentError, match=r"argument x: expected shape \(n_x,\), got \(6, 2\)"):
+        exe(np.ones((6, 2)), np.ones(6))
+
+
+def test_shape_arithmetic_slices_reshape_and_sizes_as_values():
+    @lantern.stage(dynamic={"x": 0})
+    def f(x):
+        n = x.shape[0]
+        flat = x.reshape(-1)               # f64[3 * n]
+        first = flat[: n]                  # a slice with a run-time bound
+        tail = x[1:]                       # [n - 1, 3]
+        back = x.reshape(n, 3)[-1]
+        rows = lantern.arange(3) * n       # a size in arithmetic with a tensor
+        return first.sum() + tail.sum() + back.sum() + rows.sum() + len(x) + x.mean()
+    for n in (4, 7, 10):
+        x = rng.standard_normal((n, 3))
+        want = x.reshape(-1)[:n].sum() + x[1:].sum() + x[-1].sum() + 3 * n + n + x.mean()
+        assert f(x) == pytest.approx(want)
+    assert f.cache_info().compiles == 1
+
+
+def test_interpreter_and_printer_know_run_time_sizes():
+    f = lantern.stage(lambda x, w: lantern.tanh(x @ w).sum(axis=0), dynamic={"x": 0})
+    x, w = rng.standard_normal((6, 3)), rng.standard_normal((3, 2))
+    exe = f.lower(x, w)
+    assert "f64[n_x,3]" in exe.ir
+    for n in (3, 8):
+        x = rng.standard_normal((n, 3))
+        (ref,) = interpret(exe.traced_module, [x, w])
+        np.testing.assert_allclose(exe(x, w), ref, rtol=1e-12)
+        np.testing.assert_allclose(exe.interpret(x, w, optimized=True), ref, rtol=1e-12)
+
+
+# ------------------------------------------------------------------ gradients and control flow
+
+def _fd(fn, arg, eps=1e-6):
+    """Central finite difference of ``fn`` along a random direction of ``arg``."""
+    u = rng.standard_normal(arg.shape)
+    return (fn(arg + eps * u) - fn(arg - eps * u)) / (2 * eps), u
+
+
+def _rnn_loss(W, U, xs, ys):
+    h = lantern.zeros(W.shape[1], dtype=W.dtype)
+    loss = 0.0
+    for t in range(len(xs)):           # a staged loop whose trip count is a run-time size
+        h = lantern.tanh(W[xs[t]] + h @ U)
+        loss = loss - lantern.log_softmax(h)[ys[t]]
+    return loss / len(xs)
+
+
+@pytest.mark.filterwarnings("ignore::lantern.UnrolledLoopWarning")  # (the per-shape oracle unrolls)
+def test_rnn_over_sequences_of_any_length_compiles_twice_with_right_gradients():
+    W, U = rng.standard_normal((6, 4)) * 0.5, rng.standard_normal((4, 4)) * 0.5
+    grad = lantern.stage(lantern.value_and_grad(_rnn_loss, argnums=(0, 1)))
+    per_shape = lantern.stage(lantern.value_and_grad(_rnn_loss, argnums=(0, 1)), dynamic=False)
+    for T in (5, 9, 17, 33, 6):
+        xs, ys = rng.integers(0, 6, T), rng.integers(0, 4, T)
+        value, (gW, gU) = grad(W, U, xs, ys)
+        want_value, (want_W, want_U) = per_shape(W, U, xs, ys)
+        assert value == pytest.approx(want_value, rel=1e-12)
+        np.testing.assert_allclose(gU, want_U, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(gW, want_W, rtol=1e-10, atol=1e-12)
+        if T == 9:
+            run = lantern.stage(_rnn_loss, dynamic=False)
+            fd, u = _fd(lambda U2: run(W, U2, xs, ys), U)
+            assert fd == pytest.approx(np.sum(gU * u), rel=1e-6, abs=1e-9)
+    assert grad.cache_info().compiles == 2
+    assert "xs: int64[n_xs], ys: int64[n_xs]" in grad.cache_info().signatures[1]
+
+
+def _tree_sum(w, left, right, x, node):
+    if left[node] < 0:
+        return lantern.tanh(x[node] * w)
+    return lantern.tanh(_tree(w, left, right, x, left[node]) + _tree(w, left, right, x, right[node]) * w)
+
+
+_tree = lantern.stage(_tree_sum)
+
+
+def _balanced(n_leaves):
+    left, right = [], []
+
+    def build(lo, hi):
+        k = len(left)
+        left.append(-1), right.append(-1)
+        if hi - lo > 1:
+            mid = (lo + hi + 1) // 2
+            left[k] = build(lo, mid)
+            right[k] = build(mid, hi)
+        return k
+    build(0, n_leaves)
+    return np.array(left), np.array(right)
+
+
+def test_recursion_over_trees_of_any_size_with_gradients():
+    loss = lantern.stage(lantern.value_and_grad(lambda w, left, right, x: _tree(w, left, right, x,
+                                                                                   lantern.asarray(np.int64(0)))))
+    w = np.float64(0.7)
+    for leaves in (3, 5, 8, 13):
+        left, right = _balanced(leaves)
+        x = rng.standard_normal(len(left))
+        value, g = loss(w, left, right, x)
+        run = lantern.stage(lambda w, left, right, x: _tree(w, left, right, x, lantern.asarray(np.int64(0))),
+                            dynamic=False)
+        assert value == pytest.approx(float(run(w, left, right, x)), rel=1e-12)
+        eps = 1e-6
+        fd = (run(w + eps, left, right, x) - run(w - eps, left, right, x)) / (2 * eps)
+        assert g == pytest.approx(float(fd), rel=1e-6)
+    assert loss.cache_info().compiles == 2
+
+
+def test_cond_and_while_loop_with_run_time_sizes():
+    @lantern.stage(dynamic={"x": 0})
+    def f(x, k):
+        y = lantern.cond(x.sum() > 0, lambda v: v * k, lambda v: v - k, x)
+        total = lantern.while_loop(lambda s: s[1] < x.shape[0], lambda s: (s[0] + y[s[1]], s[1] + 1),
+                                   (0.0 * k, lantern.asarray(np.int64(0))))[0]
+        return total * 2.0
+    for n in (4, 9, 15):
+        x = rng.standard_normal(n)
+        k = 1.5
+        want = 2.0 * ((x * k).sum() if x.sum() > 0 else (x - k).sum())
+        assert float(f(x, np.float64(k))) == pytest.approx(want)
+        g = lantern.stage(lantern.grad(f.python_fn, argnums=1), dynamic={"x": 0})(x, np.float64(k))
+        eps = 1e-6
+        fd = (f(x, np.float64(k + eps)) - f(x, np.float64(k - eps))) / (2 * eps)
+        assert float(g) == pytest.approx(float(fd), rel=1e-6, abs=1e-9)
+    assert f.cache_info().compiles == 1
+
+
+def test_a_program_that_cannot_run_with_sizes_falls_back_to_per_shape_and_says_why():
+    @lantern.stage
+    def f(x):
+        return lantern.asarray(np.arange(int(x.shape[0]) * 2.0)).sum() + x.sum()  # needs the size as a number
+    for n in (3, 4, 5):
+        assert f(np.ones(n)) == pytest.approx(np.arange(2.0 * n).sum() + n)
+    events = f.cache_info().events
+    assert len(events) == 3  # the code with n as a constant serves only that n
+    assert "run-time sizes" in events[1].reason
