@@ -8,13 +8,15 @@ Trees are deterministic and need no download (``lantern.data.sentence_trees``): 
 ``pydoc_data.topics`` (4 to 20 words), each binarized as a balanced tree (split at the
 middle); a node's label is the total length of the words it spans modulo 5. Nodes are
 numbered in pre-order (root 0, children after their parent) and stored as child-index
-arrays (``-1`` for a leaf) padded to ``MAX_NODES``, so every tree is the same signature
-(one compiled kernel).
+arrays (``-1`` for a leaf), each tree at its own size (7 to 39 nodes), as a user has them.
 
 * Lantern: a recursive staged function over the child-index arrays, differentiated in CPS
-  (the recursion becomes a recursive C function taking its continuation);
+  (the recursion becomes a recursive C function taking its continuation). The step compiles for
+  the first tree's size and once more with the node count a run-time size (issue 12); that code
+  serves every later tree. The report counts the compiles and times the first epoch (with them);
 * PyTorch eager: Python recursion over the same tree;
-* JAX: a padded formulation under one ``jax.jit``: all leaves' gates in one product, then a
+* JAX: a padded formulation under one ``jax.jit`` (the same trees padded to ``MAX_NODES``, so one
+  signature; unpadded, every tree size would compile again): all leaves' gates in one product, then a
   ``lax.fori_loop`` over the ``MAX_NODES`` slots in reverse pre-order (children before
   parents), each slot computing the inner-node cell and selecting it for inner nodes; the
   losses of all real nodes at once at the end. (``torch.compile`` is not run: recursion over
@@ -26,11 +28,14 @@ Model (``H = 150``)::
     inner: i, fl, fr, o, u = split([h_l, h_r] @ U + bu);  c = sig(i) * tanh(u) + sig(fl) * c_l + sig(fr) * c_r
     both:  h = sig(o) * tanh(c);   loss += cross_entropy(h @ Wout + bout, label)
 
-    python benchmarks/bench_treelstm.py [--quick] [--threads N] [--trees K]
+``--padded`` gives Lantern and PyTorch the padded trees too (the benchmark before run-time sizes).
+
+    python benchmarks/bench_treelstm.py [--quick] [--threads N] [--trees K] [--padded]
 """
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +49,12 @@ MAX_NODES = 2 * MAX_WORDS - 1
 
 
 # ---------------------------------------------------------------------------- data
-def make_trees(count: int) -> tuple[int, list[dict[str, np.ndarray]]]:
-    """``count`` binarized sentences (``lantern.data.sentence_trees``): (vocabulary size, padded trees)."""
+def make_trees(count: int, pad: bool = False) -> tuple[int, list[dict[str, np.ndarray]]]:
+    """``count`` binarized sentences (``lantern.data.sentence_trees``): (vocabulary size, trees), padded to
+    ``MAX_NODES`` or each at its own size."""
     from lantern.data import sentence_trees
-    vocabulary, trees = sentence_trees(count, CLASSES, MIN_WORDS, MAX_WORDS)
-    assert all(len(t["left"]) == MAX_NODES for t in trees)
+    vocabulary, trees = sentence_trees(count, CLASSES, MIN_WORDS, MAX_WORDS, pad=pad)
+    assert all(len(t["left"]) == (MAX_NODES if pad else t["n"]) for t in trees)
     return len(vocabulary), trees
 
 
@@ -196,13 +202,17 @@ def jax_step(jax):
 
 # ---------------------------------------------------------------------------- driver
 def main() -> None:
-    args = harness.parse_args(__doc__.splitlines()[0], lambda p: p.add_argument(
-        "--trees", type=int, default=None, help="trees per epoch (default 200, 4 with --quick)"))
+    def options(p):
+        p.add_argument("--trees", type=int, default=None, help="trees per epoch (default 200, 4 with --quick)")
+        p.add_argument("--padded", action="store_true", help="every tree padded to MAX_NODES (one shape)")
+    args = harness.parse_args(__doc__.splitlines()[0], options)
     args.frameworks = [f for f in args.frameworks if f != "torch.compile"]
     torch, jax = harness.torch_or_none(args), harness.jax_or_none(args)
     count = args.trees or (4 if args.quick else 200)
     repeats = args.repeats
-    vocab, trees = make_trees(count)
+    vocab, trees = make_trees(count, pad=args.padded)
+    padded = make_trees(count, pad=True)[1]  # (JAX's formulation)
+    first_epoch: dict[str, float] = {}
     emb, params = init_params(vocab)
     rows, first_losses, epoch_losses = [], {}, {}
 
@@ -214,11 +224,13 @@ def main() -> None:
         ls = {"p": params, "s": opt.init(params)}
 
         def lantern_epoch():
+            start = time.perf_counter()
             total = 0.0
             for t in trees:
                 ls["p"], ls["s"], loss = step(ls["p"], ls["s"], emb, t["words"], t["left"], t["right"], t["labels"])
                 total += float(loss)
             epoch_losses.setdefault("lantern", []).append(total / len(trees))
+            first_epoch.setdefault("lantern", time.perf_counter() - start)
 
         t0 = trees[0]
         timed_row("lantern", lambda: step(params, opt.init(params), emb, t0["words"], t0["left"], t0["right"],
@@ -241,7 +253,7 @@ def main() -> None:
         jnp = jax.numpy
         jstep = jax_step(jax)
         jemb = jnp.asarray(emb)
-        jt = [tuple(jnp.asarray(t[k]) for k in ("words", "left", "right", "labels", "mask")) for t in trees]
+        jt = [tuple(jnp.asarray(t[k]) for k in ("words", "left", "right", "labels", "mask")) for t in padded]
         jp = {k: jnp.asarray(v) for k, v in params.items()}
         js = {"p": jp, "a": {k: jnp.zeros_like(v) for k, v in jp.items()}}
 
@@ -260,9 +272,14 @@ def main() -> None:
              "first_loss_max_difference": harness.check_losses(first_losses, 1e-4 * scale),
              "mean_loss_first_timed_epoch": {k: v[1] if len(v) > 1 else v[0] for k, v in epoch_losses.items()},
              "mean_loss_last_epoch": {k: v[-1] for k, v in epoch_losses.items()}}
+    if "lantern" in args.frameworks:
+        extra["lantern_compiles"] = step.cache_info().compiles
+        extra["lantern_signatures"] = list(step.cache_info().signatures)
+        extra["lantern_first_epoch_s_with_compiles"] = round(first_epoch["lantern"], 3)
+    extra["trees_padded_for"] = "every framework" if args.padded else "jax.jit only"
     if not args.no_fresh and "lantern" in args.frameworks:
         extra["lantern_fresh_process"] = harness.fresh_process("bench_treelstm", "lantern_setup()")
-    harness.report("treelstm", {"embed": EMBED, "hidden": HIDDEN, "classes": CLASSES, "trees": len(trees),
+    harness.report("treelstm_padded" if args.padded else "treelstm", {"embed": EMBED, "hidden": HIDDEN, "classes": CLASSES, "trees": len(trees),
                                 "threads": args.threads}, rows, extra, unit="epoch")
 
 

@@ -2,8 +2,8 @@
 
 * :func:`text_corpus` and :class:`CharVocab`: the English text of the standard library's
   ``pydoc_data.topics`` as a character corpus;
-* :func:`sentence_trees`: deterministically binarized sentences of the same text, as padded
-  child-index arrays (the TreeLSTM benchmark's data);
+* :func:`sentence_trees`: deterministically binarized sentences of the same text, as
+  child-index arrays, each at its own size or padded (the TreeLSTM benchmark's data);
 * :func:`synthetic_mnist`: a deterministic, learnable MNIST-shaped classification task;
   :func:`load_mnist` reads real MNIST from local IDX files (:func:`read_idx`) instead.
 """
@@ -62,7 +62,7 @@ def sentences(min_words: int = 4, max_words: int = 20) -> Iterator[list[str]]:
             yield words
 
 
-def sentence_trees(count: int, classes: int = 5, min_words: int = 4, max_words: int = 20, pad: bool = True,
+def sentence_trees(count: int, classes: int = 5, min_words: int = 4, max_words: int = 20, pad: bool = False,
                    ) -> tuple[list[str], list[dict[str, np.ndarray]]]:
     """The first ``count`` :func:`sentences`, each a balanced binary tree: ``(vocabulary, trees)``.
 

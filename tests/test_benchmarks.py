@@ -149,6 +149,7 @@ def test_treelstm_trains(bench_modules):
 
     losses = epoch_means(3, trees, once)
     assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.6 * losses[0], losses
+    assert len({t["n"] for t in trees}) > 3 and step.cache_info().compiles == 2  # trees as they come (issue 12)
 
 
 def test_cnn_trains(bench_modules, monkeypatch):

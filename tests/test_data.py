@@ -28,20 +28,30 @@ def _leaves_in_order(t, k=0):
 
 @pytest.fixture(scope="module")
 def trees():
-    return sentence_trees(50)
+    return sentence_trees(50, pad=True)
 
 
 def test_sentence_trees_are_deterministic(trees):
     vocab, ts = trees
-    vocab2, ts2 = sentence_trees(50)
+    vocab2, ts2 = sentence_trees(50, pad=True)
     assert vocab == vocab2 == sorted(set(vocab))
     for a, b in zip(ts, ts2, strict=True):
         assert a["n"] == b["n"]
         for key in ("left", "right", "words", "labels", "mask"):
             np.testing.assert_array_equal(a[key], b[key])
     # a prefix of a longer request: the first trees do not depend on how many are asked for
-    _, few = sentence_trees(5)
+    _, few = sentence_trees(5, pad=True)
     np.testing.assert_array_equal(few[4]["left"], ts[4]["left"])
+
+
+def test_unpadded_trees_are_the_padded_ones_cut_to_their_size(trees):
+    _, padded = trees
+    _, own = sentence_trees(50)  # each tree at its own size (the default)
+    assert len({t["n"] for t in own}) > 5
+    for a, b in zip(own, padded, strict=True):
+        for key in ("left", "right", "words", "labels", "mask"):
+            assert a[key].shape == (a["n"],)
+            np.testing.assert_array_equal(a[key], b[key][:a["n"]])
 
 
 def test_sentence_trees_shapes_and_structure(trees):
@@ -81,7 +91,7 @@ def test_sentence_trees_shapes_and_structure(trees):
 
 
 def test_sentence_trees_options_and_errors():
-    vocab, ts = sentence_trees(3, classes=3, min_words=2, max_words=6)
+    vocab, ts = sentence_trees(3, classes=3, min_words=2, max_words=6, pad=True)
     assert all(t["left"].shape == (11,) and 3 <= t["n"] <= 11 and t["labels"].max() < 3 for t in ts)
     with pytest.raises(ArgumentError, match="count must be a positive int"):
         sentence_trees(0)
