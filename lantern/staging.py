@@ -17,6 +17,7 @@ import math
 import os
 import re
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -522,16 +523,28 @@ class Staged:
         """The code for ``pattern`` (run-time sizes), or None where it cannot be made: then every shape is
         compiled on its own from now on (``cache_info`` says why). Sizes a trace needed as constants
         (``int(n)``) are constants in later compiles."""
-        try:
-            exe = self._compile(treedef, list(pattern.keys), paths, pattern)
-        except Exception as exc:  # noqa: BLE001  (the per-shape compile that follows raises a real error again)
-            self._no_sizes_because = f"run-time sizes failed ({type(exc).__name__}: {exc})"
-            return None
-        assert exe.pattern is not None
-        fixed = {name for g in exe.pattern.guards for name in g.expression.variables
-                 if g.relation == "==" and len(g.expression.terms) == 2 and g.expression.variables == {name}}
-        self._fixed_axes |= {(paths[i], a) for name, i, a in pattern.variables if name in fixed}
-        return exe
+        for _ in range(3):
+            env = ShapeEnv(dict(pattern.hints))
+            try:
+                exe = self._compile(treedef, list(pattern.keys), paths, pattern, env)
+            except Exception as exc:  # noqa: BLE001  (the per-shape compile that follows raises a real error again)
+                if not env.specialized:
+                    where = " <- ".join(f"{os.path.basename(f.filename)}:{f.lineno}"
+                                        for f in reversed(traceback.extract_tb(exc.__traceback__)[-3:]))
+                    self._no_sizes_because = f"run-time sizes failed ({type(exc).__name__}: {exc}, at {where})"
+                    return None
+                exe = None  # (a size the trace fixed can make later code ill-typed: again, with it constant)
+            fixed = {(paths[i], a) for name, i, a in pattern.variables if name in env.specialized}
+            self._fixed_axes |= fixed
+            if exe is not None:
+                return exe
+            axes = {(i, a) for name, i, a in pattern.variables if name not in env.specialized}
+            pattern = dynamic_shapes.make_pattern(keys, paths, axes, _c_hint)
+            if not pattern.symbolic:
+                break
+        self._no_sizes_because = "the code needs every changing size as a number (" + ", ".join(
+            f"{p} axis {a}" for p, a in sorted(self._fixed_axes)) + ")"
+        return None
 
     def cache_info(self) -> compile_log.CacheInfo:
         """The signatures compiled in this process (in order), with why each was needed and how long it took
@@ -540,12 +553,12 @@ class Staged:
                                      tuple(self._compiles))
 
     def _compile(self, treedef: TreeDef, keys: list[tuple], paths: list[str],
-                 pattern: dynamic_shapes.Pattern | None = None) -> Executable:
+                 pattern: dynamic_shapes.Pattern | None = None, env: ShapeEnv | None = None) -> Executable:
         from . import trace_cache
         from .codegen import EmitOptions, build_native
 
         if pattern is not None:  # (the trace cache keeps signatures of static shapes only)
-            env = ShapeEnv(dict(pattern.hints))
+            env = env or ShapeEnv(dict(pattern.hints))
             with shape_env(env):
                 builder, name, traced = self._trace(treedef, keys, paths)
                 env.frozen = True  # (code generation adds no guards)

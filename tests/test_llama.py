@@ -376,3 +376,28 @@ def test_generation_says_when_max_seq_len_cuts_it_short(tmp_path, capsys):
     assert f"generating {cfg.max_seq_len - 1} of the {cfg.max_seq_len + 50} tokens" in err
     assert f"max_seq_len={cfg.max_seq_len}" in err
     assert len(text.encode("utf-8", errors="replace")) <= cfg.max_seq_len * 3
+
+
+# ------------------------------------------------------------------ run-time sizes (issue 12)
+
+def test_forward_and_training_step_serve_any_sequence_length_with_one_more_compile(monkeypatch):
+    monkeypatch.setenv("CFLAGS", "-O0")
+    cfg = CFG
+    p = params64(cfg)
+    fwd = lantern.stage(lambda params, toks: llama.forward(cfg, params, toks))
+    per_shape = lantern.stage(lambda params, toks: llama.forward(cfg, params, toks), dynamic=False)
+    for t in (5, 9, 14):
+        toks = tokens((2, t))
+        np.testing.assert_allclose(fwd(p, toks), per_shape(p, toks), rtol=1e-12, atol=1e-14)
+    assert fwd.cache_info().compiles == 2
+    assert "toks: int64[2,n1_toks]" in fwd.cache_info().signatures[1]
+    trainer = llama.Trainer(cfg)
+    state = trainer.init(p)
+    lr = np.array(1e-3, np.float64)
+    for t in (6, 11, 15):
+        _, _, loss, _ = trainer.step(p, state, tokens((2, t + 1)), lr)
+        want = lantern.stage(lambda params, toks: llama.loss_fn(cfg, params, toks), dynamic=False)(p, tokens((2, t + 1)))
+        assert float(loss) == pytest.approx(float(want), rel=1e-12)
+    assert trainer.step.cache_info().compiles == 2
+    with pytest.raises(lantern.ShapeError, match="longer than max_seq_len"):  # a guard fails: traced again
+        trainer.step(p, state, tokens((2, cfg.max_seq_len + 2)), lr)

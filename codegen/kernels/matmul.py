@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from lantern.ir.nodes import Op
-from lantern.ir.symbolic import hint, known_equal
+from lantern.ir.symbolic import Size, hint, known_equal
 
 from ..c_types import FLOATS, literal
 from ..cbuilder import offset
@@ -67,8 +67,8 @@ def matmul(e: KernelContext, op: Op) -> None:
     if not tb:
         # i-k-j order, a strip of c's row at a time held in a local array (registers): the
         # innermost loop runs along rows of b (vectorizes), and c is not reloaded per k.
-        def strip(j0: str, width: int) -> None:
-            e.c.line(f"{t} acc[{width}];")
+        def strip(j0: str, width: int | str, room: int | None = None) -> None:
+            e.c.line(f"{t} acc[{room or width}];")
             e.c.loop('l', width)
             e.c.line(f"acc[l] = {c_row + j0 + ' + l]' if out.id in e.accumulating else zero};")
             e.c.close()
@@ -83,15 +83,21 @@ def matmul(e: KernelContext, op: Op) -> None:
             e.c.line(f"{c_row}{j0} + l] = acc[l];")
             e.c.close()
 
-        full = n - n % _STRIP
-        if full:
-            e.c.open(f"for (int64_t j0 = 0; j0 < {full}; j0 += {_STRIP})")
-            strip("j0", _STRIP)
+        if isinstance(n, Size):  # a run-time width: strips of up to _STRIP columns
+            e.c.open(f"for (int64_t j0 = 0; j0 < {n}; j0 += {_STRIP})")
+            e.c.line(f"int64_t width = {n} - j0 < {_STRIP} ? {n} - j0 : {_STRIP};")
+            strip("j0", "width", _STRIP)
             e.c.close()
-        if n % _STRIP:
-            e.c.open_scope()
-            strip(str(full), n % _STRIP)
-            e.c.close()
+        else:
+            full = n - n % _STRIP
+            if full:
+                e.c.open(f"for (int64_t j0 = 0; j0 < {full}; j0 += {_STRIP})")
+                strip("j0", _STRIP)
+                e.c.close()
+            if n % _STRIP:
+                e.c.open_scope()
+                strip(str(full), n % _STRIP)
+                e.c.close()
     else:
         # b transposed: each element is a dot product of two contiguous rows; four rows of
         # b at a time share the loads of a's row.
@@ -109,12 +115,12 @@ def matmul(e: KernelContext, op: Op) -> None:
             for col, a in zip(cols, accs):
                 e.c.line(f"{c_row}{col}] {op_assign} {a};")
 
-        fours = n - n % 4
-        if fours:
+        fours = f"{n} - {n} % 4" if isinstance(n, Size) else n - n % 4  # (a run-time width: computed in C)
+        if isinstance(n, Size) or fours:
             e.c.open(f"for (int64_t j = 0; j < {fours}; j += 4)")
             dots("j", 4)
             e.c.close()
-        if n % 4:
+        if isinstance(n, Size) or n % 4:
             e.c.open(f"for (int64_t j = {fours}; j < {n}; j++)")
             dots("j", 1)
             e.c.close()

@@ -300,10 +300,16 @@ def forward(config: LlamaConfig, params: dict[str, Any], tokens: Any) -> Tensor:
     x = ops.take(p["model.embed_tokens.weight"], tokens, axis=0)  # [B, T, D]
     dtype = x.dtype
     cos_np, sin_np = rope_tables(c, dtype)
-    cos = ops.constant(cos_np[:t, None, :])  # [T, 1, hd]: broadcast over heads
-    sin = ops.constant(sin_np[:t, None, :])
     g = c.n_heads // c.n_kv_heads
-    causal = ops.constant(np.tril(np.ones((t, t), bool))[None, None])  # [1, 1, T, S]
+    if isinstance(t, int):
+        cos = ops.constant(cos_np[:t, None, :])  # [T, 1, hd]: broadcast over heads
+        sin = ops.constant(sin_np[:t, None, :])
+        causal = ops.constant(np.tril(np.ones((t, t), bool))[None, None])  # [1, 1, T, S]
+    else:  # a run-time sequence length: the first t rows of the tables, the mask from positions
+        cos = ops.expand_dims(ops.constant(cos_np)[:t], 1)
+        sin = ops.expand_dims(ops.constant(sin_np)[:t], 1)
+        pos = ops.arange(t)
+        causal = ops.expand_dims(ops.greater_equal(ops.expand_dims(pos, 1), pos), (0, 1))
     for i in range(c.n_layers):
         h = rms_norm(x, p[_layer(i, "input_layernorm")], c.norm_eps)
         q = ops.reshape(nn.linear(h, p[_layer(i, "self_attn.q_proj")]), (b, t, c.n_kv_heads, g, hd))
