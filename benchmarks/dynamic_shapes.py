@@ -4,11 +4,14 @@ are timed on the same inputs of one size; the ratio is what serving every size w
 
 Workloads (forward and backward, float32, the Lantern paper's sizes where they apply):
 
-* ``rnn`` — min-char-rnn, hidden 100, vocabulary 65, a sequence of 25 (run-time length; the loop is
-  ``for t in range(len(xs))``, a staged loop of run-time trip count);
+* ``rnn`` — min-char-rnn, hidden 100, vocabulary 65, a sequence of 25 (run-time length), written two
+  ways: ``for t in range(len(xs))`` (per shape Python unrolls it; with a run-time length it is one
+  staged loop) and ``lantern.fori_loop(0, len(xs), ...)`` (a staged loop both ways);
 * ``lstm`` — the same with an LSTM cell, hidden 100;
 * ``treelstm`` — the TreeLSTM training step of ``bench_treelstm.py`` on one tree (run-time node count);
-* ``mlp batch`` — a 784-256-10 classifier on a batch of 64 (run-time batch size; products by BLAS).
+* ``mlp batch`` — a 784-256-10 classifier on a batch of 64 (run-time batch size; products by BLAS);
+* ``cnn batch`` — the training step of ``bench_cnn.py`` (batch 100, run-time batch size);
+* ``llama forward`` — the Llama ``small`` preset's forward pass on 4 x 128 tokens (run-time length).
 
     python benchmarks/dynamic_shapes.py [--threads N] [--repeats R]
 """
@@ -30,24 +33,29 @@ def _f32(*shape: int, scale: float = 0.1) -> np.ndarray:
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
-def rnn_workload(lantern: Any, cell: str) -> tuple[Callable[..., Any], tuple, dict]:
+def rnn_workload(lantern: Any, cell: str, fori: bool = False) -> tuple[Callable[..., Any], tuple, dict]:
     H, V, T = 100, 65, 25
     gates = 4 if cell == "lstm" else 1
     params = {"Wx": _f32(V, gates * H), "Wh": _f32(H, gates * H), "b": np.zeros(gates * H, np.float32),
               "Wy": _f32(H, V), "by": np.zeros(V, np.float32)}
 
+    def cell_step(p, xs, ys, t, h, c, total):
+        g = p["Wx"][xs[t]] + h @ p["Wh"] + p["b"]
+        if cell == "lstm":
+            c = lantern.sigmoid(g[H:2 * H]) * c + lantern.sigmoid(g[:H]) * lantern.tanh(g[3 * H:])
+            h = lantern.sigmoid(g[2 * H:3 * H]) * lantern.tanh(c)
+        else:
+            h = lantern.tanh(g)
+        return h, c, total - lantern.log_softmax(h @ p["Wy"] + p["by"])[ys[t]]
+
     def loss(p, xs, ys):
         h = lantern.zeros(H, dtype="float32")
         c = lantern.zeros(H, dtype="float32")
         total = lantern.zeros((), dtype="float32")
+        if fori:
+            return lantern.fori_loop(0, len(xs), lambda t, s: cell_step(p, xs, ys, t, *s), (h, c, total))[2]
         for t in range(len(xs)):
-            g = p["Wx"][xs[t]] + h @ p["Wh"] + p["b"]
-            if cell == "lstm":
-                c = lantern.sigmoid(g[H:2 * H]) * c + lantern.sigmoid(g[:H]) * lantern.tanh(g[3 * H:])
-                h = lantern.sigmoid(g[2 * H:3 * H]) * lantern.tanh(c)
-            else:
-                h = lantern.tanh(g)
-            total = total - lantern.log_softmax(h @ p["Wy"] + p["by"])[ys[t]]
+            h, c, total = cell_step(p, xs, ys, t, h, c, total)
         return total
 
     xs, ys = rng.integers(0, V, T), rng.integers(0, V, T)
@@ -63,6 +71,23 @@ def treelstm_workload(lantern: Any) -> tuple[Callable[..., Any], tuple, dict]:
     fn = step.python_fn
     return fn, (params, opt.init(params), emb, t["words"], t["left"], t["right"], t["labels"]), \
         {"words": 0, "left": 0, "right": 0, "labels": 0}
+
+
+def cnn_workload(lantern: Any) -> tuple[Callable[..., Any], tuple, dict]:
+    import bench_cnn
+    from lantern.data import synthetic_mnist
+    step, opt = bench_cnn.lantern_step()
+    params = bench_cnn.init_params()
+    x, y = synthetic_mnist(bench_cnn.BATCH)
+    return step.python_fn, (params, opt.init(params), x, y), {"batch": 0}
+
+
+def llama_workload(lantern: Any) -> tuple[Callable[..., Any], tuple, dict]:
+    from lantern.models import llama
+    cfg = llama.preset("small")
+    params = llama.init_params(cfg, 0)
+    tokens = rng.integers(0, cfg.vocab_size, (4, 128))
+    return (lambda p, tokens: llama.forward(cfg, p, tokens)), (params, tokens), {"tokens": 1}
 
 
 def mlp_workload(lantern: Any) -> tuple[Callable[..., Any], tuple, dict]:
@@ -83,8 +108,12 @@ def main() -> None:
     import lantern
     rows = []
     extra: dict[str, Any] = {}
-    workloads = {"rnn": lambda: rnn_workload(lantern, "rnn"), "lstm": lambda: rnn_workload(lantern, "lstm"),
-                 "treelstm": lambda: treelstm_workload(lantern), "mlp batch": lambda: mlp_workload(lantern)}
+    workloads = {"rnn (Python for)": lambda: rnn_workload(lantern, "rnn"),
+                 "rnn (fori_loop)": lambda: rnn_workload(lantern, "rnn", fori=True),
+                 "lstm (Python for)": lambda: rnn_workload(lantern, "lstm"),
+                 "lstm (fori_loop)": lambda: rnn_workload(lantern, "lstm", fori=True),
+                 "treelstm": lambda: treelstm_workload(lantern), "mlp batch": lambda: mlp_workload(lantern),
+                 "cnn batch": lambda: cnn_workload(lantern), "llama forward": lambda: llama_workload(lantern)}
     for name, make in workloads.items():
         fn, inputs, axes = make()
         timings = {}
@@ -93,8 +122,8 @@ def main() -> None:
             exe = staged.lower(*inputs)
             if dynamic:
                 assert exe.pattern is not None, f"{name}: not compiled with run-time sizes"
-            timings[label] = harness.time_steps(lambda: exe(*inputs), 20 if name != "mlp batch" else 50,
-                                                args.repeats)
+            steps = 50 if name == "mlp batch" else 5 if name in ("cnn batch", "llama forward") else 20
+            timings[label] = harness.time_steps(lambda: exe(*inputs), steps, args.repeats)
         ratio = timings["run-time sizes"]["median_ms"] / timings["per shape"]["median_ms"]
         for label, t in timings.items():
             rows.append({"framework": f"{name}: {label}", **t})

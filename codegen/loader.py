@@ -117,6 +117,7 @@ class NativeFunction:
         self._out_specs = [(t.shape, np.dtype(t.dtype)) for t in out_types]
         #: run-time sizes: (name, input, axis) where each one's value is read (``CSource.sizes``)
         self._sizes = source.sizes
+        self._per_sizes: dict[tuple[int, ...], tuple[list, np.ndarray]] = {}
         if source.uses_blas:
             _configure_blas()
         ffi = self._ffi = _ffi(source.num_inputs + source.num_outputs + bool(source.sizes))
@@ -150,9 +151,17 @@ class NativeFunction:
         """A module with run-time sizes: their values come from the arrays' shapes (the caller checked that
         the arrays fit the signature) and go to C after the results; results are allocated at their size."""
         fb = self._from_buffer
-        values = {name: arrays[i].shape[axis] for name, i, axis in self._sizes}
-        outs = [np.empty(evaluate_shape(shape, values), dtype) for shape, dtype in self._out_specs]
-        sizes = np.array([values[name] for name, _, _ in self._sizes], np.int64)
+        key = tuple(arrays[i].shape[axis] for _, i, axis in self._sizes)
+        known = self._per_sizes.get(key)
+        if known is None:  # the results' shapes and the sizes' buffer, once per set of sizes
+            values = dict(zip((name for name, _, _ in self._sizes), key))
+            known = ([(evaluate_shape(shape, values), dtype) for shape, dtype in self._out_specs],
+                     np.array(key, np.int64))
+            if len(self._per_sizes) > 4096:
+                self._per_sizes.clear()
+            self._per_sizes[key] = known
+        out_specs, sizes = known
+        outs = [np.empty(shape, dtype) for shape, dtype in out_specs]
         code = self._entry(*map(fb, arrays), *map(fb, outs), fb(sizes))
         return self._finish(code, arrays, outs)
 

@@ -7,7 +7,8 @@
     python -m lantern llama-train --steps 600 --out llama.safetensors
     python -m lantern llama-generate llama.safetensors --prompt "The "
 
-An argument is an array type ``DTYPE[SHAPE]`` (``f32[4,3]``, ``i64[]`` for a 0-d array;
+An argument is an array type ``DTYPE[SHAPE]`` (``f32[4,3]``, ``i64[]`` for a 0-d array,
+``f32[n,3]`` for a first dimension that is a run-time size named ``n``;
 dtypes f32 f64 i32 i64 bool), a Python literal (a compile-time constant such as ``2.0``
 or ``'tanh'``), or a nested tuple/list/dict of those. ``--static name=VALUE`` (or
 ``--arg name=VALUE``) passes a keyword argument.
@@ -31,16 +32,31 @@ _ARRAY_TYPE = re.compile(r"\b(" + "|".join(DTYPE_NAMES) + r")\[([^\[\]]*)\]")
 SECTIONS = ("ir", "optimized", "c")
 
 
-def parse_value(text: str) -> Any:
-    """An argument from the command line: array types become zero arrays, the rest is a Python literal."""
+#: The size a zero array gets for the k-th run-time size named on the command line (the code serves any).
+RUN_TIME_SIZE_HINT = 64
+
+
+def parse_value(text: str, sizes: dict[str, list] | None = None) -> Any:
+    """An argument from the command line: array types become zero arrays, the rest is a Python literal.
+
+    A dimension written as a name (``f32[n,3]``) is a run-time size: its array gets a placeholder size
+    (distinct per name), and ``sizes`` (when given) receives, per name, the (array, axis) pairs of it."""
     arrays: list[np.ndarray] = []
+    named: list[tuple[int, int, str]] = []  # (array, axis, name)
 
     def to_marker(m: re.Match) -> str:
         dims = [d.strip() for d in m.group(2).split(",") if d.strip()]
+        if sizes is not None:
+            for axis, d in enumerate(dims):
+                if d.isidentifier():
+                    names = list(dict.fromkeys([n for *_, n in named] + list(sizes) + [d]))
+                    named.append((len(arrays), axis, d))
+                    dims[axis] = str(RUN_TIME_SIZE_HINT + names.index(d))
         try:
             shape = tuple(int(d) for d in dims)
         except ValueError:
-            raise ValueError(f"bad shape in {m.group(0)!r}: dimensions must be integers") from None
+            raise ValueError(f"bad shape in {m.group(0)!r}: dimensions must be integers or names of "
+                             "run-time sizes") from None
         if any(d < 0 for d in shape):
             raise ValueError(f"bad shape in {m.group(0)!r}: dimensions must not be negative")
         arrays.append(np.zeros(shape, DTYPE_NAMES[m.group(1)]))
@@ -63,12 +79,19 @@ def parse_value(text: str) -> Any:
             return {k: restore(x) for k, x in v.items()}
         return v
 
-    return restore(value)
+    value = restore(value)
+    for k, axis, name in named:
+        sizes.setdefault(name, []).append((arrays[k], axis))  # type: ignore[union-attr]
+    return value
+
+
+#: run-time sizes named in the arguments of this command line (parse_value's ``sizes``)
+_named_sizes: dict[str, list] = {}
 
 
 def _argument(text: str) -> Any:
     try:
-        return parse_value(text)
+        return parse_value(text, _named_sizes)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -124,7 +147,8 @@ def inspect_command(args: argparse.Namespace) -> int:
     positional = [v for k, v in args.args if k is None]
     keywords = {k: v for k, v in args.args if k is not None}
     keywords.update(dict(args.static))
-    exe = staged.lower(*positional, **keywords)
+    exe = staged.lower_with_sizes(positional, keywords, _named_sizes) if _named_sizes else \
+        staged.lower(*positional, **keywords)
     shown = args.only or list(SECTIONS)
     parts = []
     if "ir" in shown:
@@ -215,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import LanternError
 
     parser = build_parser()
+    _named_sizes.clear()
     args = parser.parse_args(argv)
     try:
         return args.run(args)

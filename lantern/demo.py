@@ -1,10 +1,12 @@
 """The main job: stage, compile and train a character-level RNN language model.
 
-Karpathy's min-char-rnn (a vanilla RNN, hidden 100, sequences of 25 characters, Adagrad
-with learning rate 0.1, gradients clipped to ±5) over the English text of the standard
-library's ``pydoc_data.topics``. One staged function holds the whole training step: the
-forward pass over the sequence (a ``fori_loop``), the backward pass (reverse-mode AD of
-that loop), clipping and the Adagrad update, so each step is one native call.
+Karpathy's min-char-rnn (a vanilla RNN, hidden 100, Adagrad with learning rate 0.1, gradients
+clipped to ±5) over the English text of the standard library's ``pydoc_data.topics``, on
+sequences of 5 to 80 characters (a random length each step; Karpathy's are 25). One staged
+function holds the whole training step: the forward pass over the sequence (a ``fori_loop``),
+the backward pass (reverse-mode AD of that loop), clipping and the Adagrad update, so each step
+is one native call. The second length seen compiles the step once more with the sequence length
+a run-time size; that code serves every later length.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import numpy as np
 import lantern
 from lantern.data import CharVocab, text_corpus
 
-HIDDEN, SEQ, LEARNING_RATE, CLIP = 100, 25, 0.1, 5.0
+HIDDEN, LEARNING_RATE, CLIP = 100, 0.1, 5.0
+SEQ_MIN, SEQ_MAX = 5, 80  # the demo's sequence lengths
 
 
 def init_params(vocab: int, hidden: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -87,9 +90,12 @@ def main(steps: int = 5000) -> None:
     h = np.zeros(HIDDEN, np.float32)
     print(f"corpus: pydoc_data.topics, {len(text):,} characters, vocabulary {len(vocab)}")
 
+    lengths = np.random.default_rng(0).integers(SEQ_MIN, SEQ_MAX + 1, steps)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) % (len(data) - SEQ_MAX - 1)
+
     def batch(s: int) -> tuple[np.ndarray, np.ndarray]:
-        start = (s * SEQ) % (len(data) - SEQ - 1)
-        return data[start:start + SEQ], data[start + 1:start + SEQ + 1]
+        start, n = int(starts[s]), int(lengths[s])
+        return data[start:start + n], data[start + 1:start + n + 1]
 
     t0 = time.perf_counter()
     params, memory, loss, h = train_step(params, memory, *batch(0), h)
@@ -106,8 +112,10 @@ def main(steps: int = 5000) -> None:
         if s % 1000 == 0:
             print(f"step {s:5d}  smoothed loss {smooth:.3f}")
     elapsed = time.perf_counter() - t0
-    print(f"{steps - 1} training steps in {elapsed:.2f} s ({elapsed / (steps - 1) * 1e6:.0f} us per step of "
-          f"{SEQ} characters: forward, backward and update)")
+    chars = int(lengths[1:].sum())
+    print(f"{steps - 1} training steps in {elapsed:.2f} s ({elapsed / max(chars, 1) * 1e6:.2f} us per character: "
+          f"forward, backward and update); {train_step.cache_info().compiles} compiles served "
+          f"{len(set(lengths.tolist()))} sequence lengths")
     gumbel = -np.log(-np.log(np.random.default_rng(0).uniform(1e-12, 1, (80, len(vocab))))).astype(np.float32)
     out = generate(params, data[0], np.zeros(HIDDEN, np.float32), gumbel)
     print(f"sample: {vocab.decode(out)!r}")

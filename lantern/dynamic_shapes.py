@@ -184,9 +184,10 @@ class Pattern:
         return f"this code was compiled assuming {failed} (sizes {dict((k, v) for k, (v, _) in values.items())})"
 
 
-def make_pattern(keys: list[tuple], paths: list[str], axes: set[Axis], path_hint: Any) -> Pattern:
+def make_pattern(keys: list[tuple], paths: list[str], axes: set[Axis], path_hint: Any,
+                 names: dict[Axis, str] | None = None) -> Pattern:
     """The signature of a call with leaf ``keys`` where ``axes`` are run-time sizes (those of size 0 or 1
-    stay constants); axes of equal size share a variable (named after the first)."""
+    stay constants); axes of equal size share a variable, named after the first (or as ``names`` says)."""
     by_value: dict[int, str] = {}
     variables: list[tuple[str, int, int]] = []
     hints: dict[str, int] = {}
@@ -203,7 +204,7 @@ def make_pattern(keys: list[tuple], paths: list[str], axes: set[Axis], path_hint
                 continue
             name = by_value.get(d)
             if name is None:
-                name = by_value[d] = _symbol_name(path_hint(path), axis, taken)
+                name = by_value[d] = (names or {}).get((i, axis)) or _symbol_name(path_hint(path), axis, taken)
                 taken.add(name)
                 variables.append((name, i, axis))
                 hints[name] = d

@@ -446,9 +446,15 @@ def _parse(fn: Callable[..., Any]) -> tuple[ast.FunctionDef, str, int] | None:
     except SyntaxError:  # a lambda inside a larger expression, say
         return None
     node = tree.body[0] if tree.body else None
-    if not isinstance(node, ast.FunctionDef) or node.name != fn.__name__:
-        return None
+    if not isinstance(node, ast.FunctionDef) or node.name != fn.__name__ or not _same_parameters(node, fn.__code__):
+        return None  # (also when the file changed on disk since it was imported: its lines are another function's)
     return node, text, first
+
+
+def _same_parameters(node: ast.FunctionDef, code: types.CodeType) -> bool:
+    a = node.args
+    names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+    return names == list(code.co_varnames[:code.co_argcount + code.co_kwonlyargcount])
 
 
 def convert(fn: Callable[..., Any], warn: bool = True) -> Callable[..., Any] | None:

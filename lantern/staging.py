@@ -39,6 +39,8 @@ from .tracing import Frame, ModuleBuilder, current_frame, name_var, trace_callab
 from .tree import TreeDef, _sort_key, flatten, tree_map, unflatten
 
 _STATIC_TYPES = (bool, int, float, str, bytes, type(None))
+#: shapes a signature with run-time sizes remembers as checked (then it forgets them all and starts again)
+_MAX_REMEMBERED_SHAPES = 4096
 _NAN = float("nan")
 
 
@@ -181,6 +183,7 @@ class Executable:
         self.compile_event: compile_log.CompileEvent | None = None
         #: the function's Python with its control flow rewritten (None: nothing was rewritten)
         self.converted_source: str | None = None
+        self._fitting_shapes: set[tuple] = set()  # argument shapes the pattern was checked to serve
 
     # ---------------------------------------------------------- inspection
     def _ir_modules(self) -> tuple[Module, Module]:
@@ -261,9 +264,13 @@ class Executable:
                     and a.flags.aligned):
                 a = _as_native_array(spec, a)
             arrays.append(a)
-        shapes = [a.shape for a in arrays]
-        if self.pattern.bind_shapes(shapes) is None:
-            raise ArgumentError(f"{self.name}: {self.pattern.mismatch(shapes, [s.path for s in self.in_specs])}")
+        shapes = tuple(a.shape for a in arrays)
+        if shapes not in self._fitting_shapes:  # (checked once per shape: the guards cost a few us)
+            if self.pattern.bind_shapes(list(shapes)) is None:
+                raise ArgumentError(f"{self.name}: {self.pattern.mismatch(list(shapes), [s.path for s in self.in_specs])}")
+            if len(self._fitting_shapes) > _MAX_REMEMBERED_SHAPES:
+                self._fitting_shapes.clear()
+            self._fitting_shapes.add(shapes)
         outs = self.native(arrays)
         return outs[0] if self._single_out else unflatten(self.out_treedef, outs)
 
@@ -458,6 +465,19 @@ class Staged:
     def lower(self, *args: Any, **kwargs: Any) -> Executable:
         """The compiled executable for these arguments: ``.ir``, ``.c_source``, ``.c_path``; callable."""
         return self._specialize(args, kwargs)[0]
+
+    def lower_with_sizes(self, args: tuple | list, kwargs: dict, sizes: dict[str, list[tuple[Any, int]]]) -> Executable:
+        """The executable for these arguments with the axes in ``sizes`` (name -> (array, axis) pairs, the
+        arrays among the arguments) run-time sizes of those names (``python -m lantern inspect --arg
+        f32[n,3]``); the arrays' sizes there are only the hints."""
+        bound = _bind(self.name, self.signature, tuple(args), kwargs)
+        with_paths, treedef = flatten(bound, paths=True)
+        paths = [_path_name(p, self._param_names) for p, _ in with_paths]
+        keys = [_leaf_key(p, leaf) for p, (_, leaf) in zip(paths, with_paths)]
+        position = {id(leaf): i for i, (_, leaf) in enumerate(with_paths)}
+        names = {(position[id(array)], axis): name for name, where in sizes.items() for array, axis in where}
+        pattern = dynamic_shapes.make_pattern(keys, paths, set(names), _c_hint, names)
+        return self._compile(treedef, list(pattern.keys), paths, pattern)
 
     def trace(self, *args: Any, **kwargs: Any) -> Module:
         """The IR module of this function for these arguments, as traced (gradients included); no C is made."""

@@ -71,6 +71,16 @@ def test_inspect_file_path_nested_args_and_statics(module_dir, capsys):
     assert "tanh(" in capsys.readouterr().out  # the default constant act="tanh"
 
 
+def test_inspect_with_named_run_time_sizes(module_dir, capsys):
+    """Issue 12: ``f32[n,3]`` makes the first dimension the run-time size ``n``, in the IR and the C."""
+    assert cli.main(["inspect", "cli_target_mod:layer", "--arg", "f32[n,3]", "--arg", "f32[3,5]", "--arg", "f32[5]"]) == 0
+    out = capsys.readouterr().out
+    assert "func @layer(%x_1: f32[n,3], %w_2: f32[3,5], %b_3: f32[5]) -> (f32[n,5])" in out
+    assert "const int64_t n = lt_size[0];" in out and "for (int64_t i = 0; i < n; i++)" in out
+    with pytest.raises(SystemExit):  # a dimension that is neither a number nor a name
+        cli.main(["inspect", "cli_target_mod:layer", "--arg", "f32[2.5,3]"])
+
+
 def test_inspect_errors(module_dir, capsys):
     # a shape error in the function: message with the user's line, exit status 1
     assert cli.main(["inspect", "cli_target_mod:layer", "--arg", "f32[4,3]", "--arg", "f32[4,5]",
@@ -84,7 +94,7 @@ def test_inspect_errors(module_dir, capsys):
     assert cli.main(["inspect", "no_such_module_anywhere:f"]) == 1
     assert cli.main(["inspect", "missing_file.py:f"]) == 1
     # bad argument types are usage errors (argparse exits with status 2)
-    for bad in ("f16[3]", "f32[3,x]", "f32[-1]", "f32[3"):
+    for bad in ("f16[3]", "f32[3,2x]", "f32[-1]", "f32[3"):  # (f32[3,x]: a run-time size x)
         with pytest.raises(SystemExit) as info:
             cli.main(["inspect", "cli_target_mod:layer", "--arg", bad])
         assert info.value.code == 2

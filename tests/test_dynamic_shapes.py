@@ -202,6 +202,39 @@ def test_rnn_over_sequences_of_any_length_compiles_twice_with_right_gradients():
     assert "xs: int64[n_xs], ys: int64[n_xs]" in grad.cache_info().signatures[1]
 
 
+def _lstm_loss(p, xs, ys):
+    H = p["U"].shape[0]
+
+    def step(t, carry):
+        h, c, total = carry
+        g = p["W"][xs[t]] + h @ p["U"]
+        c = lantern.sigmoid(g[H:2 * H]) * c + lantern.sigmoid(g[:H]) * lantern.tanh(g[3 * H:])
+        h = lantern.sigmoid(g[2 * H:3 * H]) * lantern.tanh(c)
+        return h, c, total - lantern.log_softmax(h @ p["V"])[ys[t]]
+    zeros = lantern.zeros(H, dtype=p["U"].dtype)
+    return lantern.fori_loop(0, len(xs), step, (zeros, zeros, lantern.zeros((), p["U"].dtype)))[2]
+
+
+def test_lstm_over_random_lengths_5_to_80_compiles_twice_with_right_gradients():
+    H, V = 6, 7
+    p = {"W": rng.standard_normal((V, 4 * H)) * 0.4, "U": rng.standard_normal((H, 4 * H)) * 0.4,
+         "V": rng.standard_normal((H, V)) * 0.4}
+    grad = lantern.stage(lantern.value_and_grad(_lstm_loss))
+    lengths = [5, 80, *rng.integers(5, 81, 6).tolist()]
+    for k, T in enumerate(lengths):
+        xs, ys = rng.integers(0, V, T), rng.integers(0, V, T)
+        value, g = grad(p, xs, ys)
+        if k < 3:  # against the per-shape code and finite differences
+            want_value, want = lantern.stage(lantern.value_and_grad(_lstm_loss), dynamic=False)(p, xs, ys)
+            assert value == pytest.approx(float(want_value), rel=1e-12)
+            for name in p:
+                np.testing.assert_allclose(g[name], want[name], rtol=1e-9, atol=1e-12)
+            run = lantern.stage(_lstm_loss, dynamic=False)
+            fd, u = _fd(lambda U: run({**p, "U": U}, xs, ys), p["U"])
+            assert fd == pytest.approx(np.sum(g["U"] * u), rel=1e-6, abs=1e-8)
+    assert grad.cache_info().compiles == 2
+
+
 def _tree_sum(w, left, right, x, node):
     if left[node] < 0:
         return lantern.tanh(x[node] * w)

@@ -140,6 +140,19 @@ def test_numpy_oracle_programs_with_run_time_sizes():
     assert total.with_sizes >= N_DYNAMIC // 3, total.with_sizes  # most ran with run-time sizes
 
 
+N_DYNAMIC_GRAD = 30  # gradient programs (seed 3) staged with dynamic=True, one program per function
+
+
+def test_gradient_programs_with_run_time_sizes():
+    """Issue 12: control flow, loops, recursion and gradients with run-time sizes, against the interpreter,
+    -O0 and finite differences (a program whose code fixes a size is compiled per shape)."""
+    total = Report()
+    for i in range(N_DYNAMIC_GRAD):
+        total.add(fuzz.check_programs([fuzz.generate(SEED + 3, i)], dynamic=True))
+    _assert_clean(total, N_DYNAMIC_GRAD, "grad")
+    assert total.with_sizes >= N_DYNAMIC_GRAD // 4, total.with_sizes
+
+
 def test_numpy_programs_cover_dtypes_layouts_and_ops():
     cov = numpy_programs.coverage([numpy_programs.generate(SEED, i) for i in range(N_NUMPY)])
     wanted = {f"input {d}" for d in numpy_programs.DTYPES} | {f"result {d}" for d in numpy_programs.DTYPES} | {

@@ -78,7 +78,7 @@ def transpose(e: KernelContext, op: Op) -> None:
     for k in (across, last):
         e.c.open(f"for (int64_t t{k} = 0; t{k} < {shape[k]}; t{k} += {_TILE})")
     for k in (across, last):
-        end = (f"t{k} + {_TILE}" if shape[k] % _TILE == 0
+        end = (f"t{k} + {_TILE}" if isinstance(shape[k], int) and shape[k] % _TILE == 0  # (else clamped in C)
                else f"(t{k} + {_TILE} < {shape[k]} ? t{k} + {_TILE} : {shape[k]})")
         e.c.open(f"for (int64_t i{k} = t{k}; i{k} < {end}; i{k}++)")
     copy(names)

@@ -39,6 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import flags, regressions
+from ..staging import stage
 from .report import Failure, Report, describe
 
 Program = dict[str, Any]
@@ -990,41 +991,44 @@ def _compare(actual: Any, expected: Any, dtype: str, what: str) -> None:
         assert_trees_close(a, e, rtol=rtol, atol=arel * scale, what=f"{what} leaf {i}")
 
 
-def check_programs(programs: list[Program], fd: bool = True) -> Report:
+def check_programs(programs: list[Program], fd: bool = True, dynamic: bool = False) -> Report:
     """Compile ``programs`` as one staged function and check each (see the module docstring).
 
     A failure of the whole batch (tracing or compiling) is narrowed down by checking the
-    programs one at a time.
+    programs one at a time. ``dynamic``: staged with ``dynamic=True`` (every dimension of 2 or
+    more a run-time size; a batch whose code needs a size as a number is compiled per shape).
     """
     report = Report(programs=len(programs))
     args = arguments(programs)
     try:
-        exe = load_batch(programs).lower(*args)
+        staged = load_batch(programs)
+        exe = (stage(staged, dynamic=True) if dynamic else staged).lower(*args)
         native = exe(*args)
     except Exception as exc:  # noqa: BLE001 (any exception is a finding)
-        return _one_by_one(programs, fd, type(exc).__name__, describe(exc))
+        return _one_by_one(programs, fd, type(exc).__name__, describe(exc), dynamic)
+    report.with_sizes = int(exe.pattern is not None)
     refs = {}  # what else computed the results: the interpreter, on both IRs; the same C at -O0
     for optimized in (False, True):
         try:
             refs[f"the interpreter on the {'optimized' if optimized else 'traced'} IR"] = exe.interpret(
                 *args, optimized=optimized)
         except Exception as exc:  # noqa: BLE001
-            return _one_by_one(programs, fd, "interpret", describe(exc))
+            return _one_by_one(programs, fd, "interpret", describe(exc), dynamic)
     try:
         twin = flags.unoptimized(exe)
         if twin is not None:
             refs["the same C compiled at -O0"] = twin(*args)
     except Exception as exc:  # noqa: BLE001
-        return _one_by_one(programs, fd, "-O0", describe(exc))
+        return _one_by_one(programs, fd, "-O0", describe(exc), dynamic)
     # A second call must give the same bits (no state kept between calls, no uninitialized
     # memory read) and the arena must be empty between calls (every intermediate released).
     from ..tree import flatten
     again = exe(*args)
     if not all(np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
                for a, b in zip(flatten(native)[0], flatten(again)[0])):
-        return _one_by_one(programs, fd, "repeat", "a second call with the same arguments gave other values")
+        return _one_by_one(programs, fd, "repeat", "a second call with the same arguments gave other values", dynamic)
     if exe.native.arena_in_use() != 0:
-        return _one_by_one(programs, fd, "arena", f"{exe.native.arena_in_use()} arena bytes held after the call")
+        return _one_by_one(programs, fd, "arena", f"{exe.native.arena_in_use()} arena bytes held after the call", dynamic)
     parts = ("outputs", "loss", "gradient", "hessian-vector product")[:len(native)]
     for j, p in enumerate(programs):
         for k, part in enumerate(parts):  # a mismatch in the forward part makes the rest moot
@@ -1040,20 +1044,20 @@ def check_programs(programs: list[Program], fd: bool = True) -> Report:
         total, parts = losses[-1], losses[:-1]
         if not abs(total - parts.sum()) <= 1e-12 * (1.0 + np.abs(parts).sum()) * len(parts):
             return _one_by_one(programs, fd, "value", f"value_and_grad's value {total!r} != the sum of the "
-                               f"losses {parts.sum()!r}")
+                               f"losses {parts.sum()!r}", dynamic)
     if fd:
         _check_fd(exe, programs, args, native, report)
     return report
 
 
-def _one_by_one(programs: list[Program], fd: bool, stage: str, message: str) -> Report:
+def _one_by_one(programs: list[Program], fd: bool, stage: str, message: str, dynamic: bool = False) -> Report:
     """A batch failed as a whole: check its programs one at a time (or report the single one)."""
     if len(programs) == 1:
         p = programs[0]
         return Report(1, failures=[Failure(p["seed"], p["index"], stage, message)])
     report = Report(len(programs))
     for p in programs:
-        sub = check_programs([p], fd)
+        sub = check_programs([p], fd, dynamic)
         report.fd_checked += sub.fd_checked
         report.fd_skipped += sub.fd_skipped
         report.failures += sub.failures

@@ -308,7 +308,13 @@ class ShapeEnv:
 
     def decide(self, expression: Size, relation: str) -> bool:
         outcome = _RELATIONS[relation](expression.evaluate(self.hints), 0)
-        self._guard(Guard(expression, relation if outcome else _NEGATION[relation]))
+        guard = Guard(expression, relation if outcome else _NEGATION[relation])
+        self._guard(guard)
+        if guard.relation == "==" and len(expression.variables) == 1:
+            # ``n == 3`` held: the code is right for that n only (the types built before still say n, so
+            # the compile is redone with n a constant: see Staged._compile_with_sizes)
+            (v,) = expression.variables
+            self.specialized.setdefault(v, self.hints[v])
         return outcome
 
     def value(self, expression: Size) -> int:
