@@ -4,6 +4,7 @@
   ``pydoc_data.topics`` as a character corpus;
 * :func:`sentence_trees`: deterministically binarized sentences of the same text, as
   child-index arrays, each at its own size or padded (the TreeLSTM benchmark's data);
+* :func:`minibatches`: shuffled batches of arrays for ``lantern.train.fit``, the last partial one kept;
 * :func:`synthetic_mnist`: a deterministic, learnable MNIST-shaped classification task;
   :func:`load_mnist` reads real MNIST from local IDX files (:func:`read_idx`) instead.
 """
@@ -126,6 +127,29 @@ def _binarize(words: list[str], index: dict[str, int], classes: int, size: int) 
 
 
 # ---------------------------------------------------------------------------- MNIST
+def minibatches(*arrays: np.ndarray, batch_size: int, epochs: int = 1, shuffle: bool = True, seed: int = 0,
+                drop_last: bool = False) -> Iterator[tuple[np.ndarray, ...]]:
+    """Tuples of rows of ``arrays`` (all with the same first dimension), ``batch_size`` at a time, for
+    ``epochs`` passes (reshuffled each pass with ``seed``), as PyTorch's ``DataLoader`` gives them: the last,
+    smaller batch of a pass is kept unless ``drop_last``. A staged step compiles once more for it, with
+    the batch dimension a run-time size, and that code serves every batch after (``lantern.stage``'s
+    ``dynamic=``). Feed them to :func:`lantern.train.fit`."""
+    if not arrays or any(np.shape(a)[:1] != np.shape(arrays[0])[:1] for a in arrays):
+        raise ArgumentError(f"minibatches: need arrays with one first dimension, got shapes "
+                            f"{[np.shape(a) for a in arrays]}")
+    if not (isinstance(batch_size, int) and batch_size >= 1) or not (isinstance(epochs, int) and epochs >= 0):
+        raise ArgumentError(f"minibatches: batch_size must be an int >= 1 and epochs an int >= 0, got {batch_size!r} "
+                            f"and {epochs!r}")
+    n = len(arrays[0])
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        order = rng.permutation(n) if shuffle else np.arange(n)
+        stop = n - n % batch_size if drop_last else n
+        for lo in range(0, stop, batch_size):
+            rows = order[lo:lo + batch_size]
+            yield tuple(np.ascontiguousarray(a[rows]) for a in arrays)
+
+
 def synthetic_mnist(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` MNIST-shaped examples: images ``[n, 1, 28, 28]`` float32 and int64 labels in ``[0, 10)``.
 

@@ -174,3 +174,37 @@ def test_idx_errors(tmp_path):
     _write_idx(tmp_path / "lab", np.zeros(4, np.uint8), 0x08)
     with pytest.raises(DataFormatError, match="load_mnist"):
         load_mnist(tmp_path / "img", tmp_path / "lab")
+
+
+# ------------------------------------------------------------------ minibatches (issue 12)
+
+def test_minibatches_keep_the_last_partial_batch_and_fit_compiles_it_once(monkeypatch):
+    import io
+
+    import lantern
+    from lantern import nn, optim
+    from lantern.data import minibatches
+    monkeypatch.setenv("CFLAGS", "-O0")
+    x, y = synthetic_mnist(45)
+    x = x.reshape(45, -1)
+    sizes = [len(b[0]) for b in minibatches(x, y, batch_size=16, epochs=2)]
+    assert sizes == [16, 16, 13, 16, 16, 13]
+    assert [len(b[0]) for b in minibatches(x, y, batch_size=16, drop_last=True)] == [16, 16]
+    rows = np.concatenate([b[1] for b in minibatches(x, y, batch_size=16, seed=3)])
+    assert sorted(rows.tolist()) == sorted(y.tolist())  # a permutation of the rows
+    opt = optim.SGD(lr=0.1)
+    step = lantern.stage(lambda p, s, xb, yb: _sgd_step(opt, nn, p, s, xb, yb))
+    params = {"W": np.zeros((784, 10), np.float32), "b": np.zeros(10, np.float32)}
+    result = lantern.train.fit(step, params, opt.init(params), minibatches(x, y, batch_size=16, epochs=3),
+                               file=io.StringIO())
+    assert len(result.losses) == 9 and result.losses[-1] < result.losses[0]
+    assert step.cache_info().compiles == 2  # 16, then the batch size a run-time size (13 and 16 after)
+    with pytest.raises(ArgumentError, match="one first dimension"):
+        next(minibatches(x, y[:3], batch_size=4))
+
+
+def _sgd_step(opt, nn, p, s, xb, yb):
+    import lantern
+    loss, g = lantern.value_and_grad(lambda p: nn.cross_entropy(xb @ p["W"] + p["b"], yb))(p)
+    p, s = opt.update(g, s, p)
+    return p, s, loss
