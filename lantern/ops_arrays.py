@@ -17,6 +17,7 @@ import numpy as np
 
 from . import ops
 from .errors import DTypeError, ShapeError, TraceError
+from .ir.symbolic import Size
 from .ir.types import INT_DTYPES, canonical_dtype
 from .ops import ArrayLike
 from .source import error_location, user_location
@@ -110,11 +111,11 @@ def eye(n: int, m: int | None = None, k: int = 0, dtype: Any = "float32") -> Ten
 def linspace(start: ArrayLike, stop: ArrayLike, num: int = 50, endpoint: bool = True, dtype: Any = None) -> Tensor:
     """``num`` evenly spaced values from ``start`` to ``stop`` (included unless ``endpoint=False``).
     Bounds may be staged scalars; the dtype defaults to float32 (NumPy's is float64)."""
-    num = ops.operator_index(num)
+    num = num if isinstance(num, Size) else ops.operator_index(num)  # (a run-time size: linspace(0, 1, len(x)))
     if num < 0:
         raise with_location(ShapeError, f"linspace: num must be non-negative, got {num}")
     dt = canonical_dtype(dtype if dtype is not None else "float32")
-    if not isinstance(start, Tensor) and not isinstance(stop, Tensor):
+    if not isinstance(start, Tensor) and not isinstance(stop, Tensor) and not isinstance(num, Size):
         return ops.constant(np.linspace(start, stop, num, endpoint=endpoint).astype(dt))
     start, stop = ops.astype(start, "float64"), ops.astype(stop, "float64")
     steps = builtins.max(num - 1 if endpoint else num, 1)
@@ -129,8 +130,13 @@ def _triangle(x: ArrayLike, k: int, lower: bool, op: str) -> Tensor:
     if x.ndim == 0:
         raise with_location(ShapeError, f"{op}: expected at least 1 dimension, got a 0-d array")
     n, m = x.shape[-2:] if x.ndim >= 2 else x.shape * 2  # 1-D: NumPy's (n, n) result
-    keep = np.tri(n, m, ops.operator_index(k), dtype=bool)
-    return ops.where(ops.constant(keep if lower else ~np.tri(n, m, ops.operator_index(k) - 1, dtype=bool)), x,
+    k = ops.operator_index(k)
+    if isinstance(n, Size) or isinstance(m, Size):  # run-time sizes: the mask from positions (j - i <= k)
+        above = ops.subtract(ops.expand_dims(ops.arange(m), 0), ops.expand_dims(ops.arange(n), 1))
+        keep_t = ops.less_equal(above, k) if lower else ops.greater_equal(above, k)
+        return ops.where(keep_t, x, ops.zeros((), x.type.dtype))
+    keep = np.tri(n, m, k, dtype=bool)
+    return ops.where(ops.constant(keep if lower else ~np.tri(n, m, k - 1, dtype=bool)), x,
                      ops.zeros((), x.type.dtype))
 
 
@@ -208,8 +214,11 @@ def roll(x: ArrayLike, shift: int | Sequence[int], axis: int | Sequence[int] | N
         raise with_location(ShapeError, f"roll: shift {shift!r} and axis {axis!r} do not match") from None
     for s, a in zip(shifts, axes):
         a = _axis(x, int(a), "roll")
-        if x.shape[a]:
-            x = ops.take(x, ops.constant(np.roll(np.arange(x.shape[a]), int(s))), axis=a)
+        n = x.shape[a]
+        if isinstance(n, Size):  # a run-time length: positions (i - s) mod n
+            x = ops.take(x, ops.mod(ops.subtract(ops.arange(n), int(s)), n), axis=a)
+        elif n:
+            x = ops.take(x, ops.constant(np.roll(np.arange(n), int(s))), axis=a)
     return x
 
 

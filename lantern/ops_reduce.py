@@ -8,6 +8,7 @@ from typing import Any
 
 from . import ops
 from .errors import ShapeError, TraceError
+from .ir.symbolic import Size
 from .ops import ArrayLike
 from .tensor import Tensor
 from .tracing import with_location
@@ -43,7 +44,11 @@ def var(x: ArrayLike, axis: Any = None, ddof: int = 0, keepdims: bool = False, *
     n = math.prod(x.shape[a] for a in axes)
     deviation = ops.subtract(x, ops.mean(x, axes, keepdims=True))
     squares = ops.sum(ops.multiply(deviation, deviation), axes, keepdims)
-    divisor = builtins.max(n - ops.operator_index(ddof), 0)  # NumPy's: n <= ddof gives NaN or Inf
+    ddof = ops.operator_index(ddof)
+    if isinstance(n, Size):  # a run-time count: divided by at run time
+        divisor = ops.maximum(ops.subtract(ops.constant(n), ddof), 0)
+        return ops.divide(squares, ops.astype(divisor, squares.type.dtype))
+    divisor = builtins.max(n - ddof, 0)  # NumPy's: n <= ddof gives NaN or Inf
     return ops.divide(squares, float(divisor))
 
 

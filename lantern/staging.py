@@ -420,6 +420,7 @@ class Staged:
         self._fixed_axes: set[tuple[str, int]] = set()    # (path, axis) a trace needed as a constant
         self._with_sizes: list[tuple[TreeDef, Executable]] = []  # compiled signatures with run-time sizes
         self._no_sizes_because: str | None = None  # why run-time sizes failed here (then: per shape)
+        self._fixed_because: list[str] = []  # why each of _fixed_axes is a constant
 
     def __repr__(self) -> str:
         return f"<lantern.stage {self.name}{self.signature}>"
@@ -517,12 +518,14 @@ class Staged:
         hits = _trace_cache_hits()
         start = time.perf_counter()
         exe = None
+        fixed_before = len(self._fixed_because)
         if pattern is not None and pattern.symbolic and self._no_sizes_because is None:
-            exe = self._compile_with_sizes(treedef, keys, paths, pattern)
+            exe = self._compile_with_sizes(treedef, keys, paths, pattern, axes)
         note = ""
         if exe is not None:
             assert exe.pattern is not None
             note = "; run-time sizes " + ", ".join(f"{name} ({paths[i]} axis {a})" for name, i, a in exe.pattern.variables)
+            note += "".join(f"; {why}" for why in self._fixed_because[fixed_before:])
             self._with_sizes.append((treedef, exe))
         else:
             if pattern is not None and pattern.symbolic:
@@ -539,7 +542,7 @@ class Staged:
         return exe
 
     def _compile_with_sizes(self, treedef: TreeDef, keys: list[tuple], paths: list[str],
-                            pattern: dynamic_shapes.Pattern) -> Executable | None:
+                            pattern: dynamic_shapes.Pattern, axes: set[tuple[int, int]]) -> Executable | None:
         """The code for ``pattern`` (run-time sizes), or None where it cannot be made: then every shape is
         compiled on its own from now on (``cache_info`` says why). Sizes a trace needed as constants
         (``int(n)``) are constants in later compiles."""
@@ -556,14 +559,16 @@ class Staged:
                 exe = None  # (a size the trace fixed can make later code ill-typed: again, with it constant)
             fixed = {(paths[i], a) for name, i, a in pattern.variables if name in env.specialized}
             self._fixed_axes |= fixed
+            self._fixed_because.extend(f"{paths[i]} axis {a} is needed as a number at {env.fixed_at[name]}"
+                                       for name, i, a in pattern.variables if name in env.specialized)
             if exe is not None:
                 return exe
-            axes = {(i, a) for name, i, a in pattern.variables if name not in env.specialized}
+            # (another axis that shared a fixed variable gets a variable of its own)
+            axes = axes - {(i, a) for name, i, a in pattern.variables if name in env.specialized}
             pattern = dynamic_shapes.make_pattern(keys, paths, axes, _c_hint)
             if not pattern.symbolic:
                 break
-        self._no_sizes_because = "the code needs every changing size as a number (" + ", ".join(
-            f"{p} axis {a}" for p, a in sorted(self._fixed_axes)) + ")"
+        self._no_sizes_because = "the code needs every changing size as a number: " + "; ".join(self._fixed_because)
         return None
 
     def cache_info(self) -> compile_log.CacheInfo:

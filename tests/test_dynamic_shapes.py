@@ -295,6 +295,49 @@ def test_cond_and_while_loop_with_run_time_sizes():
     assert f.cache_info().compiles == 1
 
 
+_OPS_WITH_SIZES = {
+    "var and std": lambda x: lantern.var(x, axis=0).sum() + lantern.std(x, ddof=1),
+    "tril and triu": lambda x: lantern.tril(x[:, :3] @ x[:, :3].T).sum() + lantern.triu(x @ x.T, 1).sum(),
+    "roll and flip": lambda x: lantern.roll(x, 2, axis=0)[0].sum() + lantern.flip(x, 0)[0].sum(),
+    "linspace": lambda x: (lantern.linspace(0, 1, x.shape[0]) @ x).sum(),
+    "pad, tile, repeat": lambda x: lantern.pad(x, ((1, 2), (0, 0))).sum() + lantern.tile(x, (2, 1))[-1].sum()
+    + lantern.repeat(x, 2, axis=0)[3].sum(),
+    "sort, topk, argsort": lambda x: lantern.sort(x, axis=0)[0].sum() + lantern.topk(x[:, 0], 2)[0].sum()
+    + lantern.argsort(x[:, 1])[0],
+    "cumsum, softmax, logsumexp": lambda x: lantern.cumsum(x, axis=0)[-1].sum() + lantern.softmax(x, axis=0)[1].sum()
+    + lantern.logsumexp(x, axis=0).sum(),
+    "einsum, stack, concatenate": lambda x: lantern.einsum("ij,ik->jk", x, x).sum()
+    + lantern.stack([x, x])[1, -1].sum() + lantern.concatenate([x, x], axis=0)[-1].sum(),
+    "reductions and indexing": lambda x: lantern.max(x, axis=0).sum() + lantern.argmax(x[:, 0]) + x[-2:].sum()
+    + lantern.norm(x, axis=0).sum() + lantern.any(x > 0, axis=0).sum(),
+    "creation": lambda x: lantern.zeros_like(x).sum() + lantern.ones((x.shape[0], 2)).sum()
+    + lantern.random_uniform(0, x.shape).sum() + lantern.nonzero(x[:, 0] > 0, size=3)[0].sum(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_OPS_WITH_SIZES))
+def test_ops_with_a_run_time_size_match_per_shape_code(name):
+    fn = _OPS_WITH_SIZES[name]
+    f = lantern.stage(fn, dynamic=True)
+    per_shape = lantern.stage(fn, dynamic=False)
+    for n in (6, 9, 13):
+        x = rng.standard_normal((n, 4))
+        np.testing.assert_allclose(f(x), per_shape(x), rtol=1e-12, atol=1e-12)
+    assert f.cache_info().compiles == 1 and f.lower(x).pattern is not None
+
+
+def test_a_size_needed_as_a_number_stays_a_constant_and_other_axes_keep_theirs():
+    @lantern.stage
+    def g(x, y):
+        return (x[::2] * 2).sum() + y.sum()  # a step of 2 needs x's length as a number
+    for n in (6, 8, 10):
+        assert g(np.ones(n), np.ones(n)) == pytest.approx(len(range(0, n, 2)) * 2 + n)
+    events = g.cache_info().events
+    assert events[1].signature == "x: float64[8], y: float64[n_y]"
+    assert "x axis 0 is needed as a number at test_dynamic_shapes.py:" in events[1].reason
+    assert events[2].signature == "x: float64[10], y: float64[n_y]"
+
+
 def test_a_program_that_cannot_run_with_sizes_falls_back_to_per_shape_and_says_why():
     @lantern.stage
     def f(x):

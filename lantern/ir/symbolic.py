@@ -305,6 +305,8 @@ class ShapeEnv:
     frozen: bool = False
     #: variables some decision fixed to one value (``int(n)``, ``n // 3``): the code is not general in them
     specialized: dict[str, int] = field(default_factory=dict)
+    #: where each of them was fixed (the user's line and lantern's)
+    fixed_at: dict[str, str] = field(default_factory=dict)
 
     def decide(self, expression: Size, relation: str) -> bool:
         outcome = _RELATIONS[relation](expression.evaluate(self.hints), 0)
@@ -314,15 +316,21 @@ class ShapeEnv:
             # ``n == 3`` held: the code is right for that n only (the types built before still say n, so
             # the compile is redone with n a constant: see Staged._compile_with_sizes)
             (v,) = expression.variables
-            self.specialized.setdefault(v, self.hints[v])
+            self._fix(v)
         return outcome
+
+    def _fix(self, v: str) -> None:
+        if v not in self.specialized:
+            self.specialized[v] = self.hints[v]
+            from ..source import user_location
+            self.fixed_at[v] = f"{user_location()} ({_caller()})"
 
     def value(self, expression: Size) -> int:
         """``int(expression)``: its hint, guarded to stay that."""
         value = expression.evaluate(self.hints)
         self._guard(Guard(expression - value, "=="))  # type: ignore[arg-type]  # (it has variables)
         for v in expression.variables:
-            self.specialized.setdefault(v, self.hints[v])
+            self._fix(v)
         return value
 
 
