@@ -509,18 +509,18 @@ class Staged:
 
     def _compile_new(self, treedef: TreeDef, keys: list[tuple], paths: list[str]) -> Executable:
         reason = compile_log.recompile_reason(self._compiled_signatures, treedef, keys, paths)
-        if self.dynamic is None:
-            self._changed_axes |= dynamic_shapes.changed_axes(self._compiled_signatures, treedef, keys, paths)
+        changed = self._changed_axes | (dynamic_shapes.changed_axes(self._compiled_signatures, treedef, keys, paths)
+                                        if self.dynamic is None else set())
         axes = dynamic_shapes.declared_axes(self.dynamic, keys, paths, self._param_names)
-        axes |= {(i, a) for i, p in enumerate(paths) for q, a in self._changed_axes if p == q}
+        axes |= {(i, a) for i, p in enumerate(paths) for q, a in changed if p == q}
         axes -= {(i, a) for i, p in enumerate(paths) for q, a in self._fixed_axes if p == q}
         pattern = dynamic_shapes.make_pattern(keys, paths, axes, _c_hint) if axes else None
         hits = _trace_cache_hits()
         start = time.perf_counter()
-        exe = None
+        exe, failed = None, None
         fixed_before = len(self._fixed_because)
         if pattern is not None and pattern.symbolic and self._no_sizes_because is None:
-            exe = self._compile_with_sizes(treedef, keys, paths, pattern, axes)
+            exe, failed = self._compile_with_sizes(treedef, keys, paths, pattern, axes)
         note = ""
         if exe is not None:
             assert exe.pattern is not None
@@ -528,9 +528,11 @@ class Staged:
             note += "".join(f"; {why}" for why in self._fixed_because[fixed_before:])
             self._with_sizes.append((treedef, exe))
         else:
+            exe = self._compile(treedef, keys, paths)  # (a user's error raises here, as it did before)
+            if failed is not None:  # this function compiles per shape from now on
+                self._no_sizes_because = failed
             if pattern is not None and pattern.symbolic:
                 note = f"; per shape: {self._no_sizes_because}"
-            exe = self._compile(treedef, keys, paths)
         seconds = time.perf_counter() - start
         unrolled = compile_log.unrolled_loops(exe._modules[0]) if exe._modules is not None else ()
         signature = compile_log.describe_signature(paths, list(exe.pattern.keys) if exe.pattern else keys)
@@ -538,14 +540,16 @@ class Staged:
         exe.compile_event = event
         exe.converted_source = python_control_flow_rewrite.converted_source(self.fn)
         self._compiled_signatures.append((treedef, keys, paths))
+        self._changed_axes = changed  # (learned from calls that compiled: a wrong call teaches nothing)
         compile_log.record(self.name, self._compiles, event, reason)
         return exe
 
     def _compile_with_sizes(self, treedef: TreeDef, keys: list[tuple], paths: list[str],
-                            pattern: dynamic_shapes.Pattern, axes: set[tuple[int, int]]) -> Executable | None:
-        """The code for ``pattern`` (run-time sizes), or None where it cannot be made: then every shape is
-        compiled on its own from now on (``cache_info`` says why). Sizes a trace needed as constants
-        (``int(n)``) are constants in later compiles."""
+                            pattern: dynamic_shapes.Pattern, axes: set[tuple[int, int]]
+                            ) -> tuple[Executable | None, str | None]:
+        """The code for ``pattern`` (run-time sizes), or (None, why not); once the per-shape compile of the same
+        call works, every shape is compiled on its own from then on (``cache_info`` says why). Sizes a trace
+        needed as constants (``int(n)``) are constants in later compiles."""
         for _ in range(3):
             env = ShapeEnv(dict(pattern.hints))
             try:
@@ -554,22 +558,20 @@ class Staged:
                 if not env.specialized:
                     where = " <- ".join(f"{os.path.basename(f.filename)}:{f.lineno}"
                                         for f in reversed(traceback.extract_tb(exc.__traceback__)[-3:]))
-                    self._no_sizes_because = f"run-time sizes failed ({type(exc).__name__}: {exc}, at {where})"
-                    return None
+                    return None, f"run-time sizes failed ({type(exc).__name__}: {exc}, at {where})"
                 exe = None  # (a size the trace fixed can make later code ill-typed: again, with it constant)
             fixed = {(paths[i], a) for name, i, a in pattern.variables if name in env.specialized}
             self._fixed_axes |= fixed
             self._fixed_because.extend(f"{paths[i]} axis {a} is needed as a number at {env.fixed_at[name]}"
                                        for name, i, a in pattern.variables if name in env.specialized)
             if exe is not None:
-                return exe
+                return exe, None
             # (another axis that shared a fixed variable gets a variable of its own)
             axes = axes - {(i, a) for name, i, a in pattern.variables if name in env.specialized}
             pattern = dynamic_shapes.make_pattern(keys, paths, axes, _c_hint)
             if not pattern.symbolic:
                 break
-        self._no_sizes_because = "the code needs every changing size as a number: " + "; ".join(self._fixed_because)
-        return None
+        return None, "the code needs every changing size as a number: " + "; ".join(self._fixed_because)
 
     def cache_info(self) -> compile_log.CacheInfo:
         """The signatures compiled in this process (in order), with why each was needed and how long it took

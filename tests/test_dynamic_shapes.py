@@ -126,6 +126,17 @@ def test_different_sizes_of_one_variable_compile_separately_and_mismatches_are_s
         f(np.ones(5), np.ones(6))
 
 
+def test_a_users_shape_error_does_not_turn_run_time_sizes_off():
+    f = lantern.stage(lambda x, w: x @ w)
+    w = np.ones((3, 2))
+    f(np.ones((4, 3)), w)
+    with pytest.raises(lantern.ShapeError, match="inner dimensions"):
+        f(np.ones((5, 4)), w)  # a new size and a wrong one: the error the per-shape trace gives
+    for n in (6, 7, 8):
+        np.testing.assert_allclose(f(np.ones((n, 3)), w), 3 * np.ones((n, 2)))
+    assert f.cache_info().compiles == 2 and f.cache_info().signatures[1] == "x: float64[n_x,3], w: float64[3,2]"
+
+
 def test_an_executable_with_sizes_rejects_arrays_that_do_not_fit():
     f = lantern.stage(lambda x, y: x * y.sum(), dynamic=True)
     exe = f.lower(np.ones(4), np.ones(4))
