@@ -584,32 +584,32 @@ class Staged:
         from . import trace_cache
         from .codegen import EmitOptions, build_native
 
-        if pattern is not None:  # (the trace cache keeps signatures of static shapes only)
-            env = env or ShapeEnv(dict(pattern.hints))
-            with shape_env(env):
-                builder, name, traced = self._trace(treedef, keys, paths)
-                env.frozen = True  # (code generation adds no guards)
-                native, optimized = build_native(traced, self.name, EmitOptions(**self.options))
-            fn = traced.functions[name]
-            return Executable(self.name, self.signature, treedef, keys, paths, traced, optimized,
-                              builder.out_treedefs[name], list(fn.result_types or ()), native,
-                              pattern=dataclasses.replace(pattern, guards=tuple(env.guards)))
-        # Fingerprinted before tracing: what a fresh process sees before it would trace.
-        fingerprint = trace_cache.fingerprint(self, treedef, keys)
+        # Fingerprinted before tracing: what a fresh process sees before it would trace. With run-time
+        # sizes, the sizes of this call are part of it (code generation's heuristics read them).
+        fingerprint = trace_cache.fingerprint(
+            self, treedef, keys if pattern is None else [*keys, ("hints", tuple(sorted(pattern.hints.items())))])
         if fingerprint is not None and trace_cache.mode() == "on":
             record = trace_cache.load(fingerprint)
             found = trace_cache.native_from_record(record) if record else None
-            if found:
+            guards = trace_cache.guards_from_record(record) if found and pattern is not None else ()
+            if found and guards is not None:
                 trace_cache.STATS["hits"] += 1
                 native, out_types, out_treedef = found
                 return Executable(self.name, self.signature, treedef, keys, paths, None, None, out_treedef,
-                                  out_types, native, retrace=lambda: self._trace_modules(treedef, keys, paths))
+                                  out_types, native, retrace=lambda: self._trace_modules(treedef, keys, paths, pattern),
+                                  pattern=dataclasses.replace(pattern, guards=guards) if pattern else None)
             trace_cache.STATS["misses"] += 1
-        builder, name, traced = self._trace(treedef, keys, paths)
-        native, optimized = build_native(traced, self.name, EmitOptions(**self.options))
+        if pattern is not None:
+            env = env or ShapeEnv(dict(pattern.hints))
+        with shape_env(env):
+            builder, name, traced = self._trace(treedef, keys, paths)
+            if env is not None:
+                env.frozen = True  # (code generation adds no guards)
+            native, optimized = build_native(traced, self.name, EmitOptions(**self.options))
         fn = traced.functions[name]
         exe = Executable(self.name, self.signature, treedef, keys, paths, traced, optimized,
-                         builder.out_treedefs[name], list(fn.result_types or ()), native)
+                         builder.out_treedefs[name], list(fn.result_types or ()), native,
+                         pattern=dataclasses.replace(pattern, guards=tuple(env.guards)) if pattern and env else None)
         if fingerprint is not None:
             if trace_cache.mode() == "verify":
                 trace_cache.check_same(fingerprint, exe)
@@ -625,11 +625,16 @@ class Staged:
         verify(traced)
         return builder, name, traced
 
-    def _trace_modules(self, treedef: TreeDef, keys: list[tuple], paths: list[str]) -> tuple[Module, Module]:
+    def _trace_modules(self, treedef: TreeDef, keys: list[tuple], paths: list[str],
+                       pattern: dynamic_shapes.Pattern | None = None) -> tuple[Module, Module]:
         """(traced, prepared) IR of a signature whose code came from the trace cache (for ``.ir`` etc.)."""
         from .codegen import prepare
-        traced = self._trace(treedef, keys, paths)[2]
-        return traced, prepare(traced)
+        env = ShapeEnv(dict(pattern.hints)) if pattern is not None else None
+        with shape_env(env):
+            traced = self._trace(treedef, keys, paths)[2]
+            if env is not None:
+                env.frozen = True
+            return traced, prepare(traced)
 
     # ---------------------------------------------------------- calls while tracing
     def _call_while_tracing(self, args: tuple, kwargs: dict) -> Any:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .errors import IRVerificationError
+from .ir.symbolic import Guard, Size
 from .ir.types import TensorType
 from .tree import TreeDef
 
@@ -434,8 +435,10 @@ def store(fingerprint_: str, exe: Any) -> None:
         record = {"format": FORMAT, "fingerprint": fingerprint_, "key": native.artifact_key,
                   "so": Path(native.so_path).name, "entry": native.entry, "num_inputs": native.num_inputs,
                   "uses_blas": native.uses_blas,
-                  "out_types": [[list(t.shape), t.dtype] for t in exe.out_types],
-                  "out_treedef": _encode_treedef(exe.out_treedef)}
+                  "out_types": [[[_encode_dim(d) for d in t.shape], t.dtype] for t in exe.out_types],
+                  "out_treedef": _encode_treedef(exe.out_treedef),
+                  "sizes": [list(s) for s in native.source.sizes],
+                  "guards": [[_encode_dim(g.expression), g.relation] for g in exe.pattern.guards] if exe.pattern else []}
     except _Unsupported:
         return
     path = _record_path(fingerprint_)
@@ -474,12 +477,32 @@ def native_from_record(record: dict) -> tuple[Any, list[TensorType], TreeDef] | 
         if artifact is None:
             return None
         text = Path(artifact.c_path).read_text()
-        out_types = [TensorType(tuple(shape), dtype) for shape, dtype in record["out_types"]]
-        source = CSource(text, record["entry"], record["num_inputs"], len(out_types), record["uses_blas"])
+        out_types = [TensorType(tuple(_decode_dim(d) for d in shape), dtype) for shape, dtype in record["out_types"]]
+        source = CSource(text, record["entry"], record["num_inputs"], len(out_types), record["uses_blas"],
+                         tuple((str(n), int(i), int(a)) for n, i, a in record.get("sizes", [])))
         out_treedef = _decode_treedef(record["out_treedef"])
     except (OSError, KeyError, TypeError, ValueError):
         return None
     return NativeFunction(artifact, source, out_types), out_types, out_treedef
+
+
+def _encode_dim(d: Any) -> Any:
+    """A dimension for JSON: an int, or a run-time size as ``{"size": [[variables, coefficient], ...]}``."""
+    return {"size": [[list(m), c] for m, c in d.terms]} if isinstance(d, Size) else d
+
+
+def _decode_dim(d: Any) -> Any:
+    if isinstance(d, dict):
+        return Size(tuple((tuple(str(v) for v in m), int(c)) for m, c in d["size"]))
+    return int(d)
+
+
+def guards_from_record(record: dict) -> tuple[Guard, ...] | None:
+    """The guards a record's code assumes (for a signature with run-time sizes), or None if unreadable."""
+    try:
+        return tuple(Guard(_decode_dim(e), str(rel)) for e, rel in record.get("guards", []))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def check_same(fingerprint_: str, exe: Any) -> None:

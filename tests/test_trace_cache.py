@@ -204,6 +204,22 @@ def test_in_process_hit_skips_tracing_and_ir_is_traced_on_demand(trace_cache_on,
     np.testing.assert_allclose(exe.interpret(X), np.tanh(X) * SCALE)
 
 
+def test_signatures_with_run_time_sizes_are_found_too(trace_cache_on, fresh_cache):
+    """Issue 12: the second size compiles with a run-time size; another process (here: another staged object
+    of the same function) finds that code, its guards and result types without tracing."""
+    first = lantern.stage(scaled)
+    for n in (6, 8):
+        first(np.linspace(-1.0, 1.0, n))
+    again = lantern.stage(scaled)
+    hits = trace_cache.STATS["hits"]
+    for n in (6, 8, 11):
+        np.testing.assert_allclose(again(np.linspace(-1.0, 1.0, n)), np.tanh(np.linspace(-1.0, 1.0, n)) * SCALE)
+    assert again.trace_count == 0 and trace_cache.STATS["hits"] == hits + 2
+    exe = again.lower(np.linspace(-1.0, 1.0, 9))
+    assert exe.pattern is not None and exe.pattern.guards == first.lower(np.ones(9)).pattern.guards
+    assert "f64[n_x]" in exe.ir  # traced (with the run-time size) only when asked
+
+
 def test_verify_mode_catches_a_stale_record(fresh_cache, monkeypatch):
     monkeypatch.setenv("LANTERN_TRACE_CACHE", "1")
     f = lantern.stage(scaled)
