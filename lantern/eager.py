@@ -110,7 +110,8 @@ def _trace(fn: Callable[..., Any], name: str, treedef: TreeDef, leaves: list[Any
         return (lambda: fn(*args, **kwargs),)
 
     builder = ModuleBuilder()
-    body = trace_callable(Frame(builder, name), params, lambda call: call(), arguments, name, f"the result of {name}")
+    body = trace_callable(Frame(builder, name, user_arguments=False), params, lambda call: call(), arguments, name,
+                          f"the result of {name}")
     builder.functions[name] = Function(name, body.block, tuple(body.types))
     builder.out_treedefs[name] = body.treedef
     module = builder.module(name)

@@ -60,8 +60,11 @@ class ModuleBuilder:
 class Frame:
     """One function under trace."""
 
-    def __init__(self, builder: ModuleBuilder, function_name: str, parent: Frame | None = None):
+    def __init__(self, builder: ModuleBuilder, function_name: str, parent: Frame | None = None,
+                 user_arguments: bool = True):
         self.builder = builder
+        #: the parameters are the user's arguments (named in shape errors); not for an eager op's wrapper
+        self.user_arguments = user_arguments
         self.function_name = function_name
         #: the frame this function is traced inside, when it may read that frame's values
         #: (a function handed to grad); each value read becomes an extra parameter
@@ -138,6 +141,16 @@ class Frame:
         for o in stmt.outs:
             self.owner[o.id] = self.blocks[-1]
 
+    def _arguments_among(self, args: list[Var], exc: Exception) -> str:
+        """For a shape error: which operands are the function's own arguments (by name)."""
+        params = {p.id for p in self.blocks[0].params} if self.blocks and self.user_arguments \
+            and isinstance(exc, ShapeError) else set()
+        named = list(dict.fromkeys(a.hint for a in args if a.id in params))
+        if not named:
+            return ""
+        return f"; operand{'s' if len(named) > 1 else ''} from argument{'s' if len(named) > 1 else ''} " + \
+            " and ".join(named)
+
     def emit(self, prim: str, args: list[Var], attrs: dict[str, Any] | None = None, hint: str | None = None) -> Var:
         """Append ``prim(*args, **attrs)`` to the current block and return its result variable."""
         attrs = attrs or {}
@@ -145,7 +158,7 @@ class Frame:
         try:
             out_type = primitives.infer(prim, [a.type for a in args], attrs)
         except LanternError as exc:
-            raise with_location(type(exc), str(exc), loc) from None
+            raise with_location(type(exc), str(exc) + self._arguments_among(args, exc), loc) from None
         if any(d < 0 for d in out_type.shape if isinstance(d, int)):
             raise with_location(ShapeError, f"{prim}: negative dimension in the result shape {out_type.shape}", loc)
         # its byte size would overflow the C code's size_t/int64 arithmetic (with run-time sizes, the
