@@ -26,6 +26,7 @@ def test_size_arithmetic_is_polynomial_and_prints_as_c():
     assert (n * m * 3).exact_div(n) == 3 * m and (n * 150).exact_div(150) == n
     assert (n + 1).exact_div(2) is None
     assert (2 * n - 1).pretty() == "2 * n - 1" and (n * n).pretty() == "n * n"
+    assert (n + 1) ** 2 == n * n + 2 * n + 1 and n ** 0 == 1
     assert (n * 4 + m).evaluate({"n": 3, "m": 5}) == 17
     assert hash(n * 2) == hash(Size.var("n") * 2) and n * 2 == Size.var("n") * 2
     assert n != m and n != 1  # outside a trace: compared as expressions

@@ -116,6 +116,14 @@ class Size:
 
     __rmul__ = __mul__
 
+    def __pow__(self, exponent: Any) -> Size | int:
+        if not _is_int(exponent) or exponent < 0:
+            return NotImplemented
+        out: Size | int = 1
+        for _ in range(exponent):
+            out = out * self
+        return out
+
     def exact_div(self, other: Size | int) -> Size | int | None:
         """``self / other`` where it is a polynomial (``(n * 150) / 150``, ``(n * m) / n``), else None."""
         if _is_int(other):
