@@ -4,6 +4,11 @@ Shared by ``bench_rnn.py`` and ``bench_lstm.py``. Settings from Lantern's NeurIP
 evaluation: Adagrad (lr 0.1, min-char-rnn's ``g / sqrt(mem + 1e-8)``), gradients clipped to
 +-5, characters of ``pydoc_data.topics``. Every framework starts from the same NumPy
 parameters; the first-step losses must agree.
+
+``--varying``: each step's sequence has a random length from 5 to 80 (the same lengths for every
+framework). Lantern compiles the step twice (the second length makes the length a run-time size,
+issue 12) and reports how often it compiled; PyTorch eager needs no compile; ``torch.compile`` and
+JAX are not run there (they would compile once per length).
 """
 from __future__ import annotations
 
@@ -18,19 +23,28 @@ import harness  # noqa: E402
 LR, CLIP = 0.1, 5.0
 
 
-def make_data(seq: int, batch: int, steps: int):
+#: ``--varying``: the range of sequence lengths
+MIN_SEQ, MAX_SEQ = 5, 80
+
+
+def make_data(seq: int, batch: int, steps: int, varying: bool = False):
+    """``steps`` batches ``(xs, ys)`` of ``[seq, batch]`` character ids (``varying``: each of a random length
+    from ``MIN_SEQ`` to ``MAX_SEQ``, the same on every run), consecutive text per batch row."""
     from lantern.data import CharVocab, text_corpus
     text = text_corpus()
     vocab = CharVocab(text)
     ids = vocab.encode(text)
-    span = seq * steps + 1
+    lengths = (np.random.default_rng(0).integers(MIN_SEQ, MAX_SEQ + 1, steps) if varying
+               else np.full(steps, seq)).tolist()
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).tolist()
     starts = [b * (len(ids) // batch) for b in range(batch)]
     batches = []
-    for s in range(steps):
-        xs = np.stack([ids[o + s * seq:o + s * seq + seq] for o in starts], axis=1)  # [seq, batch]
-        ys = np.stack([ids[o + s * seq + 1:o + s * seq + seq + 1] for o in starts], axis=1)
+    for s, n in enumerate(lengths):
+        at = offsets[s]
+        xs = np.stack([ids[o + at:o + at + n] for o in starts], axis=1)  # [seq, batch]
+        ys = np.stack([ids[o + at + 1:o + at + n + 1] for o in starts], axis=1)
         batches.append((xs, ys))
-    assert span < len(ids) // batch
+    assert offsets[-1] + 1 < len(ids) // batch
     return len(vocab), batches
 
 
@@ -166,7 +180,10 @@ def lantern_setup(model: str, hidden: int, seq: int, batch: int):
 def run(model: str, config: tuple[int, int, int], args, torch, jax) -> None:
     hidden, seq, batch = config
     steps = 3 if args.quick else 100
-    vocab, batches = make_data(seq, batch, steps)
+    vocab, batches = make_data(seq, batch, steps, args.varying)
+    if args.varying:
+        jax = None
+        args.frameworks = [f for f in args.frameworks if f != "torch.compile"]
     params = init_params(model, vocab, hidden)
     rows, first_losses = [], {}
 
@@ -223,15 +240,21 @@ def run(model: str, config: tuple[int, int, int], args, torch, jax) -> None:
         timed_row("jax.jit", lambda: jstep(jstate["p"], jstate["m"], *jb[0], s0)[2].block_until_ready(), jax_once)
 
     extra = {"first_step_losses": first_losses, "first_loss_max_difference": harness.check_losses(first_losses, 1e-4)}
-    if not args.no_fresh and "lantern" in args.frameworks:
+    if "lantern" in args.frameworks:
+        extra["lantern_compiles"] = step.cache_info().compiles
+    if args.varying:
+        extra["sequence_lengths"] = f"{MIN_SEQ} to {MAX_SEQ}, mean {np.mean([len(x) for x, _ in batches]):.1f}"
+    if not args.no_fresh and "lantern" in args.frameworks and not args.varying:
         extra["lantern_fresh_process"] = harness.fresh_process(
             "charlm", f"lantern_setup({model!r}, {hidden}, {seq}, {batch})")
-    harness.report(f"{model}_h{hidden}_s{seq}_b{batch}", {"hidden": hidden, "seq": seq, "batch": batch,
-                                                            "threads": args.threads}, rows, extra)
+    name = f"{model}_h{hidden}_s{MIN_SEQ}-{MAX_SEQ}_b{batch}" if args.varying else f"{model}_h{hidden}_s{seq}_b{batch}"
+    harness.report(name, {"hidden": hidden, "seq": "varying" if args.varying else seq, "batch": batch,
+                          "threads": args.threads}, rows, extra)
 
 
 def main(model: str, configs: list[tuple[int, int, int]], description: str) -> None:
-    args = harness.parse_args(description)
+    args = harness.parse_args(description, lambda p: p.add_argument(
+        "--varying", action="store_true", help=f"sequences of random lengths {MIN_SEQ} to {MAX_SEQ}"))
     torch, jax = harness.torch_or_none(args), harness.jax_or_none(args)
     for config in configs:
         run(model, config, args, torch, jax)
