@@ -3,10 +3,10 @@
 Karpathy's min-char-rnn (a vanilla RNN, hidden 100, Adagrad with learning rate 0.1, gradients
 clipped to ±5) over the English text of the standard library's ``pydoc_data.topics``, on
 sequences of 5 to 80 characters (a random length each step; Karpathy's are 25). One staged
-function holds the whole training step: the forward pass over the sequence (a ``fori_loop``),
-the backward pass (reverse-mode AD of that loop), clipping and the Adagrad update, so each step
-is one native call. The second length seen compiles the step once more with the sequence length
-a run-time size; that code serves every later length.
+function holds the whole training step: the forward pass over the sequence (a plain Python ``for``
+over ``range(len(inputs))``, which becomes one staged loop because the sequence length is declared a
+run-time size), the backward pass (reverse-mode AD of that loop), clipping and the Adagrad update,
+so each step is one native call, and one compile serves every sequence length.
 """
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ from lantern.data import CharVocab, text_corpus
 
 HIDDEN, LEARNING_RATE, CLIP = 100, 0.1, 5.0
 SEQ_MIN, SEQ_MAX = 5, 80  # the demo's sequence lengths
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def init_params(vocab: int, hidden: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -39,14 +43,15 @@ def rnn_step(p, h, char):
 
 
 def sequence_loss(params, inputs, targets, h0):
-    """Mean cross-entropy of predicting ``targets[t]`` from ``inputs[:t+1]``; also the last state."""
-    def step(t, carry):
-        h, total = carry
-        h, logp = rnn_step(params, h, inputs[t])
-        return h, total - logp[targets[t]]
+    """Mean cross-entropy of predicting ``targets[t]`` from ``inputs[:t+1]``; also the last state.
 
-    h, total = lantern.fori_loop(0, inputs.shape[0], step, (h0, lantern.zeros((), h0.dtype)))
-    return total / inputs.shape[0], h
+    Plain Python: ``len(inputs)`` is a run-time size, so the ``for`` is staged (a ``lantern.fori_loop``,
+    the same IR as writing one) rather than unrolled."""
+    h, total = h0, lantern.zeros((), h0.dtype)
+    for t in range(len(inputs)):
+        h, logp = rnn_step(params, h, inputs[t])
+        total = total - logp[targets[t]]
+    return total / len(inputs), h
 
 
 def clipped_adagrad(params, memory, grads, lr: float = LEARNING_RATE, clip: float = CLIP):
@@ -59,25 +64,21 @@ def clipped_adagrad(params, memory, grads, lr: float = LEARNING_RATE, clip: floa
     return new_params, new_memory
 
 
-@lantern.stage
+@lantern.stage(dynamic={"inputs": 0, "targets": 0})  # the sequence length is known only at run time
 def train_step(params, memory, inputs, targets, h0):
     """Forward, backward, clipping and Adagrad in one native call."""
     (loss, h), grads = lantern.value_and_grad(sequence_loss, has_aux=True)(params, inputs, targets, h0)
     return (*clipped_adagrad(params, memory, grads), loss, h)
 
 
-@lantern.stage
+@lantern.stage(dynamic={"noise": 0})
 def generate(params, first, h0, noise):
     """Sample ``len(noise)`` characters, feeding each back in (Gumbel-max: argmax of log p + noise)."""
-    length = noise.shape[0]
-
-    def step(t, carry):
-        h, char, out = carry
+    h, char, out = h0, lantern.asarray(first), lantern.zeros((len(noise),), "int64")
+    for t in range(len(noise)):  # a staged loop (the length is a run-time size)
         h, logp = rnn_step(params, h, char)
-        nxt = lantern.argmax(logp + noise[t])
-        return h, nxt, lantern.where(lantern.arange(length) == t, nxt, out)
-
-    _, _, out = lantern.fori_loop(0, length, step, (h0, first, lantern.zeros((length,), "int64")))
+        char = lantern.argmax(logp + noise[t])
+        out = lantern.where(lantern.arange(len(noise)) == t, char, out)
     return out
 
 
@@ -114,7 +115,7 @@ def main(steps: int = 5000) -> None:
     elapsed = time.perf_counter() - t0
     chars = int(lengths[1:].sum())
     print(f"{steps - 1} training steps in {elapsed:.2f} s ({elapsed / max(chars, 1) * 1e6:.2f} us per character: "
-          f"forward, backward and update); {train_step.cache_info().compiles} compiles served "
+          f"forward, backward and update); {_count(train_step.cache_info().compiles, 'compile')} served "
           f"{len(set(lengths.tolist()))} sequence lengths")
     gumbel = -np.log(-np.log(np.random.default_rng(0).uniform(1e-12, 1, (80, len(vocab))))).astype(np.float32)
     out = generate(params, data[0], np.zeros(HIDDEN, np.float32), gumbel)

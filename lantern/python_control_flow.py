@@ -25,6 +25,7 @@ import contextlib
 import functools
 import inspect
 import linecache
+import os
 import re
 import sys
 import textwrap
@@ -460,6 +461,9 @@ def _same_parameters(node: ast.FunctionDef, code: types.CodeType) -> bool:
 def convert(fn: Callable[..., Any], warn: bool = True) -> Callable[..., Any] | None:
     """``fn`` with its Python control flow rewritten (see the module docstring), or None when there is
     nothing to rewrite or the source cannot be read (then ``fn`` runs as it is; ``warn``: say so once)."""
+    if isinstance(fn, types.MethodType):  # a bound method (stage(self.step)): its function, bound again
+        new = convert(fn.__func__, warn)
+        return None if new is None else types.MethodType(new, fn.__self__)
     if not isinstance(fn, types.FunctionType) or fn.__name__ == "<lambda>" or fn.__code__.co_flags & (
             inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR) \
             or _HELPER in fn.__code__.co_freevars:  # (already rewritten)
@@ -512,14 +516,21 @@ _converted: dict[types.CodeType, Callable[..., Any] | None] = {}
 
 
 def _users(fn: Any) -> bool:
-    """A plain function of the user's: not lantern's, not the standard library's or an installed package's."""
+    """A plain function of the user's: not lantern's (but for its demo and models, written as users write),
+    not the standard library's or an installed package's."""
     if not isinstance(fn, types.FunctionType) or fn.__name__ == "<lambda>":
         return False
     from .trace_cache import _trusted_file
     file = fn.__code__.co_filename
     if file.startswith("<"):  # generated code: the user's if its lines were registered (linecache)
         return not file.startswith("<frozen") and bool(linecache.getlines(file))
-    return not _trusted_file(file)
+    return not _trusted_file(file) or written_as_users_write(file)
+
+
+def written_as_users_write(file: str) -> bool:
+    """A file of lantern's that is example code (the demo, the models): its control flow is rewritten too."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    return file.startswith(package) and (file == package + "demo.py" or file.startswith(package + "models" + os.sep))
 
 
 def call(fn: Any, *args: Any, **kwargs: Any) -> Any:

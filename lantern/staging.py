@@ -818,7 +818,7 @@ def _lanterns_own(fn: Callable[..., Any]) -> bool:
     """A function of lantern's own code (grad's wrappers, say), which is never rewritten."""
     code = getattr(fn, "__code__", None)
     return code is not None and code.co_filename.startswith(os.path.dirname(os.path.abspath(__file__)) + os.sep) \
-        and "models" not in code.co_filename
+        and not python_control_flow_rewrite.written_as_users_write(code.co_filename)
 
 
 def stage(fn: Callable[..., Any] | None = None, *, name: str | None = None, check_indices: bool | None = None,

@@ -401,3 +401,18 @@ def test_forward_and_training_step_serve_any_sequence_length_with_one_more_compi
     assert trainer.step.cache_info().compiles == 2
     with pytest.raises(lantern.ShapeError, match="longer than max_seq_len"):  # a guard fails: traced again
         trainer.step(p, state, tokens((2, cfg.max_seq_len + 2)), lr)
+
+
+def test_greedy_generation_in_one_native_call_matches_the_host_loop(monkeypatch):
+    """Issue 15: Decoder._greedy is plain Python (for over the prompt, while with if/break on staged values),
+    staged once for every prompt length (issue 12); it continues a prompt as stream(temperature=0) does."""
+    from lantern.models.sampling import _decoder, greedy
+    monkeypatch.setenv("CFLAGS", "-O0")
+    p = params64()
+    for prompt in ([1, 2, 3], [4, 5, 6, 7, 8], [9, 1, 3, 3]):
+        assert greedy(CFG, p, prompt, 5) == generate(CFG, p, prompt, 5, temperature=0.0)
+    assert _decoder(CFG).greedy.cache_info().compiles == 1
+    full = generate(CFG, p, [1, 2, 3], 5, temperature=0.0)
+    assert greedy(CFG, p, [1, 2, 3], 5, stop_token=full[1]) == full[:full.index(full[1]) + 1]  # stops after it
+    long = [2] * (CFG.max_seq_len - 3)  # room for 3 more positions: stops at max_seq_len, as the host loop does
+    assert greedy(CFG, p, long, 8) == generate(CFG, p, long, 8, temperature=0.0) and len(greedy(CFG, p, long, 8)) < 8

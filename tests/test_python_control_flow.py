@@ -386,3 +386,20 @@ def test_plain_python_and_combinators_compile_to_the_same_ir():
     for wrap in (lantern.stage, lambda f: lantern.stage(lantern.value_and_grad(f, argnums=2))):
         plain, combinators = (_shape_of_ir(wrap(f).lower(*args).optimized_ir) for f in (_rnn_plain, _rnn_combinators))
         assert plain == combinators
+
+
+class _Clipper:
+    def __init__(self, limit):
+        self.limit = limit
+
+    def step(self, x):
+        if x.sum() > self.limit:  # staged: a cond, in a method staged bound (stage(obj.step))
+            return x * 0.5
+        return x
+
+
+def test_a_bound_method_staged_directly_is_rewritten():
+    clip = lantern.stage(_Clipper(1.0).step)
+    np.testing.assert_allclose(clip(np.array([1.0, 2.0])), [0.5, 1.0])
+    np.testing.assert_allclose(clip(np.array([0.25, 0.5])), [0.25, 0.5])
+    assert "__lantern_cf__.if_return(" in clip.lower(np.ones(2)).converted_source

@@ -410,11 +410,37 @@ class Decoder:
     def __init__(self, config: LlamaConfig):
         self.config = config
         self.decode = stage(self._decode, name="llama_decode_step")
+        #: ``greedy(params, prompt, k_cache, v_cache, max_new, stop_token) -> (tokens [max_new], count)``: the
+        #: whole greedy continuation in one native call (see :meth:`_greedy`); one compile per ``max_new``
+        self.greedy = stage(self._greedy, name="llama_greedy", dynamic={"prompt": 0})
 
     def empty_cache(self, dtype: Any = "float32") -> tuple[np.ndarray, np.ndarray]:
         c = self.config
         shape = (c.n_layers, c.max_seq_len, c.n_kv_heads, c.head_dim)
         return np.zeros(shape, dtype), np.zeros(shape, dtype)
+
+    def _greedy(self, params: dict[str, Any], prompt: Any, k_cache: Any, v_cache: Any, max_new: int,
+                stop_token: int):
+        """The prompt through the cache, then up to ``max_new`` tokens, each the argmax of the last logits,
+        stopping after ``stop_token`` or at ``max_seq_len``: as :func:`lantern.models.sampling.stream`
+        with ``temperature=0``, written in plain Python. The loops and the ``if``/``break`` decide on staged
+        values, so they are staged (one loop each, compiled once for every prompt length: the prompt's
+        length is a run-time size)."""
+        out = ops.full((max_new,), -1, "int64")
+        logits, k_cache, v_cache = self._decode(params, prompt[0], 0, k_cache, v_cache)
+        for pos in range(1, len(prompt)):
+            logits, k_cache, v_cache = self._decode(params, prompt[pos], pos, k_cache, v_cache)
+        pos = ops.asarray(len(prompt))
+        count = ops.zeros((), "int64")
+        while count < max_new:
+            token = ops.argmax(logits)
+            out = ops.where(ops.equal(ops.arange(max_new), count), token, out)
+            count = count + 1
+            if ops.logical_or(ops.equal(token, stop_token), pos >= self.config.max_seq_len):
+                break
+            logits, k_cache, v_cache = self._decode(params, token, pos, k_cache, v_cache)
+            pos = pos + 1
+        return out, count
 
     def _decode(self, params: dict[str, Any], token: Any, pos: Any, k_cache: Any, v_cache: Any):
         c, hd, p = self.config, self.config.head_dim, params

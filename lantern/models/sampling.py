@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import ArgumentError
 from .llama import Decoder, LlamaConfig, check_params
 
-__all__ = ["sample", "stream", "generate"]
+__all__ = ["sample", "stream", "generate", "greedy"]
 
 
 def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0, top_p: float = 1.0) -> int:
@@ -48,13 +48,7 @@ def _decoder(config: LlamaConfig) -> Decoder:
     return Decoder(config)
 
 
-def stream(config: LlamaConfig, params: dict[str, np.ndarray], prompt: Sequence[int], max_new_tokens: int, *,
-           temperature: float = 0.8, top_p: float = 0.95, seed: int | None = 0,
-           stop: Callable[[int], bool] | None = None) -> Iterator[int]:
-    """Yield up to ``max_new_tokens`` token ids continuing ``prompt``, each as soon as it is chosen.
-
-    The prompt is fed token by token through the cached decode step (one compiled step for every
-    position); generation stops early at ``max_seq_len`` or when ``stop(token)`` is true."""
+def _checked_prompt(config: LlamaConfig, params: dict[str, np.ndarray], prompt: Sequence[int]) -> list[int]:
     check_params(config, params)
     prompt = [int(t) for t in prompt]
     if not prompt:
@@ -65,6 +59,32 @@ def stream(config: LlamaConfig, params: dict[str, np.ndarray], prompt: Sequence[
     if len(prompt) >= config.max_seq_len:
         raise ArgumentError(f"generate: a prompt of {len(prompt)} tokens leaves no room in max_seq_len="
                             f"{config.max_seq_len}")
+    return prompt
+
+
+def greedy(config: LlamaConfig, params: dict[str, np.ndarray], prompt: Sequence[int], max_new_tokens: int,
+           stop_token: int | None = None) -> list[int]:
+    """The greedy continuation of ``prompt`` (``stream(..., temperature=0)``, stopping after ``stop_token``),
+    computed in one native call: :meth:`lantern.models.llama.Decoder._greedy`, a plain-Python loop staged
+    once for every prompt length."""
+    prompt = _checked_prompt(config, params, prompt)
+    if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
+        raise ArgumentError(f"greedy: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    dec = _decoder(config)
+    kc, vc = dec.empty_cache(next(iter(params.values())).dtype)
+    out, count = dec.greedy(params, np.array(prompt, np.int64), kc, vc, max_new_tokens,
+                            -1 if stop_token is None else int(stop_token))
+    return out[:int(count)].tolist()
+
+
+def stream(config: LlamaConfig, params: dict[str, np.ndarray], prompt: Sequence[int], max_new_tokens: int, *,
+           temperature: float = 0.8, top_p: float = 0.95, seed: int | None = 0,
+           stop: Callable[[int], bool] | None = None) -> Iterator[int]:
+    """Yield up to ``max_new_tokens`` token ids continuing ``prompt``, each as soon as it is chosen.
+
+    The prompt is fed token by token through the cached decode step (one compiled step for every
+    position); generation stops early at ``max_seq_len`` or when ``stop(token)`` is true."""
+    prompt = _checked_prompt(config, params, prompt)
     dec = _decoder(config)
     dtype = next(iter(params.values())).dtype
     kc, vc = dec.empty_cache(dtype)
