@@ -303,7 +303,8 @@ class FunctionEmitter(KernelContext):
 
     def bind_params(self, params: list[Var], outs: list[Var], block: Block) -> None:
         """Bind a loop block's parameters to the carried state (scalars by copy, when read)."""
-        read = {v.id for s in walk_stmts(block) for v in s.operands()} | {r.id for r in block.results}
+        read = {v.id for s in walk_stmts(block) for v in s.operands()} | {r.id for r in block.results} | {
+            r.id for s in walk_stmts(block) for b in s.blocks() for r in b.results}  # (a branch may yield it)
         for p, o in zip(params, outs):
             s = self.storage[o.id]
             if s.kind == "pointer":

@@ -17,7 +17,7 @@ from .ir.nodes import Block, If, Loop, Var, While
 from .ir.types import TensorType, scalar
 from .source import Loc, user_location
 from .tensor import Tensor
-from .tracing import Frame, TracedBody, current_frame, trace_callable, with_location
+from .tracing import PENDING, Frame, TracedBody, current_frame, trace_callable, with_location
 from .tree import TreeDef, flatten, unflatten
 
 
@@ -51,15 +51,22 @@ def _join_weak(strong: str | None, weak: list[str]) -> str:
     return np.result_type(np.zeros((), strong), *(_WEAK_KIND[w] for w in weak)).name
 
 
-def _unify(frame: Frame, what: str, traced: list[TracedBody], names: Sequence[str]) -> list[TensorType]:
-    """Make corresponding outputs agree; Python-number outputs adopt the other side's dtype."""
+def _unify(frame: Frame, what: str, traced: list[TracedBody], names: Sequence[str]) -> tuple[list[TensorType], list[bool]]:
+    """Make corresponding outputs agree; Python-number outputs adopt the other side's dtype, :data:`PENDING`
+    ones the other side's type (as zeros). Returns the types, and which outputs are pending on every side."""
     first = traced[0]
     for other, name in zip(traced[1:], names[1:]):
         if other.treedef != first.treedef:
             raise with_location(ShapeError, f"{what}: {names[0]} returns structure {first.treedef} but "
                                 f"{name} returns {other.treedef}")
-    types = []
+    types, pending = [], []
     for i in range(len(first.leaves)):
+        assigned = [(t, n) for t, n in zip(traced, names) if not t.pending[i]]
+        pending.append(not assigned)
+        if not assigned:  # pending on every side: stays so
+            types.append(first.types[i])
+            continue
+        _give_pending_a_type(frame, traced, i, assigned[0][0])
         cands = [t.types[i] for t in traced]
         strong = [c for c, t in zip(cands, traced) if not t.weak[i]]
         target = strong[0] if strong else cands[0]
@@ -75,7 +82,23 @@ def _unify(frame: Frame, what: str, traced: list[TracedBody], names: Sequence[st
                     t.leaves[i] = ops.astype(t.leaves[i], target.dtype)
                     t.block.results[i] = t.leaves[i].var
         types.append(target)
-    return types
+    return types, pending
+
+
+def _give_pending_a_type(frame: Frame, traced: list[TracedBody], i: int, source: TracedBody) -> None:
+    """Output ``i`` of the bodies where it is pending becomes zeros of ``source``'s type (as weak as it)."""
+    like = source.leaves[i]
+    for t in traced:
+        if t.pending[i]:
+            with frame.block(t.block):
+                t.leaves[i] = ops.zeros(like.shape, like.type.dtype)
+                t.block.results[i] = t.leaves[i].var
+            t.pending[i], t.weak[i] = False, source.weak[i]
+
+
+def _with_pending(treedef: TreeDef, tensors: list[Tensor], pending: list[bool]) -> Any:
+    """The results, with :data:`PENDING` where no branch or iteration assigned a value."""
+    return unflatten(treedef, [PENDING if p else t for t, p in zip(tensors, pending)])
 
 
 def _scalar_pred(pred: Any, what: str) -> Tensor:
@@ -111,7 +134,7 @@ def cond(pred: Any, true_fn: Callable[..., Any], false_fn: Callable[..., Any], *
     known = [b for b in branches if b is not None]
     if not known:
         raise unknown  # type: ignore[misc]
-    types = _unify(frame, "cond", known, [n for n, b in zip(("true_fn", "false_fn"), branches) if b])
+    types, pending = _unify(frame, "cond", known, [n for n, b in zip(("true_fn", "false_fn"), branches) if b])
     outs = [Var(t, "cond") for t in types]
     if unknown is not None:
         frame.builder.needs_retrace.add(unknown.function_name)
@@ -119,14 +142,18 @@ def cond(pred: Any, true_fn: Callable[..., Any], false_fn: Callable[..., Any], *
         placeholder = Block(results=[])
         blocks = [b.block if b else placeholder for b in branches]
         frame.add(If(outs, loc=loc, pred=p.var, then_block=blocks[0], else_block=blocks[1]))
-        return unflatten(known[0].treedef, [Tensor(v, frame) for v in outs])
+        return _with_pending(known[0].treedef, [Tensor(v, frame) for v in outs], pending)
     frame.add(If(outs, loc=loc, pred=p.var, then_block=branches[0].block, else_block=branches[1].block))
-    return unflatten(known[0].treedef, [Tensor(v, frame) for v in outs])
+    return _with_pending(known[0].treedef, [Tensor(v, frame) for v in outs], pending)
 
 
-def _lift_init(init: Any) -> tuple[TreeDef, list[Tensor], list[bool]]:
+def _lift_init(init: Any) -> tuple[TreeDef, list[Tensor], list[bool], list[bool]]:
+    """The loop state as tensors, which were Python numbers (weak), and which were :data:`PENDING` (their
+    tensor a placeholder until the body gives them a type)."""
     leaves, treedef = flatten(init)
-    return treedef, [ops.asarray(x) for x in leaves], [_is_weak(x) for x in leaves]
+    pending = [x is PENDING for x in leaves]
+    return (treedef, [ops.asarray(0.0 if p else x) for x, p in zip(leaves, pending)],
+            [_is_weak(x) for x in leaves], pending)
 
 
 def _carried(what: str, frame: Frame, init_td: TreeDef, init: list[Tensor], body: TracedBody, name: str) -> None:
@@ -146,13 +173,19 @@ def _carried(what: str, frame: Frame, init_td: TreeDef, init: list[Tensor], body
                             "the loop state must keep its shape and dtype (use astype)")
 
 
-def _settled_body(init: list[Tensor], weak: list[bool], trace: Callable[[list[TensorType]], TracedBody]) -> TracedBody:
+def _settled_body(init: list[Tensor], weak: list[bool], trace: Callable[[list[TensorType]], TracedBody],
+                  pending: list[bool] | None = None) -> TracedBody:
     """The loop body traced for the carried values' types. A Python number as an initial value whose body
     result is a tensor of a dtype it promotes to (``0.0`` carried through float64 code) takes that dtype,
     as NumPy promotes a Python number, and the body is traced again for it. (Two Python numbers, ``0`` in
-    and ``2.5`` out, stay an error: the int carry would truncate.)"""
+    and ``2.5`` out, stay an error: the int carry would truncate.) A :data:`PENDING` initial value that
+    the body assigns starts as zeros of the assigned value's type (``pending`` is updated)."""
     body = trace([t.type for t in init])
     changed = False
+    for k, t1 in enumerate(body.leaves[:len(init)]):  # (a body of another structure fails in _carried)
+        if pending and pending[k] and not body.pending[k]:
+            init[k], pending[k], weak[k] = ops.zeros(t1.shape, t1.type.dtype), False, False
+            changed = True
     for k, (t0, t1) in enumerate(zip(init, body.leaves)):
         if weak[k] and not body.weak[k] and t0.shape == t1.shape and t0.type.dtype != t1.type.dtype \
                 and _join_weak(t1.type.dtype, [t0.type.dtype]) == t1.type.dtype:
@@ -175,14 +208,14 @@ def fori_loop(lower: Any, upper: Any, body_fun: Callable[[Tensor, Any], Any], in
         return unflatten(td, val)
     loc = user_location()
     lo, hi = (ops.astype(_int_scalar(b, "fori_loop"), "int64") for b in (lower, upper))
-    td, init, weak = _lift_init(init_val)
+    td, init, weak, pending = _lift_init(init_val)
     body = _settled_body(init, weak, lambda types: _trace(
         frame, body_fun, [Var(scalar("int64"), "i")] + [Var(t, "carry") for t in types],
-        lambda ts: (ts[0], unflatten(td, ts[1:]))))
+        lambda ts: (ts[0], _with_pending(td, ts[1:], pending))), pending)
     _carried("fori_loop", frame, td, init, body, "body_fun")
     outs = [Var(t.type, "loop") for t in init]
     frame.add(Loop(outs, loc=loc, lo=lo.var, hi=hi.var, init=[t.var for t in init], body=body.block))
-    return unflatten(td, [Tensor(v, frame) for v in outs])
+    return _with_pending(td, [Tensor(v, frame) for v in outs], pending)
 
 
 def _int_scalar(x: Any, what: str) -> Tensor:
@@ -201,16 +234,16 @@ def while_loop(cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], i
             val = _eager_carried("while_loop", td, val, body_fun(unflatten(td, val)), "body_fun")
         return unflatten(td, val)
     loc = user_location()
-    td, init, weak = _lift_init(init_val)
+    td, init, weak, pending = _lift_init(init_val)
     body = _settled_body(init, weak, lambda types: _trace(frame, body_fun, [Var(t, "carry") for t in types],
-                                                          lambda ts: (unflatten(td, ts),)))
+                                                          lambda ts: (_with_pending(td, ts, pending),)), pending)
     cparams = [Var(t.type, "carry") for t in init]
     cblock = _trace(frame, lambda *a: _scalar_pred(cond_fun(*a), "while_loop cond_fun"), cparams,
-                    lambda ts: (unflatten(td, ts),))
+                    lambda ts: (_with_pending(td, ts, pending),))
     _carried("while_loop", frame, td, init, body, "body_fun")
     outs = [Var(t.type, "while") for t in init]
     frame.add(While(outs, loc=loc, init=[t.var for t in init], cond=cblock.block, body=body.block))
-    return unflatten(td, [Tensor(v, frame) for v in outs])
+    return _with_pending(td, [Tensor(v, frame) for v in outs], pending)
 
 
 # ---------------------------------------------------------------- eager (outside staging, disable_stage)

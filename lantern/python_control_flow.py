@@ -12,10 +12,12 @@ paths (before the loop), with one shape and dtype: else a ``TraceError`` names i
 ``continue`` moves the rest of the loop body into the other branch of its ``if``; ``break`` also sets a
 flag the loop carries (a staged ``while`` tests it, a staged range runs its remaining iterations doing
 nothing); an early ``return`` in an ``if`` moves the statements after it into the other branch, so both
-branches return and the ``if`` becomes one ``cond``. Not rewritten (they keep today's behaviour: a staged
-condition there is a ``ConcretizationError``): ``return`` inside a loop, ``break``/``continue`` inside
-``try``/``with``, ``yield``, ``try``, ``with``, ``global`` and ``nonlocal`` around staged conditions; loops
-with an ``else``; ``for`` targets other than one name. The rewritten function keeps
+branches return and the ``if`` becomes one ``cond``. A ``return v`` inside a loop records ``v`` and
+breaks; after the loop, ``if returned: return v`` is such an early return (the recorded value starts as
+``PENDING``, which a staged loop or branch gives the type of the value returned). Not rewritten (they
+keep today's behaviour: a staged condition there is a ``ConcretizationError``): ``break``/``continue``/
+``return`` inside ``try``/``with``, ``yield``, ``try``, ``with``, ``global`` and ``nonlocal`` around staged
+conditions; loops with an ``else``; ``for`` targets other than one name. The rewritten function keeps
 the original file and line numbers, so errors and the C's comments point at the user's lines.
 """
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any, Callable, Sequence
 from .errors import SourceUnavailableWarning, TraceError
 from .ir.symbolic import Size
 from .source import Loc
-from .tracing import with_location
+from .tracing import PENDING, with_location  # noqa: F401  (PENDING: read by rewritten code)
 
 __all__ = ["convert", "converted_source"]
 
@@ -125,7 +127,19 @@ def _exposed(stmts: Sequence[ast.stmt], done: frozenset[str] = frozenset()) -> s
 
 
 def _blocked(stmts: Sequence[ast.stmt], allowed: tuple[type, ...] = ()) -> bool:
-    return any(isinstance(n, _BLOCKERS) and not isinstance(n, allowed) for s in stmts for n in _walk_scope(s))
+    """Whether ``stmts`` hold a statement that cannot move into a function of its own (a ``break`` or
+    ``continue`` of a loop around them, a ``return``, ``yield``, ``try``...). The exits of a loop inside
+    them are that loop's business."""
+    def blockers(node: ast.AST, in_loop: bool) -> Any:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, _SCOPES):
+                continue
+            inner = in_loop or isinstance(child, (ast.For, ast.While, ast.AsyncFor))
+            if isinstance(child, _BLOCKERS) and not isinstance(child, allowed) and not (
+                    in_loop and isinstance(child, (ast.Break, ast.Continue))):
+                yield child
+            yield from blockers(child, inner)
+    return any(True for s in stmts for _ in blockers(ast.Module(body=[s], type_ignores=[]), False))
 
 
 def _loop_exits(stmts: Sequence[ast.stmt]) -> list[ast.stmt]:
@@ -208,6 +222,62 @@ def _early_returns_nested(stmts: list[ast.stmt]) -> list[ast.stmt]:
     return stmts
 
 
+def _returns_to_breaks(stmts: list[ast.stmt], flag: str, values: list[str], as_tuple: bool) -> list[ast.stmt]:
+    """Each ``return v`` of a loop body (at the top or in ``if`` branches) becomes ``value = v; flag = True;
+    break`` (``as_tuple``: every return is ``return a, b``, and ``values`` has one variable per element)."""
+    out: list[ast.stmt] = []
+    for s in stmts:
+        if isinstance(s, ast.Return):
+            target = _tuple(values, store=True) if as_tuple else _name(values[0], store=True)
+            out += [_located(ast.Assign(targets=[target], value=s.value), s),
+                    _located(ast.Assign(targets=[_name(flag, store=True)], value=ast.Constant(True)), s),
+                    _located(ast.Break(), s)]
+            break  # (what follows a return never runs)
+        if isinstance(s, ast.If):
+            s.body = _returns_to_breaks(s.body, flag, values, as_tuple)
+            s.orelse = _returns_to_breaks(s.orelse, flag, values, as_tuple)
+        out.append(s)
+    return out
+
+
+def _returns_in_ifs(stmts: Sequence[ast.stmt]) -> int:
+    """How many ``return`` statements ``stmts`` hold at the top or inside ``if`` branches."""
+    return sum(1 if isinstance(s, ast.Return) else
+               _returns_in_ifs(s.body) + _returns_in_ifs(s.orelse) if isinstance(s, ast.If) else 0 for s in stmts)
+
+
+def _returns_in_loops_lowered(stmts: list[ast.stmt], fresh: Callable[[str], str]) -> list[ast.stmt]:
+    """A loop whose body returns (``for x in xs: if c: return v``) becomes a loop that records the value
+    and breaks, followed by ``if returned: return value`` (which the early-return rewrite then makes an
+    ``if`` whose other branch is the rest of the function). The recorded value starts as
+    :data:`~lantern.tracing.PENDING`: a staged loop gives it the type of the returned value. Inner loops
+    first; loops where a return sits elsewhere (a ``try``, a nested ``with``) or returns nothing are left."""
+    out: list[ast.stmt] = []
+    for s in stmts:
+        if isinstance(s, ast.If):
+            s.body = _returns_in_loops_lowered(s.body, fresh)
+            s.orelse = _returns_in_loops_lowered(s.orelse, fresh)
+        elif isinstance(s, (ast.For, ast.While)) and not s.orelse:
+            s.body = _returns_in_loops_lowered(s.body, fresh)
+            returns = [n for b in s.body for n in _walk_scope(b) if isinstance(n, ast.Return)]
+            if returns and all(r.value is not None for r in returns) and _returns_in_ifs(s.body) == len(returns):
+                # a tuple returned everywhere (``return h, c``): one variable per element, so each element
+                # takes the type of what is returned there
+                sizes = {len(r.value.elts) if isinstance(r.value, ast.Tuple) else -1 for r in returns}  # type: ignore[union-attr]
+                as_tuple = len(sizes) == 1 and min(sizes) >= 1
+                flag = fresh("returned")
+                values = [fresh("return_value") for _ in range(max(sizes) if as_tuple else 1)]
+                s.body = _returns_to_breaks(s.body, flag, values, as_tuple)
+                value = _tuple(values) if as_tuple else _name(values[0])
+                out += [_located(ast.Assign(targets=[_name(flag, store=True)], value=ast.Constant(False)), s),
+                        *(_located(ast.Assign(targets=[_name(v, store=True)], value=_helper("PENDING")), s)
+                          for v in values), s,
+                        _located(ast.If(test=_name(flag), body=[ast.Return(value=value)], orelse=[]), s)]
+                continue
+        out.append(s)
+    return out
+
+
 # ------------------------------------------------------------------ the rewrite
 
 def _name(id_: str, store: bool = False) -> ast.Name:
@@ -252,7 +322,7 @@ class _Rewriter(ast.NodeTransformer):
     def body(self, stmts: list[ast.stmt], live_out: set[str]) -> list[ast.stmt]:
         out: list[ast.stmt] = []
         live = set(live_out)
-        stmts = _early_returns_nested(stmts)
+        stmts = _early_returns_nested(_returns_in_loops_lowered(stmts, self.fresh))
         for stmt in reversed(stmts):
             out[:0] = self.statement(stmt, live)
             live = (live - _surely_assigned(stmt)) | _reads(stmt)

@@ -77,8 +77,8 @@ _NUMPY_HINT = ("a staged Tensor has no value while the function is traced, so Nu
                "a staged index, stage the array: lantern.asarray(array)[i] (or lantern.take(array, i))")
 
 _CONCRETE_HINT = ("a staged Tensor has no value while the function is traced. Your if/while/for on it are "
-                  "rewritten to lantern.cond/while_loop/fori_loop, except a return inside a loop and code whose "
-                  "source cannot be read; there, use "
+                  "rewritten to lantern.cond/while_loop/fori_loop, except inside try/with, in loops with an else, "
+                  "in lambdas and code whose source cannot be read; there, use "
                   "lantern.cond(pred, true_fn, false_fn, *operands) or lantern.where, and lantern.while_loop or "
                   "lantern.fori_loop for a loop whose trip count depends on it")
 

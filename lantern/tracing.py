@@ -11,7 +11,7 @@ import contextlib
 import keyword
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
@@ -202,6 +202,20 @@ def is_tracing() -> bool:
     return current_frame() is not None
 
 
+class Pending:
+    """A value not assigned yet: the value a ``return`` inside a loop hands to the code after the loop
+    (``lantern/python_control_flow.py``) before any iteration returned. In a staged branch or loop it takes
+    the type of the value the other branch or the loop body assigns, with zeros where none was assigned."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<lantern: no value yet>"
+
+
+PENDING = Pending()
+
+
 @dataclass
 class TracedBody:
     """A Python callable traced into a block: the block, the structure of what it returned, its flat
@@ -211,6 +225,8 @@ class TracedBody:
     treedef: Any
     leaves: list[Any]
     weak: list[bool]
+    #: results that were :data:`PENDING` (their leaf is a placeholder until a type is known)
+    pending: list[bool] = field(default_factory=list)
 
     @property
     def types(self) -> list[TensorType]:
@@ -233,9 +249,12 @@ def trace_callable(frame: Frame, params: list[Var], fn: Callable[..., Any], make
         with user_variable_names() if name_locals else contextlib.nullcontext():
             out = fn(*args)
         leaves, treedef = flatten(out)
-        tensors, weak = [], []
+        tensors, weak, pending = [], [], []
         for x in leaves:
-            if not isinstance(x, (Tensor, bool, int, float, np.ndarray, np.generic)):
+            pending.append(x is PENDING)
+            if x is PENDING:  # a placeholder: the caller (cond, a loop) gives it a type
+                x = 0.0
+            elif not isinstance(x, (Tensor, bool, int, float, np.ndarray, np.generic)):
                 raise with_location(DTypeError, f"{what} returned a {type(x).__name__}; return tensors, numbers "
                                     "or nested tuples/lists/dicts of them", loc)
             if isinstance(x, Tensor):
@@ -244,7 +263,7 @@ def trace_callable(frame: Frame, params: list[Var], fn: Callable[..., Any], make
             weak.append(isinstance(x, (bool, int, float)) and not isinstance(x, np.generic))
             tensors.append(ops.asarray(x))
         block.results = [t.var for t in tensors]
-    return TracedBody(block, treedef, tensors, weak)
+    return TracedBody(block, treedef, tensors, weak, pending)
 
 
 def new_var(type_: TensorType, hint: str = "t") -> Var:

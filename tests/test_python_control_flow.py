@@ -296,15 +296,15 @@ def test_early_returns_become_one_cond():
         lantern.stage(mismatched)(np.ones(2))
 
 
-def test_a_return_inside_a_loop_stays_python():
+def test_a_return_inside_a_loop_on_a_staged_condition():
     def first_positive(x):
         for i in range(3):
             if x[i] > 0:
                 return x[i]
         return x[0] * 0.0
 
-    with pytest.raises(lantern.ConcretizationError, match="return inside a loop"):
-        lantern.stage(first_positive)(np.array([-1.0, 2.0, 3.0]))
+    assert lantern.stage(first_positive)(np.array([-1.0, 2.0, 3.0])) == 2.0
+    assert lantern.stage(first_positive)(np.array([-1.0, -2.0, -3.0])) == 0.0
 
 
 def test_a_function_without_source_warns_once():
@@ -403,3 +403,82 @@ def test_a_bound_method_staged_directly_is_rewritten():
     np.testing.assert_allclose(clip(np.array([1.0, 2.0])), [0.5, 1.0])
     np.testing.assert_allclose(clip(np.array([0.25, 0.5])), [0.25, 0.5])
     assert "__lantern_cf__.if_return(" in clip.lower(np.ones(2)).converted_source
+
+
+# ------------------------------------------------------------------ return inside loops
+
+def _first_above(xs, limit):
+    for i in range(len(xs)):
+        if xs[i] > limit:
+            return xs[i] * xs[i]     # a return inside a staged loop (a run-time length: dynamic=)
+    return xs.sum() * 0.0 - 1.0
+
+
+def _first_above_ref(xs, limit):
+    for v in xs:
+        if v > limit:
+            return v * v
+    return -1.0
+
+
+@pytest.mark.parametrize("xs", [np.array([0.1, 0.5, 2.0, 3.0]), np.array([0.1, 0.2, 0.3]),
+                                np.array([1.5, 0.2, 0.3, 0.4, 0.5])])
+def test_return_inside_a_staged_for_loop(xs):
+    f = lantern.stage(_first_above, dynamic={"xs": 0})
+    check_staged(f, xs, np.float64(1.0), expected=_first_above_ref(xs, 1.0))
+    assert "while" in f.lower(xs, np.float64(1.0)).ir or "loop" in f.lower(xs, np.float64(1.0)).ir
+    check_grads(_first_above, xs, np.float64(1.0))  # staged per shape: the Python range unrolls, same answer
+
+
+def _grow(x, limit):
+    n = 0
+    while n < 10:
+        x = x * 1.5
+        if x.sum() > limit:
+            return x, n              # a tuple from inside a staged while
+        n = n + 1
+    return x * 0.0, n
+
+
+def _grown_sum(start, limit):
+    return _grow(start, limit)[0].sum()
+
+
+@pytest.mark.parametrize("start", [np.array([1.0, 2.0]), np.array([0.001, 0.0]), np.array([30.0, 1.0])])
+def test_return_of_a_tuple_inside_a_staged_while(start):
+    x, n, limit = start.copy(), 0, 20.0
+    while n < 10:  # the reference, in NumPy
+        x = x * 1.5
+        if x.sum() > limit:
+            break
+        n += 1
+    else:
+        x = x * 0.0
+    check_staged(_grow, start, np.float64(limit), expected=(x, n))
+    check_grads(_grown_sum, start, np.float64(limit))
+
+
+def _nested_search(grid, target):
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            if grid[i, j] > target:
+                return grid[i, j] * 10.0 + i  # returns from the inner loop leave both
+    return grid[0, 0] * 0.0
+
+
+def test_return_from_an_inner_staged_loop_leaves_both():
+    f = lantern.stage(_nested_search, dynamic=True)
+    for grid, want in ((np.array([[0.1, 0.2], [0.3, 5.0]]), 51.0), (np.array([[0.1, 0.2, 0.3]] * 3), 0.0),
+                       (np.array([[0.1, 7.0, 9.0], [8.0, 0.2, 0.3], [0.0, 0.0, 0.0]]), 70.0)):
+        assert f(grid, np.float64(1.0)) == pytest.approx(want)
+    assert f.cache_info().compiles == 1
+
+
+def test_a_return_inside_a_loop_in_python_is_python():
+    def pick(xs, k):
+        for i in range(k):          # a Python range: unrolled, the returns are Python
+            if i == 2:
+                return xs * i
+        return xs
+    np.testing.assert_allclose(lantern.stage(pick)(np.ones(2), 5), 2 * np.ones(2))
+    np.testing.assert_allclose(lantern.stage(pick)(np.ones(2), 1), np.ones(2))
