@@ -299,6 +299,25 @@ def _current(names: Sequence[str]) -> ast.Tuple:
                            for n in names], ctx=ast.Load())
 
 
+_LIST_MUTATORS = frozenset({"append", "extend", "insert"})
+
+
+def _appended_to(body: Sequence[ast.stmt]) -> ast.Tuple:
+    """``((value, name, line), ...)`` of the variables from outside a loop body that it appends to
+    (``outs.append(h)``): a staged loop runs its body once while tracing, so a Python list there is an
+    error (see :func:`_check_no_list_growth`)."""
+    assigned = _assigned(ast.Module(body=list(body), type_ignores=[]))
+    found: dict[str, int] = {}
+    for s in body:
+        for n in _walk_scope(s):
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in _LIST_MUTATORS \
+                    and isinstance(n.func.value, ast.Name) and n.func.value.id not in assigned:
+                found.setdefault(n.func.value.id, n.lineno)
+    values = _current(list(found)).elts
+    return ast.Tuple(elts=[ast.Tuple(elts=[v, ast.Constant(name), ast.Constant(line)], ctx=ast.Load())
+                           for v, (name, line) in zip(values, found.items())], ctx=ast.Load())
+
+
 def _function(name: str, params: Sequence[str], body: list[ast.stmt], results: Sequence[str] | None
               ) -> ast.FunctionDef:
     """``def name(params): body; return (results)`` (``results`` None: the body returns by itself)."""
@@ -423,10 +442,11 @@ class _Rewriter(ast.NodeTransformer):
             test = ast.Call(func=_helper("and_"), args=[
                 _thunk(ast.Call(func=_helper("not_"), args=[_name(flag)], keywords=[])), _thunk(test)], keywords=[])
         test_fn.body = [ast.Return(value=test)]
+        appended = _appended_to(stmt.body)
         body_fn = _function(body_name, carried, self.body(stmt.body, set(carried)), carried)
         call = ast.Call(func=_helper("while_stmt"), args=[
             _name(test_name), _name(body_name), _current(carried), ast.Constant(tuple(carried)),
-            ast.Constant(stmt.lineno)], keywords=[])
+            ast.Constant(stmt.lineno), appended], keywords=[])
         return [test_fn, body_fn, self.assign(carried, call)]
 
     def for_(self, stmt: ast.For, live: set[str], flag: str | None = None) -> list[ast.stmt]:
@@ -436,6 +456,7 @@ class _Rewriter(ast.NodeTransformer):
         carried = [n for n in assigned if n in live or n in _exposed(stmt.body)]
         results = carried + ([target] if target in live else [])
         body_name = self.fresh("for_body")
+        appended = _appended_to(stmt.body)
         body = self.body(stmt.body, set(results))
         body_fn = _function(body_name, [target] + carried, body, results)
         if isinstance(stmt.iter, ast.Call) and isinstance(stmt.iter.func, ast.Name) and stmt.iter.func.id == "range":
@@ -445,7 +466,7 @@ class _Rewriter(ast.NodeTransformer):
             iterable = self.visit(stmt.iter)
         call = ast.Call(func=_helper("for_stmt"), args=[
             iterable, _name(body_name), _current(carried), _current([target]), ast.Constant(tuple(carried)),
-            ast.Constant(target in live), ast.Constant(stmt.lineno), ast.Constant(flag)], keywords=[])
+            ast.Constant(target in live), ast.Constant(stmt.lineno), ast.Constant(flag), appended], keywords=[])
         return [body_fn, self.assign(results, call)]
 
     @staticmethod
@@ -773,8 +794,20 @@ def not_(x: Any) -> Any:
     return not x
 
 
+def _check_no_list_growth(appended: tuple, what: str, line: int) -> None:
+    """A staged loop that appends to a Python list: its body runs once while tracing, so the list would
+    hold one traced value, not one per iteration. Say what to write instead."""
+    for value_, name, at in appended:
+        if isinstance(value_, list):
+            raise with_location(TraceError, f"the {what} at line {line} appends to the Python list {name!r} (line "
+                                f"{at}); a staged loop runs its body once while tracing, so the list cannot grow per "
+                                "iteration. Carry an array instead (out = lantern.zeros((n, ...)) before the loop, "
+                                "out = lantern.where(lantern.arange(n)[:, None] == i, row, out) in it), or loop over "
+                                "a Python range (unrolled) and lantern.stack the list", _where(at))
+
+
 def while_stmt(test: Callable[..., Any], body: Callable[..., tuple], values: tuple, names: tuple[str, ...],
-               line: int) -> Any:
+               line: int, appended: tuple = ()) -> Any:
     """``while test:`` — a Python loop while the test gives Python values; ``lantern.while_loop`` from the
     first staged test on."""
     values = tuple(values)
@@ -783,6 +816,7 @@ def while_stmt(test: Callable[..., Any], body: Callable[..., tuple], values: tup
         if _staged(t):
             _defined(values, names, f"is carried by the staged while loop at line {line} but has no value before "
                      "it; assign it before the loop", line)
+            _check_no_list_growth(appended, "staged while loop", line)
             from .control import while_loop
             with _naming_carried(names, "staged while loop", line):
                 values = while_loop(lambda s: test(*s), lambda s: tuple(body(*s)), values)
@@ -810,7 +844,7 @@ def range_(*args: Any) -> Any:
 
 
 def for_stmt(iterable: Any, body: Callable[..., tuple], values: tuple, target: tuple, names: tuple[str, ...],
-             target_live: bool, line: int, flag: str | None = None) -> Any:
+             target_live: bool, line: int, flag: str | None = None, appended: tuple = ()) -> Any:
     """``for x in iterable:`` — Python's loop over Python iterables (unrolled while tracing); over a staged
     range or the first axis of a staged tensor, ``lantern.fori_loop``."""
     values = tuple(values)
@@ -822,6 +856,7 @@ def for_stmt(iterable: Any, body: Callable[..., tuple], values: tuple, target: t
                                 _where(line))
         _defined(values, names, f"is carried by the staged for loop at line {line} but has no value before it; "
                  "assign it before the loop", line)
+        _check_no_list_growth(appended, "staged for loop", line)
         from .control import fori_loop
         if isinstance(iterable, _StagedRange):
             if not isinstance(iterable.step, int) or iterable.step != 1:

@@ -482,3 +482,22 @@ def test_a_return_inside_a_loop_in_python_is_python():
         return xs
     np.testing.assert_allclose(lantern.stage(pick)(np.ones(2), 5), 2 * np.ones(2))
     np.testing.assert_allclose(lantern.stage(pick)(np.ones(2), 1), np.ones(2))
+
+
+def test_appending_to_a_python_list_in_a_staged_loop_is_an_error_naming_the_line():
+    def collect(xs, n):
+        outs = []
+        for t in range(n):         # staged: n is a staged int
+            outs.append(xs[t] * 2.0)  # LINE:append
+        return outs[0]
+    line = _line_of("# LINE:append")
+    with pytest.raises(lantern.TraceError, match=rf"appends to the Python list 'outs' \(line {line}\).*Carry an array "
+                                                 rf"instead.*\(at test_python_control_flow\.py:{line}\)"):
+        lantern.stage(collect)(np.array([1.0, 2.0, 3.0]), np.int64(2))
+    # over a Python range the loop unrolls and the list is Python's
+    assert lantern.stage(collect)(np.array([1.0, 2.0, 3.0]), 2) == 2.0
+
+
+def _line_of(marker):
+    with open(__file__) as source:
+        return next(i for i, text in enumerate(source, 1) if marker in text and "_line_of" not in text)
