@@ -24,12 +24,13 @@ class ArgumentError(LanternError, TypeError, ValueError):
     """A staged function was called with the wrong number, kind, shape or dtype of arguments."""
 
 
-class ConcretizationError(LanternError, TypeError):
-    """A staged value was used where Python needs a concrete one (``if x > 0:``)."""
-
-
 class TraceError(LanternError, RuntimeError):
     """The function cannot be traced as written (escaped values, unsupported constructs)."""
+
+
+class ConcretizationError(TraceError, TypeError):
+    """A staged value was used where Python needs a concrete one (``if x > 0:`` where the rewrite of Python
+    control flow does not reach: inside ``try``/``with``, a lambda, code without source)."""
 
 
 class IRVerificationError(LanternError, AssertionError):

@@ -501,3 +501,10 @@ def test_appending_to_a_python_list_in_a_staged_loop_is_an_error_naming_the_line
 def _line_of(marker):
     with open(__file__) as source:
         return next(i for i, text in enumerate(source, 1) if marker in text and "_line_of" not in text)
+
+
+def test_where_the_rewrite_does_not_reach_the_error_is_a_trace_error_with_advice():
+    f = lantern.stage(lambda x: x * 2.0 if x.sum() > 0 else x)  # a lambda is not rewritten
+    with pytest.raises(lantern.TraceError, match=r"lantern\.cond\(pred, true_fn, false_fn, \*operands\)"):
+        f(np.ones(2))
+    assert issubclass(lantern.ConcretizationError, lantern.TraceError)
