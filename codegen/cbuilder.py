@@ -40,7 +40,7 @@ def strides(shape: tuple[int, ...]) -> list[int]:
 
 def index(terms: Iterable[tuple[str, int]], base: int = 0) -> str:
     """``base + sum(var * coef)`` as tidy C."""
-    parts = [str(base)] if base else []
+    parts = [] if isinstance(base, int) and base == 0 else [str(base)]
     for var, coef in terms:
         if coef == 0:
             continue

@@ -57,6 +57,11 @@ def _unify(frame: Frame, what: str, traced: list[TracedBody], names: Sequence[st
     first = traced[0]
     for other, name in zip(traced[1:], names[1:]):
         if other.treedef != first.treedef:
+            if any(any(t.pending) for t in traced):
+                raise with_location(ShapeError, "a value returned from inside a staged loop must be a tensor, a "
+                                    "number or written as a tuple (return a, b); a tuple variable, a list or a "
+                                    "dict returned there has no value yet on the paths that did not return: "
+                                    "return its parts (return st[0], st[1])")
             raise with_location(ShapeError, f"{what}: {names[0]} returns structure {first.treedef} but "
                                 f"{name} returns {other.treedef}")
     types, pending = [], []

@@ -131,15 +131,19 @@ def _blocked(stmts: Sequence[ast.stmt], allowed: tuple[type, ...] = ()) -> bool:
     ``continue`` of a loop around them, a ``return``, ``yield``, ``try``...). The exits of a loop inside
     them are that loop's business."""
     def blockers(node: ast.AST, in_loop: bool) -> Any:
+        if isinstance(node, _BLOCKERS) and not isinstance(node, allowed) and not (
+                in_loop and isinstance(node, (ast.Break, ast.Continue))):
+            yield node
+        if isinstance(node, (ast.For, ast.While, ast.AsyncFor)):  # its body's exits are its own, not its else's
+            for s in node.body:
+                yield from blockers(s, True)
+            for s in node.orelse:
+                yield from blockers(s, in_loop)
+            return
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, _SCOPES):
-                continue
-            inner = in_loop or isinstance(child, (ast.For, ast.While, ast.AsyncFor))
-            if isinstance(child, _BLOCKERS) and not isinstance(child, allowed) and not (
-                    in_loop and isinstance(child, (ast.Break, ast.Continue))):
-                yield child
-            yield from blockers(child, inner)
-    return any(True for s in stmts for _ in blockers(ast.Module(body=[s], type_ignores=[]), False))
+            if not isinstance(child, _SCOPES):
+                yield from blockers(child, in_loop)
+    return any(True for s in stmts for _ in blockers(s, False))
 
 
 def _loop_exits(stmts: Sequence[ast.stmt]) -> list[ast.stmt]:
@@ -148,7 +152,9 @@ def _loop_exits(stmts: Sequence[ast.stmt]) -> list[ast.stmt]:
     for s in stmts:
         if isinstance(s, (ast.Break, ast.Continue)):
             out.append(s)
-        elif not isinstance(s, (ast.For, ast.While, ast.AsyncFor) + _SCOPES):
+        elif isinstance(s, (ast.For, ast.While, ast.AsyncFor)):
+            out += _loop_exits(s.orelse)  # (a break in an inner loop's else leaves this loop)
+        elif not isinstance(s, _SCOPES):
             for field in ("body", "orelse", "finalbody", "handlers"):
                 inner = getattr(s, field, None)
                 if isinstance(inner, list):
@@ -263,16 +269,21 @@ def _returns_in_loops_lowered(stmts: list[ast.stmt], fresh: Callable[[str], str]
             if returns and all(r.value is not None for r in returns) and _returns_in_ifs(s.body) == len(returns):
                 # a tuple returned everywhere (``return h, c``): one variable per element, so each element
                 # takes the type of what is returned there
-                sizes = {len(r.value.elts) if isinstance(r.value, ast.Tuple) else -1 for r in returns}  # type: ignore[union-attr]
+                sizes = {len(r.value.elts) if isinstance(r.value, ast.Tuple) and not any(  # type: ignore[union-attr]
+                    isinstance(e, ast.Starred) for e in r.value.elts) else -1 for r in returns}  # type: ignore[union-attr]
                 as_tuple = len(sizes) == 1 and min(sizes) >= 1
                 flag = fresh("returned")
                 values = [fresh("return_value") for _ in range(max(sizes) if as_tuple else 1)]
+                # `while True:` left only by a return: the value is returned after it, unconditionally
+                only_returns = isinstance(s, ast.While) and isinstance(s.test, ast.Constant) and bool(s.test.value) \
+                    and not any(isinstance(e, ast.Break) for e in _loop_exits(s.body))
                 s.body = _returns_to_breaks(s.body, flag, values, as_tuple)
                 value = _tuple(values) if as_tuple else _name(values[0])
+                tail = ast.Return(value=value) if only_returns else \
+                    ast.If(test=_name(flag), body=[ast.Return(value=value)], orelse=[])
                 out += [_located(ast.Assign(targets=[_name(flag, store=True)], value=ast.Constant(False)), s),
                         *(_located(ast.Assign(targets=[_name(v, store=True)], value=_helper("PENDING")), s)
-                          for v in values), s,
-                        _located(ast.If(test=_name(flag), body=[ast.Return(value=value)], orelse=[]), s)]
+                          for v in values), s, _located(tail, s)]
                 continue
         out.append(s)
     return out
@@ -438,9 +449,8 @@ class _Rewriter(ast.NodeTransformer):
         test_name, body_name = self.fresh("while_test"), self.fresh("while_body")
         test_fn = _function(test_name, carried, [], [])
         test = self.visit(stmt.test)
-        if flag:  # not after a break: `not flag and test`
-            test = ast.Call(func=_helper("and_"), args=[
-                _thunk(ast.Call(func=_helper("not_"), args=[_name(flag)], keywords=[])), _thunk(test)], keywords=[])
+        if flag:  # not after a break: `not flag and test`, the test not evaluated after a break
+            test = ast.Call(func=_helper("unless_broken"), args=[_name(flag), _thunk(test)], keywords=[])
         test_fn.body = [ast.Return(value=test)]
         appended = _appended_to(stmt.body)
         body_fn = _function(body_name, carried, self.body(stmt.body, set(carried)), carried)
@@ -785,6 +795,15 @@ def or_(*parts: Callable[[], Any]) -> Any:
         else:
             value_ = part()
     return value_
+
+
+def unless_broken(flag: Any, test: Callable[[], Any]) -> Any:
+    """A loop's test after a ``break`` (or a ``return``) set ``flag``: false, without evaluating ``test`` (which
+    may index past the end once the loop has stopped), also when the flag is staged (a ``cond``)."""
+    if not _staged(flag):
+        return False if flag else test()
+    from .control import cond
+    return cond(flag, lambda: False, test)
 
 
 def not_(x: Any) -> Any:

@@ -360,3 +360,30 @@ def test_a_program_that_cannot_run_with_sizes_falls_back_to_per_shape_and_says_w
     events = f.cache_info().events
     assert len(events) == 3  # the code with n as a constant serves only that n
     assert "run-time sizes" in events[1].reason
+
+
+def test_code_generation_never_drops_a_loop_a_run_time_size_may_need():
+    """Review: an extent that is 1 in the call compiled (n - 1 at n = 2) must keep its loop."""
+    @lantern.stage
+    def tail_rows(x, i):
+        return lantern.take(x, i[1:], axis=0)
+    x = np.arange(18.0).reshape(6, 3)
+    for idx in (np.array([0, 5, 4]), np.array([1, 2]), np.array([0, 5, 4, 3])):
+        np.testing.assert_array_equal(tail_rows(x, idx), x[idx[1:]])
+
+    @lantern.stage
+    def running(x):
+        return lantern.cumsum(x[:, 1:], axis=0)
+    for w in (3, 2, 5):
+        x = np.arange(4.0 * w).reshape(4, w)
+        np.testing.assert_array_equal(running(x), np.cumsum(x[:, 1:], axis=0))
+    assert running.cache_info().signatures[-1] == "x: float64[4,n1_x]"
+
+
+def test_an_equality_the_trace_guarded_holds_in_code_generation():
+    """Review: after the trace, sizes it guarded equal (n_y == 4 n_x) compare equal, so the module verifies."""
+    f = lantern.stage(lambda x, y: x.reshape(-1) + y, dynamic=True)
+    for n in (3, 5):
+        x, y = np.ones((n, 4)), np.arange(4.0 * n)
+        np.testing.assert_array_equal(f(x, y), 1 + y)
+    assert f._no_sizes_because is None and f.lower(np.ones((7, 4)), np.ones(28)).pattern is not None

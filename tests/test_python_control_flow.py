@@ -508,3 +508,47 @@ def test_where_the_rewrite_does_not_reach_the_error_is_a_trace_error_with_advice
     with pytest.raises(lantern.TraceError, match=r"lantern\.cond\(pred, true_fn, false_fn, \*operands\)"):
         f(np.ones(2))
     assert issubclass(lantern.ConcretizationError, lantern.TraceError)
+
+
+def test_loop_exits_review_cases():
+    """A break in an inner loop's else is the outer loop's (and keeps Python's meaning); a while True left only
+    by a return returns after it; the test of a staged while is not evaluated after a return (it would index
+    past the end); a returned tuple variable is a clear error."""
+    def hits(rows, k):
+        n = 0
+        for r in rows:
+            for v in r:
+                if v == k:
+                    break
+            else:
+                continue
+            n += 1
+        return n
+    assert lantern.stage(lambda rows: lantern.asarray(hits(rows, 2)))([[1, 2], [3, 4], [5, 2]]) == 2
+
+    def first_negative(xs):
+        i = 0
+        while True:
+            if xs[i] < 0:
+                return i
+            i = i + 1
+    assert lantern.stage(first_negative)(np.array([1.0, 2.0, -3.0])) == 2
+
+    def count_to_end(xs):
+        i = 0
+        while xs[i] > 0:
+            i = i + 1
+            if i == xs.shape[0]:
+                return i * 10
+        return i
+    assert lantern.stage(count_to_end)(np.array([1.0, 2.0, 3.0])) == 30
+    assert lantern.stage(count_to_end)(np.array([1.0, -2.0, 3.0])) == 1
+
+    def pair_from_loop(x, n):
+        st = (x, 2 * x)
+        for i in range(n):
+            if x[i] > 1:
+                return st
+        return x, x
+    with pytest.raises(lantern.ShapeError, match=r"written as a tuple \(return a, b\)"):
+        lantern.stage(pair_from_loop)(np.array([0.5, 2.0]), np.int64(2))

@@ -7,6 +7,8 @@ from __future__ import annotations
 from lantern.ir.nodes import Accumulate, Op
 
 from ..c_types import literal
+from lantern.ir.symbolic import known_equal, more_than_one
+
 from ..cbuilder import around_axis, c_string, index
 from .context import KernelContext
 
@@ -20,7 +22,7 @@ def take(e: KernelContext, op: Op) -> None:
     pre, n, inner = around_axis(xs, axis)
     m = idx.type.size  # type: ignore[union-attr]
     where = f"{e.where(op)}: indexing axis {axis} of shape {tuple(xs)}"
-    if out.type.size == 0:  # type: ignore[union-attr]
+    if known_equal(out.type.size, 0):  # type: ignore[union-attr]
         if e.m.options.check_indices:  # nothing to copy, but NumPy still checks every index
             e.c.loop('j', m)
             e.c.line(f"(void){e.index_expr('(int64_t)' + e.load(idx, 'j'), n, where)};")
@@ -28,7 +30,8 @@ def take(e: KernelContext, op: Op) -> None:
             e.check_status()
         return
     # Loops of extent 1 are left out (their index is 0).
-    p, j, r = ("p" if pre > 1 else None), ("j" if m > 1 else None), ("r" if inner > 1 else None)
+    p, j, r = (("p" if more_than_one(pre) else None), ("j" if more_than_one(m) else None),
+               ("r" if more_than_one(inner) else None))
     if not (p or j):
         e.c.open_scope()  # keeps `row` local
     for var, extent in ((p, pre), (j, m)):
@@ -75,7 +78,7 @@ def scatter(e: KernelContext, op: Op) -> None:
 def accumulate(e: KernelContext, stmt: Accumulate) -> None:
     t, v = stmt.target, stmt.value
     row = v.type.size  # type: ignore[union-attr]
-    if row == 0:  # nothing to add and no index to read (passes/empty.py drops these before C)
+    if known_equal(row, 0):  # nothing to add and no index to read (passes/empty.py drops these before C)
         return
     if stmt.index is None and not t.type.shape:  # type: ignore[union-attr]
         e.store(t, "0", f"{e.load(t, '0')} + {e.load(v, '0')}")
@@ -84,20 +87,21 @@ def accumulate(e: KernelContext, stmt: Accumulate) -> None:
     index = stmt.index
     k = index.type.size if index is not None else 1  # type: ignore[union-attr]
     row //= k
-    if k > 1:
+    many = more_than_one(k)
+    if many:
         e.c.loop('j', k)
     guarded = False
     if index is not None:
         n = t.type.shape[0]  # type: ignore[union-attr]
-        guarded = e.staged_row("base", e.load(index, "j" if k > 1 else "0"), n, e.where(stmt), row)
+        guarded = e.staged_row("base", e.load(index, "j" if many else "0"), n, e.where(stmt), row)
     else:
         e.c.line("int64_t base = 0;")
     e.c.loop('i', row)
-    e.c.line(f"{e.ptr(t)}[base + i] += {e.load(v, 'j * ' + str(row) + ' + i' if k > 1 else 'i')};")
+    e.c.line(f"{e.ptr(t)}[base + i] += {e.load(v, 'j * ' + str(row) + ' + i' if many else 'i')};")
     e.c.close()
     if guarded:
         e.c.close()
-    if k > 1:
+    if many:
         e.c.close()
     e.c.close()
     if guarded:

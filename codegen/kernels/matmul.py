@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from lantern.ir.nodes import Op
-from lantern.ir.symbolic import Size, hint, known_equal
+from lantern.ir.symbolic import Size, hint, known_equal, more_than_one
 
 from ..c_types import FLOATS, literal
 from ..cbuilder import offset
@@ -38,6 +38,7 @@ def matmul(e: KernelContext, op: Op) -> None:
     # generated loop than through BLAS's general kernels, until it is very large.
     # (a run-time size decides by its typical value, the one of the call compiled: any size is correct)
     vector = known_equal(m, 1) or known_equal(n, 1) or known_equal(k, 1)
+    batched = more_than_one(batch)
     if dtype in FLOATS and hint(m * n * k) >= (VECTOR_BLAS_MIN_MACS if vector else BLAS_MIN_MACS):
         e.m.uses_blas = True
         gemm = "lt_cblas_sgemm" if dtype == "float32" else "lt_cblas_dgemm"
@@ -47,7 +48,7 @@ def matmul(e: KernelContext, op: Op) -> None:
         def call(ao: str, bo: str, co: str) -> str:
             return (f"{gemm}({flags}, {m}, {n}, {k}, 1, {offset(pa, ao)}, {ash[-1]}, {offset(pb, bo)}, {bsh[-1]}, "
                     f"{beta}, {offset(pc, co)}, {n});")
-        if batch == 1:
+        if not batched:
             e.c.line(call("0", "0", "0"))
         else:
             e.c.loop("bi", batch)
@@ -55,7 +56,6 @@ def matmul(e: KernelContext, op: Op) -> None:
             e.c.close()
         return
     zero = literal(0, dtype)
-    batched = batch > 1
     ao, bo, co = ("ao + ", "bo + ", "co + ") if batched else ("", "", "")
     A = ((lambda i, kk: f"{pa}[{ao}{kk} * {m} + {i}]") if ta else (lambda i, kk: f"{pa}[{ao}{i} * {k} + {kk}]"))
     if batched:

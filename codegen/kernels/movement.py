@@ -6,6 +6,8 @@ import numpy as np
 
 from lantern.ir.nodes import Op
 
+from lantern.ir.symbolic import hint
+
 from ..c_types import literal
 from ..cbuilder import index, strides
 from .context import KernelContext, Storage
@@ -68,7 +70,7 @@ def transpose(e: KernelContext, op: Op) -> None:
     # last axis too, one side is read or written with a stride. Square tiles of those two
     # axes keep both sides within cache lines (3x faster for an 800 x 200 matrix).
     across, last = perm.index(len(perm) - 1), len(shape) - 1
-    if across == last or min(shape[across], shape[last]) < _TILE:
+    if across == last or min(hint(shape[across]), hint(shape[last])) < _TILE:  # (both are right for any size)
         e.c.loop_nest(shape, copy, parallel=True)
         return
     e.c.line(f"/* {_TILE} x {_TILE} tiles */")

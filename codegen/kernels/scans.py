@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from lantern.ir.nodes import Op
+from lantern.ir.symbolic import more_than_one
 
 from ..cbuilder import around_axis, index
 from .context import KernelContext
@@ -25,7 +26,7 @@ def scan(e: KernelContext, op: Op) -> None:
 
     # out[p, k, :] = out[p, k - 1, :] (+|*) x[p, k, :]: the inner axis is the vectorised one.
     # Loops of extent 1 are left out (their index is 0).
-    p, r = ("p" if pre > 1 else None), ("r" if inner > 1 else None)
+    p, r = ("p" if more_than_one(pre) else None), ("r" if more_than_one(inner) else None)
     at = lambda k: index((v, c) for v, c in ((p, n * inner), (k, inner), (r, 1)) if v)  # noqa: E731
     e.c.open_scope()
     if p:

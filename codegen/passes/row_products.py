@@ -12,6 +12,7 @@ import dataclasses
 
 from lantern.ir.nodes import Block, Function, Loop, Module, Op, Stmt, Var, While
 from lantern.ir.primitives import infer
+from lantern.ir.symbolic import hint
 from lantern.ir.rewrite import with_blocks
 
 from lantern.ir.analysis import updated_in_place
@@ -49,7 +50,7 @@ def _qualifies(s: Stmt, updated: set[int], varying: set[int]) -> bool:
         return False
     a, b = s.args
     return (a.type.ndim == 2 and a.type.shape[0] == 1 and b.type.ndim == 2  # type: ignore[union-attr]
-            and b.type.size <= MAX_COPIED_ELEMENTS  # type: ignore[union-attr]
+            and hint(b.type.size) <= MAX_COPIED_ELEMENTS  # type: ignore[union-attr]
             and b.id not in varying and b.id not in updated)
 
 

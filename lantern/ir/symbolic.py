@@ -178,8 +178,10 @@ class Size:
         if _is_int(diff):
             return diff == 0
         env = _ENV.get()
-        if env is None or env.frozen:  # outside a trace: as expressions (dict keys, code generation)
+        if env is None:  # outside a trace: as expressions (dict keys)
             return False
+        if env.frozen:  # code generation: equal if the trace made them so (a guard), else as expressions
+            return env.recorded(diff, "==") is True
         return _decide(diff, "==")
 
     def __ne__(self, other: Any) -> bool:
@@ -342,6 +344,21 @@ class ShapeEnv:
         return value
 
 
+    def recorded(self, expression: Size, relation: str) -> bool | None:
+        """What the trace decided about ``expression <relation> 0`` (a guard it recorded), or None."""
+        if Guard(expression, relation) in self.guards:
+            return True
+        if Guard(expression, _NEGATION[relation]) in self.guards:
+            return False
+        flipped = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "==": "==", "!=": "!="}[relation]
+        negated = -expression
+        if isinstance(negated, Size):
+            if Guard(negated, flipped) in self.guards:
+                return True
+            if Guard(negated, _NEGATION[flipped]) in self.guards:
+                return False
+        return None
+
     def _guard(self, guard: Guard) -> None:
         if guard not in self.guards:
             self.guards[guard] = None
@@ -374,14 +391,19 @@ def current_env() -> ShapeEnv | None:
 
 def _decide(expression: Size, relation: str) -> bool:
     """A comparison: guarded while tracing. After the trace (code generation, the verifier between passes)
-    it is answered from the hints without a guard: there it only re-asks what tracing decided, or chooses
-    between kernels that are right for every size (a loop or none for an extent that is 1 at most)."""
+    only what the trace decided (its guards) is known: any other question raises ``SymbolicSizeError``, so
+    code generation never picks code that is right only for the sizes traced (heuristics use :func:`hint`;
+    kernels test ``isinstance(d, Size)`` for "may be any size")."""
     env = _ENV.get()
     if env is None:
         raise SymbolicSizeError(f"whether {expression.pretty()} {relation} 0 is known only at run time "
                                 "(a run-time size was compared outside a trace)")
     if env.frozen:
-        return _RELATIONS[relation](expression.evaluate(env.hints), 0)
+        known = env.recorded(expression, relation)
+        if known is None:
+            raise SymbolicSizeError(f"whether {expression.pretty()} {relation} 0 is known only at run time "
+                                    "(code generation asked what the trace did not decide)")
+        return known
     return env.decide(expression, relation)
 
 
@@ -410,6 +432,11 @@ def hint(x: Size | int) -> int:
     env = _ENV.get()
     hints = env.hints if env is not None else {}
     return x.evaluate({v: hints.get(v, DEFAULT_HINT) for v in x.variables})
+
+
+def more_than_one(d: Size | int) -> bool:
+    """An extent that may exceed 1 (a run-time size always may): it needs a loop."""
+    return isinstance(d, Size) or d > 1
 
 
 def known_equal(a: Size | int, b: Size | int) -> bool:
