@@ -75,9 +75,10 @@ def _unify(frame: Frame, what: str, traced: list[TracedBody], names: Sequence[st
         cands = [t.types[i] for t in traced]
         strong = [c for c, t in zip(cands, traced) if not t.weak[i]]
         target = strong[0] if strong else cands[0]
-        if {c.shape for c in cands} != {target.shape} or {c.dtype for c in strong} - {target.dtype}:
+        same_shapes = all(c.shape == target.shape for c in cands)
+        if not same_shapes or {c.dtype for c in strong} - {target.dtype}:
             listing = ", ".join(f"{n} gives {c}" for n, c in zip(names, cands))
-            raise with_location(DTypeError if {c.shape for c in cands} == {target.shape} else ShapeError,
+            raise with_location(DTypeError if same_shapes else ShapeError,
                                 f"{what}: output {i} differs: {listing}")
         target = TensorType(target.shape, _join_weak(target.dtype if strong else None,
                                                      [c.dtype for c, t in zip(cands, traced) if t.weak[i]]))

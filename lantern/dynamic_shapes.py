@@ -188,7 +188,7 @@ def make_pattern(keys: list[tuple], paths: list[str], axes: set[Axis], path_hint
                  names: dict[Axis, str] | None = None) -> Pattern:
     """The signature of a call with leaf ``keys`` where ``axes`` are run-time sizes (those of size 0 or 1
     stay constants); axes of equal size share a variable, named after the first (or as ``names`` says)."""
-    by_value: dict[int, str] = {}
+    by_value: dict[Any, str] = {}  # an axis's group: its name where given, else its size (duck sizing)
     variables: list[tuple[str, int, int]] = []
     hints: dict[str, int] = {}
     taken: set[str] = set()
@@ -202,9 +202,11 @@ def make_pattern(keys: list[tuple], paths: list[str], axes: set[Axis], path_hint
             if (i, axis) not in axes or d < 2:
                 dims.append(d)
                 continue
-            name = by_value.get(d)
+            given = (names or {}).get((i, axis))
+            group = ("name", given) if given else ("size", d)
+            name = by_value.get(group)
             if name is None:
-                name = by_value[d] = (names or {}).get((i, axis)) or _symbol_name(path_hint(path), axis, taken)
+                name = by_value[group] = given or _symbol_name(path_hint(path), axis, taken)
                 taken.add(name)
                 variables.append((name, i, axis))
                 hints[name] = d

@@ -59,11 +59,10 @@ class Size:
     between different expressions, and to ``<``, ``bool`` and ``int``, as a guard.
     """
 
-    __slots__ = ("terms", "_hash")
+    __slots__ = ("terms",)
 
     def __init__(self, terms: tuple[tuple[Monomial, int], ...]):
         self.terms = terms
-        self._hash = hash(("Size", terms))
 
     @staticmethod
     def var(name: str) -> Size:
@@ -189,7 +188,10 @@ class Size:
         return result if result is NotImplemented else not result
 
     def __hash__(self) -> int:
-        return self._hash
+        # In a set or as a dict key a run-time size would be compared by hash, without a guard: ``n in {3, 4}``
+        # would answer for the sizes traced only. (Types and guards hash the expression: ``shape_key``.)
+        raise TypeError(f"a run-time size ({self.pretty()}) cannot be hashed: compare it with == (a guarded "
+                        "decision), or use int() to make the code specific to this size")
 
     def _compare(self, other: Any, rel: str) -> bool:
         if not (_is_int(other) or isinstance(other, Size)):
@@ -278,6 +280,11 @@ def substitute(value: Any, values: Mapping[str, int]) -> Any:
     return value
 
 
+def shape_key(shape: tuple[Size | int, ...]) -> tuple:
+    """``shape`` as a hashable key (a run-time size by its expression)."""
+    return tuple(d.terms if isinstance(d, Size) else d for d in shape)
+
+
 def shape_variables(shape: tuple[Size | int, ...]) -> set[str]:
     return {v for d in shape if isinstance(d, Size) for v in d.variables}
 
@@ -296,6 +303,9 @@ class Guard:
 
     expression: Size
     relation: str
+
+    def __hash__(self) -> int:
+        return hash((self.expression.terms, self.relation))
 
     def holds(self, values: Mapping[str, int]) -> bool:
         return _RELATIONS[self.relation](self.expression.evaluate(values), 0)

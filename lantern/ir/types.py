@@ -6,7 +6,7 @@ from math import prod
 
 import numpy as np
 
-from .symbolic import Size, shape_text
+from .symbolic import Size, shape_key, shape_text
 
 #: dtypes a staged tensor may have, by their NumPy names.
 DTYPES = ("bool", "int32", "int64", "float32", "float64")
@@ -35,6 +35,9 @@ class TensorType:
 
     shape: tuple[int | Size, ...]
     dtype: str
+
+    def __hash__(self) -> int:
+        return hash((shape_key(self.shape), self.dtype))
 
     @property
     def ndim(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..errors import IRVerificationError
 from .nodes import Accumulate, Apply, Block, Call, Function, Fused, If, Lambda, Loop, Module, Op, Stmt, Var, While
 from .primitives import ELEMENTWISE, PRIMITIVES
+from .symbolic import shape_key
 from .types import FnType, TensorType, scalar
 
 
@@ -87,7 +88,7 @@ class _Verifier:
             for inner in stmt.body.stmts:
                 if not isinstance(inner, Op) or PRIMITIVES[inner.prim].kind != ELEMENTWISE:
                     _fail(where, "fused bodies hold elementwise ops only")
-            shapes = {o.type.shape for s in stmt.body.stmts for o in s.outs}
+            shapes = list(dict.fromkeys(shape_key(o.type.shape) for s in stmt.body.stmts for o in s.outs))
             if len(shapes) > 1:
                 _fail(where, f"fused statements have different shapes {shapes}")
         elif isinstance(stmt, Call):
