@@ -452,6 +452,8 @@ class Staged:
         exe = self._fast.get(fast_key)
         if exe is None:
             exe, leaves = self._specialize(args, kwargs)
+            if len(self._fast) >= _MAX_REMEMBERED_SHAPES * 16:  # (run-time sizes: one entry per shape seen)
+                self._fast.clear()
             self._fast[fast_key] = exe
         return exe.run_leaves(leaves)
 
@@ -496,8 +498,9 @@ class Staged:
         key = (treedef, tuple(keys))
         exe = self._executables.get(key)
         if exe is None:
-            exe = self._serving(treedef, keys) or self._compile_new(treedef, keys, paths)
-            self._executables[key] = exe
+            exe = self._serving(treedef, keys)  # (not remembered per shape here: _fast does that, bounded)
+            if exe is None:
+                exe = self._executables[key] = self._compile_new(treedef, keys, paths)
         return exe, leaves
 
     def _serving(self, treedef: TreeDef, keys: list[tuple]) -> Executable | None:
