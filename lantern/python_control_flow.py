@@ -17,7 +17,8 @@ breaks; after the loop, ``if returned: return v`` is such an early return (the r
 ``PENDING``, which a staged loop or branch gives the type of the value returned). Not rewritten (they
 keep today's behaviour: a staged condition there is a ``ConcretizationError``): ``break``/``continue``/
 ``return`` inside ``try``/``with``, ``yield``, ``try``, ``with``, ``global`` and ``nonlocal`` around staged
-conditions; loops with an ``else``; ``for`` targets other than one name. The rewritten function keeps
+conditions; loops with an ``else``. A ``for`` with a tuple target unpacks one loop variable in its body;
+``enumerate`` and ``zip`` of staged tensors are staged loops over their first axis. The rewritten function keeps
 the original file and line numbers, so errors and the C's comments point at the user's lines.
 """
 from __future__ import annotations
@@ -374,6 +375,8 @@ class _Rewriter(ast.NodeTransformer):
         if isinstance(stmt, ast.If) and _always_returns(stmt.body) and _always_returns(stmt.orelse) \
                 and not _blocked([stmt], allowed=(ast.Return,)):
             return self.returning_if(stmt)
+        if isinstance(stmt, ast.For) and isinstance(stmt.target, (ast.Tuple, ast.List)) and not stmt.orelse:
+            stmt = self.unpacked_in_body(stmt)  # for i, x in enumerate(xs): one loop variable, unpacked
         if isinstance(stmt, (ast.While, ast.For)) and not stmt.orelse and (
                 isinstance(stmt, ast.While) or isinstance(stmt.target, ast.Name)):
             flag, lowered = self.loop_exits_lowered(stmt)
@@ -429,6 +432,14 @@ class _Rewriter(ast.NodeTransformer):
             return None, None
         loop.body = loop.body or [ast.Pass()]
         return flag, _located(loop, stmt)
+
+    def unpacked_in_body(self, stmt: ast.For) -> ast.For:
+        """``for a, b in it: body`` as ``for item in it: a, b = item; body`` (then a staged ``enumerate`` or
+        ``zip`` of tensors gives each item as a tuple)."""
+        item = self.fresh("item")
+        unpack = _located(ast.Assign(targets=[stmt.target], value=_name(item)), stmt)
+        return _located(ast.For(target=_name(item, store=True), iter=stmt.iter, body=[unpack, *stmt.body],
+                                orelse=[], type_comment=None), stmt)
 
     def returning_if(self, stmt: ast.If) -> list[ast.stmt]:
         """``if c: ... return a`` / ``else: ... return b``: ``return`` of the chosen branch's value."""
@@ -640,6 +651,9 @@ def call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     if fn is len and len(args) == 1 and not kwargs and _staged(args[0]) and args[0].ndim \
             and isinstance(args[0].shape[0], Size):
         return args[0].shape[0]  # a run-time length stays one (Python's len() must return an int)
+    items = _staged_items(fn, args, kwargs) if fn is enumerate or fn is zip else None
+    if items is not None:
+        return items
     target, bound = (fn.__func__, fn.__self__) if isinstance(fn, types.MethodType) else (fn, None)
     if not _users(target):
         return fn(*args, **kwargs)
@@ -846,6 +860,25 @@ def while_stmt(test: Callable[..., Any], body: Callable[..., tuple], values: tup
     return values
 
 
+class _StagedItems:
+    """``enumerate(xs)`` or ``zip(xs, ys)`` of staged tensors in a rewritten ``for``: a staged loop over
+    ``length`` items, item ``i`` being ``item(i)`` (``(i, xs[i])``, ``(xs[i], ys[i])``)."""
+
+    def __init__(self, length: Any, item: Callable[[Any], Any]):
+        self.length, self.item = length, item
+
+
+def _staged_items(fn: Any, args: tuple, kwargs: dict) -> _StagedItems | None:
+    """``enumerate``/``zip`` over staged tensors (every argument one, for ``zip``), else None."""
+    if fn is enumerate and args and _staged(args[0]) and args[0].ndim and set(kwargs) <= {"start"}:
+        xs, start = args[0], (args[1] if len(args) > 1 else kwargs.get("start", 0))
+        return _StagedItems(xs.shape[0], lambda i: (i + start if not (isinstance(start, int) and start == 0)
+                                                    else i, xs[i]))
+    if fn is zip and args and not kwargs and all(_staged(a) and a.ndim for a in args):
+        return _StagedItems(min(a.shape[0] for a in args), lambda i: tuple(a[i] for a in args))
+    return None
+
+
 class _StagedRange:
     """``range(lo, hi)`` with a staged bound: a ``fori_loop``."""
 
@@ -868,7 +901,7 @@ def for_stmt(iterable: Any, body: Callable[..., tuple], values: tuple, target: t
     range or the first axis of a staged tensor, ``lantern.fori_loop``."""
     values = tuple(values)
     last = target[0]
-    if isinstance(iterable, _StagedRange) or _staged(iterable):
+    if isinstance(iterable, (_StagedRange, _StagedItems)) or _staged(iterable):
         if target_live:
             raise with_location(TraceError, "the loop variable of the staged for loop at line "
                                 f"{line} is used after the loop; keep a copy in a variable the loop assigns",
@@ -882,6 +915,8 @@ def for_stmt(iterable: Any, body: Callable[..., tuple], values: tuple, target: t
                 raise with_location(TraceError, f"the for loop at line {line} runs over a staged range with step "
                                     f"{iterable.step!r}; only step 1 is staged (use lantern.while_loop)", _where(line))
             lo, hi, item = iterable.lo, iterable.hi, (lambda i: i)
+        elif isinstance(iterable, _StagedItems):
+            lo, hi, item = 0, iterable.length, iterable.item
         else:
             if not iterable.shape:
                 raise with_location(TraceError, f"the for loop at line {line} iterates over a 0-d staged tensor")

@@ -552,3 +552,25 @@ def test_loop_exits_review_cases():
         return x, x
     with pytest.raises(lantern.ShapeError, match=r"written as a tuple \(return a, b\)"):
         lantern.stage(pair_from_loop)(np.array([0.5, 2.0]), np.int64(2))
+
+
+def _weighted_pairs(xs, ys, w):
+    total = xs[0] * 0.0
+    for i, x in enumerate(xs):       # a staged loop over (index, row)
+        total = total + lantern.tanh(x * w) * i
+    for a, b in zip(xs, ys):         # and over pairs of rows
+        total = total + a * b * w
+    return total.sum()
+
+
+def test_for_over_enumerate_and_zip_of_staged_tensors():
+    xs, ys = np.array([[1.0, 0.5], [2.0, -1.0], [0.3, 0.2]]), np.array([[4.0, 1.0], [5.0, 2.0], [6.0, 3.0]])
+    want = sum(np.tanh(x * 0.7) * i for i, x in enumerate(xs)).sum() + (xs * ys * 0.7).sum()
+    check_staged(_weighted_pairs, xs, ys, np.float64(0.7), expected=want)
+    ir = lantern.stage(_weighted_pairs).lower(xs, ys, np.float64(0.7)).ir
+    assert ir.count("tanh(") == 1  # one staged loop body, not three unrolled copies
+    check_grads(_weighted_pairs, xs, ys, np.float64(0.7), argnums=(0, 2))
+    f = lantern.stage(_weighted_pairs, dynamic={"xs": 0, "ys": 0})  # and with a run-time length
+    for n in (3, 5):
+        a, b = np.ones((n, 2)), np.ones((n, 2))
+        assert f(a, b, np.float64(0.5)) == pytest.approx(sum(np.tanh(0.5) * i for i in range(n)) * 2 + n)
