@@ -1,11 +1,8 @@
 """Run-time sizes (issue 12): symbolic dimensions, guards, one compile for every size, gradients."""
-import warnings
-
 import numpy as np
 import pytest
 
 import lantern
-from lantern.dynamic_shapes import Pattern
 from lantern.ir.interpret import interpret
 from lantern.ir.symbolic import ShapeEnv, Size, SymbolicSizeError, shape_env
 
