@@ -20,6 +20,7 @@ gradient benefits too.)
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Callable
 
 from lantern.ir.nodes import Module
@@ -47,15 +48,37 @@ def prepare(module: Module, passes: tuple[Pass, ...] = PASSES) -> Module:
     return module
 
 
-def build_native(module: Module, title: str, options: EmitOptions = EmitOptions()) -> tuple[NativeFunction, Module]:
-    """Prepare, emit (with the checks ``options`` ask for), compile (or fetch from the cache) and load ``module``."""
+def build_native(module: Module, title: str, options: EmitOptions = EmitOptions(),
+                 stages: dict[str, float] | None = None) -> tuple[NativeFunction, Module]:
+    """Prepare, emit (with the checks ``options`` ask for), compile (or fetch from the cache) and load ``module``.
+    ``stages`` (when given) receives the seconds each step took: ``passes``, ``emit``, ``cc`` (the C compiler,
+    or the compile cache's lookup), ``load``."""
+    clock = _Stopwatch(stages)
     prepared = prepare(module)
+    clock.lap("passes")
     if debug_mode() and not options.check_indices:
         options = dataclasses.replace(options, check_indices=True)  # sanitized builds check every index
     source = emit_module(prepared, title, options)
+    clock.lap("emit")
     artifact = compile_c(source.text, title, source.uses_blas)
+    clock.lap("cc")
     out_types = list(prepared.entry_function.result_types or ())
-    return NativeFunction(artifact, source, out_types), prepared  # type: ignore[arg-type]
+    native = NativeFunction(artifact, source, out_types)
+    clock.lap("load")
+    return native, prepared  # type: ignore[return-value]
+
+
+class _Stopwatch:
+    """Seconds between laps, added to ``stages`` under each lap's name (nothing when ``stages`` is None)."""
+
+    def __init__(self, stages: dict[str, float] | None):
+        self.stages, self.last = stages, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.stages is not None:
+            self.stages[name] = self.stages.get(name, 0.0) + now - self.last
+        self.last = now
 
 
 def recompile_native(native: NativeFunction, title: str, flags: list[str]) -> NativeFunction:

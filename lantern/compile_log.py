@@ -37,6 +37,9 @@ class CompileEvent:
     from_trace_cache: bool
     #: Python loops unrolled while tracing (see :func:`unrolled_loops`), e.g. ``model.py:12 ran 20 times``
     unrolled: tuple[str, ...] = ()
+    #: seconds per step: ``trace`` (gradients included), ``passes``, ``emit``, ``cc`` (the C compiler, or the
+    #: compile cache's lookup), ``load``; empty when the trace cache supplied the code
+    stages: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,8 @@ def record(name: str, events: list[CompileEvent], event: CompileEvent, reason: R
     if os.environ.get("LANTERN_LOG_COMPILES", "") not in ("", "0"):
         how = "found in the trace cache" if event.from_trace_cache else "traced and compiled"
         unrolled = "".join(f"; unrolled a Python loop: {u}" for u in event.unrolled)
-        print(f"lantern: {name}({event.signature}) {how} in {event.seconds:.2f} s: {event.reason}{unrolled}",
+        stages = f" ({', '.join(f'{k} {v:.2f}' for k, v in event.stages)})" if event.stages else ""
+        print(f"lantern: {name}({event.signature}) {how} in {event.seconds:.2f} s{stages}: {event.reason}{unrolled}",
               file=sys.stderr, flush=True)
     if event.unrolled and not any(e.unrolled for e in events[:-1]):
         warnings.warn(f"lantern: tracing {name} unrolled a Python loop: {event.unrolled[0]}; its body is compiled "

@@ -184,6 +184,8 @@ class Executable:
         #: the function's Python with its control flow rewritten (None: nothing was rewritten)
         self.converted_source: str | None = None
         self._fitting_shapes: set[tuple] = set()  # argument shapes the pattern was checked to serve
+        #: seconds per step of making it (trace, passes, emit, cc, load); empty when the trace cache had it
+        self.compile_stages: dict[str, float] = {}
 
     # ---------------------------------------------------------- inspection
     def _ir_modules(self) -> tuple[Module, Module]:
@@ -539,7 +541,8 @@ class Staged:
         seconds = time.perf_counter() - start
         unrolled = compile_log.unrolled_loops(exe._modules[0]) if exe._modules is not None else ()
         signature = compile_log.describe_signature(paths, list(exe.pattern.keys) if exe.pattern else keys)
-        event = compile_log.CompileEvent(signature, reason.text + note, seconds, _trace_cache_hits() > hits, unrolled)
+        event = compile_log.CompileEvent(signature, reason.text + note, seconds, _trace_cache_hits() > hits, unrolled,
+                                         tuple(exe.compile_stages.items()))
         exe.compile_event = event
         exe.converted_source = python_control_flow_rewrite.converted_source(self.fn)
         self._compiled_signatures.append((treedef, keys, paths))
@@ -604,15 +607,19 @@ class Staged:
             trace_cache.STATS["misses"] += 1
         if pattern is not None:
             env = env or ShapeEnv(dict(pattern.hints))
+        stages: dict[str, float] = {}
         with shape_env(env):
+            start = time.perf_counter()
             builder, name, traced = self._trace(treedef, keys, paths)
+            stages["trace"] = time.perf_counter() - start  # (gradients included: AD runs while tracing)
             if env is not None:
                 env.frozen = True  # (code generation adds no guards)
-            native, optimized = build_native(traced, self.name, EmitOptions(**self.options))
+            native, optimized = build_native(traced, self.name, EmitOptions(**self.options), stages)
         fn = traced.functions[name]
         exe = Executable(self.name, self.signature, treedef, keys, paths, traced, optimized,
                          builder.out_treedefs[name], list(fn.result_types or ()), native,
                          pattern=dataclasses.replace(pattern, guards=tuple(env.guards)) if pattern and env else None)
+        exe.compile_stages = stages
         if fingerprint is not None:
             if trace_cache.mode() == "verify":
                 trace_cache.check_same(fingerprint, exe)

@@ -1,4 +1,5 @@
 """Compiles are visible: Staged.cache_info(), LANTERN_LOG_COMPILES=1, RecompileWarning (issues 12 and 13)."""
+import re
 import warnings
 
 import numpy as np
@@ -59,7 +60,11 @@ def test_log_variable_prints_one_line_per_compile(monkeypatch, capsys):
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lantern: scaled(")]
     assert len(lines) == 2, lines
     assert "scaled(x: float64[2], k=0.5)" in lines[0] and lines[0].endswith("first call")
-    assert "k: 0.5 -> 0.25" in lines[1] and " s: " in lines[1]
+    assert "k: 0.5 -> 0.25" in lines[1] and re.search(r" in \d+\.\d\d s \(trace \d+\.\d\d, passes \d+\.\d\d, "
+                                                         r"emit \d+\.\d\d, cc \d+\.\d\d, load \d+\.\d\d\): ", lines[1])
+    event = scaled.cache_info().events[1]  # the same seconds per step, for code
+    assert [k for k, _ in event.stages] == ["trace", "passes", "emit", "cc", "load"]
+    assert sum(v for _, v in event.stages) <= event.seconds
 
 
 def test_a_changing_python_number_warns_once_with_advice():
