@@ -30,8 +30,8 @@ from lantern.ir.nodes import (Accumulate, Apply, Block, Call, Function, Fused, I
 from lantern.ir.names import Namer
 from lantern.ir.passes import recursive_functions
 from lantern.ir.primitives import ELEMENTWISE, PRIMITIVES
+from lantern.ir.analysis import entry_sizes
 from lantern.ir.printer import format_function
-from lantern.ir.symbolic import Size
 from lantern.ir.types import FnType, TensorType
 from lantern.runtime import ERROR_CODES
 from lantern.source import Loc
@@ -71,17 +71,6 @@ class CSource:
     #: the run-time sizes ``lantern_entry`` takes after the results, in order: (name, input, axis) of
     #: where a call's value is read
     sizes: tuple[tuple[str, int, int], ...] = ()
-
-
-def entry_sizes(module: Module) -> tuple[tuple[str, int, int], ...]:
-    """The size variables of ``module`` (``ir/symbolic.py``), each with the first entry parameter axis that
-    is exactly it: where its value comes from in a call."""
-    found: dict[str, tuple[str, int, int]] = {}
-    for k, p in enumerate(module.entry_function.body.params):
-        for axis, d in enumerate(p.type.shape):  # type: ignore[union-attr]
-            if isinstance(d, Size) and d.variable:
-                found.setdefault(d.variable, (d.variable, k, axis))
-    return tuple(found.values())
 
 
 class FunctionEmitter(KernelContext):

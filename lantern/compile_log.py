@@ -11,13 +11,13 @@ what to do about it.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from .dynamic_shapes import parameter_of
 from .errors import RecompileWarning, UnrolledLoopWarning
 from .ir.nodes import Module, walk_stmts
 from .source import UNKNOWN, _package_dirs
@@ -155,10 +155,6 @@ def record(name: str, events: list[CompileEvent], event: CompileEvent, reason: R
         warnings.warn(_advice(name, len(events), reason), RecompileWarning, stacklevel=5)
 
 
-def _parameter(path: str) -> str:
-    return re.split(r"[\[.]", path, maxsplit=1)[0]
-
-
 def _advice(name: str, count: int, reason: Reason) -> str:
     head = f"lantern: {name} was compiled {count} times; the last time because {reason.text}. "
     if reason.kind == "number":
@@ -166,7 +162,7 @@ def _advice(name: str, count: int, reason: Reason) -> str:
                        "(np.float32(x), np.int64(x)), a staged scalar, and it compiles once.")
     if reason.kind == "shape":
         return head + (f"Every new shape of {reason.path} is compiled again. Make the dimensions that change "
-                       f"run-time sizes: @lantern.stage(dynamic={{{_parameter(reason.path)!r}: axes}}) (or leave "
+                       f"run-time sizes: @lantern.stage(dynamic={{{parameter_of(reason.path)!r}: axes}}) (or leave "
                        "dynamic at its default, which does it after a second size, unless "
                        "LANTERN_LOG_COMPILES=1 says why it could not), or pad to a few fixed sizes.")
     if reason.kind == "dtype":

@@ -48,7 +48,7 @@ def check_option(dynamic: Any) -> DynamicOption:
     return out
 
 
-def _parameter(path: str) -> str:
+def parameter_of(path: str) -> str:
     """The parameter a leaf path starts with (``params['W']`` -> ``params``)."""
     return re.split(r"[\[.]", path, maxsplit=1)[0]
 
@@ -71,7 +71,7 @@ def declared_axes(dynamic: DynamicOption, keys: list[tuple], paths: list[str],
         if dynamic is True:
             out.update((i, a) for a in range(ndim))
             continue
-        for axis in dynamic.get(_parameter(path), ()):  # type: ignore[union-attr]
+        for axis in dynamic.get(parameter_of(path), ()):  # type: ignore[union-attr]
             if not -ndim <= axis < ndim:
                 raise ArgumentError(f"stage: dynamic axis {axis} of argument {path} is out of range for its "
                                     f"shape {tuple(key[1])}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .nodes import Accumulate, Apply, Block, Call, Op, Stmt, Var, free_vars, walk_stmts
+from .nodes import Accumulate, Apply, Block, Call, Module, Op, Stmt, Var, free_vars, walk_stmts
+from .symbolic import Size
 
 
 def reads(stmt: Stmt) -> list[Var]:
@@ -65,3 +66,14 @@ def use_counts(block: Block) -> dict[int, int]:
 
     visit(block)
     return counts
+
+
+def entry_sizes(module: Module) -> tuple[tuple[str, int, int], ...]:
+    """The size variables of ``module`` (``ir/symbolic.py``), each with the first entry parameter axis that
+    is exactly it: ``(name, parameter, axis)``, where a call's value of it is read."""
+    found: dict[str, tuple[str, int, int]] = {}
+    for k, p in enumerate(module.entry_function.body.params):
+        for axis, d in enumerate(p.type.shape):  # type: ignore[union-attr]
+            if isinstance(d, Size) and d.variable:
+                found.setdefault(d.variable, (d.variable, k, axis))
+    return tuple(found.values())

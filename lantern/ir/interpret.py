@@ -13,7 +13,8 @@ import numpy as np
 
 from .nodes import Accumulate, Apply, Block, Call, Fused, If, Lambda, Loop, Module, Op, Stmt, Var, While
 from .primitives import PRIMITIVES
-from .symbolic import Size, evaluate_shape, substitute
+from .analysis import entry_sizes
+from .symbolic import evaluate_shape, substitute
 from .types import TensorType
 
 Env = dict[int, Any]
@@ -122,12 +123,7 @@ def interpret(module: Module, args: Sequence[Any]) -> list[np.ndarray]:
 
 def call_sizes(module: Module, arrays: Sequence[np.ndarray]) -> dict[str, int]:
     """The value of each run-time size of ``module``'s entry function in a call with ``arrays``."""
-    sizes: dict[str, int] = {}
-    for p, a in zip(module.entry_function.body.params, arrays):
-        for d, n in zip(p.type.shape, np.shape(a)):  # type: ignore[union-attr]
-            if isinstance(d, Size) and d.variable:
-                sizes.setdefault(d.variable, n)
-    return sizes
+    return {name: np.shape(arrays[k])[axis] for name, k, axis in entry_sizes(module)}
 
 
 _RECURSION_LIMIT = 200_000
