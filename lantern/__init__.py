@@ -8,7 +8,7 @@ from types import FunctionType
 
 from .ad import grad, value_and_grad
 from .checkpoint import load, save
-from .control import cond, fori_loop, while_loop
+from .control import cond, fori_loop, scan, while_loop
 from .eager import disable_stage, eager as _eager
 from .errors import (ArgumentError, CacheWarning, CompileError, CompilerNotFoundError, CompilerTimeoutError,
                      ConcretizationError, DTypeError, IRVerificationError, LanternError, LanternWarning,

@@ -13,7 +13,8 @@ import numpy as np
 from . import ops
 from .eager import as_array
 from .errors import DTypeError, ShapeError
-from .ir.nodes import Block, If, Loop, Var, While
+from .ir.nodes import Accumulate, Block, If, Loop, Var, While
+from .ir.symbolic import Size, known_equal
 from .ir.types import TensorType, scalar
 from .source import Loc, user_location
 from .tensor import Tensor
@@ -252,7 +253,112 @@ def while_loop(cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], i
     return _with_pending(td, [Tensor(v, frame) for v in outs], pending)
 
 
+def _scan_length(xs: list[Tensor], length: Any) -> int | Size:
+    """The common leading size of ``xs`` (and ``length``, when given)."""
+    if not xs and length is None:
+        raise with_location(ShapeError, "scan: give xs or length (the number of iterations)")
+    for x in xs:
+        if x.ndim == 0:
+            raise with_location(ShapeError, f"scan: every leaf of xs needs a leading axis to scan over, got a "
+                                f"0-d {x.type}")
+    n = xs[0].shape[0] if xs else length
+    if length is not None and not isinstance(length, (int, np.integer, Size)):
+        raise with_location(ShapeError, f"scan: length must be an int, got {type(length).__name__}")
+    sizes = [x.shape[0] for x in xs] + ([length] if length is not None else [])
+    if any(not known_equal(d, n) for d in sizes):
+        shapes = ", ".join(str(list(x.shape)) for x in xs)
+        raise with_location(ShapeError, f"scan: the leaves of xs must share their leading size (and equal length="
+                            f"{length}), got shapes {shapes}")
+    return n if isinstance(n, Size) else int(n)
+
+
+def _split_pair(what: str, body: TracedBody) -> tuple[TreeDef, int]:
+    """The structure of a scan body's carry and how many leaves it has (the body returns ``(carry, y)``)."""
+    td = body.treedef
+    if td.kind not in ("tuple", "list") or len(td.children) != 2:
+        raise with_location(ShapeError, f"{what}: f must return a pair (carry, y), got structure {td}")
+    return td.children[0], td.children[0].num_leaves
+
+
+def scan(f: Callable[[Any, Any], tuple[Any, Any]], init: Any, xs: Any = None, length: int | None = None,
+         reverse: bool = False) -> tuple[Any, Any]:
+    """JAX's ``lax.scan``: ``carry = init; for x in xs: carry, y = f(carry, x)``; returns ``(carry, ys)``,
+    ``ys`` the ``y`` of every iteration stacked along a new leading axis (a pytree like ``y``).
+
+    ``xs`` is a pytree of arrays sharing their leading size (or None, with ``length`` iterations and
+    ``x = None``); ``reverse=True`` runs from the last row to the first (``ys`` stays in ``xs``'s order).
+    The body is traced and compiled once, however long the scan; it is differentiable, with the
+    counted loops' reverse mode (each iteration's carry is stored, its backward part recomputes the body).
+    Scanning a block over stacked per-layer weights compiles a deep model as one block.
+    """
+    frame = current_frame()
+    x_leaves, xs_td = flatten(xs)
+    if frame is None:
+        return _eager_scan(f, init, [as_array(x) for x in x_leaves], xs_td, length, reverse)
+    loc = user_location()
+    x_tensors = [ops.asarray(x) for x in x_leaves]
+    n = _scan_length(x_tensors, length)
+    td, init_t, weak, pending = _lift_init(init)
+    k = len(init_t)
+
+    def body_fun(i: Tensor, *carry: Any) -> tuple[Any, Any]:
+        row = ops.subtract(ops.asarray(n, "int64"), ops.add(i, 1)) if reverse else i
+        return f(_with_pending(td, list(carry), pending), unflatten(xs_td, [x[row] for x in x_tensors]))
+
+    def trace(types: list[TensorType]) -> TracedBody:
+        body = _trace(frame, body_fun, [Var(scalar("int64"), "i")] + [Var(t, "carry") for t in types],
+                      lambda ts: (ts[0], *ts[1:]))
+        carry_td, carried = _split_pair("scan", body)
+        if carried != k:
+            raise with_location(ShapeError, f"scan: f returns a carry of structure {carry_td} but init has "
+                                f"structure {td}")
+        return body
+
+    body = _settled_body(init_t, weak, trace, pending)
+    carry_td, _ = _split_pair("scan", body)
+    ys_td = body.treedef.children[1]
+    carry = TracedBody(body.block, carry_td, body.leaves[:k], body.weak[:k], body.pending[:k])
+    _carried("scan", frame, td, init_t, carry, "f")
+    # The ys: zero stacks made before the loop, row i written once per iteration.
+    ys = [ops.zeros((n, *y.shape), y.type.dtype) for y in body.leaves[k:]]
+    with frame.block(body.block):
+        i = Tensor(body.block.params[0], frame)
+        row = ops.subtract(ops.asarray(n, "int64"), ops.add(i, 1)) if reverse else i
+        for stack, y in zip(ys, body.leaves[k:]):
+            frame.add(Accumulate([], loc=loc, target=stack.var, value=ops.asarray(y).var, index=row.var,
+                                 row_store=True))
+    body.block.results = body.block.results[:k]
+    outs = [Var(t.type, "scan") for t in init_t]
+    lo, hi = ops.asarray(0, "int64"), ops.asarray(n, "int64")
+    frame.add(Loop(outs, loc=loc, lo=lo.var, hi=hi.var, init=[t.var for t in init_t], body=body.block))
+    return _with_pending(td, [Tensor(v, frame) for v in outs], pending), unflatten(ys_td, ys)
+
+
 # ---------------------------------------------------------------- eager (outside staging, disable_stage)
+
+def _eager_scan(f: Callable[[Any, Any], tuple[Any, Any]], init: Any, xs: list[np.ndarray], xs_td: TreeDef,
+                length: Any, reverse: bool) -> tuple[Any, Any]:
+    if not xs and length is None:
+        raise with_location(ShapeError, "scan: give xs or length (the number of iterations)")
+    n = len(xs[0]) if xs else int(length)
+    if any(x.ndim == 0 or len(x) != n for x in xs) or (length is not None and int(length) != n):
+        raise with_location(ShapeError, f"scan: the leaves of xs must share their leading size (and equal length="
+                            f"{length}), got shapes {', '.join(str(list(x.shape)) for x in xs)}")
+    td, carry = _eager_init(init)
+    ys: list[Any] = [None] * n
+    for t in (reversed(range(n)) if reverse else range(n)):
+        out = f(unflatten(td, carry), unflatten(xs_td, [x[t] for x in xs]))
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise with_location(ShapeError, "scan: f must return a pair (carry, y)")
+        carry = _eager_carried("scan", td, carry, out[0], "f")
+        ys[t] = flatten(out[1])
+    if n == 0:
+        raise with_location(ShapeError, "scan: outside a staged function, a scan needs at least one iteration "
+                            "(the shape of ys is not known)")
+    y_td = ys[0][1]
+    stacked = [np.stack([as_array(y[0][j]) for y in ys]) for j in range(len(ys[0][0]))]
+    return unflatten(td, carry), unflatten(y_td, stacked)
+
 
 def _eager_pred(pred: Any, what: str) -> bool:
     p = as_array(pred)
@@ -294,4 +400,4 @@ def _eager_carried(what: str, init_td: TreeDef, old: list[np.ndarray], new: Any,
     return out
 
 
-__all__ = ["cond", "fori_loop", "while_loop"]
+__all__ = ["cond", "fori_loop", "scan", "while_loop"]

@@ -8,6 +8,7 @@ compiled programs few and small.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -416,3 +417,45 @@ def test_greedy_generation_in_one_native_call_matches_the_host_loop(monkeypatch)
     assert greedy(CFG, p, [1, 2, 3], 5, stop_token=full[1]) == full[:full.index(full[1]) + 1]  # stops after it
     long = [2] * (CFG.max_seq_len - 3)  # room for 3 more positions: stops at max_seq_len, as the host loop does
     assert greedy(CFG, p, long, 8) == generate(CFG, p, long, 8, temperature=0.0) and len(greedy(CFG, p, long, 8)) < 8
+
+
+# ------------------------------------------------------------------ depth: one block, compiled once (issue 19)
+
+def test_blocks_compile_once_and_scanned_layers_give_the_same_training_step():
+    """The training step calls one C block function (and its one CPS gradient) per layer; scanning the
+    layers, over per-layer or stacked weights, gives the same step."""
+    cfg = CFG.replace(n_layers=3)
+    p, toks = params64(cfg, seed=21), tokens((2, T + 1), seed=22)
+    called = llama.Trainer(cfg, weight_decay=0.1, clip=0.5)
+    source = called.step.lower(p, called.init(p), toks, np.float64(0.01)).c_source
+    block_functions = set(re.findall(r"^static \w+ (fn_llama_block\w*)\(", source, re.M))
+    assert block_functions == {"fn_llama_block_cps"}, block_functions
+    assert source.count("fn_llama_block_cps(") >= 3 + 1
+    new, state, loss, norm = called.step(p, called.init(p), toks, np.float64(0.01))
+    scanned = llama.Trainer(cfg, weight_decay=0.1, clip=0.5, layers="scan")
+    new_s, _, loss_s, norm_s = scanned.step(p, scanned.init(p), toks, np.float64(0.01))
+    stacked = llama.stack_layers(p)
+    llama.check_params(cfg, stacked)
+    new_st, state_st, loss_st, norm_st = scanned.step(stacked, scanned.init(stacked), toks, np.float64(0.01))
+    for other_loss, other_norm in ((loss_s, norm_s), (loss_st, norm_st)):
+        assert abs(other_loss - loss) < 1e-12 and abs(other_norm - norm) < 1e-10
+    for k in p:
+        np.testing.assert_allclose(new_s[k], new[k], rtol=1e-10, atol=1e-13, err_msg=k)
+    unstacked = llama.unstack_layers(new_st)
+    assert set(unstacked) == set(p)
+    for k in p:
+        np.testing.assert_allclose(unstacked[k], new[k], rtol=1e-10, atol=1e-13, err_msg=k)
+    np.testing.assert_array_equal(llama.unstack_layers(stacked)["model.layers.2.mlp.up_proj.weight"],
+                                  p["model.layers.2.mlp.up_proj.weight"])
+
+
+def test_stacked_weights_need_the_scanned_model():
+    p = llama.stack_layers(params64())
+    with pytest.raises(lantern.ArgumentError, match="layers='scan'"):
+        lantern.stage(lambda p, t: llama.forward(CFG, p, t))(p, tokens((1, 4), seed=1))
+    with pytest.raises(lantern.ArgumentError, match="layers must be"):
+        llama.Trainer(CFG, layers="unrolled")
+    bad = dict(p)
+    bad["model.layers.self_attn.q_proj.weight"] = bad["model.layers.self_attn.q_proj.weight"][:1]
+    with pytest.raises(lantern.ArgumentError, match=r"model.layers.self_attn.q_proj.weight has shape"):
+        llama.check_params(CFG, bad)

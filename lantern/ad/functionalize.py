@@ -23,7 +23,7 @@ def _op(prim: str, args: list[Var], out_type: TensorType, loc, hint: str, **attr
 def functionalize(block: Block) -> Block:
     """``block`` with every top-level ``Accumulate`` replaced by an addition (see the module doc)."""
     for s in block.stmts:
-        nested = [x for b in s.blocks() for x in walk_stmts(b)]
+        nested = [x for b in s.blocks() for x in walk_stmts(b) if not (isinstance(x, Accumulate) and x.row_store)]
         if isinstance(s, (Lambda, Apply)) or any(isinstance(x, (Accumulate, Lambda, Apply)) for x in nested):
             raise with_location(TraceError, "differentiating a gradient that flows through lantern.cond, a loop "
                                 "or recursion is not supported yet (grad of grad works for straight-line code)",

@@ -41,7 +41,7 @@ from .. import ops
 from ..errors import TraceError
 from ..ir.nodes import Accumulate, Apply, Block, Call, Function, If, Lambda, Loop, Op, Stmt, Var, While, free_vars
 from ..ir.primitives import PRIMITIVES
-from ..ir.rewrite import clone_block
+from ..ir.rewrite import clone_block, map_blocks
 from ..ir.symbolic import Size, hint
 from ..ir.types import FLOAT_DTYPES, FnType, TensorType, scalar
 from ..tensor import Tensor
@@ -117,6 +117,9 @@ def activity(block: Block, active: set[int]) -> None:
         elif isinstance(s, Call):
             if any(a.id in active for a in s.args):
                 active.update(o.id for o in s.outs if _is_float(o))
+        elif isinstance(s, Accumulate) and s.row_store:
+            if s.value.id in active and _is_float(s.target):
+                active.add(s.target.id)
         else:
             raise TypeError(f"activity of {type(s).__name__}")
 
@@ -147,6 +150,9 @@ def usefulness(block: Block, useful: set[int]) -> None:
         elif isinstance(s, Call):
             if any(o.id in useful for o in s.outs):
                 useful.update(a.id for a in s.args)
+        elif isinstance(s, Accumulate) and s.row_store:
+            if s.target.id in useful:
+                useful.add(s.value.id)
 
 
 class Differentiator:
@@ -169,6 +175,8 @@ class Differentiator:
         #: products (by old result) whose weight gradient the enclosing reverse loop stacks
         self.stacked: dict[int, _StackedGradient] = {}
         self.stack_row: Tensor | None = None  # that loop's row in its stacks
+        #: inside a counted loop's backward part, which recomputes the body: row stores are not redone
+        self.replaying = 0
         # A variable needs an adjoint if it depends on a differentiated input (active) and
         # the differentiated outputs depend on it (useful).
         self.active: set[int] = {fn.body.params[i].id for i in wrt if _is_float(fn.body.params[i])}
@@ -254,10 +262,14 @@ class Differentiator:
 
     def block(self, stmts: list[Stmt], k: Continuation) -> list[Tensor]:
         """Forward part of ``stmts``, then ``k``, then the backward part; returns ``k``'s values."""
-        done: list[Op] = []
+        done: list[Op | Accumulate] = []
         for idx, s in enumerate(stmts):
             if isinstance(s, Op):
                 self.forward_op(s)
+                done.append(s)
+                continue
+            if isinstance(s, Accumulate) and s.row_store:
+                self.forward_row_store(s)
                 done.append(s)
                 continue
             rest = stmts[idx + 1:]
@@ -285,7 +297,25 @@ class Differentiator:
             self.static[out.id] = s.attrs["value"]
         self.zeros_for(out)
 
-    def backward_op(self, s: Op) -> None:
+    def forward_row_store(self, s: Accumulate) -> None:
+        """``stack[index] = value`` (scan's outputs), done once: not again when a loop's backward part
+        recomputes the body."""
+        if not self.replaying:
+            self.at(s)
+            self.frame.add(Accumulate([], loc=s.loc, target=self.val[s.target.id].var, value=self.val[s.value.id].var,
+                                      index=self.val[s.index.id].var, row_store=True))  # type: ignore[union-attr]
+
+    def backward_row_store(self, s: Accumulate) -> None:
+        """The stored row's adjoint is the stack's adjoint at that row."""
+        stack_bar = self.adj.get(s.target.id)
+        if stack_bar is not None and s.value.id in self.adj:
+            self.frame.loc_override = s.loc
+            self.accumulate(s.value, ops.take(stack_bar, self.val[s.index.id]))  # type: ignore[union-attr]
+
+    def backward_op(self, s: Op | Accumulate) -> None:
+        if isinstance(s, Accumulate):
+            self.backward_row_store(s)
+            return
         out = s.outs[0]
         if out.id not in self.adj or not any(a.id in self.adj for a in s.args):
             return
@@ -323,6 +353,8 @@ class Differentiator:
         subst = {v_id: t.var for v_id, t in self.val.items()}
         subst.update({p.id: new for p, new in zip(block.params, params)})
         copy = clone_block(Block([], block.stmts, block.results), subst)
+        if self.replaying:  # (scan's row stores happened in the first forward pass)
+            copy = map_blocks(copy, lambda stmts: [t for t in stmts if not (isinstance(t, Accumulate) and t.row_store)])
         for stmt in copy.stmts:
             self.frame.add(stmt)
         if copies is not None:
@@ -441,7 +473,9 @@ class Differentiator:
                         self.accumulate(s.body.results[k], self.tensor(bar))
                     return []
 
+                self.replaying += 1
                 self.block(s.body.stmts, seed)
+                self.replaying -= 1
                 back.results = [self.adj[carry_old[k].id].var for k in active]
                 for r in residuals:  # those values exist only in this block
                     del self.residual[r.id]

@@ -185,11 +185,16 @@ class Accumulate(Stmt):
     ``target[index] += value`` along axis 0: ``value`` has the shape of one row of
     ``target``, or K rows, and repeated positions add up. Without ``index``, ``value``
     has exactly the shape of ``target``.
+
+    ``row_store``: a loop's per-iteration output (``lantern.scan``'s ``ys``): row ``index`` of a
+    zero-filled stack, written once. AD differentiates it as a store (the row's adjoint is read
+    back) and does not repeat it where a loop's backward part recomputes the body.
     """
 
     target: Var = None  # type: ignore[assignment]
     value: Var = None  # type: ignore[assignment]
     index: Var | None = None
+    row_store: bool = False
 
     def operands(self) -> list[Var]:
         return [self.target, self.value] + ([self.index] if self.index is not None else [])

@@ -62,7 +62,8 @@ def _stmt_lines(stmt: Stmt, indent: str) -> list[str]:
         return [f"{indent}{outs}apply %{_n(stmt.fn)}({_vars(stmt.args)}){where}"]
     if isinstance(stmt, Accumulate):
         at = f"[%{_n(stmt.index)}]" if stmt.index is not None else ""
-        return [f"{indent}%{_n(stmt.target)}{at} += %{_n(stmt.value)}{where}"]
+        op = "= (row)" if stmt.row_store else "+="
+        return [f"{indent}%{_n(stmt.target)}{at} {op} %{_n(stmt.value)}{where}"]
     raise TypeError(f"unknown statement {type(stmt).__name__}")
 
 

@@ -48,6 +48,7 @@ import numpy as np
 
 from .. import nn, ops
 from ..ad import value_and_grad
+from ..control import scan
 from ..errors import ArgumentError, ShapeError
 from ..ir.types import canonical_dtype
 from ..optim import AdamW, clip_by_global_norm, global_norm
@@ -57,7 +58,8 @@ from ..tracing import with_location
 
 Params = dict[str, np.ndarray]
 
-__all__ = ["LlamaConfig", "PRESETS", "preset", "param_shapes", "init_params", "check_params", "forward", "loss_fn",
+__all__ = ["LlamaConfig", "PRESETS", "preset", "param_shapes", "init_params", "check_params", "stack_layers",
+           "unstack_layers", "is_stacked", "block", "layer_params", "forward", "loss_fn",
            "rope_tables", "permute_meta_to_hf", "Trainer", "Decoder", "cosine_lr"]
 
 #: Large negative score for masked attention positions: exp() of it underflows to exactly 0, but
@@ -208,9 +210,44 @@ def init_params(config: LlamaConfig, seed: int | np.random.Generator | None = 0,
     return out
 
 
+def _stacked(name: str) -> str:
+    return f"model.layers.{name}.weight"
+
+
+def stack_layers(params: Params) -> Params:
+    """The parameters with each block weight stacked over the layers: ``model.layers.{name}.weight
+    [n_layers, ...]`` for every ``model.layers.{i}.{name}.weight`` (JAX's layout for scanning a
+    model). :func:`forward` with ``layers="scan"`` reads them without copying; a :class:`Trainer`
+    trains them as they are (its compiled step then does not grow with the depth at all)."""
+    n = sum(1 for k in params if k.endswith(".input_layernorm.weight") and k.startswith("model.layers."))
+    out = {k: v for k, v in params.items() if not k.startswith("model.layers.")}
+    out.update({_stacked(name): np.stack([np.asarray(params[_layer(i, name)]) for i in range(n)])
+                for name in LAYER_PARAMS})
+    return out
+
+
+def unstack_layers(params: Params) -> Params:
+    """The inverse of :func:`stack_layers`: Hugging Face's per-layer names again."""
+    out = {k: v for k, v in params.items() if not k.startswith("model.layers.")}
+    for name in LAYER_PARAMS:
+        for i, w in enumerate(np.asarray(params[_stacked(name)])):
+            out[_layer(i, name)] = w
+    return out
+
+
+def is_stacked(params: dict[str, Any]) -> bool:
+    """Whether ``params`` hold the block weights stacked (:func:`stack_layers`)."""
+    return _stacked("input_layernorm") in params
+
+
 def check_params(config: LlamaConfig, params: dict[str, Any]) -> None:
-    """Raise ``ArgumentError`` naming every missing, unexpected or mis-shaped parameter."""
+    """Raise ``ArgumentError`` naming every missing, unexpected or mis-shaped parameter (per-layer or
+    stacked names)."""
     expected = param_shapes(config)
+    if is_stacked(params):
+        expected = {k: s for k, s in expected.items() if not k.startswith("model.layers.")}
+        expected.update({_stacked(name): (config.n_layers, *s) for name, s in
+                         ((n, param_shapes(config.replace(n_layers=1))[_layer(0, n)]) for n in LAYER_PARAMS)})
     problems = [f"missing {k} {list(s)}" for k, s in expected.items() if k not in params]
     problems += [f"unexpected {k}" for k in params if k not in expected]
     problems += [f"{k} has shape {list(np.shape(params[k]))}, expected {list(s)}"
@@ -262,10 +299,10 @@ def _batched_matmul(a: Tensor, b: Tensor, trans_b: bool = False) -> Tensor:
     return ops._emit(ops._frame_of(a, b), "matmul", [a, b], trans_b=trans_b)
 
 
-def _swiglu(config: LlamaConfig, p: dict[str, Any], i: int, h: Tensor) -> Tensor:
-    gate = nn.linear(h, p[_layer(i, "mlp.gate_proj")])
-    up = nn.linear(h, p[_layer(i, "mlp.up_proj")])
-    return nn.linear(ops.silu(gate) * up, p[_layer(i, "mlp.down_proj")])
+def _swiglu(layer: dict[str, Any], h: Tensor) -> Tensor:
+    gate = nn.linear(h, layer["mlp.gate_proj"])
+    up = nn.linear(h, layer["mlp.up_proj"])
+    return nn.linear(ops.silu(gate) * up, layer["mlp.down_proj"])
 
 
 def _attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tensor:
@@ -276,22 +313,77 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> T
     return _batched_matmul(ops.softmax(scores, axis=-1), v)
 
 
+#: The parameters of one block, by their names within ``model.layers.{i}``.
+LAYER_PARAMS = ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def layer_params(params: dict[str, Any], i: int) -> dict[str, Any]:
+    """Block ``i``'s parameters from the model's, keyed by :data:`LAYER_PARAMS`."""
+    return {name: params[_layer(i, name)] for name in LAYER_PARAMS}
+
+
+def block(config: LlamaConfig, layer: dict[str, Any], x: Tensor, cos: Tensor, sin: Tensor, causal: Tensor) -> Tensor:
+    """One decoder block on ``x [B, T, D]``: attention and SwiGLU feed-forward, each pre-normalised and
+    residual. ``layer`` holds the block's parameters (:func:`layer_params`); ``cos, sin [T, 1, hd]`` are
+    the rotary tables of the positions, ``causal`` a boolean mask broadcasting to ``[1, 1, T, T]``."""
+    c, hd = config, config.head_dim
+    b, t = x.shape[0], x.shape[1]
+    g = c.n_heads // c.n_kv_heads
+    h = rms_norm(x, layer["input_layernorm"], c.norm_eps)
+    q = ops.reshape(nn.linear(h, layer["self_attn.q_proj"]), (b, t, c.n_kv_heads, g, hd))
+    k = ops.reshape(nn.linear(h, layer["self_attn.k_proj"]), (b, t, c.n_kv_heads, hd))
+    v = ops.reshape(nn.linear(h, layer["self_attn.v_proj"]), (b, t, c.n_kv_heads, hd))
+    q = _apply_rope(q, ops.expand_dims(cos, 1), ops.expand_dims(sin, 1))
+    k = _apply_rope(k, cos, sin)
+    # heads first: q [B*KV, g*T, hd] (the g query heads of a group stacked), k, v [B*KV, T, hd]
+    q = ops.reshape(ops.transpose(q, (0, 2, 3, 1, 4)), (b * c.n_kv_heads, g * t, hd))
+    k = ops.reshape(ops.transpose(k, (0, 2, 1, 3)), (b * c.n_kv_heads, t, hd))
+    v = ops.reshape(ops.transpose(v, (0, 2, 1, 3)), (b * c.n_kv_heads, t, hd))
+    mask = ops.reshape(ops.broadcast_to(causal, (1, g, t, t)), (1, g * t, t))
+    o = _attention(q, k, v, mask, 1.0 / math.sqrt(hd))  # [B*KV, g*T, hd]
+    o = ops.reshape(ops.transpose(ops.reshape(o, (b, c.n_kv_heads, g, t, hd)), (0, 3, 1, 2, 4)),
+                    (b, t, c.n_heads * hd))
+    x = x + nn.linear(o, layer["self_attn.o_proj"])
+    x = x + _swiglu(layer, rms_norm(x, layer["post_attention_layernorm"], c.norm_eps))
+    return x
+
+
+def _layers_mode(layers: str) -> str:
+    if layers not in ("call", "scan"):
+        raise ArgumentError(f"llama: layers must be 'call' or 'scan', got {layers!r}")
+    return layers
+
+
 def _check_tokens(config: LlamaConfig, tokens: Tensor, what: str) -> None:
     if tokens.type.dtype not in ("int32", "int64"):
         raise with_location(ArgumentError, f"{what}: tokens must be integers, got {tokens.type}")
 
 
-def forward(config: LlamaConfig, params: dict[str, Any], tokens: Any) -> Tensor:
+def forward(config: LlamaConfig, params: dict[str, Any], tokens: Any, layers: str = "call") -> Tensor:
     """Logits ``[B, T, vocab]`` for token ids ``[B, T]`` (or ``[T]`` -> ``[T, vocab]``), positions 0..T-1.
 
-    Written with lantern ops: call it inside a staged function (see :func:`Trainer`, :class:`Decoder`)."""
+    Written with lantern ops: call it inside a staged function (see :func:`Trainer`, :class:`Decoder`).
+    ``layers`` says how the blocks are compiled; both compile one block whatever the depth:
+
+    * ``"call"`` (default): a Python loop calling :func:`staged_block` per layer. The block is traced
+      once and becomes one C function (its gradient another) that each layer calls; the weights stay
+      separate arrays.
+    * ``"scan"``: :func:`lantern.scan` over the weights stacked ``[n_layers, ...]`` (JAX's idiom). With
+      parameters in per-layer form the stacking copies the block weights once per call (and its
+      gradient splits them again); parameters stored stacked (:func:`stack_layers`) are read as they
+      are, so the whole training step, optimizer included, is the same code for any depth. The
+      backward part recomputes each block's cheap elementwise work from stored products (the counted
+      loops' reverse mode), where ``"call"`` keeps every intermediate.
+    """
+    layers = _layers_mode(layers)
     tokens = ops.asarray(tokens)
     _check_tokens(config, tokens, "llama.forward")
     if tokens.ndim == 1:
-        return forward(config, params, ops.expand_dims(tokens, 0))[0]
+        return forward(config, params, ops.expand_dims(tokens, 0), layers)[0]
     if tokens.ndim != 2:
         raise with_location(ShapeError, f"llama.forward: tokens must be [batch, seq], got shape {tokens.shape}")
-    c, hd = config, config.head_dim
+    c = config
     b, t = tokens.shape
     if t > c.max_seq_len:
         raise with_location(ShapeError, f"llama.forward: sequence of {t} tokens is longer than max_seq_len="
@@ -300,7 +392,6 @@ def forward(config: LlamaConfig, params: dict[str, Any], tokens: Any) -> Tensor:
     x = ops.take(p["model.embed_tokens.weight"], tokens, axis=0)  # [B, T, D]
     dtype = x.dtype
     cos_np, sin_np = rope_tables(c, dtype)
-    g = c.n_heads // c.n_kv_heads
     if isinstance(t, int):
         cos = ops.constant(cos_np[:t, None, :])  # [T, 1, hd]: broadcast over heads
         sin = ops.constant(sin_np[:t, None, :])
@@ -310,34 +401,31 @@ def forward(config: LlamaConfig, params: dict[str, Any], tokens: Any) -> Tensor:
         sin = ops.expand_dims(ops.constant(sin_np)[:t], 1)
         pos = ops.arange(t)
         causal = ops.expand_dims(ops.greater_equal(ops.expand_dims(pos, 1), pos), (0, 1))
-    for i in range(c.n_layers):
-        h = rms_norm(x, p[_layer(i, "input_layernorm")], c.norm_eps)
-        q = ops.reshape(nn.linear(h, p[_layer(i, "self_attn.q_proj")]), (b, t, c.n_kv_heads, g, hd))
-        k = ops.reshape(nn.linear(h, p[_layer(i, "self_attn.k_proj")]), (b, t, c.n_kv_heads, hd))
-        v = ops.reshape(nn.linear(h, p[_layer(i, "self_attn.v_proj")]), (b, t, c.n_kv_heads, hd))
-        q = _apply_rope(q, ops.expand_dims(cos, 1), ops.expand_dims(sin, 1))
-        k = _apply_rope(k, cos, sin)
-        # heads first: q [B*KV, g*T, hd] (the g query heads of a group stacked), k, v [B*KV, T, hd]
-        q = ops.reshape(ops.transpose(q, (0, 2, 3, 1, 4)), (b * c.n_kv_heads, g * t, hd))
-        k = ops.reshape(ops.transpose(k, (0, 2, 1, 3)), (b * c.n_kv_heads, t, hd))
-        v = ops.reshape(ops.transpose(v, (0, 2, 1, 3)), (b * c.n_kv_heads, t, hd))
-        mask = ops.reshape(ops.broadcast_to(causal, (1, g, t, t)), (1, g * t, t))
-        o = _attention(q, k, v, mask, 1.0 / math.sqrt(hd))  # [B*KV, g*T, hd]
-        o = ops.reshape(ops.transpose(ops.reshape(o, (b, c.n_kv_heads, g, t, hd)), (0, 3, 1, 2, 4)),
-                        (b, t, c.n_heads * hd))
-        x = x + nn.linear(o, p[_layer(i, "self_attn.o_proj")])
-        x = x + _swiglu(c, p, i, rms_norm(x, p[_layer(i, "post_attention_layernorm")], c.norm_eps))
+    if is_stacked(p):
+        if layers != "scan":
+            raise with_location(ArgumentError, "llama.forward: stacked block weights (stack_layers) need "
+                                "layers='scan'")
+        stacked = {name: p[_stacked(name)] for name in LAYER_PARAMS}
+    elif layers == "scan":  # stacked here: a copy of the block weights per call
+        stacked = {name: ops.stack([p[_layer(i, name)] for i in range(c.n_layers)]) for name in LAYER_PARAMS}
+    if layers == "scan":  # one loop over the layers
+        x, _ = scan(lambda x, layer: (block(c, layer, x, cos, sin, causal), None), x, stacked)
+    else:
+        staged = staged_block(c)
+        for i in range(c.n_layers):
+            x = staged(layer_params(p, i), x, cos, sin, causal)
     x = rms_norm(x, p["model.norm.weight"], c.norm_eps)
     return nn.linear(x, p["lm_head.weight"])
 
 
-def loss_fn(config: LlamaConfig, params: dict[str, Any], tokens: Any) -> Tensor:
-    """Mean next-token cross entropy of ``tokens [B, T+1]``: predict ``tokens[:, 1:]`` from ``tokens[:, :-1]``."""
+def loss_fn(config: LlamaConfig, params: dict[str, Any], tokens: Any, layers: str = "call") -> Tensor:
+    """Mean next-token cross entropy of ``tokens [B, T+1]``: predict ``tokens[:, 1:]`` from ``tokens[:, :-1]``
+    (``layers``: see :func:`forward`)."""
     tokens = ops.asarray(tokens)
     if tokens.ndim != 2 or tokens.shape[1] < 2:
         raise with_location(ShapeError, f"llama.loss_fn: tokens must be [batch, seq + 1] with seq >= 1, "
                             f"got shape {tokens.shape}")
-    logits = forward(config, params, tokens[:, :-1])
+    logits = forward(config, params, tokens[:, :-1], layers)
     return nn.cross_entropy(logits, tokens[:, 1:])
 
 
@@ -365,11 +453,14 @@ class Trainer:
     is computed by an ``lr = 1`` optimizer and scaled by the staged ``lr``::
 
         p_new = p - lr * (adam_direction + weight_decay * p)
+
+    ``layers`` (``"call"`` or ``"scan"``): how the blocks are compiled, see :func:`forward`.
     """
 
     def __init__(self, config: LlamaConfig, *, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
-                 eps: float = 1e-8, clip: float | None = 1.0):
+                 eps: float = 1e-8, clip: float | None = 1.0, layers: str = "call"):
         self.config = config
+        self.layers = _layers_mode(layers)
         self.weight_decay = float(weight_decay)
         self.clip = None if clip is None else float(clip)
         self.opt = AdamW(lr=1.0, betas=betas, eps=eps, weight_decay=0.0)
@@ -381,7 +472,7 @@ class Trainer:
         return self.opt.init(params)
 
     def _step(self, params: dict[str, Any], opt_state: dict[str, Any], tokens: Any, lr: Any):
-        loss, grads = value_and_grad(lambda p: loss_fn(self.config, p, tokens))(params)
+        loss, grads = value_and_grad(lambda p: loss_fn(self.config, p, tokens, layers=self.layers))(params)
         norm = global_norm(grads)
         if self.clip is not None:
             grads = clip_by_global_norm(grads, self.clip)
@@ -390,7 +481,7 @@ class Trainer:
         new = {}
         for k, p in params.items():
             direction = p - unit[k]
-            if self.weight_decay and p.ndim == 2:
+            if self.weight_decay and "norm" not in k:  # (matrices and embeddings; norm gains are not decayed)
                 direction = direction + self.weight_decay * p
             new[k] = p - lr * direction
         return new, opt_state, loss, norm
@@ -473,9 +564,18 @@ class Decoder:
             o = _attention(q, ops.transpose(kc, (1, 0, 2)), ops.transpose(vc, (1, 0, 2)), visible,
                            1.0 / math.sqrt(hd))  # [KV, g, hd]
             x = x + nn.linear(ops.reshape(o, (c.n_heads * hd,)), p[_layer(i, "self_attn.o_proj")])
-            x = x + _swiglu(c, p, i, rms_norm(x, p[_layer(i, "post_attention_layernorm")], c.norm_eps))
+            x = x + _swiglu(layer_params(p, i), rms_norm(x, p[_layer(i, "post_attention_layernorm")], c.norm_eps))
         x = rms_norm(x, p["model.norm.weight"], c.norm_eps)
         return nn.linear(x, p["lm_head.weight"]), ops.stack(new_k), ops.stack(new_v)
+
+
+@functools.lru_cache(maxsize=None)
+def staged_block(config: LlamaConfig) -> Callable[..., Any]:
+    """:func:`block` staged for ``config``: ``(layer, x, cos, sin, causal) -> x``. :func:`forward` calls it
+    once per layer; every call has the same signature, so it is traced once and, being large, compiled
+    as one C function (and one gradient function) that each layer calls: compile time does not grow
+    with the number of layers."""
+    return stage(lambda layer, x, cos, sin, causal: block(config, layer, x, cos, sin, causal), name="llama_block")
 
 
 @functools.lru_cache(maxsize=None)

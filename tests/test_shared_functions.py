@@ -1,0 +1,191 @@
+"""Issue 19: a large staged function called several times is traced once and compiled as one C function
+(its gradient as one CPS function), and ``lantern.scan`` compiles a loop over stacked layers once."""
+import re
+
+import numpy as np
+import pytest
+
+import lantern
+from lantern import ops
+from lantern.ir.passes import inline
+from lantern.testing import assert_trees_close, check_grads, check_staged
+
+N_STEPS = 12  # the block's unrolled steps: enough statements to stay a function
+
+
+@lantern.stage
+def block(p, x):
+    """A residual block of two products and an unrolled elementwise chain (> 64 statements)."""
+    h = ops.tanh(x @ p["w1"].T + p["b1"])
+    h = h @ p["w2"]
+    for _ in range(N_STEPS):
+        h = h * 0.5 + ops.sin(h) * 0.25
+    return x + h
+
+
+@lantern.stage
+def small(p, x):
+    return ops.tanh(x @ p["w1"] + p["b1"])
+
+
+def through(fn, params, x):
+    for p in params:
+        x = fn(p, x)
+    return ops.sum(x * x)
+
+
+def deep(params, x):
+    return through(block, params, x)
+
+
+def _params(rng, layers, dtype=np.float64, d=6):
+    return [{"w1": (rng.standard_normal((d, d)) * 0.4).astype(dtype), "b1": (rng.standard_normal(d) * 0.1).astype(dtype),
+             "w2": (rng.standard_normal((d, d)) * 0.4).astype(dtype)} for _ in range(layers)]
+
+
+def _definitions(source: str) -> list[str]:
+    """Names of the C functions defined (not only declared) in ``source``."""
+    return re.findall(r"^static \w+ (fn_\w+)\([^;]*\)\s*\{", source, re.M)
+
+
+@pytest.fixture
+def inline_all(monkeypatch):
+    """Code as before issue 19: every non-recursive call inlined."""
+    monkeypatch.setenv("LANTERN_INLINE_LIMIT", "0")
+
+
+def test_repeated_calls_emit_one_function_and_trace_once(rng):
+    params, x = _params(rng, 4), rng.standard_normal((3, 6))
+    before = block.trace_count
+    staged = lantern.stage(lambda params, x: deep(params, x))
+    exe = staged.lower(params, x)
+    assert block.trace_count == before + 1  # four calls, one signature: traced once
+    defined = _definitions(exe.c_source)
+    assert sum(name.startswith("fn_block") for name in defined) == 1, defined
+    assert len(re.findall(r"\bfn_block\w*\(", exe.c_source)) >= 1 + 4  # the definition (and prototype) + 4 calls
+    expected = x
+    for p in params:
+        h = np.tanh(expected @ p["w1"].T + p["b1"]) @ p["w2"]
+        for _ in range(N_STEPS):
+            h = h * 0.5 + np.sin(h) * 0.25
+        expected = expected + h
+    check_staged(staged, params, x, expected=np.sum(expected * expected))
+
+
+def test_gradient_through_repeated_calls_is_one_cps_function(rng):
+    params, x = _params(rng, 3), rng.standard_normal((2, 6))
+    step = lantern.stage(lambda params, x: lantern.value_and_grad(deep)(params, x))
+    source = step.lower(params, x).c_source
+    assert [n for n in _definitions(source) if n.startswith("fn_block")] == ["fn_block_cps"]
+    check_grads(deep, params, x, argnums=(0, 1))
+
+
+def test_gradient_equals_the_inlined_one(rng, monkeypatch):
+    params, x = _params(rng, 3, np.float32), rng.standard_normal((5, 6)).astype(np.float32)
+
+    def step(params, x):
+        return lantern.value_and_grad(deep)(params, x)
+    shared = lantern.stage(step).lower(params, x)
+    monkeypatch.setenv("LANTERN_INLINE_LIMIT", "0")
+    inlined = lantern.stage(step).lower(params, x)
+    assert "fn_block_cps" in shared.c_source and "fn_block" not in inlined.c_source
+    # the same operations in the same order: the same bits
+    assert_trees_close(shared(params, x), inlined(params, x), rtol=0, atol=0)
+
+
+def test_small_functions_and_single_calls_are_inlined(rng):
+    params, x = _params(rng, 3), rng.standard_normal((2, 6))
+    exe = lantern.stage(lambda params, x: through(small, params, x)).lower(params, x)
+    assert not [n for n in _definitions(exe.c_source) if "small" in n]
+    one = lantern.stage(lambda params, x: deep(params[:1], x)).lower(params, x)
+    assert not [n for n in _definitions(one.c_source) if "block" in n]
+
+
+def test_limit_is_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("LANTERN_INLINE_LIMIT", "7")
+    assert inline._limit() == 7
+    monkeypatch.setenv("LANTERN_INLINE_LIMIT", "")
+    assert inline._limit() == inline.SHARED_FUNCTION_MIN_STMTS
+
+
+def test_shared_block_inside_loops_and_branches(rng):
+    """Calls replayed by a counted loop's backward part, and under ``cond``, differentiate as inlined code."""
+    params, x = _params(rng, 2), rng.standard_normal((2, 6))
+
+    def loss(params, x):
+        def body(i, h):
+            return block(params[0], block(params[1], h)) * 0.5
+        h = lantern.fori_loop(0, 3, body, x)
+        h = lantern.cond(ops.sum(h) > 0, lambda h: block(params[0], h), lambda h: block(params[1], h) * 2.0, h)
+        return ops.sum(h * h)
+    check_grads(loss, params, x, argnums=(0, 1))
+
+
+# ---------------------------------------------------------------- scan
+
+def _cell(w, h, x):
+    h = ops.tanh(h @ w + x)
+    return h, (ops.sum(h * h, axis=1), h[0])
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_equals_a_python_loop(rng, reverse):
+    w, xs, h0 = rng.standard_normal((4, 4)) * 0.5, rng.standard_normal((5, 3, 4)), rng.standard_normal((3, 4))
+
+    def with_scan(w, xs, h0):
+        return lantern.scan(lambda h, x: _cell(w, h, x), h0, xs, reverse=reverse)
+
+    def with_loop(w, xs, h0):
+        h, ys = h0, [None] * 5
+        for t in (reversed(range(5)) if reverse else range(5)):
+            h, ys[t] = _cell(w, h, xs[t])
+        return h, (ops.stack([y[0] for y in ys]), ops.stack([y[1] for y in ys]))
+    expected = lantern.stage(with_loop)(w, xs, h0)
+    check_staged(with_scan, w, xs, h0, expected=expected)
+
+    def numpy_cell(h, x):  # outside a staged function, scan runs eagerly (here on NumPy values)
+        h = np.tanh(h @ w + x)
+        return h, ((h * h).sum(axis=1), h[0])
+    assert_trees_close(lantern.scan(numpy_cell, h0, xs, reverse=reverse), expected, rtol=1e-12, atol=1e-12)
+
+    def loss(fn):
+        def f(w, xs, h0):
+            h, (sq, first) = fn(w, xs, h0)
+            return ops.sum(h) + ops.sum(sq * ops.arange(1.0, 6.0)[:, None]) + ops.sum(ops.sin(first))
+        return f
+    grads = check_grads(loss(with_scan), w, xs, h0, argnums=(0, 1, 2))
+    assert_trees_close(grads, lantern.stage(lambda *a: lantern.grad(loss(with_loop), (0, 1, 2))(*a))(w, xs, h0),
+                       rtol=1e-12, atol=1e-12)
+
+
+def test_scan_with_length_and_no_outputs(rng):
+    a = rng.standard_normal(3)
+
+    def f(a):
+        carry, ys = lantern.scan(lambda c, _: (c * 0.9 + ops.sin(c), None), a, length=4)
+        assert ys is None
+        return ops.sum(carry ** 2)
+    check_grads(f, a)
+
+
+def test_scan_over_a_run_time_length(rng):
+    f = lantern.stage(lambda xs: lantern.scan(lambda c, x: (c + x, c * x), ops.zeros(2, "float64"), xs),
+                      dynamic={"xs": 0})
+    for n in (3, 7):
+        xs = rng.standard_normal((n, 2))
+        carry, ys = f(xs)
+        np.testing.assert_allclose(carry, xs.sum(0))
+        np.testing.assert_allclose(ys, np.concatenate([np.zeros((1, 2)), np.cumsum(xs, 0)[:-1]]) * xs)
+    assert f.cache_info().compiles == 1  # declared: one compile for every length
+
+
+def test_scan_errors_name_the_problem(rng):
+    xs, ys = rng.standard_normal((4, 2)), rng.standard_normal((5, 2))
+    with pytest.raises(lantern.ShapeError, match=r"leading size.*\[4, 2\], \[5, 2\]"):
+        lantern.stage(lambda a, b: lantern.scan(lambda c, x: (c, None), 0.0, (a, b)))(xs, ys)
+    with pytest.raises(lantern.ShapeError, match="pair"):
+        lantern.stage(lambda a: lantern.scan(lambda c, x: c + x, ops.zeros(2, "float64"), a))(xs)
+    with pytest.raises(lantern.ShapeError, match="xs or length"):
+        lantern.stage(lambda a: lantern.scan(lambda c, x: (c, None), a))(xs)
+    with pytest.raises(lantern.ShapeError, match="changes carried value"):
+        lantern.stage(lambda a: lantern.scan(lambda c, x: (ops.stack([c, c]), None), ops.zeros(2, "float64"), a))(xs)
