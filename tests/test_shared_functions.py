@@ -189,3 +189,39 @@ def test_scan_errors_name_the_problem(rng):
         lantern.stage(lambda a: lantern.scan(lambda c, x: (c, None), a))(xs)
     with pytest.raises(lantern.ShapeError, match="changes carried value"):
         lantern.stage(lambda a: lantern.scan(lambda c, x: (ops.stack([c, c]), None), ops.zeros(2, "float64"), a))(xs)
+
+
+def test_scan_inside_a_scan_and_a_loop(rng):
+    """A stack made inside a body that the reverse pass recomputes is filled again there (the outer
+    stack is not)."""
+    w, xs = rng.standard_normal((3, 3)) * 0.5, rng.standard_normal((4, 5, 3))
+
+    def inner(h, row):
+        h, ys = lantern.scan(lambda c, x: (ops.tanh(c @ w + x), ops.sin(c)), h, row)
+        h = h + ops.sum(ys * ys, axis=0)
+        return h, ops.cos(h)
+
+    def with_scan(w, xs):
+        h, ys = lantern.scan(inner, ops.zeros(3, "float64"), xs)
+        h = lantern.fori_loop(0, 2, lambda i, h: inner(h, xs[i])[0], h)
+        return ops.sum(h) + ops.sum(ys * ops.arange(1.0, 5.0)[:, None])
+
+    def inner_loop(h, xs, i):  # (Python ranges: unrolled)
+        hs = []
+        for j in range(5):
+            hs.append(ops.sin(h))
+            h = ops.tanh(h @ w + xs[i, j])
+        return h + ops.sum(ops.stack(hs) ** 2, axis=0)
+
+    def with_loops(w, xs):
+        h, ys = ops.zeros(3, "float64"), []
+        for i in range(4):
+            h = inner_loop(h, xs, i)
+            ys.append(ops.cos(h))
+        for i in range(2):
+            h = inner_loop(h, xs, i)
+        return ops.sum(h) + ops.sum(ops.stack(ys) * ops.arange(1.0, 5.0)[:, None])
+
+    grads = check_grads(with_scan, w, xs, argnums=(0, 1))
+    assert_trees_close(grads, lantern.stage(lambda *a: lantern.grad(with_loops, (0, 1))(*a))(w, xs),
+                       rtol=1e-10, atol=1e-12)

@@ -39,7 +39,8 @@ from typing import Callable
 
 from .. import ops
 from ..errors import TraceError
-from ..ir.nodes import Accumulate, Apply, Block, Call, Function, If, Lambda, Loop, Op, Stmt, Var, While, free_vars
+from ..ir.nodes import (Accumulate, Apply, Block, Call, Function, If, Lambda, Loop, Op, Stmt, Var, While, free_vars,
+                        walk_stmts)
 from ..ir.primitives import PRIMITIVES
 from ..ir.rewrite import clone_block, map_blocks
 from ..ir.symbolic import Size, hint
@@ -175,8 +176,9 @@ class Differentiator:
         #: products (by old result) whose weight gradient the enclosing reverse loop stacks
         self.stacked: dict[int, _StackedGradient] = {}
         self.stack_row: Tensor | None = None  # that loop's row in its stacks
-        #: inside a counted loop's backward part, which recomputes the body: row stores are not redone
-        self.replaying = 0
+        #: what each counted loop body being recomputed by its backward part defines (innermost last): a
+        #: row store into a stack made outside that body is not redone (it happened in the forward pass)
+        self.replayed: list[set[int]] = []
         # A variable needs an adjoint if it depends on a differentiated input (active) and
         # the differentiated outputs depend on it (useful).
         self.active: set[int] = {fn.body.params[i].id for i in wrt if _is_float(fn.body.params[i])}
@@ -297,10 +299,15 @@ class Differentiator:
             self.static[out.id] = s.attrs["value"]
         self.zeros_for(out)
 
+    def stored_already(self, s: Stmt) -> bool:
+        """A row store that a loop's backward part, recomputing the body, must not repeat: its stack was
+        made outside the body, and filled by the forward pass. (A stack the body makes is made again.)"""
+        return (isinstance(s, Accumulate) and s.row_store and bool(self.replayed)
+                and s.target.id not in self.replayed[-1])
+
     def forward_row_store(self, s: Accumulate) -> None:
-        """``stack[index] = value`` (scan's outputs), done once: not again when a loop's backward part
-        recomputes the body."""
-        if not self.replaying:
+        """``stack[index] = value`` (scan's outputs), done once (see :meth:`stored_already`)."""
+        if not self.stored_already(s):
             self.at(s)
             self.frame.add(Accumulate([], loc=s.loc, target=self.val[s.target.id].var, value=self.val[s.value.id].var,
                                       index=self.val[s.index.id].var, row_store=True))  # type: ignore[union-attr]
@@ -352,9 +359,9 @@ class Differentiator:
         """
         subst = {v_id: t.var for v_id, t in self.val.items()}
         subst.update({p.id: new for p, new in zip(block.params, params)})
+        if self.replayed:
+            block = map_blocks(block, lambda stmts: [t for t in stmts if not self.stored_already(t)])
         copy = clone_block(Block([], block.stmts, block.results), subst)
-        if self.replaying:  # (scan's row stores happened in the first forward pass)
-            copy = map_blocks(copy, lambda stmts: [t for t in stmts if not (isinstance(t, Accumulate) and t.row_store)])
         for stmt in copy.stmts:
             self.frame.add(stmt)
         if copies is not None:
@@ -473,9 +480,9 @@ class Differentiator:
                         self.accumulate(s.body.results[k], self.tensor(bar))
                     return []
 
-                self.replaying += 1
+                self.replayed.append({o.id for st in walk_stmts(s.body) for o in st.outs})
                 self.block(s.body.stmts, seed)
-                self.replaying -= 1
+                self.replayed.pop()
                 back.results = [self.adj[carry_old[k].id].var for k in active]
                 for r in residuals:  # those values exist only in this block
                     del self.residual[r.id]
