@@ -450,7 +450,13 @@ def test_blocks_compile_once_and_scanned_layers_give_the_same_training_step():
 
 
 def test_stacked_weights_need_the_scanned_model():
-    p = llama.stack_layers(params64())
+    per_layer = params64()
+    p = llama.stack_layers(per_layer)
+    dec = llama.Decoder(CFG)
+    k_cache, v_cache = dec.empty_cache("float64")
+    token, pos = np.array(3, np.int64), np.array(0, np.int64)
+    np.testing.assert_allclose(dec.decode(p, token, pos, k_cache, v_cache)[0],
+                               dec.decode(per_layer, token, pos, k_cache, v_cache)[0], rtol=1e-12)
     with pytest.raises(lantern.ArgumentError, match="layers='scan'"):
         lantern.stage(lambda p, t: llama.forward(CFG, p, t))(p, tokens((1, 4), seed=1))
     with pytest.raises(lantern.ArgumentError, match="layers must be"):

@@ -319,7 +319,9 @@ LAYER_PARAMS = ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self
 
 
 def layer_params(params: dict[str, Any], i: int) -> dict[str, Any]:
-    """Block ``i``'s parameters from the model's, keyed by :data:`LAYER_PARAMS`."""
+    """Block ``i``'s parameters from the model's (per-layer or stacked), keyed by :data:`LAYER_PARAMS`."""
+    if is_stacked(params):
+        return {name: params[_stacked(name)][i] for name in LAYER_PARAMS}
     return {name: params[_layer(i, name)] for name in LAYER_PARAMS}
 
 
@@ -553,18 +555,19 @@ class Decoder:
         visible = ops.reshape(ops.less_equal(rows, pos), (1, 1, c.max_seq_len))
         new_k, new_v = [], []
         for i in range(c.n_layers):
-            h = rms_norm(x, p[_layer(i, "input_layernorm")], c.norm_eps)
-            q = _apply_rope(ops.reshape(nn.linear(h, p[_layer(i, "self_attn.q_proj")]), (c.n_kv_heads, g, hd)),
+            layer = layer_params(p, i)
+            h = rms_norm(x, layer["input_layernorm"], c.norm_eps)
+            q = _apply_rope(ops.reshape(nn.linear(h, layer["self_attn.q_proj"]), (c.n_kv_heads, g, hd)),
                             cos, sin)
-            k = _apply_rope(ops.reshape(nn.linear(h, p[_layer(i, "self_attn.k_proj")]), (c.n_kv_heads, hd)), cos, sin)
-            v = ops.reshape(nn.linear(h, p[_layer(i, "self_attn.v_proj")]), (c.n_kv_heads, hd))
+            k = _apply_rope(ops.reshape(nn.linear(h, layer["self_attn.k_proj"]), (c.n_kv_heads, hd)), cos, sin)
+            v = ops.reshape(nn.linear(h, layer["self_attn.v_proj"]), (c.n_kv_heads, hd))
             kc = ops.where(here, ops.expand_dims(k, 0), k_cache[i])  # [S, KV, hd] with row pos written
             vc = ops.where(here, ops.expand_dims(v, 0), v_cache[i])
             new_k.append(kc), new_v.append(vc)
             o = _attention(q, ops.transpose(kc, (1, 0, 2)), ops.transpose(vc, (1, 0, 2)), visible,
                            1.0 / math.sqrt(hd))  # [KV, g, hd]
-            x = x + nn.linear(ops.reshape(o, (c.n_heads * hd,)), p[_layer(i, "self_attn.o_proj")])
-            x = x + _swiglu(layer_params(p, i), rms_norm(x, p[_layer(i, "post_attention_layernorm")], c.norm_eps))
+            x = x + nn.linear(ops.reshape(o, (c.n_heads * hd,)), layer["self_attn.o_proj"])
+            x = x + _swiglu(layer, rms_norm(x, layer["post_attention_layernorm"], c.norm_eps))
         x = rms_norm(x, p["model.norm.weight"], c.norm_eps)
         return nn.linear(x, p["lm_head.weight"]), ops.stack(new_k), ops.stack(new_v)
 
