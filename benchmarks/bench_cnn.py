@@ -142,14 +142,7 @@ def main() -> None:
 
     if "lantern" in args.frameworks:
         step, opt = lantern_step()
-        ls = {"p": params, "s": opt.init(params), "i": 0}
-
-        def lantern_once():
-            xb, yb = batches[ls["i"] % len(batches)]
-            ls["i"] += 1
-            ls["p"], ls["s"], loss = step(ls["p"], ls["s"], xb, yb)
-            losses.setdefault("lantern", []).append(float(loss))
-
+        lantern_once = harness.cycling_steps(step, params, opt.init(params), batches, losses.setdefault("lantern", []))
         timed_row("lantern", lambda: step(params, opt.init(params), *batches[0])[2], lantern_once)
 
     if torch is not None:

@@ -121,6 +121,19 @@ def timed_row(rows: list[dict[str, Any]], first_losses: dict[str, float], name: 
     rows.append({"framework": name, "first_call_s": round(first_s, 3), **time_steps(once, steps, repeats, warmup)})
 
 
+def cycling_steps(step: Callable[..., Any], params: Any, state: Any, batches: list[tuple], losses: list[float]) -> Callable[[], None]:
+    """A thunk that runs ``step(params, state, *batch) -> (params, state, loss)`` on the next batch (in
+    turn) each call, carrying the parameters and optimizer state, and appends each loss to ``losses``."""
+    carried = {"p": params, "s": state, "i": 0}
+
+    def once() -> None:
+        batch = batches[carried["i"] % len(batches)]
+        carried["i"] += 1
+        carried["p"], carried["s"], loss = step(carried["p"], carried["s"], *batch)
+        losses.append(float(loss))
+    return once
+
+
 def lantern_train_step(loss_fn: Callable[..., Any], opt: Any) -> Any:
     """``step(params, state, *batch) -> (params, state, loss)``: forward, backward and the optimizer
     update of ``loss_fn(params, *batch)``, staged as one native call."""
