@@ -47,7 +47,7 @@ for _ in range({repeats}):
         trainer.step(params, state, tokens, lr)
     times.append((time.perf_counter() - s) / {steps} * 1e3)
 print("DEPTH " + json.dumps({{"first_step_s": t2 - t1, "stages": dict(event.stages), "c_lines": source.count("\\n"),
-      "c_functions": len(set(re.findall(r"^static \\w+ (fn_\\w+)\\(", source, re.M))), "loss": float(out[2]),
+      "c_functions": len(set(re.findall(r"^(?:static|LT_HIDDEN) (?:__attribute__\\(\\(noinline\\)\\) )?void (fn_\\w+)\\(", source, re.M))), "loss": float(out[2]),
       "median_ms": float(np.median(times)), "min_ms": min(times), "max_ms": max(times)}}))
 """
 

@@ -10,8 +10,9 @@ The pipeline, top to bottom::
     module = forward_single_accumulations(module)   # one-contribution adjoints need no buffer
     module = eliminate_dead_code(module)
     module = fuse_elementwise(module)               # elementwise chains become single loops
-    source = emit_module(module)                    # one C file
-    artifact = compile_c(source)                    # cc, through the on-disk cache
+    module = outline_long_functions(module)         # long bodies become calls of parts (compile time)
+    source = emit_module(module)                    # C: one file, or translation units for a large module
+    artifact = compile_c(source)                    # cc (units in parallel), through the on-disk cache
     native = NativeFunction(artifact)               # cffi
 
 (AD runs the one-hot and hoisting passes on a function before differentiating it, so its
@@ -26,19 +27,19 @@ from typing import Callable
 from lantern.ir.nodes import Module
 from lantern.ir.verify import verify
 
-from .compiler import compile_c
+from .compiler import compile_c, compile_units
 from .toolchain import debug_mode
 from .emit_c import EmitOptions, emit_module
 from .loader import NativeFunction
 from lantern.ir.passes import (eliminate_dead_code, empty_values_as_fills, forward_single_accumulations,
                                fuse_elementwise, hoist_loop_invariants, inline_calls, one_hot_products_as_gathers)
 
-from .passes import row_products_read_transposed
+from .passes import outline_long_functions, row_products_read_transposed
 
 Pass = Callable[[Module], Module]
 PASSES: tuple[Pass, ...] = (inline_calls, empty_values_as_fills, one_hot_products_as_gathers,
                             row_products_read_transposed, hoist_loop_invariants, forward_single_accumulations,
-                            eliminate_dead_code, fuse_elementwise)
+                            eliminate_dead_code, fuse_elementwise, outline_long_functions)
 
 
 def prepare(module: Module, passes: tuple[Pass, ...] = PASSES) -> Module:
@@ -52,7 +53,8 @@ def build_native(module: Module, title: str, options: EmitOptions = EmitOptions(
                  stages: dict[str, float] | None = None) -> tuple[NativeFunction, Module]:
     """Prepare, emit (with the checks ``options`` ask for), compile (or fetch from the cache) and load ``module``.
     ``stages`` (when given) receives the seconds each step took: ``passes``, ``emit``, ``cc`` (the C compiler,
-    or the compile cache's lookup), ``load``."""
+    or the compile cache's lookup), ``load``; and for a module of several translation units, ``cc unit K``
+    per unit (they compile in parallel) and ``cc link``."""
     clock = _Stopwatch(stages)
     prepared = prepare(module)
     clock.lap("passes")
@@ -60,8 +62,12 @@ def build_native(module: Module, title: str, options: EmitOptions = EmitOptions(
         options = dataclasses.replace(options, check_indices=True)  # sanitized builds check every index
     source = emit_module(prepared, title, options)
     clock.lap("emit")
-    artifact = compile_c(source.text, title, source.uses_blas)
+    per_unit: dict[str, float] = {}
+    artifact = (compile_units(source.units, source.text, title, source.uses_blas, per_unit) if source.units
+                else compile_c(source.text, title, source.uses_blas))
     clock.lap("cc")
+    if stages is not None:
+        stages.update((f"cc {what}", seconds) for what, seconds in per_unit.items())
     out_types = list(prepared.entry_function.result_types or ())
     native = NativeFunction(artifact, source, out_types)
     clock.lap("load")

@@ -146,12 +146,16 @@ class Artifact:
 
 @dataclass(frozen=True)
 class Entry:
+    """A cache entry: ``<base>.c``, the compiled ``<base><suffix>`` (a shared object, or a translation
+    unit's object file) and ``<base>.json``, in ``directory``."""
+
     directory: Path
     base: str
+    suffix: str = ".so"
 
     @property
     def so(self) -> Path:
-        return self.directory / f"{self.base}.so"
+        return self.directory / f"{self.base}{self.suffix}"
 
     @property
     def c(self) -> Path:

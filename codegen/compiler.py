@@ -15,13 +15,16 @@ import shlex
 import time
 import warnings
 from pathlib import Path
+from typing import Any, Callable
 
 from lantern.errors import CacheWarning, CompileError
 from lantern.runtime import RUNTIME_HEADERS
 
 from . import cache
 from .cache import Artifact, CacheWriteError, Entry
+from .loader import num_threads
 from .toolchain import Toolchain
+from .units import Unit
 
 VERSION = "0.1.0"
 
@@ -50,26 +53,74 @@ def compile_c(text: str, name: str, uses_blas: bool, flags: list[str] | None = N
     tc = Toolchain.configured(flags)
     key = cache_key(text, uses_blas, tc)
     cache.dump(text, f"{_readable(name)}-{key}")
-    return _compile_cached(text, name, key, tc, uses_blas)
+
+    def build(c_path: str, out: str) -> tuple[list[str], Any]:
+        return tc.compile(c_path, out, uses_blas, f"compiling {name}")
+    return _build_cached(text, name, key, build, ".so", tc)
 
 
-def _compile_cached(text: str, name: str, key: str, tc: Toolchain, uses_blas: bool) -> Artifact:
+def compile_units(units: tuple[Unit, ...], text: str, name: str, uses_blas: bool,
+                  timings: dict[str, float] | None = None) -> Artifact:
+    """Compile the translation units ``units`` (``codegen/units.py``) in parallel, each through the cache as
+    an object file of its own, and link them into a shared object, cached under ``text`` (the whole module as
+    one file, kept with it for people). Glue units compile at ``-O1``. ``timings`` receives each unit's
+    seconds (``unit 0``, ...: the compiler's, or the cache lookup's) and the link's."""
+    tc = Toolchain.configured()
+    glue_tc = tc.at_most_O1()
+    tcs = [glue_tc if u.glue else tc for u in units]
+    unit_keys = [_digest("object", cache_key(u.text, uses_blas, t)) for u, t in zip(units, tcs)]
+    key = _digest("linked", cache_key(text, uses_blas, tc), *unit_keys)
+    cache.dump(text, f"{_readable(name)}-{key}")
+    root = cache.active_cache_dir()
+    linked = Entry(root / key[:2], f"{_readable(name)}-{key}")
+    if linked.directory.exists() and cache.check_entry(linked, key)[0]:
+        return _build_cached(text, name, key, None, ".so", tc)  # (a hit: counted, its C file restored)
+
+    def compile_unit(k: int) -> str:
+        start = time.perf_counter()
+
+        def build(c_path: str, out: str) -> tuple[list[str], Any]:
+            return tcs[k].compile_object(c_path, out, uses_blas, f"compiling unit {k} of {name}")
+        artifact = _build_cached(units[k].text, f"{name} unit {k}", unit_keys[k], build, ".o", tcs[k])
+        if timings is not None:
+            timings[f"unit {k}"] = time.perf_counter() - start
+        return artifact.so_path
+
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=min(num_threads(), len(units))) as pool:
+        objects = list(pool.map(compile_unit, range(len(units))))
+    start = time.perf_counter()
+
+    def link(c_path: str, out: str) -> tuple[list[str], Any]:
+        return tc.link(objects, out, uses_blas, f"linking {name}")
+    artifact = _build_cached(text, name, key, link, ".so", tc)
+    if timings is not None:
+        timings["link"] = time.perf_counter() - start
+    return artifact
+
+
+Build = Callable[[str, str], tuple[list[str], Any]]
+
+
+def _build_cached(text: str, name: str, key: str, build: Build | None, suffix: str, tc: Toolchain) -> Artifact:
     root = cache.active_cache_dir()
     try:
-        return _compile_in(root, text, name, key, tc, uses_blas)
+        return _build_in(root, text, name, key, build, suffix, tc)
     except CacheWriteError as exc:
         temp = cache.fall_back(cache.cache_dir(), str(exc))
         if temp == root:
             raise CompileError(f"cannot write compiled code for {name}: {exc}") from None
         try:
-            return _compile_in(temp, text, name, key, tc, uses_blas)
+            return _build_in(temp, text, name, key, build, suffix, tc)
         except CacheWriteError as again:
             raise CompileError(f"cannot write compiled code for {name} in the cache {root} nor in the "
                                f"temporary directory {temp}: {again}") from None
 
 
-def _compile_in(root: Path, text: str, name: str, key: str, tc: Toolchain, uses_blas: bool) -> Artifact:
-    entry = Entry(root / key[:2], f"{_readable(name)}-{key}")
+def _build_in(root: Path, text: str, name: str, key: str, build: Build | None, suffix: str,
+              tc: Toolchain) -> Artifact:
+    """The entry ``key`` in ``root``: found, or made by ``build`` (C file, output file) from ``text``."""
+    entry = Entry(root / key[:2], f"{_readable(name)}-{key}", suffix)
     usable, damage = (False, None)
     if entry.directory.exists():
         usable, damage = cache.check_entry(entry, key)
@@ -81,9 +132,10 @@ def _compile_in(root: Path, text: str, name: str, key: str, tc: Toolchain, uses_
             except OSError:
                 pass  # the C file is for people; the entry is whole without it
         return Artifact(str(entry.so), str(entry.c), key, True)
+    assert build is not None, "a cache entry that was whole a moment ago went away"
     if damage:
         warnings.warn(f"lantern: compile cache entry for {name} not used: {damage}; compiling it again",
-                      CacheWarning, stacklevel=4)
+                      CacheWarning, stacklevel=5)
         cache.count("rebuilt")
 
     import tempfile  # (only to compile: a cache hit does without it)
@@ -91,13 +143,13 @@ def _compile_in(root: Path, text: str, name: str, key: str, tc: Toolchain, uses_
         cache.make_private_dir(entry.directory)
         cache.remove_stale_temporaries(entry.directory)
         cache.write_atomic(entry.c, text.encode())
-        fd, tmp_so = tempfile.mkstemp(prefix=f".{entry.base}.", suffix=".so.tmp", dir=entry.directory)
+        fd, tmp_so = tempfile.mkstemp(prefix=f".{entry.base}.", suffix=f"{suffix}.tmp", dir=entry.directory)
         os.close(fd)
     except OSError as exc:
         raise CacheWriteError(f"cannot write in {entry.directory} ({exc.strerror})") from None
     tmp_meta = None
     try:
-        cmd, proc = tc.compile(str(entry.c), tmp_so, uses_blas, f"compiling {name}")
+        cmd, proc = build(str(entry.c), tmp_so)
         if proc.returncode != 0:
             if any(m in proc.stderr for m in cache.WRITE_FAILURES) and cache.write_problem(entry.directory, 1 << 20):
                 raise CacheWriteError(f"the compiler could not write its output in {entry.directory}: "
@@ -114,7 +166,7 @@ def _compile_in(root: Path, text: str, name: str, key: str, tc: Toolchain, uses_
             fd, tmp_meta = tempfile.mkstemp(prefix=f".{entry.base}.", suffix=".json.tmp", dir=entry.directory)
             with os.fdopen(fd, "wb") as f:
                 f.write(json.dumps(meta, indent=1).encode())
-            # the .so first, then the metadata that vouches for it: a reader sees a whole entry or none
+            # the output first, then the metadata that vouches for it: a reader sees a whole entry or none
             os.replace(tmp_so, entry.so)
             os.replace(tmp_meta, entry.meta)
         except OSError as exc:

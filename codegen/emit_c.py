@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,7 +41,9 @@ from .cbuilder import c_string, comment
 from .kernels import KERNELS, KernelContext, Storage
 from .kernels import elementwise as elementwise_kernels
 from .kernels import indexing
+from . import units
 from .lowering import lower_module
+from .passes.outline import VIEW_PRIMS
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class CSource:
     #: the run-time sizes ``lantern_entry`` takes after the results, in order: (name, input, axis) of
     #: where a call's value is read
     sizes: tuple[tuple[str, int, int], ...] = ()
+    #: a large module's translation units (``text`` is all of them as one file), else ()
+    units: tuple[units.Unit, ...] = ()
 
 
 class FunctionEmitter(KernelContext):
@@ -105,7 +109,11 @@ class FunctionEmitter(KernelContext):
         params += [f"{C_TYPE[t.dtype]} *result{k}" for k, t in enumerate(self.fn.result_types or ())]  # type: ignore[union-attr]
         if self.env_param:
             params.insert(0, "void *env_")  # any continuation can be called through a pointer
-        return f"static void {self.c_name}({', '.join(params) or 'void'})"
+        # The IR's inliner decided which functions stay functions (shared blocks, parts of long bodies that
+        # compile separately); the C compiler is not to undo that. And the entry function inlined into
+        # run_entry would share a frame with a setjmp, where a local whose address is taken may be clobbered.
+        keep = not self.env_param and (self.fn.name == self.m.module.entry or self.fn.name not in self.m.recursive)
+        return f"static{' __attribute__((noinline))' if keep else ''} void {self.c_name}({', '.join(params) or 'void'})"
 
     def emit(self) -> list[str]:
         body = self.fn.body
@@ -251,11 +259,11 @@ class FunctionEmitter(KernelContext):
             env_locals.append((self.ctype(v), field))  # read through a local copy of the pointer
             captured[v.id] = (Storage("pointer", field) if s.kind == "pointer"
                               else Storage("scalar", f"(*{field})", base=field))
-        self.m.structs.append(f"{env_type} {{\n" + "\n".join(f"    {f}" for f in fields or ["char unused;"]) + "\n};")
+        self.m.piece.structs.append(f"{env_type} {{\n" + "\n".join(f"    {f}" for f in fields or ["char unused;"]) + "\n};")
         self.c.line(f"{env_type} {env} = {{ {', '.join(inits) or '0'} }};")
         body_fn = Function(c_name, stmt.body, out.type.results, stmt.loc)  # type: ignore[union-attr]
         sub = FunctionEmitter(self.m, body_fn, c_name, f"{env_type} *env_", captured, env_locals)
-        self.m.lambdas.append((sub.signature(), sub.emit(), stmt.loc))
+        self.m.piece.lambdas.append((sub.signature(), sub.emit(), stmt.loc))
 
     def emit_if(self, stmt: If) -> None:
         self.comment_loc([stmt.loc])
@@ -358,6 +366,28 @@ class FunctionEmitter(KernelContext):
         self.last_loc = None
 
 
+@dataclass
+class Piece:
+    """The C of one IR function: its definition, its continuations, and the environment structs and
+    constant arrays they use (a translation unit is made of whole pieces)."""
+
+    name: str
+    signature: str
+    body: list[str]  # the definition after its signature line
+    comment: str = ""
+    lambdas: list[tuple[str, list[str], Loc]] = field(default_factory=list)
+    structs: list[str] = field(default_factory=list)
+    constants: list[str] = field(default_factory=list)
+
+    #: the function only calls others (what ``codegen/passes/outline.py`` leaves of a long body): run once
+    #: per call, it compiles at a low optimisation level
+    glue: bool = False
+
+    @property
+    def lines(self) -> int:
+        return len(self.body) + sum(len(body) for _, body, _ in self.lambdas)
+
+
 class ModuleEmitter:
     def __init__(self, module: Module, title: str, options: EmitOptions = EmitOptions()):
         self.module = module
@@ -365,13 +395,11 @@ class ModuleEmitter:
         self.options = options
         self.uses_blas = False
         self.uses_arena = False
-        self.constants: list[str] = []
         self.recursive = recursive_functions(module)
         self.names = Namer()
-        self.structs: list[str] = []
         self.typedefs: list[str] = []
         self.cont_types: dict[FnType, str] = {}
-        self.lambdas: list[tuple[str, list[str], Loc]] = []
+        self.piece = Piece("", "", [])  # the one being emitted: its continuations, structs and constants
         self._lambda_count = 0
         self.plan = lower_module(module)  # destinations, accumulate-into, literals, closure captures
         self.sizes = entry_sizes(module)  # run-time sizes, in the order lantern_entry receives them
@@ -406,21 +434,40 @@ class ModuleEmitter:
         items = [literal(x, dtype) for x in value.ravel().tolist()]
         rows = [", ".join(items[i:i + 8]) for i in range(0, len(items), 8)]
         body = ",\n    ".join(rows)
-        self.constants.append(f"static const {C_TYPE[dtype]} {cname}[{max(len(items), 1)}] = {{\n    {body or '0'}\n}};")
+        self.piece.constants.append(
+            f"static const {C_TYPE[dtype]} {cname}[{max(len(items), 1)}] = {{\n    {body or '0'}\n}};")
         return cname
+
+    def emit_piece(self, fn: Function) -> Piece:
+        self.piece = Piece(fn.name, "", [])
+        fe = FunctionEmitter(self, fn)
+        signature, *body = fe.emit()
+        self.piece.signature, self.piece.body = signature, body
+        self.piece.comment = comment(f"IR function @{fn.name}, from {fn.loc}") if fn.loc.line else ""
+        self.piece.glue = len(fn.body.stmts) > 1 and all(
+            isinstance(s, Call) or (isinstance(s, Op) and (s.prim in VIEW_PRIMS or s.prim == "fill" and not s.outs[0].type.shape))
+            for s in fn.body.stmts)
+        return self.piece
 
     def emit(self) -> CSource:
         entry = self.module.entry_function
         functions = [self.module.functions[n] for n in self.module.functions if n != self.module.entry] + [entry]
-        bodies, prototypes = [], []
-        for fn in functions:
-            fe = FunctionEmitter(self, fn)
-            lines = fe.emit()
-            bodies.append("\n".join([comment(f"IR function @{fn.name}, from {fn.loc}") if fn.loc.line else "", *lines]).strip())
-            prototypes.append(fe.signature() + ";")
-        for signature, lines, loc in self.lambdas:
-            bodies.append("\n".join([comment(f"continuation (the rest of the program after {loc})"), *lines]))
-            prototypes.append(signature + ";")
+        pieces = [self.emit_piece(fn) for fn in functions]
+        self.pieces_by_name = {p.name: p for p in pieces}
+        wrapper = self.wrapper(any(p.lambdas for p in pieces))
+        text = self.assemble(pieces, wrapper)
+        groups = units.plan([p.lines for p in pieces], [p.glue for p in pieces])
+        unit_texts: tuple[units.Unit, ...] = ()
+        if len(groups) > 1:
+            unit_texts = tuple(units.Unit(self.assemble([pieces[i] for i in group], wrapper if k == 0 else [],
+                                                        (k, len(groups))), pieces[group[0]].glue)
+                               for k, group in enumerate(groups))
+        return CSource(text, "lantern_entry", len(entry.body.params), len(entry.result_types or ()), self.uses_blas,
+                       self.sizes, unit_texts)
+
+    def wrapper(self, has_lambdas: bool) -> list[str]:
+        """``run_entry`` and the exported functions the loader calls."""
+        entry = self.module.entry_function
         params = [f"void *{self.names(p)}" for p in entry.body.params]
         params += [f"void *result{k}" for k in range(len(entry.result_types or ()))]
         params += ["const void *sizes"] if self.sizes else []
@@ -428,8 +475,8 @@ class ModuleEmitter:
         args += [f"({C_TYPE[t.dtype]} *)arg[{len(entry.body.params) + k}]"  # type: ignore[union-attr]
                  for k, t in enumerate(entry.result_types or ())]
         pointers = [self.names(p) for p in entry.body.params] + [f"result{k}" for k in range(len(entry.result_types or ()))]
-        deep = bool(self.recursive or self.lambdas)  # recursion, or continuations (loops under grad)
-        wrapper = [
+        deep = bool(self.recursive or has_lambdas)  # recursion, or continuations (loops under grad)
+        return [
             "/* The entry function, unwound to on an error (lt_fail, lt_check_status). */",
             "static int run_entry(void **arg, uintptr_t stack_low, uintptr_t stack_high)",
             "{",
@@ -471,6 +518,11 @@ class ModuleEmitter:
             "    lt_interrupt_flag = lt_process->flag;",
             "}",
         ]
+
+    def assemble(self, pieces: list[Piece], wrapper: list[str], unit: tuple[int, int] | None = None) -> str:
+        """A C file of ``pieces`` (and ``wrapper``): the whole module, or translation unit ``unit`` = (k, n) of
+        n, whose module functions are hidden rather than static and whose runtime state is unit 0's."""
+        entry = self.module.entry_function
         sig = format_function(entry, self.names).splitlines()[0].removeprefix("func ").rstrip(":")
         header = [
             "/*",
@@ -478,26 +530,46 @@ class ModuleEmitter:
             + (f" ({os.path.basename(entry.loc.file)}:{entry.loc.line})." if entry.loc.line else "."),
             f" * IR signature: {sig}",
             " * Inputs and results are C-contiguous arrays; see lantern_entry at the end.",
+            *([f" * Translation unit {unit[0]} of {unit[1]} (compiled in parallel, linked together)."] if unit else []),
             " */",
         ]
-        includes = (["#define LANTERN_USE_BLAS"] if self.uses_blas else []) + ['#include "lantern_runtime.h"']
+        includes = ([f"#define LANTERN_UNIT {unit[0]}"] if unit else []) + (
+            ["#define LANTERN_USE_BLAS"] if self.uses_blas else []) + ['#include "lantern_runtime.h"']
+        linkage = "LT_HIDDEN" if unit else "static"
+
+        def signature(piece: Piece) -> str:
+            return linkage + piece.signature.removeprefix("static")
+
+        text_of_bodies = "\n".join([*(line for p in pieces for line in p.body),
+                                    *(line for p in pieces for _, body, _ in p.lambdas for line in body)])
+        if unit:  # prototypes of the functions this unit calls, not of all (its text, hence its key, stays put)
+            declared = [p for p in self.pieces_by_name.values()
+                        if p in pieces or re.search(rf"\bfn_{re.escape(p.name)}\(", text_of_bodies)]
+        else:
+            declared = list(self.pieces_by_name.values())
         parts = ["\n".join(header), "\n".join(includes)]
         if self.sizes:
             names = ", ".join(name for name, _, _ in self.sizes)
             parts.append(f"/* The run-time sizes of this call ({names}): see lantern_entry. */\n"
-                         f"static _Thread_local int64_t lt_size[{len(self.sizes)}];")
-        if self.constants:
-            parts.append("\n".join(self.constants))
+                         f"LT_SHARED _Thread_local int64_t lt_size[{len(self.sizes)}];")
+        constants = [c for p in pieces for c in p.constants]
+        structs = [st for p in pieces for st in p.structs]
+        if constants:
+            parts.append("\n".join(constants))
         if self.typedefs:
             parts.append("\n\n".join(self.typedefs))
-        if self.structs:
-            parts.append("\n\n".join(self.structs))
-        parts.append("\n".join(prototypes))
-        parts.extend(bodies)
-        parts.append("\n".join(wrapper))
-        text = "\n\n".join(parts) + "\n"
-        return CSource(text, "lantern_entry", len(entry.body.params), len(entry.result_types or ()), self.uses_blas,
-                       self.sizes)
+        if structs:
+            parts.append("\n\n".join(structs))
+        parts.append("\n".join([signature(p) + ";" for p in declared] +
+                               [lambda_signature + ";" for p in pieces for lambda_signature, _, _ in p.lambdas]))
+        for p in pieces:
+            parts.append("\n".join([p.comment, signature(p), *p.body]).strip())
+        for p in pieces:
+            for _, lines, loc in p.lambdas:
+                parts.append("\n".join([comment(f"continuation (the rest of the program after {loc})"), *lines]))
+        if wrapper:
+            parts.append("\n".join(wrapper))
+        return "\n\n".join(parts) + "\n"
 
 
 def emit_module(module: Module, title: str, options: EmitOptions = EmitOptions()) -> CSource:

@@ -199,15 +199,30 @@ def blas_paths() -> tuple[str, str, str]:
     return ob.get_include_dir(), ob.get_lib_dir(), ob.get_library()
 
 
+def _includes(uses_blas: bool) -> list[str]:
+    return [f"-I{RUNTIME_DIR}"] + ([f"-I{blas_paths()[0]}"] if uses_blas else [])
+
+
+def _libraries(uses_blas: bool) -> list[str]:
+    if not uses_blas:
+        return ["-lm"]
+    _, lib, name = blas_paths()
+    return [f"-L{lib}", f"-l{name}", f"-Wl,-rpath,{lib}", "-lm"]
+
+
 def command(cc: list[str], flags: list[str], c_path: str, so_path: str, uses_blas: bool) -> list[str]:
-    cmd = [*cc, *BASE_FLAGS, *flags, f"-I{RUNTIME_DIR}"]
-    if uses_blas:
-        inc, lib, name = blas_paths()
-        cmd += [f"-I{inc}"]
-    cmd += ["-o", so_path, c_path]
-    if uses_blas:
-        cmd += [f"-L{lib}", f"-l{name}", f"-Wl,-rpath,{lib}"]
-    return cmd + ["-lm"]
+    """A module of one file into a shared object."""
+    return [*cc, *BASE_FLAGS, *flags, *_includes(uses_blas), "-o", so_path, c_path, *_libraries(uses_blas)]
+
+
+def object_command(cc: list[str], flags: list[str], c_path: str, o_path: str, uses_blas: bool) -> list[str]:
+    """One translation unit of a module into an object file."""
+    return [*cc, *BASE_FLAGS, *flags, *_includes(uses_blas), "-c", "-o", o_path, c_path]
+
+
+def link_command(cc: list[str], flags: list[str], objects: list[str], so_path: str, uses_blas: bool) -> list[str]:
+    """Object files into one shared object (the flags again: sanitizers need their runtime linked)."""
+    return [*cc, *BASE_FLAGS, *flags, "-o", so_path, *objects, *_libraries(uses_blas)]
 
 
 @dataclass(frozen=True)
@@ -222,6 +237,13 @@ class Toolchain:
         """``CC`` with ``CFLAGS`` (:func:`user_cflags`), or with ``flags`` instead."""
         return cls(tuple(resolve_compiler()), tuple(user_cflags() if flags is None else flags))
 
+    def at_most_O1(self) -> Toolchain:
+        """These flags with the optimisation level lowered to ``-O1`` (kept where it is lower already)."""
+        levels = [f for f in self.flags if re.fullmatch(r"-O\S*", f)]
+        if not levels or levels[-1] in ("-O0", "-O1", "-Og", "-O"):
+            return self
+        return Toolchain(self.cc, (*self.flags, "-O1"))
+
     def key_parts(self, uses_blas: bool) -> list[str]:
         """What makes its output differ: the compiler, its identity, the flags, and the BLAS it links."""
         return [" ".join(self.cc), identity(list(self.cc), list(self.flags)), " ".join(BASE_FLAGS + list(self.flags)),
@@ -232,3 +254,15 @@ class Toolchain:
         """Compile ``c_path`` into the shared object ``so_path``; the command and the finished process."""
         cmd = command(list(self.cc), list(self.flags), c_path, so_path, uses_blas)
         return cmd, run(cmd, compile_timeout(), what, c_path)
+
+    def compile_object(self, c_path: str, o_path: str, uses_blas: bool,
+                       what: str) -> tuple[list[str], subprocess.CompletedProcess]:
+        """Compile the translation unit ``c_path`` into the object file ``o_path``."""
+        cmd = object_command(list(self.cc), list(self.flags), c_path, o_path, uses_blas)
+        return cmd, run(cmd, compile_timeout(), what, c_path)
+
+    def link(self, objects: list[str], so_path: str, uses_blas: bool,
+             what: str) -> tuple[list[str], subprocess.CompletedProcess]:
+        """Link ``objects`` into the shared object ``so_path``."""
+        cmd = link_command(list(self.cc), list(self.flags), objects, so_path, uses_blas)
+        return cmd, run(cmd, compile_timeout(), what)

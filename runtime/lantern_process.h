@@ -46,6 +46,13 @@ typedef struct {
     void (*trim)(void);            /* after a deep call: give its stack pages back */
 } lt_process_t;
 
+#define LT_OWN_STACK_DEFAULT ((size_t)1 << 30)
+#define LT_OWN_STACK_GUARD ((size_t)64 * 1024)       /* PROT_NONE below the usable part */
+#define LT_OWN_STACK_KEPT ((size_t)8 * 1024 * 1024)  /* resident top part kept between calls */
+
+/* A module of several translation units (lantern_runtime.h) carries the code below in unit 0 only. */
+#if !defined(LANTERN_UNIT) || LANTERN_UNIT == 0
+
 /* ------------------------------------------------------------------ SIGINT */
 
 static volatile sig_atomic_t lt_sigint_flag, lt_sigint_main_in_native, lt_sigint_in_handler;
@@ -115,9 +122,6 @@ static void lt_sigint_leave(void)
 
 /* ------------------------------------------------------------------ own stacks */
 
-#define LT_OWN_STACK_DEFAULT ((size_t)1 << 30)
-#define LT_OWN_STACK_GUARD ((size_t)64 * 1024)       /* PROT_NONE below the usable part */
-#define LT_OWN_STACK_KEPT ((size_t)8 * 1024 * 1024)  /* resident top part kept between calls */
 
 typedef struct {
     char *base; /* the mapping (guard first) */
@@ -241,5 +245,7 @@ static const lt_process_t *lt_process_init(unsigned long main_thread)
     lt_sigint_install();
     return &lt_process_table;
 }
+
+#endif /* unit 0 */
 
 #endif

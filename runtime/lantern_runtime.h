@@ -26,6 +26,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+/*
+ * A large module is compiled as several translation units, in parallel (codegen/units.py): each
+ * defines LANTERN_UNIT (0 for the unit with the entry point) before including this header. The
+ * per-thread state below (error status, unwinding, arena, stack bounds) then exists once, in unit 0,
+ * and the module's functions are hidden (not exported) rather than static. A module of one unit
+ * keeps everything static.
+ */
+#define LT_HIDDEN __attribute__((visibility("hidden")))
+#if !defined(LANTERN_UNIT)
+#define LT_SHARED static
+#define LT_INITIAL(...) = __VA_ARGS__
+#elif LANTERN_UNIT == 0
+#define LT_SHARED LT_HIDDEN
+#define LT_INITIAL(...) = __VA_ARGS__
+#else
+#define LT_SHARED extern LT_HIDDEN
+#define LT_INITIAL(...)
+#endif
+
 #include "lantern_process.h"
 
 #ifdef LANTERN_USE_BLAS
@@ -40,10 +59,10 @@ typedef uint8_t lt_bool;
 
 enum { LT_OK = 0, LT_ERR_INDEX = 1, LT_ERR_MEMORY = 2, LT_ERR_STACK = 3, LT_ERR_NONFINITE = 4, LT_ERR_INTERRUPT = 5 };
 
-static _Thread_local jmp_buf lt_unwind;
-static _Thread_local char lt_error_text[1024];
+LT_SHARED _Thread_local jmp_buf lt_unwind;
+LT_SHARED _Thread_local char lt_error_text[1024];
 /* The first error a kernel recorded in this call (LT_OK: none); lantern_entry clears it. */
-static _Thread_local int lt_status;
+LT_SHARED _Thread_local int lt_status;
 
 /* A kernel's error: the first one of the call is kept (its message too), and the kernel goes on. */
 __attribute__((format(printf, 2, 3), cold))
@@ -124,12 +143,12 @@ LT_DEFINE_CHECK_FINITE(double, f64)
  * Modules with recursion run on lantern's own stack (lantern_process.h), else on the thread's.
  */
 #define LT_STACK_RESERVE ((uintptr_t)256 * 1024)
-static _Thread_local uintptr_t lt_stack_floor;  /* 0: unknown, no check */
-static _Thread_local uintptr_t lt_stack_watch;  /* lt_stack_check's bound: the floor, or higher (below) */
-static _Thread_local uintptr_t lt_stack_high;
-static _Thread_local int lt_stack_own;          /* on lantern's own stack (else the thread's) */
-static _Thread_local int lt_stack_went_deep;    /* this call went below the own stack's kept top part */
-static _Thread_local uintptr_t lt_thread_stack[2]; /* this thread's stack, found once (slow for the main one) */
+LT_SHARED _Thread_local uintptr_t lt_stack_floor;  /* 0: unknown, no check */
+LT_SHARED _Thread_local uintptr_t lt_stack_watch;  /* lt_stack_check's bound: the floor, or higher (below) */
+LT_SHARED _Thread_local uintptr_t lt_stack_high;
+LT_SHARED _Thread_local int lt_stack_own;          /* on lantern's own stack (else the thread's) */
+LT_SHARED _Thread_local int lt_stack_went_deep;    /* this call went below the own stack's kept top part */
+LT_SHARED _Thread_local uintptr_t lt_thread_stack[2]; /* this thread's stack, found once (slow for the main one) */
 
 /* The stack this call runs on: [low, high), or both 0 for the thread's own. */
 static inline void lt_stack_set(uintptr_t low, uintptr_t high)
@@ -193,9 +212,9 @@ static inline void lt_stack_check(const char *function)
  * Ctrl-C (see lantern_process.h): loop iterations and recursive calls poll a flag the SIGINT
  * handler sets, one load and a branch not taken; set, the main thread's call unwinds.
  */
-static volatile sig_atomic_t lt_no_interrupt;
-static volatile sig_atomic_t *lt_interrupt_flag = &lt_no_interrupt;
-static const lt_process_t *lt_process; /* NULL until the module is given the process table */
+LT_SHARED volatile sig_atomic_t lt_no_interrupt;
+LT_SHARED volatile sig_atomic_t *lt_interrupt_flag LT_INITIAL(&lt_no_interrupt);
+LT_SHARED const lt_process_t *lt_process; /* NULL until the module is given the process table */
 
 __attribute__((cold, noinline, unused))
 static void lt_interrupted(void)
@@ -233,7 +252,7 @@ static inline int lt_run_entry(lt_entry_body body, void **arg, int deep)
  * stage(max_depth=N) / LANTERN_MAX_DEPTH=N: recursive staged functions count their depth
  * (reset by each call of the entry point) and fail beyond N, whatever the stack allows.
  */
-static _Thread_local int64_t lt_depth;
+LT_SHARED _Thread_local int64_t lt_depth;
 
 static inline void lt_depth_enter(int64_t limit, const char *function)
 {
@@ -261,9 +280,9 @@ typedef struct {
     size_t used;
 } lt_mark_t;
 
-static _Thread_local lt_chunk *lt_arena_first, *lt_arena_current;
+LT_SHARED _Thread_local lt_chunk *lt_arena_first, *lt_arena_current;
 /* The user's line of an allocation of 1 GiB or more (lt_alloc_at), for the out-of-memory message. */
-static _Thread_local const char *lt_alloc_site;
+LT_SHARED _Thread_local const char *lt_alloc_site;
 
 static inline lt_mark_t lt_mark(void)
 {

@@ -654,7 +654,7 @@ def test_straight_line_c_reads_forward_then_backward_in_reverse():
     _close(gx, chain * w)
     _close(gw, chain * x)
     src = exe.c_source
-    body = src[src.index("static void fn_value_and_grad__straight("):src.index("lantern_entry(")]
+    body = src[src.index("void fn_value_and_grad__straight("):src.index("lantern_entry(")]
     assert "tape" not in body.lower()
     # Forward statements: sin, then tanh, then log; then the backward ones in reverse order:
     # log's (divide by b + 2), tanh's (1 - y*y), sin's (cos).

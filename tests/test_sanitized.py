@@ -20,9 +20,10 @@ from lantern.codegen import toolchain
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The tests run sanitized: reverse mode (straight-line, through loops, recursion, grad of grad),
-#: control flow, and the NumPy-parity regressions (zero-size gathers and products read out of bounds). ``tests/test_grad_ops.py`` (per-op gradients) is left out to keep CI short.
+#: control flow, the NumPy-parity regressions (zero-size gathers and products read out of bounds), and
+#: modules of several translation units. ``tests/test_grad_ops.py`` (per-op gradients) is left out to keep CI short.
 SANITIZED_TESTS = ["tests/test_ad_transform.py", "tests/test_control_flow.py", "tests/test_grad_programs.py",
-                   "tests/test_numpy_parity.py"]
+                   "tests/test_numpy_parity.py", "tests/test_units.py"]
 #: What a sanitizer report looks like (any of them fails the run).
 REPORT = re.compile(r"ERROR: (Address|Leak|Thread|Memory)Sanitizer|runtime error:|UndefinedBehaviorSanitizer")
 

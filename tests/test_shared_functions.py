@@ -45,7 +45,7 @@ def _params(rng, layers, dtype=np.float64, d=6):
 
 def _definitions(source: str) -> list[str]:
     """Names of the C functions defined (not only declared) in ``source``."""
-    return re.findall(r"^static \w+ (fn_\w+)\([^;]*\)\s*\{", source, re.M)
+    return re.findall(r"^static (?:__attribute__\(\(noinline\)\) )?void (fn_\w+)\([^;]*\)\s*\{", source, re.M)
 
 
 @pytest.fixture
