@@ -177,8 +177,11 @@ class FunctionEmitter(KernelContext):
             if isinstance(stmt, Accumulate) and stmt.value.id in self.m.plan.into:
                 self.accumulate_into[stmt.value.id] = stmt.target
         for stmt in block.stmts:
-            if not (isinstance(stmt, Accumulate) and stmt.value.id in self.accumulate_into):
-                self.stmt(stmt)
+            if isinstance(stmt, Accumulate) and stmt.value.id in self.accumulate_into:
+                continue
+            if len(stmt.outs) == 1 and stmt.outs[0].id in self.m.plan.in_reduction:
+                continue  # (computed in the loop of the reduction that reads it)
+            self.stmt(stmt)
 
     def stmt(self, stmt: Stmt) -> None:
         match stmt:
@@ -401,7 +404,8 @@ class ModuleEmitter:
         self.cont_types: dict[FnType, str] = {}
         self.piece = Piece("", "", [])  # the one being emitted: its continuations, structs and constants
         self._lambda_count = 0
-        self.plan = lower_module(module)  # destinations, accumulate-into, literals, closure captures
+        # destinations, accumulate-into, reductions of elementwise values, literals, closure captures
+        self.plan = lower_module(module, fuse_reductions=not options.check_finite)
         self.sizes = entry_sizes(module)  # run-time sizes, in the order lantern_entry receives them
 
     def cont_type(self, t: FnType) -> str:

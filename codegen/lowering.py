@@ -6,6 +6,9 @@
 * **Accumulate-into.** ``t = a @ b; ...; x_bar += t`` with ``t`` read nowhere else computes ``t``
   into ``x_bar`` with ``+=`` (also elementwise loops): no temporary, no second pass (the per-step
   weight gradients of an RNN are such outer products).
+* **Reductions of elementwise values.** ``t = g * g; s = sum(t)`` with ``t`` read nowhere else
+  computes ``g * g`` in the reduction's loop: no ``t`` array, one loop instead of two (the global
+  norm of a model's gradients is a square and a sum per weight).
 * **Literals.** A 0-d ``fill`` nobody updates in place is inlined where it is read.
 * **Closure conversion.** A continuation (``Lambda``) becomes a function plus an environment of
   the values it reads from its frame (its captures, in order); continuations only run while that
@@ -39,6 +42,8 @@ class Plan:
     into: dict[int, Var] = field(default_factory=dict)        # value -> the buffer it is added to
     literals: set[int] = field(default_factory=set)           # 0-d constants inlined where read
     captures: dict[int, list[Var]] = field(default_factory=dict)  # Lambda's out id -> what its body reads
+    in_reduction: dict[int, Stmt] = field(default_factory=dict)  # value -> its elementwise producer, run in
+    #                                                                the loop of the reduction that reads it
 
 
 def allocates(stmt: Stmt) -> bool:
@@ -52,22 +57,31 @@ def _is_array(v: Var) -> bool:
     return isinstance(v.type, TensorType) and v.type.shape != ()
 
 
-def lower_module(module: Module) -> Plan:
-    """The plan for ``module`` (see the module docstring)."""
+#: Reductions whose operand may be computed in their loop (``kernels/reductions.py``'s ``reduce_values``).
+VALUE_REDUCTIONS = ("reduce_sum", "reduce_prod", "reduce_max", "reduce_min")
+#: A value this large is never computed in a reduction's loop: storing it fails at once with a clear
+#: out-of-memory error on any machine, where the fused loop would run for minutes to years (kernels do not
+#: poll for Ctrl-C).
+MAX_FUSED_REDUCTION_BYTES = 1 << 40
+
+
+def lower_module(module: Module, fuse_reductions: bool = True) -> Plan:
+    """The plan for ``module`` (see the module docstring). ``fuse_reductions`` off (``check_finite`` builds,
+    which name the op that made a NaN from its own loop) keeps every elementwise value in memory."""
     plan = Plan()
     mutated: set[int] = set()
     for fn in module.functions.values():
         mutated |= set(accumulation_targets(fn.body)) | passed_by_reference(fn.body)
     for fn in module.functions.values():
-        _Planner(plan, mutated, fn.body).block(fn.body, [("result", k) for k in range(len(fn.body.results))])
+        _Planner(plan, mutated, fn.body, fuse_reductions).block(fn.body, [("result", k) for k in range(len(fn.body.results))])
     return plan
 
 
 class _Planner:
     """Plans one C function: a module function's body, or a continuation's."""
 
-    def __init__(self, plan: Plan, mutated: set[int], body: Block):
-        self.plan, self.mutated = plan, mutated
+    def __init__(self, plan: Plan, mutated: set[int], body: Block, fuse_reductions: bool = True):
+        self.plan, self.mutated, self.fuse_reductions = plan, mutated, fuse_reductions
         self.uses = use_counts(body)
 
     def block(self, block: Block, targets: list[Target | None]) -> None:
@@ -78,6 +92,8 @@ class _Planner:
             if target is not None and counts[r.id] == 1 and s is not None and allocates(s):
                 self.plan.dest[r.id] = target
         self.accumulations(block)
+        if self.fuse_reductions:
+            self.reductions(block)
         for s in block.stmts:
             self.stmt(s)
 
@@ -98,8 +114,28 @@ class _Planner:
                 self.plan.captures[s.outs[0].id] = free_vars(s.body)
                 function = s.outs[0].type
                 assert isinstance(function, FnType)
-                _Planner(self.plan, self.mutated, s.body).block(
+                _Planner(self.plan, self.mutated, s.body, self.fuse_reductions).block(
                     s.body, [("result", k) for k in range(len(function.results))])
+
+    def reductions(self, block: Block) -> None:
+        """Elementwise values read once, by the reduction right after them, with every operand of the whole
+        shape or a scalar (read at the reduction's flat index)."""
+        for producer, reduction in zip(block.stmts, block.stmts[1:]):
+            if not (isinstance(reduction, Op) and reduction.prim in VALUE_REDUCTIONS):
+                continue
+            value = reduction.args[0]
+            if isinstance(producer, Op) and PRIMITIVES[producer.prim].kind == ELEMENTWISE and producer.prim != "fill":
+                operands = producer.args
+            elif isinstance(producer, Fused):
+                operands = producer.inputs
+            else:
+                continue
+            shape = value.type.shape  # type: ignore[union-attr]
+            if (len(producer.outs) == 1 and producer.outs[0] is value and self.uses.get(value.id) == 1
+                    and value.id not in self.mutated and value.id not in self.plan.dest and shape
+                    and isinstance(value.type.nbytes, int) and value.type.nbytes < MAX_FUSED_REDUCTION_BYTES  # type: ignore[union-attr]
+                    and all(a.type.shape == shape or a.type.size == 1 for a in operands)):  # type: ignore[union-attr]
+                self.plan.in_reduction[value.id] = producer
 
     def accumulations(self, block: Block) -> None:
         """Values added (once, whole) to a buffer in the same block, read nowhere else, whose producer
@@ -138,6 +174,8 @@ def format_plan(module: Module, plan: Plan, names: Callable[[Var], str] | None =
                     lines.append(f"  %{name(o)}: computed into {target}")
                 elif o.id in plan.into:
                     lines.append(f"  %{name(o)}: added into %{name(plan.into[o.id])} (+=)")
+                elif o.id in plan.in_reduction:
+                    lines.append(f"  %{name(o)}: computed in the loop of the reduction that reads it")
                 elif o.id in plan.literals:
                     lines.append(f"  %{name(o)}: inlined literal {s.attrs['value']!r}")  # type: ignore[union-attr]
             if isinstance(s, Lambda):

@@ -78,6 +78,31 @@ def elementwise(e: KernelContext, outs: list[Var], inputs: list[Var], params: li
         e.check_status()
 
 
+def value_at(e: KernelContext, producer: Op | Fused, flat_index: str) -> str:
+    """Emit, where the caller's loop is, the statements of the elementwise ``producer`` (an op, or a fused
+    chain, whose operands have its whole shape or are scalars) for element ``flat_index``; its value."""
+    if isinstance(producer, Fused):
+        inputs, params, body, result = producer.inputs, producer.body.params, producer.body.stmts, producer.body.results[0]
+    else:
+        inputs, params, body, result = producer.args, producer.args, [producer], producer.outs[0]
+    local: dict[int, str] = {}
+    bound = {p.id: i for p, i in zip(params, inputs)}
+    shape = result.type.shape  # type: ignore[union-attr]
+
+    def operand(v: Var) -> str:
+        if v.id in local:
+            return local[v.id]
+        src = bound[v.id]
+        return e.load(src, flat_index if src.type.shape == shape else "0")  # type: ignore[union-attr]
+    for s in body:
+        assert isinstance(s, Op)
+        out = s.outs[0]
+        local[out.id] = e.name(out)
+        e.c.line(f"{e.ctype(out)} {local[out.id]} = "
+                 f"{elementwise_expr(s.prim, [a.type.dtype for a in s.args], out.type.dtype, [operand(a) for a in s.args], s.attrs)};")  # type: ignore[union-attr]
+    return local[result.id]
+
+
 def op(e: KernelContext, stmt: Op) -> None:
     """One elementwise op."""
     elementwise(e, stmt.outs, stmt.args, stmt.args, [stmt], stmt.outs)

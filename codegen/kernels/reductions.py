@@ -7,6 +7,7 @@ from lantern.ir.nodes import Op
 from ..c_types import FLOATS, literal
 from ..cbuilder import index, strides
 from .context import KernelContext
+from .elementwise import value_at
 
 #: A floating-point sum may be reassociated (vectorized) here, as BLAS and NumPy do; elsewhere
 #: the compiler keeps C's order of operations (no -ffast-math). Needs -fopenmp-simd, not OpenMP.
@@ -29,10 +30,26 @@ def reduce(e: KernelContext, op: Op) -> None:
     e.c.close()
 
 
+def collapsed(shape: tuple, axes: set[int]) -> tuple[tuple, set[int]]:
+    """``shape`` with neighbouring axes that are both reduced, or both kept, merged into one (C order makes
+    them one run of memory): a whole-array sum is one loop, which the compiler vectorizes more simply (and
+    compiles faster) than a nest. Axes of run-time size are left alone."""
+    merged: list = []
+    merged_axes: set[int] = set()
+    for d, n in enumerate(shape):
+        reduced = d in axes
+        if merged and isinstance(n, int) and isinstance(merged[-1], int) and (len(merged) - 1 in merged_axes) == reduced:
+            merged[-1] *= n
+            continue
+        if reduced:
+            merged_axes.add(len(merged))
+        merged.append(n)
+    return tuple(merged), merged_axes
+
+
 def reduce_values(e: KernelContext, op: Op) -> None:
     x, out = op.args[0], op.outs[0]
-    xs: tuple[int, ...] = x.type.shape  # type: ignore[union-attr]
-    axes = set(op.attrs["axes"])
+    xs, axes = collapsed(x.type.shape, set(op.attrs["axes"]))  # type: ignore[union-attr]
     x_strides = strides(xs)
     kept_shape = tuple(1 if d in axes else n for d, n in enumerate(xs))
     o_strides = [0 if d in axes else s for d, s in enumerate(strides(kept_shape))]
@@ -57,7 +74,11 @@ def reduce_values(e: KernelContext, op: Op) -> None:
     # float32 sums accumulate in double: a float32 running sum of 2**25 ones stalls at 2**24.
     wide = op.prim == "reduce_sum" and dtype == "float32"
     acc_t = "double" if wide else t
-    src = lambda idx: e.load(x, index(zip(idx, x_strides)))  # noqa: E731
+    producer = e.m.plan.in_reduction.get(x.id)  # x computed here, element by element (codegen/lowering.py)
+    if producer is None:
+        src = lambda idx: e.load(x, index(zip(idx, x_strides)))  # noqa: E731
+    else:
+        src = lambda idx: value_at(e, producer, index(zip(idx, x_strides)))  # noqa: E731
     if (len(xs) - 1) in axes:
         # Innermost axis reduced: accumulate each output element in a register.
         kept = [d for d in range(len(xs)) if d not in axes]
