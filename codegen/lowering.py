@@ -118,23 +118,19 @@ class _Planner:
                     s.body, [("result", k) for k in range(len(function.results))])
 
     def reductions(self, block: Block) -> None:
-        """Elementwise values read once, by the reduction right after them, with every operand of the whole
-        shape or a scalar (read at the reduction's flat index)."""
+        """Elementwise values read once, by the reduction right after them (broadcast operands included: the
+        sum of an outer product never makes the product)."""
         for producer, reduction in zip(block.stmts, block.stmts[1:]):
             if not (isinstance(reduction, Op) and reduction.prim in VALUE_REDUCTIONS):
                 continue
             value = reduction.args[0]
-            if isinstance(producer, Op) and PRIMITIVES[producer.prim].kind == ELEMENTWISE and producer.prim != "fill":
-                operands = producer.args
-            elif isinstance(producer, Fused):
-                operands = producer.inputs
-            else:
-                continue
-            shape = value.type.shape  # type: ignore[union-attr]
-            if (len(producer.outs) == 1 and producer.outs[0] is value and self.uses.get(value.id) == 1
-                    and value.id not in self.mutated and value.id not in self.plan.dest and shape
-                    and isinstance(value.type.nbytes, int) and value.type.nbytes < MAX_FUSED_REDUCTION_BYTES  # type: ignore[union-attr]
-                    and all(a.type.shape == shape or a.type.size == 1 for a in operands)):  # type: ignore[union-attr]
+            elementwise = isinstance(producer, Fused) or (
+                isinstance(producer, Op) and PRIMITIVES[producer.prim].kind == ELEMENTWISE and producer.prim != "fill")
+            nbytes = value.type.nbytes  # type: ignore[union-attr]
+            if (elementwise and len(producer.outs) == 1 and producer.outs[0] is value
+                    and self.uses.get(value.id) == 1 and value.id not in self.mutated
+                    and value.id not in self.plan.dest and value.type.shape  # type: ignore[union-attr]
+                    and isinstance(nbytes, int) and nbytes < MAX_FUSED_REDUCTION_BYTES):
                 self.plan.in_reduction[value.id] = producer
 
     def accumulations(self, block: Block) -> None:

@@ -13,6 +13,14 @@ from ..cbuilder import c_string, index, strides
 from .context import KernelContext
 
 
+def broadcast_index(idx: list[str], shape: tuple) -> str:
+    """The element of an operand of ``shape`` (broadcast against the loop's, aligned right) read at the
+    loop indices ``idx`` (one per axis of the loop's shape)."""
+    offset = len(idx) - len(shape)
+    st = strides(shape)
+    return index((idx[offset + k], 0 if shape[k] == 1 else st[k]) for k in range(len(shape)))
+
+
 def elementwise(e: KernelContext, outs: list[Var], inputs: list[Var], params: list[Var], body: list[Stmt],
                 results: list[Var]) -> None:
     shape: tuple[int, ...] = body[-1].outs[0].type.shape  # type: ignore[union-attr]
@@ -67,20 +75,16 @@ def elementwise(e: KernelContext, outs: list[Var], inputs: list[Var], params: li
         out_strides = strides(shape)
 
         def nest(idx: list[str]) -> None:
-            def index_for(v: Var) -> str:
-                vs: tuple[int, ...] = v.type.shape  # type: ignore[union-attr]
-                offset = len(shape) - len(vs)
-                st = strides(vs)
-                return index((idx[offset + k], 0 if vs[k] == 1 else st[k]) for k in range(len(vs)))
-            emit_body(index_for, index(zip(idx, out_strides)))
+            emit_body(lambda v: broadcast_index(idx, v.type.shape), index(zip(idx, out_strides)))  # type: ignore[union-attr]
         e.c.loop_nest(shape, nest, parallel=True)
     if checked:  # a non-finite value was recorded in the loop (kernels never unwind)
         e.check_status()
 
 
-def value_at(e: KernelContext, producer: Op | Fused, flat_index: str) -> str:
+def value_at(e: KernelContext, producer: Op | Fused, idx: list[str], loop_shape: tuple) -> str:
     """Emit, where the caller's loop is, the statements of the elementwise ``producer`` (an op, or a fused
-    chain, whose operands have its whole shape or are scalars) for element ``flat_index``; its value."""
+    chain) for the element at indices ``idx`` of ``loop_shape``: its own shape, or (when every operand has
+    its whole shape or one element) that shape with neighbouring axes merged. Returns its value."""
     if isinstance(producer, Fused):
         inputs, params, body, result = producer.inputs, producer.body.params, producer.body.stmts, producer.body.results[0]
     else:
@@ -93,7 +97,11 @@ def value_at(e: KernelContext, producer: Op | Fused, flat_index: str) -> str:
         if v.id in local:
             return local[v.id]
         src = bound[v.id]
-        return e.load(src, flat_index if src.type.shape == shape else "0")  # type: ignore[union-attr]
+        if src.type.size == 1:  # type: ignore[union-attr]
+            return e.load(src, "0")
+        if src.type.shape == shape:  # type: ignore[union-attr]
+            return e.load(src, index(zip(idx, strides(loop_shape))))
+        return e.load(src, broadcast_index(idx, src.type.shape))  # type: ignore[union-attr]
     for s in body:
         assert isinstance(s, Op)
         out = s.outs[0]

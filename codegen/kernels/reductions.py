@@ -49,7 +49,10 @@ def collapsed(shape: tuple, axes: set[int]) -> tuple[tuple, set[int]]:
 
 def reduce_values(e: KernelContext, op: Op) -> None:
     x, out = op.args[0], op.outs[0]
-    xs, axes = collapsed(x.type.shape, set(op.attrs["axes"]))  # type: ignore[union-attr]
+    producer = e.m.plan.in_reduction.get(x.id)  # x computed here, element by element (codegen/lowering.py)
+    xs, axes = x.type.shape, set(op.attrs["axes"])  # type: ignore[union-attr]
+    if producer is None or all(a.type.shape == xs or a.type.size == 1 for a in producer.operands()):  # type: ignore[union-attr]
+        xs, axes = collapsed(xs, axes)  # (a broadcast operand is indexed per axis: those stay)
     x_strides = strides(xs)
     kept_shape = tuple(1 if d in axes else n for d, n in enumerate(xs))
     o_strides = [0 if d in axes else s for d, s in enumerate(strides(kept_shape))]
@@ -74,11 +77,10 @@ def reduce_values(e: KernelContext, op: Op) -> None:
     # float32 sums accumulate in double: a float32 running sum of 2**25 ones stalls at 2**24.
     wide = op.prim == "reduce_sum" and dtype == "float32"
     acc_t = "double" if wide else t
-    producer = e.m.plan.in_reduction.get(x.id)  # x computed here, element by element (codegen/lowering.py)
     if producer is None:
         src = lambda idx: e.load(x, index(zip(idx, x_strides)))  # noqa: E731
     else:
-        src = lambda idx: value_at(e, producer, index(zip(idx, x_strides)))  # noqa: E731
+        src = lambda idx: value_at(e, producer, idx, xs)  # noqa: E731
     if (len(xs) - 1) in axes:
         # Innermost axis reduced: accumulate each output element in a register.
         kept = [d for d in range(len(xs)) if d not in axes]
