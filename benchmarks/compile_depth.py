@@ -1,9 +1,10 @@
 """Issue 19: compile time against model depth. The first training step (trace, AD, C, cc, load, one step)
 of the Llama small configuration with 1, 2, 4, 8, ... layers, batch 8 x 128, each in a fresh process with
 an empty compile cache; then the median step time in that process. Each depth runs in the default mode
-(a block called once per layer compiles as one shared C function) and, for comparison, with every call
-inlined (``LANTERN_INLINE_LIMIT=0``, the code before issue 19), and with the layers scanned
-(``layers="scan"``, the weights stored stacked: ``llama.stack_layers``).
+(a block called once per layer compiles as one shared C function; long bodies are cut into parts, compiled
+as translation units in parallel) and, for comparison, with every call inlined into one function in one C
+file (``LANTERN_INLINE_LIMIT=0 LANTERN_PART_STMTS=0 LANTERN_UNIT_LINES=0``, the code before issue 19), and
+with the layers scanned (``layers="scan"``, the weights stored stacked: ``llama.stack_layers``).
 
     python benchmarks/compile_depth.py [--threads N] [--repeats R] [--layers 1,2,4,8,32] [--modes shared,inlined,scan]
 """
@@ -51,7 +52,10 @@ print("DEPTH " + json.dumps({{"first_step_s": t2 - t1, "stages": dict(event.stag
       "median_ms": float(np.median(times)), "min_ms": min(times), "max_ms": max(times)}}))
 """
 
-MODES = {"shared": ({}, "call"), "inlined": ({"LANTERN_INLINE_LIMIT": "0"}, "call"), "scan": ({}, "scan")}
+#: inlined: the code before issue 19 (every call inlined, one function, one C file)
+MODES = {"shared": ({}, "call"),
+         "inlined": ({"LANTERN_INLINE_LIMIT": "0", "LANTERN_PART_STMTS": "0", "LANTERN_UNIT_LINES": "0"}, "call"),
+         "scan": ({}, "scan")}
 
 
 def run(layers: int, mode: str, repeats: int, steps: int) -> dict[str, Any]:

@@ -122,11 +122,8 @@ class _Views:
 
 def _cuts(stmts: list[Stmt], limit: int) -> list[int]:
     """Where to cut ``stmts``: after about ``limit`` statements, where no continuation is live across."""
-    made_lambdas: set[int] = set()
     last_use: dict[int, int] = {}
     for i, s in enumerate(stmts):
-        if isinstance(s, Lambda):
-            made_lambdas.add(s.outs[0].id)
         for v in free_vars(Block(stmts=[s])):
             last_use[v.id] = i
     after = [0] * (len(stmts) + 1)  # after[i]: the weight of stmts[i:]
