@@ -71,10 +71,6 @@ def compile_units(units: tuple[Unit, ...], text: str, name: str, uses_blas: bool
     unit_keys = [_digest("object", cache_key(u.text, uses_blas, t)) for u, t in zip(units, tcs)]
     key = _digest("linked", cache_key(text, uses_blas, tc), *unit_keys)
     cache.dump(text, f"{_readable(name)}-{key}")
-    root = cache.active_cache_dir()
-    linked = Entry(root / key[:2], f"{_readable(name)}-{key}")
-    if linked.directory.exists() and cache.check_entry(linked, key)[0]:
-        return _build_cached(text, name, key, None, ".so", tc)  # (a hit: counted, its C file restored)
 
     def compile_unit(k: int) -> str:
         start = time.perf_counter()
@@ -86,23 +82,24 @@ def compile_units(units: tuple[Unit, ...], text: str, name: str, uses_blas: bool
             timings[f"unit {k}"] = time.perf_counter() - start
         return artifact.so_path
 
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(max_workers=min(num_threads(), len(units))) as pool:
-        objects = list(pool.map(compile_unit, range(len(units))))
-    start = time.perf_counter()
-
     def link(c_path: str, out: str) -> tuple[list[str], Any]:
-        return tc.link(objects, out, uses_blas, f"linking {name}")
-    artifact = _build_cached(text, name, key, link, ".so", tc)
-    if timings is not None:
-        timings["link"] = time.perf_counter() - start
-    return artifact
+        # (only when the linked module is not in the cache: then each unit is looked up, or compiled)
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=min(num_threads(), len(units))) as pool:
+            objects = list(pool.map(compile_unit, range(len(units))))
+        start = time.perf_counter()
+        try:
+            return tc.link(objects, out, uses_blas, f"linking {name}")
+        finally:
+            if timings is not None:
+                timings["link"] = time.perf_counter() - start
+    return _build_cached(text, name, key, link, ".so", tc)
 
 
 Build = Callable[[str, str], tuple[list[str], Any]]
 
 
-def _build_cached(text: str, name: str, key: str, build: Build | None, suffix: str, tc: Toolchain) -> Artifact:
+def _build_cached(text: str, name: str, key: str, build: Build, suffix: str, tc: Toolchain) -> Artifact:
     root = cache.active_cache_dir()
     try:
         return _build_in(root, text, name, key, build, suffix, tc)
@@ -117,7 +114,7 @@ def _build_cached(text: str, name: str, key: str, build: Build | None, suffix: s
                                f"temporary directory {temp}: {again}") from None
 
 
-def _build_in(root: Path, text: str, name: str, key: str, build: Build | None, suffix: str,
+def _build_in(root: Path, text: str, name: str, key: str, build: Build, suffix: str,
               tc: Toolchain) -> Artifact:
     """The entry ``key`` in ``root``: found, or made by ``build`` (C file, output file) from ``text``."""
     entry = Entry(root / key[:2], f"{_readable(name)}-{key}", suffix)
@@ -132,7 +129,6 @@ def _build_in(root: Path, text: str, name: str, key: str, build: Build | None, s
             except OSError:
                 pass  # the C file is for people; the entry is whole without it
         return Artifact(str(entry.so), str(entry.c), key, True)
-    assert build is not None, "a cache entry that was whole a moment ago went away"
     if damage:
         warnings.warn(f"lantern: compile cache entry for {name} not used: {damage}; compiling it again",
                       CacheWarning, stacklevel=5)
