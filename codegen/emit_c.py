@@ -1,9 +1,10 @@
-"""Emit one readable C11 file for a prepared IR module: the host program.
+"""Emit one readable C11 file for a prepared IR module: the host program; for a large module, also the
+same code as translation units that compile in parallel (``codegen/units.py``).
 
-Every IR function becomes a ``static void`` C function taking pointers to its inputs
-and to its (caller-allocated) results; every continuation a C function taking its
-environment. The entry function also gets an exported wrapper, ``lantern_entry``, that
-sets up error unwinding and releases the arena.
+Every IR function becomes a ``static void`` C function (hidden, not static, in a unit) taking
+pointers to its inputs and to its (caller-allocated) results; every continuation a C function
+taking its environment. The entry function also gets an exported wrapper, ``lantern_entry``,
+that sets up error unwinding and releases the arena.
 
 Three layers: ``codegen/lowering.py`` decides where values live (results computed in place,
 values added into gradient buffers, inlined literals, continuations' environments); this
@@ -547,8 +548,9 @@ class ModuleEmitter:
         text_of_bodies = "\n".join([*(line for p in pieces for line in p.body),
                                     *(line for p in pieces for _, body, _ in p.lambdas for line in body)])
         if unit:  # prototypes of the functions this unit calls, not of all (its text, hence its key, stays put)
+            own = {p.name for p in pieces}
             declared = [p for p in self.pieces_by_name.values()
-                        if p in pieces or re.search(rf"\bfn_{re.escape(p.name)}\(", text_of_bodies)]
+                        if p.name in own or re.search(rf"\bfn_{re.escape(p.name)}\(", text_of_bodies)]
         else:
             declared = list(self.pieces_by_name.values())
         parts = ["\n".join(header), "\n".join(includes)]
