@@ -144,3 +144,19 @@ def test_an_edit_recompiles_only_the_units_it_changes(monkeypatch, tmp_path):
 ])
 def test_glue_compiles_at_most_at_O1(flags, lowered):
     assert Toolchain(("cc",), flags).at_most_O1().flags == lowered
+
+
+def test_cuts_keep_a_reduction_with_the_value_it_adds_up(monkeypatch):
+    """A global norm is a square and a sum per weight: however small the parts, no cut falls between the
+    two, so every square is computed in its sum's loop."""
+    _settings(monkeypatch, SMALL)
+
+    @lantern.stage
+    def norm(ws):
+        return lantern.sqrt(sum(lantern.sum(lantern.tanh(w) * w) for w in ws))
+
+    ws = [np.full((3, 4), 0.1 * k) for k in range(12)]
+    exe = norm.lower(ws)
+    assert len(re.findall(r"^func @norm_part\d+\(", exe.optimized_ir, re.M)) >= 3
+    assert exe.lowered.count("computed in the loop of the reduction that reads it") == 12
+    np.testing.assert_allclose(exe(ws), np.sqrt(sum(np.sum(np.tanh(w) * w) for w in ws)), rtol=1e-12)

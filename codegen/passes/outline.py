@@ -29,6 +29,8 @@ from lantern.ir.passes import recursive_functions
 from lantern.ir.rewrite import clone_block
 from lantern.ir.types import FnType
 
+from ..lowering import VALUE_REDUCTIONS
+
 #: Statements (nested ones counted, a fused loop's too) per part. A part of this size compiles in
 #: about a second at -O3; a function less than twice as long is left whole. ``LANTERN_PART_STMTS``
 #: overrides it (0: never split).
@@ -121,11 +123,16 @@ class _Views:
 
 
 def _cuts(stmts: list[Stmt], limit: int) -> list[int]:
-    """Where to cut ``stmts``: after about ``limit`` statements, where no continuation is live across."""
+    """Where to cut ``stmts``: after about ``limit`` statements, where no continuation is live across, and
+    not between a reduction and the statement before it that makes its operand (a square and the sum
+    that adds it up stay together: the C emitter computes such pairs in one loop, ``codegen/lowering.py``)."""
     last_use: dict[int, int] = {}
+    reduces_previous = [False] * (len(stmts) + 1)
     for i, s in enumerate(stmts):
         for v in free_vars(Block(stmts=[s])):
             last_use[v.id] = i
+        if i and isinstance(s, Op) and s.prim in VALUE_REDUCTIONS:
+            reduces_previous[i] = any(o is s.args[0] for o in stmts[i - 1].outs)
     after = [0] * (len(stmts) + 1)  # after[i]: the weight of stmts[i:]
     for i in range(len(stmts) - 1, -1, -1):
         after[i] = after[i + 1] + weight([stmts[i]])
@@ -135,7 +142,7 @@ def _cuts(stmts: list[Stmt], limit: int) -> list[int]:
         open_lambdas = {k for k in open_lambdas if last_use.get(k, -1) > i}
         if isinstance(s, Lambda) and last_use.get(s.outs[0].id, -1) > i:
             open_lambdas.add(s.outs[0].id)
-        if size >= limit and not open_lambdas and after[i + 1] >= limit // 2:
+        if size >= limit and not open_lambdas and not reduces_previous[i + 1] and after[i + 1] >= limit // 2:
             cuts.append(i + 1)
             size = 0
     return cuts
