@@ -23,9 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
 CHILD = """\
-import json, os, re, time
+import json, re, time
 import numpy as np
-t0 = time.perf_counter()
 import lantern
 from lantern.models import llama
 cfg = llama.preset("small").replace(n_layers={layers})
@@ -48,7 +47,7 @@ for _ in range({repeats}):
         trainer.step(params, state, tokens, lr)
     times.append((time.perf_counter() - s) / {steps} * 1e3)
 print("DEPTH " + json.dumps({{"first_step_s": t2 - t1, "stages": dict(event.stages), "c_lines": source.count("\\n"),
-      "c_functions": len(set(re.findall(r"^(?:static|LT_HIDDEN) (?:__attribute__\\(\\(noinline\\)\\) )?void (fn_\\w+)\\(", source, re.M))), "loss": float(out[2]),
+      "c_functions": len(set(re.findall(r"^static (?:__attribute__\\(\\(noinline\\)\\) )?void (fn_\\w+)\\(", source, re.M))), "loss": float(out[2]),
       "median_ms": float(np.median(times)), "min_ms": min(times), "max_ms": max(times)}}))
 """
 

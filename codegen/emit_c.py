@@ -44,7 +44,7 @@ from .kernels import elementwise as elementwise_kernels
 from .kernels import indexing
 from . import units
 from .lowering import lower_module
-from .passes.outline import VIEW_PRIMS
+from .passes.outline import is_glue
 
 
 @dataclass(frozen=True)
@@ -449,9 +449,7 @@ class ModuleEmitter:
         signature, *body = fe.emit()
         self.piece.signature, self.piece.body = signature, body
         self.piece.comment = comment(f"IR function @{fn.name}, from {fn.loc}") if fn.loc.line else ""
-        self.piece.glue = len(fn.body.stmts) > 1 and all(
-            isinstance(s, Call) or (isinstance(s, Op) and (s.prim in VIEW_PRIMS or s.prim == "fill" and not s.outs[0].type.shape))
-            for s in fn.body.stmts)
+        self.piece.glue = is_glue(fn)
         return self.piece
 
     def emit(self) -> CSource:

@@ -862,10 +862,14 @@ def while_stmt(test: Callable[..., Any], body: Callable[..., tuple], values: tup
 
 class _StagedItems:
     """``enumerate(xs)`` or ``zip(xs, ys)`` of staged tensors in a rewritten ``for``: a staged loop over
-    ``length`` items, item ``i`` being ``item(i)`` (``(i, xs[i])``, ``(xs[i], ys[i])``)."""
+    ``length`` items, item ``i`` being ``item(i)`` (``(i, xs[i])``, ``(xs[i], ys[i])``). Iterated anywhere
+    else (``list(zip(xs, ys))``, an ``enumerate`` around it) it is Python's own, over the tensors' rows."""
 
-    def __init__(self, length: Any, item: Callable[[Any], Any]):
-        self.length, self.item = length, item
+    def __init__(self, length: Any, item: Callable[[Any], Any], python: Callable[[], Any]):
+        self.length, self.item, self.python = length, item, python
+
+    def __iter__(self) -> Any:
+        return iter(self.python())
 
 
 def _staged_items(fn: Any, args: tuple, kwargs: dict) -> _StagedItems | None:
@@ -873,9 +877,9 @@ def _staged_items(fn: Any, args: tuple, kwargs: dict) -> _StagedItems | None:
     if fn is enumerate and args and _staged(args[0]) and args[0].ndim and set(kwargs) <= {"start"}:
         xs, start = args[0], (args[1] if len(args) > 1 else kwargs.get("start", 0))
         return _StagedItems(xs.shape[0], lambda i: (i + start if not (isinstance(start, int) and start == 0)
-                                                    else i, xs[i]))
+                                                    else i, xs[i]), lambda: enumerate(*args, **kwargs))
     if fn is zip and args and not kwargs and all(_staged(a) and a.ndim for a in args):
-        return _StagedItems(min(a.shape[0] for a in args), lambda i: tuple(a[i] for a in args))
+        return _StagedItems(min(a.shape[0] for a in args), lambda i: tuple(a[i] for a in args), lambda: zip(*args))
     return None
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import lantern
-from lantern.testing import check_grads
+from lantern.testing import assert_trees_close, check_grads
 
 
 def _reductions(a, b):
@@ -35,8 +35,7 @@ def test_reductions_of_elementwise_values_match_numpy_without_temporaries(dtype)
     expected = (outer.sum(), np.tanh(a[:, None] - b[None, :]).sum(1), outer.max(0),
                 (np.exp(a[:, None]) * 2 + b).min(1, keepdims=True), np.prod(1 + 0.01 * a), np.mean(a * a))
     tol = 1e-5 if dtype == np.float32 else 1e-12
-    for got, want in zip(exe(a, b), expected):
-        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    assert_trees_close(exe(a, b), tuple(np.asarray(w, dtype) for w in expected), rtol=tol, atol=tol)
 
 
 def test_a_nan_in_a_fused_maximum_wins_as_in_numpy():

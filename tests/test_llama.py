@@ -447,6 +447,9 @@ def test_blocks_compile_once_and_scanned_layers_give_the_same_training_step():
         np.testing.assert_allclose(unstacked[k], new[k], rtol=1e-10, atol=1e-13, err_msg=k)
     np.testing.assert_array_equal(llama.unstack_layers(stacked)["model.layers.2.mlp.up_proj.weight"],
                                   p["model.layers.2.mlp.up_proj.weight"])
+    # each is idempotent: stacking stacked weights (or unstacking per-layer ones) changes nothing
+    assert all(llama.stack_layers(stacked)[k] is v for k, v in stacked.items())
+    assert set(llama.unstack_layers(p)) == set(p)
 
 
 def test_stacked_weights_need_the_scanned_model():

@@ -426,7 +426,7 @@ def _first_above_ref(xs, limit):
 def test_return_inside_a_staged_for_loop(xs):
     f = lantern.stage(_first_above, dynamic={"xs": 0})
     check_staged(f, xs, np.float64(1.0), expected=_first_above_ref(xs, 1.0))
-    assert "while" in f.lower(xs, np.float64(1.0)).ir or "loop" in f.lower(xs, np.float64(1.0)).ir
+    assert re.search(r"= (for|while) ", f.lower(xs, np.float64(1.0)).ir)  # a staged loop, one for every length
     check_grads(_first_above, xs, np.float64(1.0))  # staged per shape: the Python range unrolls, same answer
 
 
@@ -561,6 +561,20 @@ def _weighted_pairs(xs, ys, w):
     for a, b in zip(xs, ys):         # and over pairs of rows
         total = total + a * b * w
     return total.sum()
+
+
+def _pairs_outside_a_for_header(xs, ys):
+    pairs = list(zip(xs, ys))                        # Python's zip: the rows, unrolled
+    total = xs[0] * 0.0
+    for i, (a, b) in enumerate(zip(xs, ys)):         # Python's enumerate around a zip of tensors
+        total = total + a * b * i
+    return total.sum() + len(pairs) + dict(enumerate(xs))[1].sum()
+
+
+def test_enumerate_and_zip_of_staged_tensors_outside_a_for_header_are_python_s():
+    xs, ys = np.array([[1.0, 0.5], [2.0, -1.0], [0.3, 0.2]]), np.array([[4.0, 1.0], [5.0, 2.0], [6.0, 3.0]])
+    want = sum((x * y * i).sum() for i, (x, y) in enumerate(zip(xs, ys))) + 3 + xs[1].sum()
+    check_staged(_pairs_outside_a_for_header, xs, ys, expected=want)
 
 
 def test_for_over_enumerate_and_zip_of_staged_tensors():

@@ -9,6 +9,7 @@ import pytest
 import lantern
 from lantern.codegen import recompile_native
 from lantern.codegen.toolchain import Toolchain
+from lantern.testing import assert_trees_close
 
 #: Small enough that the test programs below are cut into many parts and units.
 SMALL = {"LANTERN_PART_STMTS": "6", "LANTERN_UNIT_LINES": "60"}
@@ -45,8 +46,7 @@ def _args():
 
 
 def _assert_same(actual, expected):
-    for a, e in zip(actual, expected):
-        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
+    assert_trees_close(actual, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_long_functions_are_cut_into_parts_that_compute_the_same(monkeypatch):
@@ -63,10 +63,9 @@ def test_long_functions_are_cut_into_parts_that_compute_the_same(monkeypatch):
     assert all(f"void fn_{p}(" in exe.c_source for p in parts)
 
 
-def test_large_modules_compile_as_units_linked_into_one_object(monkeypatch, capfd, tmp_path):
+def test_large_modules_compile_as_units_linked_into_one_object(monkeypatch, capfd, fresh_cache):
     args = _args()
-    _settings(monkeypatch, {**SMALL, "LANTERN_LOG_COMPILES": "1", "LANTERN_CACHE_DIR": str(tmp_path),
-                            "LANTERN_TRACE_CACHE": "off"})
+    _settings(monkeypatch, {**SMALL, "LANTERN_LOG_COMPILES": "1", "LANTERN_TRACE_CACHE": "off"})
     exe = make_step().lower(*args)
     units = exe.native.source.units
     assert len(units) >= 3
@@ -119,8 +118,7 @@ def test_runtime_state_is_shared_by_the_units(monkeypatch):
     assert np.all(np.isfinite(good)) and exe.native.arena_in_use() == 0
 
 
-def test_an_edit_recompiles_only_the_units_it_changes(monkeypatch, tmp_path):
-    monkeypatch.setenv("LANTERN_CACHE_DIR", str(tmp_path))
+def test_an_edit_recompiles_only_the_units_it_changes(monkeypatch, fresh_cache):
     monkeypatch.setenv("LANTERN_TRACE_CACHE", "off")
     _settings(monkeypatch, SMALL)
     args = _args()

@@ -40,6 +40,13 @@ PART_STMTS = 400
 VIEW_PRIMS = ("reshape", "constant", "size")
 
 
+def is_glue(fn: Function) -> bool:
+    """Whether ``fn`` only calls other functions (with views between): what this pass leaves of a long body."""
+    return len(fn.body.stmts) > 1 and all(
+        isinstance(s, Call) or (isinstance(s, Op) and (s.prim in VIEW_PRIMS or s.prim == "fill" and not s.outs[0].type.shape))  # type: ignore[union-attr]
+        for s in fn.body.stmts)
+
+
 def part_stmts() -> int:
     """:data:`PART_STMTS`, or ``$LANTERN_PART_STMTS`` when set to a number."""
     value = os.environ.get("LANTERN_PART_STMTS", "").strip()
@@ -191,4 +198,4 @@ def _fresh_name(name: str, taken: set[str]) -> str:
     return candidate
 
 
-__all__ = ["PART_STMTS", "VIEW_PRIMS", "outline_long_functions", "part_stmts", "weight"]
+__all__ = ["PART_STMTS", "VIEW_PRIMS", "is_glue", "outline_long_functions", "part_stmts", "weight"]

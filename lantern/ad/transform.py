@@ -359,7 +359,7 @@ class Differentiator:
         """
         subst = {v_id: t.var for v_id, t in self.val.items()}
         subst.update({p.id: new for p, new in zip(block.params, params)})
-        if self.replayed:
+        if self.replayed and any(isinstance(t, Accumulate) and t.row_store for t in walk_stmts(block)):
             block = map_blocks(block, lambda stmts: [t for t in stmts if not self.stored_already(t)])
         copy = clone_block(Block([], block.stmts, block.results), subst)
         for stmt in copy.stmts:

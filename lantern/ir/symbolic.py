@@ -55,8 +55,9 @@ def _is_int(x: Any) -> bool:
 class Size:
     """A dimension known only at run time: ``sum(coefficient * product(variables))`` (see the module docstring).
 
-    ``==`` and ``hash`` compare the expressions; a trace's :class:`ShapeEnv` records the answer to ``==``
-    between different expressions, and to ``<``, ``bool`` and ``int``, as a guard.
+    ``==`` between different expressions is decided by a trace's :class:`ShapeEnv`, which records the
+    answer (as for ``<``, ``bool`` and ``int``) as a guard; outside a trace they are unequal. A size cannot
+    be hashed (a set or dict lookup would decide without a guard): types and guards key on ``shape_key``.
     """
 
     __slots__ = ("terms",)
@@ -177,7 +178,7 @@ class Size:
         if _is_int(diff):
             return diff == 0
         env = _ENV.get()
-        if env is None:  # outside a trace: as expressions (dict keys)
+        if env is None:  # outside a trace: different expressions are different sizes
             return False
         if env.frozen:  # code generation: equal if the trace made them so (a guard), else as expressions
             return env.recorded(diff, "==") is True
@@ -256,6 +257,8 @@ class Size:
 _RELATIONS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
               ">=": operator.ge}
 _NEGATION = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}
+#: The relation with both sides swapped (``a < b`` is ``b > a``).
+_FLIPPED = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "==": "==", "!=": "!="}
 
 
 def is_symbolic(x: Any) -> bool:
@@ -360,7 +363,7 @@ class ShapeEnv:
             return True
         if Guard(expression, _NEGATION[relation]) in self.guards:
             return False
-        flipped = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "==": "==", "!=": "!="}[relation]
+        flipped = _FLIPPED[relation]
         negated = -expression
         if isinstance(negated, Size):
             if Guard(negated, flipped) in self.guards:

@@ -88,9 +88,9 @@ class _Verifier:
             for inner in stmt.body.stmts:
                 if not isinstance(inner, Op) or PRIMITIVES[inner.prim].kind != ELEMENTWISE:
                     _fail(where, "fused bodies hold elementwise ops only")
-            shapes = list(dict.fromkeys(shape_key(o.type.shape) for s in stmt.body.stmts for o in s.outs))
+            shapes = {shape_key(o.type.shape): o.type for s in stmt.body.stmts for o in s.outs}
             if len(shapes) > 1:
-                _fail(where, f"fused statements have different shapes {shapes}")
+                _fail(where, f"fused statements have different shapes {[str(t) for t in shapes.values()]}")
         elif isinstance(stmt, Call):
             fn = self.module.functions.get(stmt.fn)
             if fn is None:

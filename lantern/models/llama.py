@@ -218,7 +218,10 @@ def stack_layers(params: Params) -> Params:
     """The parameters with each block weight stacked over the layers: ``model.layers.{name}.weight
     [n_layers, ...]`` for every ``model.layers.{i}.{name}.weight`` (JAX's layout for scanning a
     model). :func:`forward` with ``layers="scan"`` reads them without copying; a :class:`Trainer`
-    trains them as they are (its compiled step then does not grow with the depth at all)."""
+    trains them as they are (its compiled step then does not grow with the depth at all). Parameters
+    stacked already are returned as they are."""
+    if is_stacked(params):
+        return dict(params)
     n = sum(1 for k in params if k.endswith(".input_layernorm.weight") and k.startswith("model.layers."))
     out = {k: v for k, v in params.items() if not k.startswith("model.layers.")}
     out.update({_stacked(name): np.stack([np.asarray(params[_layer(i, name)]) for i in range(n)])
@@ -227,7 +230,10 @@ def stack_layers(params: Params) -> Params:
 
 
 def unstack_layers(params: Params) -> Params:
-    """The inverse of :func:`stack_layers`: Hugging Face's per-layer names again."""
+    """The inverse of :func:`stack_layers`: Hugging Face's per-layer names again (per-layer parameters are
+    returned as they are)."""
+    if not is_stacked(params):
+        return dict(params)
     out = {k: v for k, v in params.items() if not k.startswith("model.layers.")}
     for name in LAYER_PARAMS:
         for i, w in enumerate(np.asarray(params[_stacked(name)])):

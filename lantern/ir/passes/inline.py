@@ -55,21 +55,21 @@ def _limit() -> int:
     return int(value) if value.strip().isdigit() else SHARED_FUNCTION_MIN_STMTS
 
 
-def shared_functions(module: Module) -> set[str]:
+def shared_functions(module: Module, recursive: set[str] | None = None) -> set[str]:
     """The non-recursive functions that stay functions: called from more than one place once the
     functions around them are inlined, and at least :data:`SHARED_FUNCTION_MIN_STMTS` statements
     long with their own inlined callees. (A function taking a continuation, a CPS gradient, is never
-    inlined into its callers' continuations: it stays whenever its source function did.)"""
+    inlined into its callers' continuations: it stays whenever its source function did.) ``recursive``:
+    :func:`recursive_functions` of ``module``, when the caller has it."""
     limit = _limit()
-    recursive = recursive_functions(module)
-    kept: set[str] = set(recursive) | {module.entry}
     if limit <= 0:
-        return kept - {module.entry} - recursive
+        return set()
+    recursive = recursive_functions(module) if recursive is None else recursive
+    kept: set[str] = set(recursive) | {module.entry}
     sizes: dict[str, int] = {}
 
     def size(name: str) -> int:  # statements after inlining (a DAG below the recursive functions)
         if name not in sizes:
-            sizes[name] = 0  # (guards a cycle through a recursive function)
             fn = module.functions[name]
             sizes[name] = sum(1 if not isinstance(s, Call) or s.fn in recursive else size(s.fn)
                               for s in walk_stmts(fn.body))
@@ -94,11 +94,11 @@ def shared_functions(module: Module) -> set[str]:
     appearances: Counter[str] = Counter()
     for name in reversed(order):
         fn = module.functions[name]
-        if name not in kept and name not in recursive:
+        if name not in kept:
             takes_continuation = any(isinstance(p.type, FnType) for p in fn.body.params)
             if appearances[name] > 1 and (size(name) >= limit or takes_continuation):
                 kept.add(name)
-        times = 1 if name in kept or name in recursive else appearances[name]
+        times = 1 if name in kept else appearances[name]
         for callee in _callees(fn):
             if callee not in recursive:
                 appearances[callee] += times
@@ -109,7 +109,7 @@ def inline_calls(module: Module) -> Module:
     """Replace every call of a non-recursive function that is not shared (see :func:`shared_functions`)
     by a copy of its body; drop unused functions."""
     recursive = recursive_functions(module)
-    stay = recursive | shared_functions(module)
+    stay = recursive | shared_functions(module, recursive)
 
     def inline(call: Call, args: list[Var]) -> tuple[list[Stmt], list[Var]] | None:
         if call.fn in stay:
@@ -126,5 +126,5 @@ def inline_calls(module: Module) -> Module:
             continue
         body = clone_block(fn.body, {}, inline, rename=False)
         functions[name] = Function(name, body, fn.result_types, fn.loc)
-    reachable = _reachable(Module(functions, module.entry), module.entry)
+    reachable = set(_reachable(Module(functions, module.entry), module.entry))
     return Module({n: f for n, f in functions.items() if n in reachable}, module.entry)
