@@ -93,6 +93,54 @@ def test_gradient_equals_the_inlined_one(rng, monkeypatch):
     assert_trees_close(shared(params, x), inlined(params, x), rtol=0, atol=0)
 
 
+@lantern.stage
+def scaled_block(p, x, table):
+    """``block`` with a float table the caller does not differentiate (a rotary table, a mask)."""
+    return block(p, x) * table
+
+
+def test_callee_differentiates_only_what_the_caller_needs(rng, monkeypatch):
+    """The block's CPS version takes adjoints only for its active arguments: the table's adjoint (a
+    reduction over the batch per call) is neither computed nor allocated, as when inlined."""
+    params, x = _params(rng, 3), rng.standard_normal((4, 6))
+    table = rng.uniform(0.5, 1.0, (4, 6))
+
+    def loss(params, x, table):
+        for p in params:
+            x = scaled_block(p, x, table)
+        return ops.sum(x * x)
+    step = lantern.stage(lambda params, x, table: lantern.value_and_grad(loss, argnums=(0, 1))(params, x, table))
+    source = step.lower(params, x, table).c_source
+    header = re.search(r"void fn_scaled_block_cps\(([^)]*)\)", source).group(1)
+    assert "x_bar" in header and "p_w1_bar" in header and "table_bar" not in header, header
+    assert "unused_bar" not in source
+    check_grads(loss, params, x, table, argnums=(0, 1))
+    # Differentiated with respect to the table too, the same function takes its adjoint.
+    both = lantern.stage(lambda params, x, table: lantern.grad(loss, argnums=(0, 2))(params, x, table))
+    assert "table_bar" in re.search(r"void fn_scaled_block_cps\w*\(([^)]*)\)", both.lower(params, x, table).c_source).group(1)
+    check_grads(loss, params, x, table, argnums=(0, 1, 2))
+    monkeypatch.setenv("LANTERN_INLINE_LIMIT", "0")
+    inlined = lantern.stage(lambda params, x, table: lantern.value_and_grad(loss, argnums=(0, 1))(params, x, table))
+    assert_trees_close(step(params, x, table), inlined(params, x, table), rtol=0, atol=0)
+
+
+@lantern.stage
+def halve_until(n, a, b):
+    """Recursion whose inner call makes ``a``'s adjoint needed where the outer one may not need it."""
+    if n <= 0:
+        return ops.sin(a) + b
+    return halve_until(n - 1, a * 0.5 + ops.tanh(b), b * 0.5) * 0.5 + a
+
+
+@pytest.mark.parametrize("argnums", [(1,), (2,), (1, 2)])
+def test_recursive_callee_versions_per_needed_adjoints(rng, argnums):
+    a, b = rng.standard_normal(3), rng.standard_normal(3)
+
+    def loss(a, b):
+        return ops.sum(halve_until(np.int64(3), a, b) ** 2)
+    check_grads(lambda n, a, b: loss(a, b), np.int64(3), a, b, argnums=argnums)
+
+
 def test_small_functions_and_single_calls_are_inlined(rng):
     params, x = _params(rng, 3), rng.standard_normal((2, 6))
     exe = lantern.stage(lambda params, x: through(small, params, x)).lower(params, x)

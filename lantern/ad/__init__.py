@@ -52,25 +52,34 @@ def _differentiate(frame: Frame, name: str, wrt: list[int], loss_index: int) -> 
     return gname
 
 
-def _cps_version(builder: Any, functions: dict[str, Function], name: str, final_types: tuple) -> str:
-    """``<name>_cps(args, args_bar, k)`` for continuations returning ``final_types`` (built once)."""
-    key = ("cps", name, final_types)
+def _cps_version(builder: Any, functions: dict[str, Function], name: str, final_types: tuple,
+                 active: tuple[bool, ...]) -> str:
+    """``<name>_cps(args, args_bar, k)`` for continuations returning ``final_types`` (built once per key).
+
+    ``active`` says, per float parameter, whether the caller needs its adjoint: only those get an
+    ``_bar`` parameter and backward code (a rotary table or a mask handed to a block costs nothing).
+    """
+    key = ("cps", name, final_types, active)
     if key in builder.specializations:
         return builder.specializations[key]
     fn = functions[name]
     cname = builder.fresh_name(f"{name}_cps")
     builder.specializations[key] = cname  # before tracing: the body calls it recursively
-    floats = [p for p in fn.body.params if p.type.dtype in FLOAT_DTYPES]  # type: ignore[union-attr]
+    floats = [i for i, p in enumerate(fn.body.params) if p.type.dtype in FLOAT_DTYPES]  # type: ignore[union-attr]
+    wrt = [i for i, on in zip(floats, active, strict=True) if on]
     float_results = [t for t in fn.result_types or () if t.dtype in FLOAT_DTYPES]  # type: ignore[union-attr]
     params = [Var(p.type, p.hint) for p in fn.body.params]
-    bars = [Var(p.type, p.hint + "_bar") for p in floats]
+    bars = [Var(params[i].type, params[i].hint + "_bar") for i in wrt]
     k = Var(FnType(tuple(fn.result_types or ()) + tuple(float_results), final_types), "k")
     frame = Frame(builder, cname)
     block = Block(params=params + bars + [k])
-    wrt = [i for i, p in enumerate(fn.body.params) if p.type.dtype in FLOAT_DTYPES]  # type: ignore[union-attr]
-    with tracing(frame), frame.block(block):
-        d = Differentiator(frame, fn, wrt, 0, functools.partial(_cps_version, builder, functions), final_types)
-        block.results = [t.var for t in d.run_cps(params, bars, k)]
+    builder.in_progress[cname] = None  # reserve the name: the body may need a version for other arguments
+    try:
+        with tracing(frame), frame.block(block):
+            d = Differentiator(frame, fn, wrt, 0, functools.partial(_cps_version, builder, functions), final_types)
+            block.results = [t.var for t in d.run_cps(params, bars, k)]
+    finally:
+        del builder.in_progress[cname]
     builder.functions[cname] = Function(cname, block, final_types, fn.loc)
     return cname
 

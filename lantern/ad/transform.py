@@ -160,7 +160,7 @@ class Differentiator:
     """Emits, into ``frame``, the CPS-transformed body of one function."""
 
     def __init__(self, frame: Frame, fn: Function, wrt: list[int], loss_index: int,
-                 cps: Callable[[str, tuple], str] | None = None, final_types: tuple | None = None):
+                 cps: Callable[[str, tuple, tuple[bool, ...]], str] | None = None, final_types: tuple | None = None):
         self.frame = frame
         self.fn = fn
         self.wrt = wrt
@@ -235,10 +235,10 @@ class Differentiator:
     def run_cps(self, params: list[Var], bars: list[Var], k: Var) -> list[Tensor]:
         """The body of ``f_cps(params, bars, k)``: forward, ``k(results, results_bar)``, backward into ``bars``."""
         self.frame.loc_override = self.fn.loc
-        floats = [p for p in self.fn.body.params if _is_float(p)]
         for old, new in zip(self.fn.body.params, params):
             self.val[old.id] = self.tensor(new)
-        for old, bar in zip(floats, bars):
+        for i, bar in zip(self.wrt, bars, strict=True):
+            old = self.fn.body.params[i]
             if old.id in self.active:
                 self.adj[old.id] = self.tensor(bar)  # the caller's buffers, by reference
 
@@ -621,11 +621,13 @@ class Differentiator:
         # What the rest returns: the function's final values, or nothing inside the backward
         # replay of a counted loop's body (its continuation only seeds adjoints).
         final_types = tuple(t.var.type for t in finals)
-        cps_name = self.cps(s.fn, final_types)  # type: ignore[misc]
+        # The callee differentiates only the arguments whose adjoints the caller keeps.
+        needed = tuple(a.id in self.adj for a in s.args if _is_float(a))
+        cps_name = self.cps(s.fn, final_types, needed)  # type: ignore[misc]
         k = Var(FnType(tuple(v.type for v in body.params), final_types), "k")
         frame.add(Lambda([k], loc=s.loc, body=body))
         self.at(s)
-        arg_bars = [self.adj[a.id] if a.id in self.adj else self.zeros(a, "unused_bar") for a in s.args if _is_float(a)]
+        arg_bars = [self.adj[a.id] for a in s.args if _is_float(a) and a.id in self.adj]
         outs = [Var(t, "result") for t in final_types]
         frame.add(Call(outs, loc=s.loc, fn=cps_name,
                        args=[self.val[a.id].var for a in s.args] + [b.var for b in arg_bars] + [k]))
