@@ -2,7 +2,7 @@
 
 Hidden 50 and 200, sequence 20, batch 1, one-hot characters in (see charlm.py).
 
-    python benchmarks/bench_lstm.py [--quick] [--threads N]
+    python benchmarks/bench_lstm.py [--quick] [--threads N] [--layout row|column]
 """
 import charlm
 

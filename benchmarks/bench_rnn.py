@@ -2,7 +2,7 @@
 
 Hidden 100, sequence 25, batch 1, and hidden 50, sequence 20, batch 20 (see charlm.py).
 
-    python benchmarks/bench_rnn.py [--quick] [--threads N]
+    python benchmarks/bench_rnn.py [--quick] [--threads N] [--layout row|column]
 """
 import charlm
 

@@ -5,6 +5,12 @@ evaluation: Adagrad (lr 0.1, min-char-rnn's ``g / sqrt(mem + 1e-8)``), gradients
 +-5, characters of ``pydoc_data.topics``. Every framework starts from the same NumPy
 parameters; the first-step losses must agree.
 
+``--layout column``: the model written as in Karpathy's min-char-rnn, with column vectors: states
+``[hidden, batch]``, one-hot inputs ``X[t]`` of ``[vocab, batch]`` (``X = one_hot(xs)`` with its class
+axis moved before the batch), weights applied as ``W @ h`` and stored ``[out, in]``; ``--layout row``
+(the default) writes ``h @ W`` (``nn.LSTMCell``'s ``x @ W.T`` for the LSTM). Both layouts start from
+the same numbers (the column parameters are the row ones transposed) and give the same losses.
+
 ``--varying``: each step's sequence has a random length from 5 to 80 (the same lengths for every
 framework). Lantern compiles the step twice (the second length makes the length a run-time size,
 issue 12) and reports how often it compiled; PyTorch eager needs no compile; ``torch.compile`` and
@@ -61,13 +67,26 @@ def init_params(model: str, vocab: int, hidden: int) -> dict[str, np.ndarray]:
     return out
 
 
-def zero_state(model: str, batch: int, hidden: int) -> tuple:
-    h = np.zeros((batch, hidden), np.float32)
+def zero_state(model: str, batch: int, hidden: int, layout: str = "row") -> tuple:
+    h = np.zeros((batch, hidden) if layout == "row" else (hidden, batch), np.float32)
     return (h,) if model == "rnn" else (h, h.copy())
 
 
+#: the row layout's parameters read transposed by the column layout (``W @ h`` for ``h @ W``)
+ROW_MAJOR_WEIGHTS = ("Why", "Wxh", "Whh")
+
+
+def column_params(model: str, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``params`` (row layout) for the column layout: the same numbers, weights ``[out, in]``, biases
+    ``[out, 1]`` (``nn.LSTMCell``'s weights are ``[out, in]`` already)."""
+    out = {}
+    for k, v in params.items():
+        out[k] = np.ascontiguousarray(v.T) if k in ROW_MAJOR_WEIGHTS else (v[:, None] if v.ndim == 1 else v)
+    return out
+
+
 # ---------------------------------------------------------------------------- Lantern
-def lantern_step(model: str):
+def lantern_step(model: str, layout: str = "row"):
     import lantern
     from lantern import nn
     from lantern.demo import clipped_adagrad
@@ -78,6 +97,15 @@ def lantern_step(model: str):
         vocab = p["Why"].shape[1]
         return nn.LSTMCell(vocab, p["Why"].shape[0])(p, lantern.one_hot(x, vocab), state)
 
+    def column_cell(p, x, state):  # x: one-hot columns [vocab, batch]; states [hidden, batch]
+        if model == "rnn":
+            return (lantern.tanh(p["Wxh"] @ x + p["Whh"] @ state[0] + p["bh"]),)
+        h, c = state
+        gates = p["weight_ih"] @ x + p["bias_ih"] + p["weight_hh"] @ h + p["bias_hh"]
+        i, f, g, o = lantern.split(gates, 4, axis=0)
+        c = lantern.sigmoid(f) * c + lantern.sigmoid(i) * lantern.tanh(g)
+        return lantern.sigmoid(o) * lantern.tanh(c), c
+
     def loss_fn(p, xs, ys, state0):
         def body(t, carry):
             state, total = carry
@@ -85,6 +113,20 @@ def lantern_step(model: str):
             return state, total + nn.cross_entropy(state[0] @ p["Why"] + p["by"], ys[t], reduction="sum")
         state, total = lantern.fori_loop(0, xs.shape[0], body, (state0, lantern.zeros((), "float32")))
         return total / xs.size, state
+
+    def column_loss_fn(p, xs, ys, state0):
+        X = lantern.moveaxis(lantern.one_hot(xs, p["Why"].shape[0]), 2, 1)  # [seq, vocab, batch]
+
+        def body(t, carry):
+            state, total = carry
+            state = column_cell(p, X[t], state)
+            logits = p["Why"] @ state[0] + p["by"]  # [vocab, batch]
+            return state, total + nn.cross_entropy(logits.T, ys[t], reduction="sum")
+        state, total = lantern.fori_loop(0, xs.shape[0], body, (state0, lantern.zeros((), "float32")))
+        return total / xs.size, state
+
+    if layout == "column":
+        loss_fn = column_loss_fn  # noqa: F811
 
     @lantern.stage
     def step(p, mem, xs, ys, h0):
@@ -95,8 +137,25 @@ def lantern_step(model: str):
 
 
 # ---------------------------------------------------------------------------- PyTorch
-def torch_step(torch, model: str, compiled: bool):
+def torch_step(torch, model: str, compiled: bool, layout: str = "row"):
     F = torch.nn.functional
+
+    def column_cell(p, x, state):  # as Lantern's column_cell
+        if model == "rnn":
+            return (torch.tanh(p["Wxh"] @ x + p["Whh"] @ state[0] + p["bh"]),)
+        h, c = state
+        gates = p["weight_ih"] @ x + p["bias_ih"] + p["weight_hh"] @ h + p["bias_hh"]
+        i, f, g, o = gates.chunk(4, dim=0)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    def column_loss_fn(p, xs, ys, state):
+        X = F.one_hot(xs, p["Why"].shape[0]).float().permute(0, 2, 1)
+        total = 0.0
+        for t in range(xs.shape[0]):
+            state = column_cell(p, X[t], state)
+            total = total + F.cross_entropy((p["Why"] @ state[0] + p["by"]).T, ys[t], reduction="sum")
+        return total / xs.numel(), state
 
     def cell(p, x, state):
         if model == "rnn":
@@ -115,6 +174,8 @@ def torch_step(torch, model: str, compiled: bool):
             total = total + F.cross_entropy(state[0] @ p["Why"] + p["by"], ys[t], reduction="sum")
         return total / xs.numel(), state
 
+    if layout == "column":
+        loss_fn = column_loss_fn  # noqa: F811
     fn = torch.compile(loss_fn) if compiled else loss_fn
 
     def step(p, mem, xs, ys, state):
@@ -131,9 +192,31 @@ def torch_step(torch, model: str, compiled: bool):
 
 
 # ---------------------------------------------------------------------------- JAX
-def jax_step(jax, model: str):
+def jax_step(jax, model: str, layout: str = "row"):
     """The same step under one ``jax.jit``: ``lax.scan`` over the sequence, value_and_grad, clip, Adagrad."""
     jnp = jax.numpy
+
+    def column_cell(p, x, state):  # as Lantern's column_cell
+        if model == "rnn":
+            return (jnp.tanh(p["Wxh"] @ x + p["Whh"] @ state[0] + p["bh"]),)
+        h, c = state
+        gates = p["weight_ih"] @ x + p["bias_ih"] + p["weight_hh"] @ h + p["bias_hh"]
+        i, f, g, o = jnp.split(gates, 4, axis=0)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        return jax.nn.sigmoid(o) * jnp.tanh(c), c
+
+    def column_loss_fn(p, xs, ys, state):
+        X = jnp.moveaxis(jax.nn.one_hot(xs, p["Why"].shape[0], dtype=jnp.float32), 2, 1)
+
+        def body(carry, xy):
+            state, total = carry
+            x, y = xy
+            state = column_cell(p, x, state)
+            logp = jax.nn.log_softmax(p["Why"] @ state[0] + p["by"], axis=0)
+            return (state, total - jnp.take_along_axis(logp, y[None, :], axis=0).sum()), None
+
+        (state, total), _ = jax.lax.scan(body, (state, jnp.zeros((), jnp.float32)), (X, ys))
+        return total / xs.size, state
 
     def cell(p, x, state):
         if model == "rnn":
@@ -156,6 +239,9 @@ def jax_step(jax, model: str):
         (state, total), _ = jax.lax.scan(body, (state, jnp.zeros((), jnp.float32)), (xs, ys))
         return total / xs.size, state
 
+    if layout == "column":
+        loss_fn = column_loss_fn  # noqa: F811
+
     @jax.jit
     def step(p, mem, xs, ys, state):
         (loss, state), g = jax.value_and_grad(loss_fn, has_aux=True)(p, xs, ys, state)
@@ -168,13 +254,18 @@ def jax_step(jax, model: str):
 
 
 # ---------------------------------------------------------------------------- driver
-def lantern_setup(model: str, hidden: int, seq: int, batch: int):
+def layout_params(model: str, vocab: int, hidden: int, layout: str) -> dict[str, np.ndarray]:
+    params = init_params(model, vocab, hidden)
+    return column_params(model, params) if layout == "column" else params
+
+
+def lantern_setup(model: str, hidden: int, seq: int, batch: int, layout: str = "row"):
     """Data, parameters and the staged step; returns a thunk running one step (fresh-process timing)."""
     vocab, batches = make_data(seq, batch, 1)
-    params = init_params(model, vocab, hidden)
+    params = layout_params(model, vocab, hidden, layout)
     mem = {k: np.zeros_like(v) for k, v in params.items()}
-    step = lantern_step(model)
-    return lambda: step(params, mem, *batches[0], zero_state(model, batch, hidden))
+    step = lantern_step(model, layout)
+    return lambda: step(params, mem, *batches[0], zero_state(model, batch, hidden, layout))
 
 
 def run(model: str, config: tuple[int, int, int], args, torch, jax) -> None:
@@ -184,16 +275,17 @@ def run(model: str, config: tuple[int, int, int], args, torch, jax) -> None:
     if args.varying:
         jax = None
         args.frameworks = [f for f in args.frameworks if f != "torch.compile"]
-    params = init_params(model, vocab, hidden)
+    layout = args.layout
+    params = layout_params(model, vocab, hidden, layout)
     rows, first_losses = [], {}
 
     def timed_row(name, first, once):
         harness.timed_row(rows, first_losses, name, first, once, steps, args.repeats)
 
     if "lantern" in args.frameworks:
-        step = lantern_step(model)
+        step = lantern_step(model, layout)
         state = {"p": params, "m": {k: np.zeros_like(v) for k, v in params.items()},
-                 "s": zero_state(model, batch, hidden), "i": 0}
+                 "s": zero_state(model, batch, hidden, layout), "i": 0}
 
         def lantern_once():
             xs, ys = batches[state["i"] % steps]
@@ -205,14 +297,14 @@ def run(model: str, config: tuple[int, int, int], args, torch, jax) -> None:
 
     if torch is not None:
         for name in [f for f in ("torch eager", "torch.compile") if f in args.frameworks]:
-            tstep = torch_step(torch, model, name == "torch.compile")
+            tstep = torch_step(torch, model, name == "torch.compile", layout)
 
             def fresh() -> tuple[dict, dict]:
                 p = {k: torch.tensor(v).requires_grad_(True) for k, v in params.items()}
                 return p, {k: torch.zeros_like(v) for k, v in p.items()}
 
             tb = [(torch.tensor(x), torch.tensor(y)) for x, y in batches]
-            s0 = tuple(torch.tensor(a) for a in zero_state(model, batch, hidden))
+            s0 = tuple(torch.tensor(a) for a in zero_state(model, batch, hidden, layout))
             p, mem = fresh()
             tstate = {"s": s0, "i": 0}
 
@@ -225,9 +317,9 @@ def run(model: str, config: tuple[int, int, int], args, torch, jax) -> None:
 
     if jax is not None:
         jnp = jax.numpy
-        jstep = jax_step(jax, model)
+        jstep = jax_step(jax, model, layout)
         jb = [(jnp.asarray(x), jnp.asarray(y)) for x, y in batches]
-        s0 = tuple(jnp.asarray(a) for a in zero_state(model, batch, hidden))
+        s0 = tuple(jnp.asarray(a) for a in zero_state(model, batch, hidden, layout))
         jstate = {"p": {k: jnp.asarray(v) for k, v in params.items()}, "s": s0, "i": 0}
         jstate["m"] = {k: jnp.zeros_like(v) for k, v in jstate["p"].items()}
 
@@ -246,15 +338,20 @@ def run(model: str, config: tuple[int, int, int], args, torch, jax) -> None:
         extra["sequence_lengths"] = f"{MIN_SEQ} to {MAX_SEQ}, mean {np.mean([len(x) for x, _ in batches]):.1f}"
     if not args.no_fresh and "lantern" in args.frameworks and not args.varying:
         extra["lantern_fresh_process"] = harness.fresh_process(
-            "charlm", f"lantern_setup({model!r}, {hidden}, {seq}, {batch})")
+            "charlm", f"lantern_setup({model!r}, {hidden}, {seq}, {batch}, {layout!r})")
     name = f"{model}_h{hidden}_s{MIN_SEQ}-{MAX_SEQ}_b{batch}" if args.varying else f"{model}_h{hidden}_s{seq}_b{batch}"
+    if layout != "row":
+        name += f"_{layout}"
     harness.report(name, {"hidden": hidden, "seq": "varying" if args.varying else seq, "batch": batch,
-                          "threads": args.threads}, rows, extra)
+                          "layout": layout, "threads": args.threads}, rows, extra)
 
 
 def main(model: str, configs: list[tuple[int, int, int]], description: str) -> None:
-    args = harness.parse_args(description, lambda p: p.add_argument(
-        "--varying", action="store_true", help=f"sequences of random lengths {MIN_SEQ} to {MAX_SEQ}"))
+    def add(parser) -> None:
+        parser.add_argument("--varying", action="store_true", help=f"sequences of random lengths {MIN_SEQ} to {MAX_SEQ}")
+        parser.add_argument("--layout", choices=("row", "column"), default="row",
+                            help="row: h @ W (the default); column: W @ h with column vectors (min-char-rnn's own)")
+    args = harness.parse_args(description, add)
     torch, jax = harness.torch_or_none(args), harness.jax_or_none(args)
     for config in configs:
         run(model, config, args, torch, jax)

@@ -4,6 +4,7 @@ The pipeline, top to bottom::
 
     module = inline_calls(module)                   # non-recursive calls become straight-line code
     module = empty_values_as_fills(module)          # ops with empty results (or empty sums) do nothing
+    module = canonical_products(module)             # W @ h, h @ W.T, one-hot on either side: one form
     module = one_hot_products_as_gathers(module)    # one_hot(i) @ W reads row i of W
     module = row_products_read_transposed(module)   # h @ W.T in a loop reads a copy of W.T
     module = hoist_loop_invariants(module)          # copies of loop-invariant values are made once
@@ -15,7 +16,7 @@ The pipeline, top to bottom::
     artifact = compile_c(source)                    # cc (units in parallel), through the on-disk cache
     native = NativeFunction(artifact)               # cffi
 
-(AD runs the one-hot and hoisting passes on a function before differentiating it, so its
+(AD runs the product, one-hot and hoisting passes on a function before differentiating it, so its
 gradient benefits too.)
 """
 from __future__ import annotations
@@ -31,13 +32,14 @@ from .compiler import compile_c, compile_units
 from .toolchain import debug_mode
 from .emit_c import EmitOptions, emit_module
 from .loader import NativeFunction
-from lantern.ir.passes import (eliminate_dead_code, empty_values_as_fills, forward_single_accumulations,
-                               fuse_elementwise, hoist_loop_invariants, inline_calls, one_hot_products_as_gathers)
+from lantern.ir.passes import (canonical_products, eliminate_dead_code, empty_values_as_fills,
+                               forward_single_accumulations, fuse_elementwise, hoist_loop_invariants, inline_calls,
+                               one_hot_products_as_gathers)
 
 from .passes import outline_long_functions, row_products_read_transposed
 
 Pass = Callable[[Module], Module]
-PASSES: tuple[Pass, ...] = (inline_calls, empty_values_as_fills, one_hot_products_as_gathers,
+PASSES: tuple[Pass, ...] = (inline_calls, empty_values_as_fills, canonical_products, one_hot_products_as_gathers,
                             row_products_read_transposed, hoist_loop_invariants, forward_single_accumulations,
                             eliminate_dead_code, fuse_elementwise, outline_long_functions)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from .nodes import Accumulate, Apply, Block, Call, Fused, If, Lambda, Loop, Op, Stmt, Var, While
+from .nodes import (Accumulate, Apply, Block, Call, Function, Fused, If, Lambda, Loop, Module, Op, Stmt, Var, While,
+                    walk_stmts)
 
 Subst = dict[int, Var]
 
@@ -53,6 +54,17 @@ def map_blocks(block: Block, f: Callable[[list[Stmt]], list[Stmt]]) -> Block:
     """Rebuild ``block`` bottom-up: nested blocks first, then ``f`` on each statement list."""
     stmts = [with_blocks(s, [map_blocks(b, f) for b in s.blocks()]) for s in block.stmts]
     return Block(list(block.params), f(stmts), list(block.results))
+
+
+def rewrite_ops(module: Module, rewrite: Callable[[Stmt, dict[int, Op]], list[Stmt]]) -> Module:
+    """Each statement ``s`` of each function replaced by ``rewrite(s, defs)``, which may read the Op defining
+    any variable of that function (``defs``, by id, as before the rewrite)."""
+    functions = {}
+    for name, fn in module.functions.items():
+        defs = {o.id: s for s in walk_stmts(fn.body) if isinstance(s, Op) for o in s.outs}
+        body = map_blocks(fn.body, lambda stmts: [new for s in stmts for new in rewrite(s, defs)])
+        functions[name] = Function(name, body, fn.result_types, fn.loc)
+    return Module(functions, module.entry)
 
 
 InlineHook = Callable[[Call, list[Var]], tuple[list[Stmt], list[Var]] | None]

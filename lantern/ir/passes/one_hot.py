@@ -1,5 +1,7 @@
 """Products with a one-hot matrix become gathers: ``one_hot(i, d) @ W`` is row ``i`` of ``W``.
 
+The one-hot matrix may be reshaped, or a block of a one-hot stack taken by a loop counter
+(``X[t]`` with ``X = one_hot(xs)``): its rows are then those of the indices taken the same way.
 A character model's input layer (``nn.LSTMCell`` on ``one_hot(x, vocab)``, as in the
 benchmarks) otherwise multiplies a matrix that is all zeros but one entry per row, reading
 all of ``W`` each step; its gradient is then a full outer product. As a gather it reads one
@@ -11,36 +13,62 @@ from its transpose, which ``hoist_loop_invariants`` then makes once per loop, no
 """
 from __future__ import annotations
 
-from ..nodes import Function, Module, Op, Stmt, Var, walk_stmts
+import dataclasses
+from typing import Callable
+
+from ..nodes import Module, Op, Stmt, Var
 from ..primitives import infer
-from ..rewrite import map_blocks
+from ..rewrite import rewrite_ops
+from ..symbolic import Size, known_equal
 from ..types import FLOAT_DTYPES, INT_DTYPES
 
 
 def one_hot_products_as_gathers(module: Module) -> Module:
-    functions = {}
-    for name, fn in module.functions.items():
-        defs = {o.id: s for s in walk_stmts(fn.body) if isinstance(s, Op) for o in s.outs}
-        body = map_blocks(fn.body, lambda stmts: [new for s in stmts for new in _rewrite(s, defs)])
-        functions[name] = Function(name, body, fn.result_types, fn.loc)
-    return Module(functions, module.entry)
+    return rewrite_ops(module, _rewrite)
 
 
-def _one_hot(v: Var, defs: dict[int, Op]) -> tuple[Var, int] | None:
-    """``(i, d)`` when ``v`` is ``cast(eq(i, iota(d)))``, maybe reshaped with the last axis kept:
-    a one-hot matrix ``[m, d]`` of the indices ``i`` (shape ``[..., 1]``, ``m`` of them)."""
+@dataclasses.dataclass
+class OneHotRows:
+    """A matrix ``[r, d]`` whose memory is ``one_hot(J, d)`` for ``r`` indices ``J``: the rows of a one-hot
+    tensor ``cast(eq(indices, iota(d)))``, reshaped, maybe a block of it taken by a loop counter (``X[t]``)."""
+    indices: Var                       # the tensor one_hot was made of, ``[..., 1]``
+    depth: int
+    taken: list[tuple[int, Var]]       # ``take(., t, axis=0)`` of a stack of ``n`` blocks: (n, t), innermost first
+
+    def index_rows(self, emit: Callable[..., Var], rows: int | Size) -> Var:
+        """``J`` as ``[rows, 1]``, emitted through ``emit(prim, args, hint, **attrs)``."""
+        j = self.indices
+        for blocks, t in self.taken:
+            j = emit("reshape", [j], "index", shape=(blocks, j.type.size // blocks))  # type: ignore[union-attr]
+            j = emit("take", [j, t], "index", axis=0)
+        return j if j.type.shape == (rows, 1) else emit("reshape", [j], "index", shape=(rows, 1))  # type: ignore[union-attr]
+
+
+def one_hot_rows(v: Var, defs: dict[int, Op]) -> OneHotRows | None:
+    """How ``v`` (2-D) is made of one-hot rows, or None."""
+    if v.type.ndim != 2:  # type: ignore[union-attr]
+        return None
+    taken: list[tuple[int, Var]] = []
     op = defs.get(v.id)
-    while op is not None and op.prim == "reshape" and op.args[0].type.shape[-1:] == v.type.shape[-1:]:  # type: ignore[union-attr]
+    while op is not None and op.prim in ("reshape", "take"):
+        if op.prim == "take":  # a block of the stack, chosen by a scalar
+            stack = op.args[0].type
+            if not (op.attrs["axis"] == 0 and op.args[1].type.ndim == 0  # type: ignore[union-attr]
+                    and all(isinstance(d, int) for d in stack.shape)):  # type: ignore[union-attr]
+                return None
+            taken.append((stack.shape[0], op.args[1]))  # type: ignore[union-attr]
         op = defs.get(op.args[0].id)
     eq = defs.get(op.args[0].id) if op is not None and op.prim == "cast" else None
     if eq is None or eq.prim != "eq":
         return None
+    depth = v.type.shape[-1]  # type: ignore[union-attr]
     for idx, classes in (eq.args, eq.args[::-1]):
         iota = defs.get(classes.id)
         if (iota is not None and iota.prim == "iota" and iota.attrs["start"] == 0 and iota.attrs["step"] == 1
-                and iota.attrs["n"] == v.type.shape[-1] and idx.type.dtype in INT_DTYPES  # type: ignore[union-attr]
-                and idx.type.shape[-1:] == (1,) and idx.type.size == v.type.shape[0]):  # type: ignore[union-attr]
-            return idx, iota.attrs["n"]
+                and iota.attrs["n"] == depth and idx.type.dtype in INT_DTYPES  # type: ignore[union-attr]
+                and idx.type.shape[-1:] == (1,) and known_equal(idx.type.size * depth, eq.outs[0].type.size)  # type: ignore[union-attr]
+                and (not taken or all(isinstance(d, int) for d in idx.type.shape))):  # type: ignore[union-attr]
+            return OneHotRows(idx, depth, taken[::-1])
     return None
 
 
@@ -48,10 +76,10 @@ def _rewrite(s: Stmt, defs: dict[int, Op]) -> list[Stmt]:
     if not (isinstance(s, Op) and s.prim == "matmul" and not s.attrs.get("trans_a")
             and all(a.type.ndim == 2 for a in s.args) and s.outs[0].type.dtype in FLOAT_DTYPES):  # type: ignore[union-attr]
         return [s]
-    found = _one_hot(s.args[0], defs)
+    found = one_hot_rows(s.args[0], defs)
     if found is None:
         return [s]
-    idx, depth = found
+    depth = found.depth
     out, weight = s.outs[0], s.args[1]
     new: list[Stmt] = []
 
@@ -60,10 +88,9 @@ def _rewrite(s: Stmt, defs: dict[int, Op]) -> list[Stmt]:
         new.append(Op([v], loc=s.loc, prim=prim, args=args, attrs=attrs))
         return v
 
-    int_t = idx.type.dtype  # type: ignore[union-attr]
     m = out.type.shape[0]  # type: ignore[union-attr]
-    if idx.type.shape != (m, 1):  # type: ignore[union-attr]
-        idx = emit("reshape", [idx], "index", shape=(m, 1))
+    idx = found.index_rows(emit, m)
+    int_t = idx.type.dtype  # type: ignore[union-attr]
     low = emit("fill", [], "c", value=0, shape=(), dtype=int_t)
     high = emit("fill", [], "c", value=depth - 1, shape=(), dtype=int_t)
     clipped = emit("minimum", [emit("maximum", [idx, low], "clip"), high], "clip")
