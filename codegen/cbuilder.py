@@ -2,9 +2,23 @@
 strings, comments and index arithmetic. Code generation writes C only through it (no text surgery)."""
 from __future__ import annotations
 
+import os
+import re
 from math import prod
-
 from typing import Callable, Iterable
+
+from lantern.ir.symbolic import Size
+
+#: A loop marked parallel runs on ``lt_num_threads`` threads (OpenMP) when it has at least this much
+#: work (elements, or multiply-adds): below it, starting the threads costs more than they save.
+#: Measured with benchmarks/parallel_loops.py (RESULTS.md); ``LANTERN_PARALLEL_MIN_WORK`` overrides.
+PARALLEL_MIN_WORK = int(os.environ.get("LANTERN_PARALLEL_MIN_WORK", 1 << 15))
+
+#: Calls that read or write the calling thread's state (the error status, the arena, the stack
+#: bounds), or run arbitrary code: a parallel loop whose body makes one stays on the calling thread.
+_THREAD_STATE = re.compile(r"\b(lt_record|lt_index|lt_fail|lt_alloc|lt_mark|lt_release|lt_stack_check|"
+                           r"lt_poll_interrupt|lt_check_\w+|lt_nonfinite|lt_depth_\w+|lt_cblas_\w+|fn_\w+|"
+                           r"lambda_\w+|k_\w*\.fn)\s*\(")
 
 
 def c_string(text: str) -> str:
@@ -48,6 +62,13 @@ def index(terms: Iterable[tuple[str, int]], base: int = 0) -> str:
     return " + ".join(parts) or "0"
 
 
+def _enough_work(work: int | Size | str) -> str | None:
+    """None: too little work to share; "": enough; else the C condition that decides at run time."""
+    if isinstance(work, int):
+        return "" if work >= PARALLEL_MIN_WORK else None
+    return f"{work} >= {PARALLEL_MIN_WORK}"  # a run-time size, or a C expression
+
+
 def offset(pointer: str, term: str) -> str:
     """``pointer + term``, or ``pointer`` alone where the term is 0."""
     return pointer if term in ("", "0") else f"{pointer} + {term}"
@@ -60,9 +81,12 @@ class CBuilder:
         self.lines: list[str] = []
         self.depth = depth
         self.counter = 0
-        #: loops whose iterations are independent (``loop(..., parallel=True)``): where a parallel
-        #: backend may split the work across threads (issue 14 adds the work-sharing)
+        #: loops whose iterations are independent (``loop(..., parallel=True)``), and how many of them
+        #: run on several threads (``#pragma omp parallel for``)
         self.parallel_loops = 0
+        self.threaded_loops = 0
+        #: the open loop that may run threaded: (its line, its depth, the ``if`` condition or "")
+        self._threaded: tuple[int, int, str] | None = None
 
     def line(self, text: str) -> None:
         self.lines.append("    " * self.depth + text)
@@ -75,6 +99,18 @@ class CBuilder:
     def close(self, text: str = "}") -> None:
         self.depth -= 1
         self.line(text)
+        if self._threaded is not None and self._threaded[1] == self.depth:
+            self._close_threaded()
+
+    def _close_threaded(self) -> None:
+        """Put the work-sharing pragma before the loop just closed, unless its body uses per-thread state."""
+        at, depth, condition = self._threaded  # type: ignore[misc]
+        self._threaded = None
+        if any(_THREAD_STATE.search(line) for line in self.lines[at + 1:]):
+            return
+        self.threaded_loops += 1
+        clause = f" if ({condition})" if condition else ""
+        self.lines.insert(at, "    " * depth + f"#pragma omp parallel for schedule(static) num_threads(lt_num_threads){clause}")
 
     def reopen(self, text: str = "} else {") -> None:
         """Close the open block and open another at the same level (``} else {``)."""
@@ -86,9 +122,17 @@ class CBuilder:
         self.line("{")
         self.depth += 1
 
-    def loop(self, var: str, extent: int | str, start: int | str = 0, parallel: bool = False) -> None:
-        """Open ``for (int64_t var = start; var < extent; var++)``; ``parallel``: its iterations are independent."""
+    def loop(self, var: str, extent: int | str, start: int | str = 0, parallel: bool = False,
+             work: int | Size | None = None) -> None:
+        """Open ``for (int64_t var = start; var < extent; var++)``; ``parallel``: its iterations are independent,
+        so it may run on several threads when its ``work`` (default: ``extent``) is large enough and no
+        enclosing loop does."""
         self.parallel_loops += parallel
+        if parallel and self._threaded is None and start == 0:
+            work = extent if work is None else work
+            condition = _enough_work(work)  # type: ignore[arg-type]
+            if condition is not None:
+                self._threaded = (len(self.lines), self.depth, condition)
         self.open(f"for (int64_t {var} = {start}; {var} < {extent}; {var}++)")
 
     def loop_nest(self, shape: tuple[int, ...], body: Callable[[list[str]], None], prefix: str = "i",
@@ -97,7 +141,7 @@ class CBuilder:
         iterations of the outermost loop are independent."""
         names = [f"{prefix}{k}" for k in range(len(shape))]
         for k, (name, d) in enumerate(zip(names, shape)):
-            self.loop(name, d, parallel=parallel and k == 0)
+            self.loop(name, d, parallel=parallel and k == 0, work=prod(shape) if k == 0 else None)
         body(names)
         for _ in shape:
             self.close()

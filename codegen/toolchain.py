@@ -183,6 +183,33 @@ def _identity(cc: tuple[str, ...], flags: tuple[str, ...], mtime_ns: int, size: 
     return version + "\n" + target
 
 
+def openmp_flags(cc: list[str]) -> list[str]:
+    """``["-fopenmp"]`` when ``cc`` compiles and links OpenMP code (gcc with libgomp, clang with libomp) and
+    ``LANTERN_OPENMP`` is not ``0``; else none: parallel loops then run on one thread (their pragmas are
+    ignored), with the same results."""
+    if os.environ.get("LANTERN_OPENMP", "") == "0":
+        return []
+    st = os.stat(cc[0])
+    return ["-fopenmp"] if _has_openmp(tuple(cc), st.st_mtime_ns, st.st_size) else []
+
+
+@functools.lru_cache(maxsize=None)
+def _has_openmp(cc: tuple[str, ...], mtime_ns: int, size: int) -> bool:
+    # Preprocessing only (fast, and what wrappers of a compiler pass through): -fopenmp is accepted and
+    # omp.h is found, which ships with the OpenMP runtime (libgomp for gcc, libomp for clang).
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="lantern-openmp-") as tmp:
+        c_path = os.path.join(tmp, "probe.c")
+        with open(c_path, "w") as f:
+            f.write("#include <omp.h>\n#ifndef _OPENMP\n#error no OpenMP\n#endif\n")
+        try:
+            probe = run([*cc, "-fopenmp", "-E", "-o", os.devnull, c_path], min(60.0, compile_timeout()),
+                        "checking for OpenMP")
+        except CompileError:  # (it hung or could not start: the compile itself will say so)
+            return False
+        return probe.returncode == 0
+
+
 @functools.lru_cache(maxsize=None)
 def blas_paths() -> tuple[str, str, str]:
     """(include dir, library dir, library name) of the pip-installed OpenBLAS."""
@@ -234,8 +261,10 @@ class Toolchain:
 
     @classmethod
     def configured(cls, flags: list[str] | None = None) -> Toolchain:
-        """``CC`` with ``CFLAGS`` (:func:`user_cflags`), or with ``flags`` instead."""
-        return cls(tuple(resolve_compiler()), tuple(user_cflags() if flags is None else flags))
+        """``CC`` with ``CFLAGS`` (:func:`user_cflags`), or with ``flags`` instead; plus ``-fopenmp`` where the
+        compiler has OpenMP (:func:`openmp_flags`)."""
+        cc = tuple(resolve_compiler())
+        return cls(cc, tuple(user_cflags() if flags is None else flags) + tuple(openmp_flags(list(cc))))
 
     def at_most_O1(self) -> Toolchain:
         """These flags with the optimisation level lowered to ``-O1`` (kept where it is lower already)."""

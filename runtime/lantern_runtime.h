@@ -112,6 +112,29 @@ static inline int64_t lt_index(int64_t i, int64_t n, const char *where)
 /* A staged index without the check (stage(check_indices=False)): negative indices still wrap. */
 static inline int64_t lt_wrap(int64_t i, int64_t n) { return i < 0 ? i + n : i; }
 
+/* ------------------------------------------------------------------ threads */
+
+/*
+ * Loops whose iterations are independent and that have enough work run on lt_num_threads threads
+ * (OpenMP, when the module is compiled with it). The schedule is static and each iteration computes
+ * exactly what it computes on one thread, so results are bitwise the same for any thread count. Their
+ * bodies touch no per-thread state: codegen/cbuilder.py keeps a loop that may record an error,
+ * allocate or call a function on the calling thread. LANTERN_NUM_THREADS, else the cores this
+ * process may use (as codegen/loader.py gives OpenBLAS); read when the module is loaded.
+ */
+#ifdef _OPENMP
+#include <omp.h>
+LT_SHARED int lt_num_threads LT_INITIAL(1);
+#if !defined(LANTERN_UNIT) || LANTERN_UNIT == 0
+__attribute__((constructor)) static void lt_init_threads(void)
+{
+    const char *text = getenv("LANTERN_NUM_THREADS");
+    int n = text ? atoi(text) : 0;
+    lt_num_threads = n > 0 ? n : omp_get_num_procs();
+}
+#endif
+#endif
+
 /* ------------------------------------------------------------------ non-finite values */
 
 /* stage(check_finite=True): `where` names the op and the user's line (recorded; see lt_record). */

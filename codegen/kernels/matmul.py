@@ -59,9 +59,9 @@ def matmul(e: KernelContext, op: Op) -> None:
     ao, bo, co = ("ao + ", "bo + ", "co + ") if batched else ("", "", "")
     A = ((lambda i, kk: f"{pa}[{ao}{kk} * {m} + {i}]") if ta else (lambda i, kk: f"{pa}[{ao}{i} * {k} + {kk}]"))
     if batched:
-        e.c.loop('bi', batch, parallel=True)
+        e.c.loop('bi', batch, parallel=True, work=batch * m * n * k)
         e.c.line(f"int64_t ao = bi * {a_bs}, bo = bi * {b_bs}, co = bi * {m * n};")
-    e.c.loop('i', m, parallel=True)
+    e.c.loop('i', m, parallel=True, work=m * n * k)
     c_row = f"{pc}[{co}i * {n} + "
     op_assign = "+=" if out.id in e.accumulating else "="
     if not tb:

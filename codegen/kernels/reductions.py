@@ -2,6 +2,8 @@
 and argmax/argmin."""
 from __future__ import annotations
 
+from math import prod
+
 from lantern.ir.nodes import Op
 
 from ..c_types import FLOATS, literal
@@ -87,7 +89,7 @@ def reduce_values(e: KernelContext, op: Op) -> None:
         red = sorted(axes)
         kept_names = [f"i{d}" for d in kept]
         for d in kept:
-            e.c.loop(f"i{d}", xs[d], parallel=True)
+            e.c.loop(f"i{d}", xs[d], parallel=True, work=prod(xs))
         e.c.line(f"{acc_t} acc = {init};")
         # A float max/min vectorizes as an OpenMP max/min reduction plus a NaN flag (the
         # reduction alone would not say what a NaN does); NaN wins, as in NumPy.
