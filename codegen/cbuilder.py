@@ -10,9 +10,11 @@ from typing import Callable, Iterable
 from lantern.ir.symbolic import Size
 
 #: A loop marked parallel runs on ``lt_num_threads`` threads (OpenMP) when it has at least this much
-#: work (elements, or multiply-adds): below it, starting the threads costs more than they save.
-#: Measured with benchmarks/parallel_loops.py (RESULTS.md); ``LANTERN_PARALLEL_MIN_WORK`` overrides.
-PARALLEL_MIN_WORK = int(os.environ.get("LANTERN_PARALLEL_MIN_WORK", 1 << 15))
+#: work (element operations, or multiply-adds): below it, starting the threads and moving the data
+#: between cores costs more than they save. Measured with benchmarks/parallel_loops.py (RESULTS.md):
+#: a chain of four elementwise ops gains from 16K elements, a single add on data just written by the
+#: calling thread not below 256K; ``LANTERN_PARALLEL_MIN_WORK`` overrides.
+PARALLEL_MIN_WORK = int(os.environ.get("LANTERN_PARALLEL_MIN_WORK", 1 << 16))
 
 #: Calls that read or write the calling thread's state (the error status, the arena, the stack
 #: bounds), or run arbitrary code: a parallel loop whose body makes one stays on the calling thread.
@@ -136,12 +138,12 @@ class CBuilder:
         self.open(f"for (int64_t {var} = {start}; {var} < {extent}; {var}++)")
 
     def loop_nest(self, shape: tuple[int, ...], body: Callable[[list[str]], None], prefix: str = "i",
-                  parallel: bool = False) -> None:
+                  parallel: bool = False, ops: int = 1) -> None:
         """Nested loops over ``shape``; ``body`` gets the index variable names. ``parallel``: the
-        iterations of the outermost loop are independent."""
+        iterations of the outermost loop are independent (``ops``: operations per iteration of the nest)."""
         names = [f"{prefix}{k}" for k in range(len(shape))]
         for k, (name, d) in enumerate(zip(names, shape)):
-            self.loop(name, d, parallel=parallel and k == 0, work=prod(shape) if k == 0 else None)
+            self.loop(name, d, parallel=parallel and k == 0, work=prod(shape) * ops if k == 0 else None)
         body(names)
         for _ in shape:
             self.close()

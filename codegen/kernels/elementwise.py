@@ -68,7 +68,7 @@ def elementwise(e: KernelContext, outs: list[Var], inputs: list[Var], params: li
         emit_body(lambda v: "0", "0")
     elif flat:
         n = prod(shape)
-        e.c.loop('i', n, parallel=True)
+        e.c.loop('i', n, parallel=True, work=n * len(body))
         emit_body(lambda v: "i" if v.type.shape == shape else "0", "i")  # type: ignore[union-attr]
         e.c.close()
     else:
@@ -76,7 +76,7 @@ def elementwise(e: KernelContext, outs: list[Var], inputs: list[Var], params: li
 
         def nest(idx: list[str]) -> None:
             emit_body(lambda v: broadcast_index(idx, v.type.shape), index(zip(idx, out_strides)))  # type: ignore[union-attr]
-        e.c.loop_nest(shape, nest, parallel=True)
+        e.c.loop_nest(shape, nest, parallel=True, ops=len(body))
     if checked:  # a non-finite value was recorded in the loop (kernels never unwind)
         e.check_status()
 

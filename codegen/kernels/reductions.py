@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from math import prod
 
-from lantern.ir.nodes import Op
+from lantern.ir.nodes import Fused, Op
 
 from ..c_types import FLOATS, literal
 from ..cbuilder import index, strides
@@ -89,7 +89,7 @@ def reduce_values(e: KernelContext, op: Op) -> None:
         red = sorted(axes)
         kept_names = [f"i{d}" for d in kept]
         for d in kept:
-            e.c.loop(f"i{d}", xs[d], parallel=True, work=prod(xs))
+            e.c.loop(f"i{d}", xs[d], parallel=True, work=prod(xs) * (1 + _ops(producer)))
         e.c.line(f"{acc_t} acc = {init};")
         # A float max/min vectorizes as an OpenMP max/min reduction plus a NaN flag (the
         # reduction alone would not say what a NaN does); NaN wins, as in NumPy.
@@ -138,6 +138,11 @@ def reduce_values(e: KernelContext, op: Op) -> None:
             e.c.loop('i', n_out)
             e.store(out, "i", f"({t})acc[i]")
             e.c.close()
+
+
+def _ops(producer: Op | Fused | None) -> int:
+    """Operations per element of a reduction's elementwise operand computed in its loop."""
+    return 0 if producer is None else len(producer.body.stmts) if isinstance(producer, Fused) else 1
 
 
 def arg_reduce(e: KernelContext, op: Op) -> None:

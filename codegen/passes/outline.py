@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 
 from lantern.ir.analysis import passed_by_reference, updated_in_place
-from lantern.ir.nodes import Block, Call, Fused, Function, Lambda, Module, Op, Stmt, Var, free_vars
+from lantern.ir.nodes import Block, Call, Function, Lambda, Module, Op, Stmt, Var, free_vars
 from lantern.ir.passes import recursive_functions
 from lantern.ir.rewrite import clone_block
 from lantern.ir.types import FnType
