@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the emitter is not needed to load code the trace cache foun
 
 _blas_lock = threading.Lock()
 _blas_configured = False
+_blas_threads_holder: ctypes.CDLL | None = None  # the module whose callback runs OpenBLAS's threads: kept loaded
 
 
 def num_threads() -> int:
@@ -47,6 +48,21 @@ def _configure_blas() -> None:
         lib = ctypes.CDLL(os.path.join(lib_dir, f"lib{name}.so"))  # ctypes: no C parser for one call
         lib.scipy_openblas_set_num_threads(ctypes.c_int(num_threads()))
         _blas_configured = True
+
+
+def _share_blas_threads(so_path: str) -> None:
+    """Let OpenBLAS run its threaded products on the OpenMP threads of the generated loops (one pool for
+    the cores), through the first module with BLAS and OpenMP (``lantern_share_blas_threads``); that
+    module then stays loaded for good. A module compiled without OpenMP has no such function."""
+    global _blas_threads_holder
+    with _blas_lock:
+        if _blas_threads_holder is not None:
+            return
+        holder = ctypes.CDLL(so_path)
+        share = getattr(holder, "lantern_share_blas_threads", None)
+        if share is not None:
+            share()
+            _blas_threads_holder = holder
 
 
 @functools.lru_cache(maxsize=None)
@@ -125,6 +141,8 @@ class NativeFunction:
             _require_sanitizer_runtime()
         self._lib = ffi.dlopen(artifact.so_path)
         self._lib.lantern_use_process(ffi.cast("const void *", process.table(artifact.so_path)))
+        if source.uses_blas and _blas_threads_holder is None:
+            _share_blas_threads(artifact.so_path)
         self._entry = self._lib.lantern_entry
         self._from_buffer = ffi.from_buffer
 

@@ -133,6 +133,37 @@ __attribute__((constructor)) static void lt_init_threads(void)
     lt_num_threads = n > 0 ? n : omp_get_num_procs();
 }
 #endif
+#if defined(LANTERN_USE_BLAS) && (!defined(LANTERN_UNIT) || LANTERN_UNIT == 0)
+/*
+ * One pool of threads for BLAS and the loops. OpenBLAS's own threads spin for a while after each
+ * product, and OpenMP's after each loop: on the same cores the two pools starved each other (training
+ * steps 1.1-6x slower, benchmarks/RESULTS.md). So the first module of a process that has both hands
+ * OpenBLAS this callback (codegen/loader.py calls lantern_share_blas_threads once), and OpenBLAS runs
+ * the parts of a threaded product on the OpenMP threads; its own threads stay asleep. The parts of one
+ * product wait for each other, so each must get a thread of its own: the team is exactly numjobs
+ * threads, also when a BLAS call comes from inside a parallel region or OMP_DYNAMIC is set.
+ */
+__attribute__((visibility("default")))
+void lantern_blas_threads(int sync, openblas_dojob_callback dojob, int numjobs, size_t size, void *jobs, int data)
+{
+    (void)sync; /* OpenBLAS waits for every part: the region's end is that wait */
+    int levels = omp_get_max_active_levels(), dynamic = omp_get_dynamic();
+    if (omp_get_active_level() >= levels)
+        omp_set_max_active_levels(omp_get_active_level() + 1);
+    omp_set_dynamic(0);
+    #pragma omp parallel for schedule(static, 1) num_threads(numjobs)
+    for (int i = 0; i < numjobs; i++)
+        dojob(i, (char *)jobs + (size_t)i * size, data);
+    omp_set_dynamic(dynamic);
+    omp_set_max_active_levels(levels);
+}
+
+__attribute__((visibility("default")))
+void lantern_share_blas_threads(void)
+{
+    scipy_openblas_set_threads_callback_function(lantern_blas_threads);
+}
+#endif
 #endif
 
 /* ------------------------------------------------------------------ non-finite values */

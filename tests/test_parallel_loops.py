@@ -34,11 +34,13 @@ SCRIPT = textwrap.dedent("""\
     x = rng.standard_normal((512, 64)).astype(np.float32)
     value, (g1, g2) = step(w1, w2, x)
     np.save(sys.argv[1], np.concatenate([np.ravel(value), g1.ravel(), g2.ravel()]))
-    print(step.lower(w1, w2, x).c_source.count("#pragma omp parallel for"))
+    from lantern.codegen import loader
+    print(int(loader._blas_threads_holder is not None), step.lower(w1, w2, x).c_source.count("#pragma omp parallel for"))
     """)
 
 
-def _run(tmp_path, threads: str, openmp: str = "") -> tuple[bytes, int]:
+def _run(tmp_path, threads: str, openmp: str = "") -> tuple[bytes, int, bool]:
+    """The step's results (bytes), its threaded loops, and whether OpenBLAS runs on the OpenMP threads."""
     out = tmp_path / f"out_{threads}_{openmp}.npy"
     script = tmp_path / "step.py"
     script.write_text(SCRIPT)
@@ -46,17 +48,20 @@ def _run(tmp_path, threads: str, openmp: str = "") -> tuple[bytes, int]:
     proc = subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.dirname(__file__)))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return out.read_bytes(), int(proc.stdout.split()[-1])
+    shares, pragmas = proc.stdout.split()[-2:]
+    return out.read_bytes(), int(pragmas), shares == "1"
 
 
 @needs_openmp
 def test_results_are_bitwise_the_same_for_any_thread_count(tmp_path, fresh_cache):
-    one, pragmas = _run(tmp_path, "1")
+    one, pragmas, _ = _run(tmp_path, "1")
     assert pragmas >= 3  # forward and backward loops are threaded
     for threads in ("2", "3"):
-        assert _run(tmp_path, threads)[0] == one, f"{threads} threads differ from 1"
-    serial, _ = _run(tmp_path, "2", openmp="0")  # compiled without OpenMP: the pragmas are ignored
-    assert serial == one
+        result, _, shares = _run(tmp_path, threads)
+        assert result == one, f"{threads} threads differ from 1"
+        assert shares  # OpenBLAS's threaded products ran on the OpenMP threads
+    serial, _, shares = _run(tmp_path, "2", openmp="0")  # compiled without OpenMP: the pragmas are ignored
+    assert serial == one and not shares
 
 
 def test_small_loops_stay_on_the_calling_thread(rng):
