@@ -10,11 +10,13 @@ from typing import Callable, Iterable
 from lantern.ir.symbolic import Size
 
 #: A loop marked parallel runs on ``lt_num_threads`` threads (OpenMP) when it has at least this much
-#: work (element operations, or multiply-adds): below it, starting the threads and moving the data
-#: between cores costs more than they save. Measured with benchmarks/parallel_loops.py (RESULTS.md):
-#: a chain of four elementwise ops gains from 16K elements, a single add on data just written by the
-#: calling thread not below 256K; ``LANTERN_PARALLEL_MIN_WORK`` overrides.
-PARALLEL_MIN_WORK = int(os.environ.get("LANTERN_PARALLEL_MIN_WORK", 1 << 16))
+#: work (element operations, or multiply-adds): below it, waking the threads and moving the data between
+#: cores costs more than they save. benchmarks/parallel_loops.py (RESULTS.md): a chain of four
+#: elementwise ops on data the calling thread just wrote gains from 64K operations, a single add not
+#: below 1M; an LSTM step's optimizer loops (20K elements, 10 ops each) were slower threaded. So 256K:
+#: activations of batched models are threaded, a small model's per-parameter loops are not.
+#: ``LANTERN_PARALLEL_MIN_WORK`` overrides.
+PARALLEL_MIN_WORK = int(os.environ.get("LANTERN_PARALLEL_MIN_WORK", 1 << 18))
 
 #: Calls that read or write the calling thread's state (the error status, the arena, the stack
 #: bounds), or run arbitrary code: a parallel loop whose body makes one stays on the calling thread.

@@ -126,11 +126,14 @@ static inline int64_t lt_wrap(int64_t i, int64_t n) { return i < 0 ? i + n : i; 
 #include <omp.h>
 LT_SHARED int lt_num_threads LT_INITIAL(1);
 #if !defined(LANTERN_UNIT) || LANTERN_UNIT == 0
+static void lt_threads_after_fork(void);
+
 __attribute__((constructor)) static void lt_init_threads(void)
 {
     const char *text = getenv("LANTERN_NUM_THREADS");
     int n = text ? atoi(text) : 0;
     lt_num_threads = n > 0 ? n : omp_get_num_procs();
+    pthread_atfork(NULL, NULL, lt_threads_after_fork);
 }
 #endif
 #if defined(LANTERN_USE_BLAS) && (!defined(LANTERN_UNIT) || LANTERN_UNIT == 0)
@@ -158,10 +161,26 @@ void lantern_blas_threads(int sync, openblas_dojob_callback dojob, int numjobs, 
     omp_set_max_active_levels(levels);
 }
 
+static int lt_blas_shared;
+
 __attribute__((visibility("default")))
 void lantern_share_blas_threads(void)
 {
     scipy_openblas_set_threads_callback_function(lantern_blas_threads);
+    lt_blas_shared = 1;
+}
+#endif
+#if !defined(LANTERN_UNIT) || LANTERN_UNIT == 0
+/* GNU OpenMP's threads do not survive fork(): a child that started a team of several would wait for
+   them for ever. So a forked child runs its loops on one thread, and OpenBLAS its products on its own
+   threads (which it starts again after a fork). */
+static void lt_threads_after_fork(void)
+{
+    lt_num_threads = 1;
+#ifdef LANTERN_USE_BLAS
+    if (lt_blas_shared)
+        scipy_openblas_set_threads_callback_function(NULL);
+#endif
 }
 #endif
 #endif

@@ -71,7 +71,7 @@ def test_small_loops_stay_on_the_calling_thread(rng):
 
 @needs_openmp
 def test_large_loops_are_threaded(rng):
-    x = rng.standard_normal((256, 256)).astype(np.float32)
+    x = rng.standard_normal((512, 512)).astype(np.float32)
     source = lantern.stage(lambda x: (ops.tanh(x) * 2.0, ops.sum(ops.exp(x), axis=1))).lower(x).c_source
     assert source.count(PRAGMA) == 2, source
 
@@ -79,7 +79,7 @@ def test_large_loops_are_threaded(rng):
 @needs_openmp
 def test_loops_that_may_record_an_error_stay_serial(rng):
     """A checked gather records a bad index (per-thread state): its loop is not threaded, and the error is raised."""
-    table, idx = rng.standard_normal((100000, 4)).astype(np.float32), rng.integers(0, 100000, 50000)
+    table, idx = rng.standard_normal((100000, 8)).astype(np.float32), rng.integers(0, 100000, 50000)
     fn = lantern.stage(lambda table, idx: ops.take(table, idx, axis=0) * 2.0)
     source = fn.lower(table, idx).c_source
     gather = source[source.index("lt_index(") - 400:source.index("lt_index(")]
@@ -101,3 +101,31 @@ def test_run_time_sizes_decide_at_run_time(rng):
     for n in (3, 300):
         y = rng.standard_normal((n, 7)).astype(np.float32)
         np.testing.assert_allclose(fn(y), np.tanh(y) * 2.0 + 1.0, rtol=2e-5, atol=1e-6)
+
+
+FORK_SCRIPT = textwrap.dedent("""\
+    import os
+    import numpy as np
+    import lantern
+    f = lantern.stage(lambda x, w: lantern.tanh(x * 2.0) @ w)
+    x, w = np.ones((512, 512), np.float32), np.full((512, 512), 0.01, np.float32)
+    parent = f(x, w)
+    pid = os.fork()
+    if pid == 0:  # threads do not survive fork: the child computes on one thread, the same numbers
+        os._exit(0 if np.array_equal(f(x, w), parent) else 3)
+    _, status = os.waitpid(pid, 0)
+    print(os.waitstatus_to_exitcode(status))
+    """)
+
+
+@needs_openmp
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_forked_child_still_computes(tmp_path):
+    """GNU OpenMP's thread pool does not survive fork(); a child that used it would wait for ever."""
+    script = tmp_path / "fork.py"
+    script.write_text(FORK_SCRIPT)
+    env = {**os.environ, "LANTERN_NUM_THREADS": "2"}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] == "0"

@@ -90,8 +90,9 @@ def matmul(e: KernelContext, op: Op) -> None:
             e.c.close()
         else:
             full = n - n % _STRIP
-            if full:
-                e.c.open(f"for (int64_t j0 = 0; j0 < {full}; j0 += {_STRIP})")
+            if full:  # (strips are independent: a single row's product may share them out among threads)
+                e.c.loop('s', full // _STRIP, parallel=True, work=m * n * k)
+                e.c.line(f"int64_t j0 = s * {_STRIP};")
                 strip("j0", _STRIP)
                 e.c.close()
             if n % _STRIP:
@@ -116,8 +117,13 @@ def matmul(e: KernelContext, op: Op) -> None:
                 e.c.line(f"{c_row}{col}] {op_assign} {a};")
 
         fours = f"{n} - {n} % 4" if isinstance(n, Size) else n - n % 4  # (a run-time width: computed in C)
-        if isinstance(n, Size) or fours:
+        if isinstance(n, Size):
             e.c.open(f"for (int64_t j = 0; j < {fours}; j += 4)")
+            dots("j", 4)
+            e.c.close()
+        elif fours:  # (groups of four columns are independent, as strips are above)
+            e.c.loop('q', fours // 4, parallel=True, work=m * n * k)
+            e.c.line("int64_t j = q * 4;")
             dots("j", 4)
             e.c.close()
         if isinstance(n, Size) or n % 4:
