@@ -37,15 +37,18 @@ def canonical_products(module: Module) -> Module:
 
 
 class _Emitter:
-    """New statements at a product's place, with its source location."""
+    """New statements at a product's place, with its source location (and in ``defs``, so what is made
+    here is recognised as what it is: a row of a one-hot stack)."""
 
-    def __init__(self, at: Op):
-        self.at = at
+    def __init__(self, at: Op, defs: dict[int, Op]):
+        self.at, self.defs = at, defs
         self.stmts: list[Stmt] = []
 
     def __call__(self, prim: str, args: list[Var], hint: str, **attrs) -> Var:
         v = Var(infer(prim, [a.type for a in args], attrs), hint)
-        self.stmts.append(Op([v], loc=self.at.loc, prim=prim, args=args, attrs=attrs))
+        op = Op([v], loc=self.at.loc, prim=prim, args=args, attrs=attrs)
+        self.stmts.append(op)
+        self.defs[v.id] = op
         return v
 
 
@@ -72,7 +75,7 @@ def _untransposed(v: Var, defs: dict[int, Op], emit: _Emitter) -> tuple[Var, boo
 def _rewrite(s: Stmt, defs: dict[int, Op]) -> list[Stmt]:
     if not (isinstance(s, Op) and s.prim == "matmul"):
         return [s]
-    emit = _Emitter(s)
+    emit = _Emitter(s, defs)
     a, b = s.args
     ta, tb = bool(s.attrs.get("trans_a")), bool(s.attrs.get("trans_b"))
     a, flip_a = _untransposed(a, defs, emit)
