@@ -41,13 +41,14 @@ def load(results, name):
     return result
 
 
-@pytest.mark.parametrize("script,names", [
-    ("bench_rnn.py", ["rnn_h100_s25_b1", "rnn_h50_s20_b20"]),
-    ("bench_lstm.py", ["lstm_h50_s20_b1", "lstm_h200_s20_b1"]),
-    ("bench_treelstm.py", ["treelstm"]),
+@pytest.mark.parametrize("script,names,extra", [
+    ("bench_rnn.py", ["rnn_h100_s25_b1", "rnn_h50_s20_b20"], []),
+    ("bench_rnn.py", ["rnn_h100_s25_b1_column", "rnn_h50_s20_b20_column"], ["--layout", "column"]),
+    ("bench_lstm.py", ["lstm_h50_s20_b1", "lstm_h200_s20_b1"], []),
+    ("bench_treelstm.py", ["treelstm"], []),
 ])
-def test_benchmark_quick_lantern(tmp_path, script, names):
-    run_quick(tmp_path, script, "--frameworks", "lantern")
+def test_benchmark_quick_lantern(tmp_path, script, names, extra):
+    run_quick(tmp_path, script, "--frameworks", "lantern", *extra)
     for name in names:
         result = load(tmp_path, name)
         assert [r["framework"] for r in result["rows"]] == ["lantern"]
@@ -134,6 +135,22 @@ def test_char_model_trains(bench_modules, model):
     losses = epoch_means(5, batches, once)
     assert np.log(vocab) - 1.0 < losses[0] < np.log(vocab) + 0.1  # starts near chance
     assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.7 * losses[0], losses
+
+
+@pytest.mark.parametrize("model", ["rnn", "lstm"])
+def test_char_model_layouts_train_alike(bench_modules, model):
+    """min-char-rnn's column layout (W @ h) and the row layout (h @ W) are the same model: the same losses."""
+    charlm = bench_modules[0]
+    vocab, batches = charlm.make_data(10, 4, 3)
+    losses = {}
+    for layout in ("row", "column"):
+        p = charlm.layout_params(model, vocab, 16, layout)
+        m, h = {k: np.zeros_like(v) for k, v in p.items()}, charlm.zero_state(model, 4, 16, layout)
+        step, losses[layout] = charlm.lantern_step(model, layout), []
+        for batch in batches:
+            p, m, loss, h = step(p, m, *batch, h)
+            losses[layout].append(float(loss))
+    np.testing.assert_allclose(losses["column"], losses["row"], rtol=1e-5)
 
 
 def test_treelstm_trains(bench_modules):
