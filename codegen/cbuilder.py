@@ -132,7 +132,8 @@ class CBuilder:
         so it may run on several threads when its ``work`` (default: ``extent``) is large enough and no
         enclosing loop does."""
         self.parallel_loops += parallel
-        if parallel and self._threaded is None and start == 0:
+        # (a loop of one iteration leaves the threads to a loop inside it: a single row's column strips)
+        if parallel and self._threaded is None and start == 0 and not (isinstance(extent, int) and extent <= 1):
             work = extent if work is None else work
             condition = _enough_work(work)  # type: ignore[arg-type]
             if condition is not None:

@@ -28,6 +28,19 @@ if TYPE_CHECKING:  # the emitter is not needed to load code the trace cache foun
 _blas_lock = threading.Lock()
 _blas_configured = False
 _blas_threads_holder: ctypes.CDLL | None = None  # the module whose callback runs OpenBLAS's threads: kept loaded
+#: OpenMP threads ran in this process (a module with threaded loops was loaded), and this process is a
+#: fork of one where they did: GNU OpenMP's threads do not survive fork(), so its modules get one thread
+_openmp_loaded = False
+_forked_after_openmp = False
+
+
+def _after_fork_in_child() -> None:
+    global _forked_after_openmp
+    _forked_after_openmp = _forked_after_openmp or _openmp_loaded
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def num_threads() -> int:
@@ -50,19 +63,29 @@ def _configure_blas() -> None:
         _blas_configured = True
 
 
-def _share_blas_threads(so_path: str) -> None:
-    """Let OpenBLAS run its threaded products on the OpenMP threads of the generated loops (one pool for
-    the cores), through the first module with BLAS and OpenMP (``lantern_share_blas_threads``); that
-    module then stays loaded for good. A module compiled without OpenMP has no such function."""
-    global _blas_threads_holder
-    with _blas_lock:
-        if _blas_threads_holder is not None:
+def _set_threads(so_path: str, uses_blas: bool) -> None:
+    """Give a module compiled with OpenMP its thread count (``lantern_set_num_threads``; one in a process
+    forked after OpenMP ran), and let OpenBLAS run its threaded products on those threads (one pool for
+    the cores) through the first such module with BLAS (``lantern_share_blas_threads``), which then stays
+    loaded for good. A module compiled without OpenMP has neither function."""
+    global _blas_threads_holder, _openmp_loaded
+    import _ctypes
+    lib = ctypes.CDLL(so_path)  # a second reference to the module cffi loaded: closed below, unless kept
+    try:
+        set_threads = getattr(lib, "lantern_set_num_threads", None)
+        if set_threads is None:
             return
-        holder = ctypes.CDLL(so_path)
-        share = getattr(holder, "lantern_share_blas_threads", None)
-        if share is not None:
-            share()
-            _blas_threads_holder = holder
+        set_threads(ctypes.c_int(1 if _forked_after_openmp else num_threads()))
+        _openmp_loaded = True
+        if not uses_blas or _forked_after_openmp:  # (a forked child keeps OpenBLAS on its own threads)
+            return
+        with _blas_lock:
+            if _blas_threads_holder is None:
+                lib.lantern_share_blas_threads()
+                _blas_threads_holder = lib
+    finally:
+        if lib is not _blas_threads_holder:
+            _ctypes.dlclose(lib._handle)
 
 
 @functools.lru_cache(maxsize=None)
@@ -141,8 +164,7 @@ class NativeFunction:
             _require_sanitizer_runtime()
         self._lib = ffi.dlopen(artifact.so_path)
         self._lib.lantern_use_process(ffi.cast("const void *", process.table(artifact.so_path)))
-        if source.uses_blas and _blas_threads_holder is None:
-            _share_blas_threads(artifact.so_path)
+        _set_threads(artifact.so_path, source.uses_blas)
         self._entry = self._lib.lantern_entry
         self._from_buffer = ffi.from_buffer
 

@@ -184,9 +184,9 @@ def _identity(cc: tuple[str, ...], flags: tuple[str, ...], mtime_ns: int, size: 
 
 
 def openmp_flags(cc: list[str]) -> list[str]:
-    """``["-fopenmp"]`` when ``cc`` compiles and links OpenMP code (gcc with libgomp, clang with libomp) and
-    ``LANTERN_OPENMP`` is not ``0``; else none: parallel loops then run on one thread (their pragmas are
-    ignored), with the same results."""
+    """``["-fopenmp"]`` when ``cc`` accepts it and finds ``omp.h`` (which ships with the OpenMP runtime it
+    links: libgomp for gcc, libomp for clang) and ``LANTERN_OPENMP`` is not ``0``; else none: parallel loops
+    then run on one thread (their pragmas are ignored), with the same results."""
     if os.environ.get("LANTERN_OPENMP", "") == "0":
         return []
     st = os.stat(cc[0])

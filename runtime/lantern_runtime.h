@@ -119,8 +119,9 @@ static inline int64_t lt_wrap(int64_t i, int64_t n) { return i < 0 ? i + n : i; 
  * (OpenMP, when the module is compiled with it). The schedule is static and each iteration computes
  * exactly what it computes on one thread, so results are bitwise the same for any thread count. Their
  * bodies touch no per-thread state: codegen/cbuilder.py keeps a loop that may record an error,
- * allocate or call a function on the calling thread. LANTERN_NUM_THREADS, else the cores this
- * process may use (as codegen/loader.py gives OpenBLAS); read when the module is loaded.
+ * allocate or call a function on the calling thread. codegen/loader.py sets the count when it loads
+ * the module (lantern_set_num_threads: LANTERN_NUM_THREADS, else the cores, as OpenBLAS gets; 1 in a
+ * process forked after OpenMP ran); until then, and in a module nobody set, loops run on one thread.
  */
 #ifdef _OPENMP
 #include <omp.h>
@@ -130,10 +131,12 @@ static void lt_threads_after_fork(void);
 
 __attribute__((constructor)) static void lt_init_threads(void)
 {
-    const char *text = getenv("LANTERN_NUM_THREADS");
-    int n = text ? atoi(text) : 0;
-    lt_num_threads = n > 0 ? n : omp_get_num_procs();
     pthread_atfork(NULL, NULL, lt_threads_after_fork);
+}
+
+__attribute__((visibility("default"))) void lantern_set_num_threads(int n)
+{
+    lt_num_threads = n > 0 ? n : 1;
 }
 #endif
 #if defined(LANTERN_USE_BLAS) && (!defined(LANTERN_UNIT) || LANTERN_UNIT == 0)
@@ -142,23 +145,55 @@ __attribute__((constructor)) static void lt_init_threads(void)
  * product, and OpenMP's after each loop: on the same cores the two pools starved each other (training
  * steps 1.1-6x slower, benchmarks/RESULTS.md). So the first module of a process that has both hands
  * OpenBLAS this callback (codegen/loader.py calls lantern_share_blas_threads once), and OpenBLAS runs
- * the parts of a threaded product on the OpenMP threads; its own threads stay asleep. The parts of one
- * product wait for each other, so each must get a thread of its own: the team is exactly numjobs
- * threads, also when a BLAS call comes from inside a parallel region or OMP_DYNAMIC is set.
+ * the parts of a threaded product on the OpenMP threads; its own threads stay asleep.
+ *
+ * The parts of one product wait for each other, so each must run on a thread of its own. An OpenMP team
+ * may be smaller than asked (inside another parallel region, OMP_DYNAMIC, OMP_THREAD_LIMIT): then the
+ * parts run on threads started for this product instead (rare, and slower, but never a deadlock).
  */
+typedef struct { openblas_dojob_callback dojob; int part; void *job; int data; } lt_blas_part_t;
+
+static void *lt_blas_part(void *arg)
+{
+    lt_blas_part_t *p = arg;
+    p->dojob(p->part, p->job, p->data);
+    return NULL;
+}
+
+static void lt_blas_parts_on_new_threads(openblas_dojob_callback dojob, int numjobs, size_t size, void *jobs,
+                                         int data)
+{
+    pthread_t *threads = malloc(sizeof(pthread_t) * (size_t)numjobs);
+    lt_blas_part_t *parts = malloc(sizeof(lt_blas_part_t) * (size_t)numjobs);
+    if (!threads || !parts) {
+        fprintf(stderr, "lantern: no memory to run a BLAS product's %d parts\n", numjobs);
+        abort(); /* (the parts wait for each other: none can run alone; OpenBLAS exits likewise) */
+    }
+    for (int i = 0; i < numjobs; i++) {
+        parts[i] = (lt_blas_part_t){ dojob, i, (char *)jobs + (size_t)i * size, data };
+        if (i > 0 && pthread_create(&threads[i], NULL, lt_blas_part, &parts[i]) != 0) {
+            fprintf(stderr, "lantern: could not start a thread for part %d of a BLAS product\n", i);
+            abort();
+        }
+    }
+    lt_blas_part(&parts[0]);
+    for (int i = 1; i < numjobs; i++)
+        pthread_join(threads[i], NULL);
+    free(threads);
+    free(parts);
+}
+
 __attribute__((visibility("default")))
 void lantern_blas_threads(int sync, openblas_dojob_callback dojob, int numjobs, size_t size, void *jobs, int data)
 {
     (void)sync; /* OpenBLAS waits for every part: the region's end is that wait */
-    int levels = omp_get_max_active_levels(), dynamic = omp_get_dynamic();
-    if (omp_get_active_level() >= levels)
-        omp_set_max_active_levels(omp_get_active_level() + 1);
-    omp_set_dynamic(0);
+    if (omp_in_parallel() || omp_get_dynamic() || numjobs > omp_get_thread_limit()) {
+        lt_blas_parts_on_new_threads(dojob, numjobs, size, jobs, data);
+        return;
+    }
     #pragma omp parallel for schedule(static, 1) num_threads(numjobs)
     for (int i = 0; i < numjobs; i++)
         dojob(i, (char *)jobs + (size_t)i * size, data);
-    omp_set_dynamic(dynamic);
-    omp_set_max_active_levels(levels);
 }
 
 static int lt_blas_shared;
@@ -172,8 +207,9 @@ void lantern_share_blas_threads(void)
 #endif
 #if !defined(LANTERN_UNIT) || LANTERN_UNIT == 0
 /* GNU OpenMP's threads do not survive fork(): a child that started a team of several would wait for
-   them for ever. So a forked child runs its loops on one thread, and OpenBLAS its products on its own
-   threads (which it starts again after a fork). */
+   them for ever. So in a forked child the modules loaded before the fork run their loops on one thread
+   (the loader gives modules loaded later one thread too), and OpenBLAS its products on its own threads
+   (which it starts again after a fork). */
 static void lt_threads_after_fork(void)
 {
     lt_num_threads = 1;

@@ -39,16 +39,20 @@ SCRIPT = textwrap.dedent("""\
     """)
 
 
+def _python(tmp_path, source: str, *args: str, **env: str) -> list[str]:
+    """Run ``source`` in a fresh Python with ``env`` added (2 minutes at most: a hang fails); its output's words."""
+    script = tmp_path / "script.py"
+    script.write_text(source)
+    proc = subprocess.run([sys.executable, str(script), *args], env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.split()
+
+
 def _run(tmp_path, threads: str, openmp: str = "") -> tuple[bytes, int, bool]:
     """The step's results (bytes), its threaded loops, and whether OpenBLAS runs on the OpenMP threads."""
     out = tmp_path / f"out_{threads}_{openmp}.npy"
-    script = tmp_path / "step.py"
-    script.write_text(SCRIPT)
-    env = {**os.environ, "LANTERN_NUM_THREADS": threads, "LANTERN_OPENMP": openmp}
-    proc = subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    shares, pragmas = proc.stdout.split()[-2:]
+    shares, pragmas = _python(tmp_path, SCRIPT, str(out), LANTERN_NUM_THREADS=threads, LANTERN_OPENMP=openmp)[-2:]
     return out.read_bytes(), int(pragmas), shares == "1"
 
 
@@ -112,7 +116,9 @@ FORK_SCRIPT = textwrap.dedent("""\
     parent = f(x, w)
     pid = os.fork()
     if pid == 0:  # threads do not survive fork: the child computes on one thread, the same numbers
-        os._exit(0 if np.array_equal(f(x, w), parent) else 3)
+        g = lantern.stage(lambda x: lantern.sin(x) * 3.0 + 1.0)  # and a module first loaded in the child
+        fresh = np.array_equal(g(x), lantern.stage(lambda x: lantern.sin(x) * 3.0 + 1.0)(x))
+        os._exit(0 if np.array_equal(f(x, w), parent) and fresh else 3)
     _, status = os.waitpid(pid, 0)
     print(os.waitstatus_to_exitcode(status))
     """)
@@ -122,10 +128,29 @@ FORK_SCRIPT = textwrap.dedent("""\
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
 def test_a_forked_child_still_computes(tmp_path):
     """GNU OpenMP's thread pool does not survive fork(); a child that used it would wait for ever."""
-    script = tmp_path / "fork.py"
-    script.write_text(FORK_SCRIPT)
-    env = {**os.environ, "LANTERN_NUM_THREADS": "2"}
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120,
-                          cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split()[-1] == "0"
+    assert _python(tmp_path, FORK_SCRIPT, LANTERN_NUM_THREADS="2")[-1] == "0"
+
+
+@needs_openmp
+def test_blas_products_survive_a_small_thread_limit(tmp_path):
+    """OpenBLAS's parts of one product wait for each other: with fewer OpenMP threads allowed than parts,
+    they run on threads of their own rather than deadlock."""
+    source = textwrap.dedent("""\
+        import numpy as np
+        import lantern
+        a = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)
+        out = lantern.stage(lambda a, b: a @ b)(a, a)
+        print(int(np.allclose(out, a @ a, rtol=1e-4, atol=1e-3)))
+        """)
+    assert _python(tmp_path, source, LANTERN_NUM_THREADS="2", OMP_THREAD_LIMIT="1")[-1] == "1"
+
+
+@needs_openmp
+def test_a_single_rows_product_shares_its_column_strips(rng):
+    h, W = rng.standard_normal((1, 1024)).astype(np.float32), rng.standard_normal((1024, 512)).astype(np.float32)
+    for fn, w in ((lambda h, W: h @ W, W), (lambda h, W: h @ W.T, np.ascontiguousarray(W.T))):
+        staged = lantern.stage(fn)
+        lines = staged.lower(h, w).c_source.splitlines()
+        at = [k for k, line in enumerate(lines) if PRAGMA in line]
+        assert len(at) == 1 and "for (int64_t i = 0; i < 1;" not in lines[at[0] + 1], lines[at[0] + 1]
+        np.testing.assert_allclose(staged(h, w), fn(h, w), rtol=1e-4, atol=1e-3)
