@@ -132,3 +132,35 @@ def test_column_and_row_min_char_rnn_compile_to_the_same_products(rng):
     # each product of the column form is a row product (or a weight gradient) of the row form's shapes
     assert len(signatures["row"]) == len(signatures["column"])
     assert not [s for s in signatures["column"] if s[0][-1] == 1 and s[0][-2] != 1]
+
+
+@pytest.mark.parametrize("columns", ["one", "several"])
+def test_columns_of_a_loop_invariant_matrix_are_row_gathers_under_grad(rng, columns):
+    """``W[:, i]`` in a loop body: AD reads rows of ``W^T`` (made once), so each reverse step adds a row
+    instead of scattering into a whole ``W``-sized matrix."""
+    W, xs = rng.standard_normal((4, 9)), rng.integers(0, 9, (5, 3))
+    pick = (lambda t: xs[t, 0]) if columns == "one" else (lambda t: xs[t])
+
+    def loss(W, xs):
+        def body(t, h):
+            return ops.tanh(W[:, xs[t, 0]] + h) if columns == "one" else ops.tanh(W[:, xs[t]] + h)
+        h0 = ops.zeros(4 if columns == "one" else (4, 3), "float64")
+        return ops.sum(lantern.fori_loop(0, 5, body, h0) ** 2)
+    exe = lantern.stage(lambda W, xs: lantern.grad(loss)(W, xs)).lower(W, xs)
+    assert "scatter_add" not in exe.ir and "take(%W_t" in exe.ir, exe.ir
+    check_grads(loss, W, xs)
+    h = np.zeros(4) if columns == "one" else np.zeros((4, 3))
+    for t in range(5):
+        h = np.tanh(W[:, pick(t)] + h)
+    check_staged(loss, W, xs, expected=np.sum(h ** 2))
+
+
+def test_column_gathers_without_a_gradient_or_a_loop_are_left_alone(rng):
+    W, xs = rng.standard_normal((4, 9)), rng.integers(0, 9, 5)
+
+    def forward(W, xs):
+        return lantern.fori_loop(0, 5, lambda t, h: ops.tanh(W[:, xs[t]] + h), ops.zeros(4, "float64"))
+    assert "transpose" not in lantern.stage(forward).lower(W, xs).optimized_ir  # no copy of W for a forward pass
+    once = lantern.stage(lambda W, xs: lantern.grad(lambda W: ops.sum(W[:, xs] ** 2))(W))
+    assert "take(%W_t" not in once.lower(W, xs).ir  # outside a loop: one scatter, no copy
+    check_grads(lambda W: ops.sum(W[:, xs] ** 2), W)

@@ -24,10 +24,11 @@ __all__ = ["grad", "value_and_grad"]
 
 def _inlined(builder_functions: dict[str, Function], name: str) -> dict[str, Function]:
     """The functions ``name`` needs with non-recursive calls inlined (recursive ones stay), products in
-    their canonical form, one-hot products as gathers and loop-invariant copies moved out of loops
-    (their gradients are cheaper)."""
-    from ..ir.passes import canonical_products, hoist_loop_invariants, inline_calls, one_hot_products_as_gathers
-    module = canonical_products(inline_calls(Module(dict(builder_functions), name)))
+    their canonical form, one-hot products and columns of loop-invariant matrices as row gathers, and
+    loop-invariant copies moved out of loops (their gradients are cheaper)."""
+    from ..ir.passes import (canonical_products, column_gathers_as_rows, hoist_loop_invariants, inline_calls,
+                             one_hot_products_as_gathers)
+    module = column_gathers_as_rows(canonical_products(inline_calls(Module(dict(builder_functions), name))))
     return hoist_loop_invariants(one_hot_products_as_gathers(module)).functions
 
 

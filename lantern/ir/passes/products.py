@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..nodes import Module, Op, Stmt, Var
+from ..analysis import updated_in_place
+from ..nodes import Block, Function, Loop, Module, Op, Stmt, Var, While
 from ..primitives import infer
-from ..rewrite import rewrite_ops
+from ..rewrite import rewrite_ops, with_blocks
 from ..symbolic import known_equal
+from ..types import FLOAT_DTYPES
 from .one_hot import one_hot_rows
 
 
@@ -100,3 +102,50 @@ def _rewrite(s: Stmt, defs: dict[int, Op]) -> list[Stmt]:
     else:
         back = Op([out], loc=s.loc, prim="transpose", args=[flipped], attrs={"perm": (1, 0)})
     return emit.stmts + [back]
+
+
+def column_gathers_as_rows(module: Module) -> Module:
+    """In loop bodies, ``W[:, i]`` of a loop-invariant matrix reads row ``i`` of ``W^T`` (AD runs this pass on
+    the function it differentiates; ``hoist_loop_invariants`` then makes ``W^T`` once per call).
+
+    The gradient of a column gather is a whole ``W``-sized scatter per iteration; that of a row gather adds
+    one row (``Rows``), as for ``W[i]`` and for one-hot products. Only where a gradient is taken: a forward
+    pass alone would pay a copy of ``W`` for gathers that are cheap as they are.
+    """
+    functions = {}
+    for name, fn in module.functions.items():
+        updated = updated_in_place(fn.body)
+        functions[name] = Function(name, _columns_in(fn.body, updated, None), fn.result_types, fn.loc)
+    return Module(functions, module.entry)
+
+
+def _columns_in(block: Block, updated: set[int], inside: set[int] | None) -> Block:
+    """``inside``: what the innermost enclosing loop's body defines (None outside loops)."""
+    stmts: list[Stmt] = []
+    local = None if inside is None else inside | {p.id for p in block.params}
+    for stmt in block.stmts:
+        if isinstance(stmt, (Loop, While)):
+            stmt = with_blocks(stmt, [_columns_in(b, updated, set()) for b in stmt.blocks()])
+        else:
+            stmt = with_blocks(stmt, [_columns_in(b, updated, local) for b in stmt.blocks()])
+        new = [stmt]
+        if (local is not None and isinstance(stmt, Op) and stmt.prim == "take" and stmt.args[0].type.ndim == 2  # type: ignore[union-attr]
+                and stmt.attrs["axis"] == 1 and stmt.args[0].type.dtype in FLOAT_DTYPES  # type: ignore[union-attr]
+                and stmt.args[0].id not in local and stmt.args[0].id not in updated):
+            new = _row_gather(stmt)
+        if local is not None:
+            local.update(o.id for s in new for o in s.outs)
+        stmts.extend(new)
+    return Block(list(block.params), stmts, list(block.results))
+
+
+def _row_gather(s: Op) -> list[Stmt]:
+    """``take(W, i, axis=1)`` as ``take(W^T, i, axis=0)``, with the index axes moved after ``W``'s rows."""
+    emit = _Emitter(s, {})
+    w, idx = s.args
+    wt = emit("transpose", [w], f"{w.hint}_t", perm=(1, 0))
+    n = idx.type.ndim  # type: ignore[union-attr]
+    if n == 0:
+        return emit.stmts + [Op(list(s.outs), loc=s.loc, prim="take", args=[wt, idx], attrs={"axis": 0})]
+    rows = emit("take", [wt, idx], s.outs[0].hint, axis=0)
+    return emit.stmts + [Op(list(s.outs), loc=s.loc, prim="transpose", args=[rows], attrs={"perm": (n, *range(n))})]
