@@ -164,3 +164,21 @@ def test_column_gathers_without_a_gradient_or_a_loop_are_left_alone(rng):
     once = lantern.stage(lambda W, xs: lantern.grad(lambda W: ops.sum(W[:, xs] ** 2))(W))
     assert "take(%W_t" not in once.lower(W, xs).ir  # outside a loop: one scatter, no copy
     check_grads(lambda W: ops.sum(W[:, xs] ** 2), W)
+
+
+def test_a_transpose_of_a_buffer_updated_later_is_not_folded():
+    """A transpose is a copy: a product reading it must see the buffer as it was when copied."""
+    from lantern.ir import Block, Function, Module, Op, TensorType, Var, interpret, verify
+    from lantern.ir.nodes import Accumulate
+    from lantern.ir.passes import canonical_products
+
+    m22 = TensorType((2, 2), "float64")
+    x, buf, t, y = Var(m22, "x"), Var(m22, "buf"), Var(m22, "t"), Var(m22, "y")
+    stmts = [Op([buf], prim="fill", args=[], attrs={"value": 0.0, "shape": (2, 2), "dtype": "float64"}),
+             Op([t], prim="transpose", args=[buf], attrs={"perm": (1, 0)}),
+             Accumulate([], target=buf, value=x),
+             Op([y], prim="matmul", args=[x, t], attrs={})]
+    module = Module({"f": Function("f", Block([x], stmts, [y]), (m22,))}, "f")
+    rewritten = verify(canonical_products(module))
+    xv = np.arange(4.0).reshape(2, 2)
+    np.testing.assert_array_equal(interpret(rewritten, [xv])[0], np.zeros((2, 2)))

@@ -24,6 +24,7 @@ Each rewrite gives the same values up to the order of the summation within a dot
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from ..analysis import updated_in_place
 from ..nodes import Block, Function, Loop, Module, Op, Stmt, Var, While
@@ -35,7 +36,9 @@ from .one_hot import one_hot_rows
 
 
 def canonical_products(module: Module) -> Module:
-    return rewrite_ops(module, _rewrite)
+    # (a transpose is a copy: it is folded into a product only if what it copies is never updated in place)
+    updated = set().union(*(updated_in_place(fn.body) for fn in module.functions.values()))
+    return rewrite_ops(module, functools.partial(_rewrite, updated=updated))
 
 
 class _Emitter:
@@ -59,29 +62,31 @@ def _swaps_last_two(perm: tuple[int, ...]) -> bool:
     return n >= 2 and tuple(perm) == tuple(range(n - 2)) + (n - 1, n - 2)
 
 
-def _untransposed(v: Var, defs: dict[int, Op], emit: _Emitter) -> tuple[Var, bool]:
+def _untransposed(v: Var, defs: dict[int, Op], emit: _Emitter, updated: set[int]) -> tuple[Var, bool]:
     """``(u, True)`` when ``v`` is ``u`` with its last two axes swapped (``v`` is ``transpose(u)``, or row
     ``t`` of a stack whose last two axes are swapped: then ``u`` is row ``t`` of the unswapped stack)."""
     op = defs.get(v.id)
     if op is None:
         return v, False
-    if op.prim == "transpose" and _swaps_last_two(op.attrs["perm"]) and op.args[0].type.ndim in (2, 3):  # type: ignore[union-attr]
+    if (op.prim == "transpose" and _swaps_last_two(op.attrs["perm"]) and op.args[0].type.ndim in (2, 3)  # type: ignore[union-attr]
+            and op.args[0].id not in updated):
         return op.args[0], True
     if op.prim == "take" and op.attrs["axis"] == 0 and op.args[1].type.ndim == 0 and v.type.ndim == 2:  # type: ignore[union-attr]
         stack = defs.get(op.args[0].id)
-        if stack is not None and stack.prim == "transpose" and tuple(stack.attrs["perm"]) == (0, 2, 1):
+        if (stack is not None and stack.prim == "transpose" and tuple(stack.attrs["perm"]) == (0, 2, 1)
+                and stack.args[0].id not in updated):
             return emit("take", [stack.args[0], op.args[1]], op.outs[0].hint, axis=0), True
     return v, False
 
 
-def _rewrite(s: Stmt, defs: dict[int, Op]) -> list[Stmt]:
+def _rewrite(s: Stmt, defs: dict[int, Op], updated: set[int]) -> list[Stmt]:
     if not (isinstance(s, Op) and s.prim == "matmul"):
         return [s]
     emit = _Emitter(s, defs)
     a, b = s.args
     ta, tb = bool(s.attrs.get("trans_a")), bool(s.attrs.get("trans_b"))
-    a, flip_a = _untransposed(a, defs, emit)
-    b, flip_b = _untransposed(b, defs, emit)
+    a, flip_a = _untransposed(a, defs, emit, updated)
+    b, flip_b = _untransposed(b, defs, emit, updated)
     ta, tb = ta != flip_a, tb != flip_b
     out = s.outs[0]
     m, n = out.type.shape[-2:]  # type: ignore[union-attr]
