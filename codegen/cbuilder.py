@@ -89,8 +89,8 @@ class CBuilder:
         #: run on several threads (``#pragma omp parallel for``)
         self.parallel_loops = 0
         self.threaded_loops = 0
-        #: the open loop that may run threaded: (its line, its depth, the ``if`` condition or "")
-        self._threaded: tuple[int, int, str] | None = None
+        #: the open loop that may run threaded: (its line, its depth, the ``if`` condition or "", a reduction)
+        self._threaded: tuple[int, int, str, str] | None = None
 
     def line(self, text: str) -> None:
         self.lines.append("    " * self.depth + text)
@@ -108,12 +108,12 @@ class CBuilder:
 
     def _close_threaded(self) -> None:
         """Put the work-sharing pragma before the loop just closed, unless its body uses per-thread state."""
-        at, depth, condition = self._threaded  # type: ignore[misc]
+        at, depth, condition, reduction = self._threaded  # type: ignore[misc]
         self._threaded = None
         if any(_THREAD_STATE.search(line) for line in self.lines[at + 1:]):
             return
         self.threaded_loops += 1
-        clause = f" if ({condition})" if condition else ""
+        clause = (f" reduction({reduction})" if reduction else "") + (f" if ({condition})" if condition else "")
         self.lines.insert(at, "    " * depth + f"#pragma omp parallel for schedule(static) num_threads(lt_num_threads){clause}")
 
     def reopen(self, text: str = "} else {") -> None:
@@ -127,17 +127,17 @@ class CBuilder:
         self.depth += 1
 
     def loop(self, var: str, extent: int | str, start: int | str = 0, parallel: bool = False,
-             work: int | Size | None = None) -> None:
+             work: int | Size | None = None, reduction: str = "") -> None:
         """Open ``for (int64_t var = start; var < extent; var++)``; ``parallel``: its iterations are independent,
         so it may run on several threads when its ``work`` (default: ``extent``) is large enough and no
-        enclosing loop does."""
+        enclosing loop does (``reduction``: an OpenMP reduction the iterations share, ``"min:bad_at"``)."""
         self.parallel_loops += parallel
         # (a loop of one iteration leaves the threads to a loop inside it: a single row's column strips)
         if parallel and self._threaded is None and start == 0 and not (isinstance(extent, int) and extent <= 1):
             work = extent if work is None else work
             condition = _enough_work(work)  # type: ignore[arg-type]
             if condition is not None:
-                self._threaded = (len(self.lines), self.depth, condition)
+                self._threaded = (len(self.lines), self.depth, condition, reduction)
         self.open(f"for (int64_t {var} = {start}; {var} < {extent}; {var}++)")
 
     def loop_nest(self, shape: tuple[int, ...], body: Callable[[list[str]], None], prefix: str = "i",

@@ -109,6 +109,15 @@ static inline int64_t lt_index(int64_t i, int64_t n, const char *where)
     return i;
 }
 
+/* lt_index without recording: -1 for an index out of range (a gather on several threads notes where and
+   records the first one after its loop, on the calling thread). */
+static inline int64_t lt_index_quiet(int64_t i, int64_t n)
+{
+    if (i < 0)
+        i += n;
+    return i < 0 || i >= n ? -1 : i;
+}
+
 /* A staged index without the check (stage(check_indices=False)): negative indices still wrap. */
 static inline int64_t lt_wrap(int64_t i, int64_t n) { return i < 0 ? i + n : i; }
 

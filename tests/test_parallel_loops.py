@@ -82,18 +82,34 @@ def test_large_loops_are_threaded(rng):
 
 @needs_openmp
 def test_loops_that_may_record_an_error_stay_serial(rng):
-    """A checked gather records a bad index (per-thread state): its loop is not threaded, and the error is raised."""
-    table, idx = rng.standard_normal((100000, 8)).astype(np.float32), rng.integers(0, 100000, 50000)
-    fn = lantern.stage(lambda table, idx: ops.take(table, idx, axis=0) * 2.0)
-    source = fn.lower(table, idx).c_source
-    gather = source[source.index("lt_index(") - 400:source.index("lt_index(")]
-    assert PRAGMA not in gather
-    assert PRAGMA in source  # the elementwise product after it is threaded
-    np.testing.assert_array_equal(fn(table, idx), table[idx] * 2.0)
-    bad = idx.copy()
-    bad[40000] = 100000
-    with pytest.raises(lantern.LanternError, match="index 100000 is out of bounds"):
-        fn(table, bad)
+    """check_finite records a non-finite value (per-thread state): those loops are not threaded."""
+    x = rng.standard_normal((512, 512)).astype(np.float32)
+    source = lantern.stage(lambda x: ops.tanh(x) * 2.0, check_finite=True).lower(x).c_source
+    assert "lt_nonfinite(" in source and PRAGMA not in source
+
+
+@needs_openmp
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_threaded_checked_gathers_report_the_first_bad_index(tmp_path, threads):
+    """A checked gather runs threaded: each thread notes where its first bad index is (a min reduction), and
+    the first of all is recorded after the loop, as one thread would have; good rows are still copied."""
+    source = textwrap.dedent("""\
+        import numpy as np
+        import lantern
+        rng = np.random.default_rng(0)
+        table, idx = rng.standard_normal((100000, 8)).astype(np.float32), rng.integers(0, 100000, 50000)
+        fn = lantern.stage(lambda table, idx: lantern.take(table, idx, axis=0))
+        code = fn.lower(table, idx).c_source
+        assert "reduction(min:bad_at)" in code, code
+        assert np.array_equal(fn(table, idx), table[idx])
+        bad = idx.copy()
+        bad[45000], bad[40000], bad[49999] = -100001, 100000, 123456
+        try:
+            fn(table, bad)
+        except lantern.LanternError as err:
+            print("index 100000 is out of bounds" in str(err))
+        """)
+    assert _python(tmp_path, source, LANTERN_NUM_THREADS=threads)[-1] == "True"
 
 
 @needs_openmp

@@ -34,16 +34,14 @@ def take(e: KernelContext, op: Op) -> None:
                ("r" if more_than_one(inner) else None))
     if not (p or j):
         e.c.open_scope()  # keeps `row` local
+    elif e.m.options.check_indices:
+        _checked_rows(e, x, idx, out, (p, pre), (j, m), (r, inner), n, where)
+        return
     for var, extent in ((p, pre), (j, m)):
         if var:
-            e.c.loop(f"{var}", extent, parallel=True)
+            e.c.loop(f"{var}", extent, parallel=True, work=pre * m * inner)
     guarded = e.staged_row("row", "(int64_t)" + e.load(idx, j or "0"), n, where)
-    if r:
-        e.c.loop('r', inner)
-    terms = lambda *ts: index((v, c) for v, c in ts if v)  # noqa: E731
-    e.store(out, terms((p, m * inner), (j, inner), (r, 1)), e.load(x, terms((p, n * inner), ("row", inner), (r, 1))))
-    if r:
-        e.c.close()
+    _copy_row(e, x, out, p, j, r, m, n, inner)
     if guarded and e.storage[out.id].kind == "scalar":  # (the C compiler cannot see that a bad index
         e.c.close("} else {")                              # unwinds before the value is read)
         e.c.depth += 1
@@ -52,6 +50,41 @@ def take(e: KernelContext, op: Op) -> None:
         e.c.close()
     if guarded:
         e.check_status()
+
+
+def _copy_row(e: KernelContext, x, out, p, j, r, m, n, inner) -> None:
+    """``out[p, j, :] = x[p, row, :]`` (loop variables that are None are left out: their extent is 1)."""
+    if r:
+        e.c.loop('r', inner)
+    terms = lambda *ts: index((v, c) for v, c in ts if v)  # noqa: E731
+    e.store(out, terms((p, m * inner), (j, inner), (r, 1)), e.load(x, terms((p, n * inner), ("row", inner), (r, 1))))
+    if r:
+        e.c.close()
+
+
+def _checked_rows(e: KernelContext, x, idx, out, p_loop, j_loop, r_loop, n, where: str) -> None:
+    """A gather whose indices are checked, in loops that may run on several threads: a bad index is skipped
+    and its position noted (the smallest, an OpenMP ``min`` reduction), then recorded after the loops as the
+    first one, with the message one thread would have given (``lt_record`` touches per-thread state)."""
+    (p, pre), (j, m), (r, inner) = p_loop, j_loop, r_loop
+    position = j or "0"
+    e.c.open_scope()  # keeps `bad_at` local
+    e.c.line("int64_t bad_at = INT64_MAX; /* the first bad index's position */")
+    for var, extent in ((p, pre), (j, m)):
+        if var:
+            e.c.loop(f"{var}", extent, parallel=True, work=pre * m * inner, reduction="min:bad_at")
+    e.c.line(f"int64_t row = lt_index_quiet((int64_t){e.load(idx, position)}, {n});")
+    e.c.open("if (row >= 0)")
+    _copy_row(e, x, out, p, j, r, m, n, inner)
+    e.c.reopen(f"}} else if ({position} < bad_at) {{")
+    e.c.line(f"bad_at = {position};")
+    e.c.close()
+    for var in (p, j):
+        if var:
+            e.c.close()
+    e.c.line(f"if (bad_at != INT64_MAX) (void)lt_index((int64_t){e.load(idx, 'bad_at')}, {n}, {c_string(where)});")
+    e.c.close()
+    e.check_status()
 
 
 def scatter(e: KernelContext, op: Op) -> None:
