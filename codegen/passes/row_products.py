@@ -10,39 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 
-from lantern.ir.nodes import Block, Function, Loop, Module, Op, Stmt, Var, While
+from lantern.ir.nodes import Module, Op, Stmt, Var
 from lantern.ir.primitives import infer
+from lantern.ir.rewrite import rewrite_in_loops
 from lantern.ir.symbolic import hint
-from lantern.ir.rewrite import with_blocks
-
-from lantern.ir.analysis import updated_in_place
 
 #: Only matrices up to this many elements: the copy must cost less than the products it speeds up.
 MAX_COPIED_ELEMENTS = 1 << 16
 
 
 def row_products_read_transposed(module: Module) -> Module:
-    functions = {}
-    for name, fn in module.functions.items():
-        functions[name] = Function(name, _visit(fn.body, updated_in_place(fn.body), None), fn.result_types, fn.loc)
-    return Module(functions, module.entry)
+    return rewrite_in_loops(module, _in_loop)
 
 
-def _visit(block: Block, updated: set[int], varying: set[int] | None) -> Block:
-    """``varying``: what the innermost enclosing loop's body defines (None outside loops)."""
-    stmts: list[Stmt] = []
-    inner_varying = None if varying is None else set(varying) | {p.id for p in block.params}
-    for stmt in block.stmts:
-        if isinstance(stmt, (Loop, While)):
-            new = [with_blocks(stmt, [_visit(b, updated, set()) for b in stmt.blocks()])]
-        else:
-            stmt = with_blocks(stmt, [_visit(b, updated, inner_varying) for b in stmt.blocks()])
-            qualifies = inner_varying is not None and _qualifies(stmt, updated, inner_varying)
-            new = _transposed(stmt) if qualifies else [stmt]  # type: ignore[arg-type]
-        if inner_varying is not None:
-            inner_varying.update(o.id for s in new for o in s.outs)
-        stmts.extend(new)
-    return Block(list(block.params), stmts, list(block.results))
+def _in_loop(s: Stmt, varying: set[int], updated: set[int]) -> list[Stmt]:
+    return _transposed(s) if _qualifies(s, updated, varying) else [s]  # type: ignore[arg-type]
 
 
 def _qualifies(s: Stmt, updated: set[int], varying: set[int]) -> bool:

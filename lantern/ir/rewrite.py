@@ -4,8 +4,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from .analysis import updated_in_place
 from .nodes import (Accumulate, Apply, Block, Call, Function, Fused, If, Lambda, Loop, Module, Op, Stmt, Var, While,
                     walk_stmts)
+from .primitives import infer
 
 Subst = dict[int, Var]
 
@@ -65,6 +67,54 @@ def rewrite_ops(module: Module, rewrite: Callable[[Stmt, dict[int, Op]], list[St
         body = map_blocks(fn.body, lambda stmts: [new for s in stmts for new in rewrite(s, defs)])
         functions[name] = Function(name, body, fn.result_types, fn.loc)
     return Module(functions, module.entry)
+
+
+LoopRewrite = Callable[[Stmt, set[int], set[int]], list[Stmt]]
+
+
+def rewrite_in_loops(module: Module, rewrite: LoopRewrite) -> Module:
+    """Each statement ``s`` of a loop body (at any depth inside it, not in nested loops' own bodies, which
+    are theirs) replaced by ``rewrite(s, varying, updated)``: ``varying``, what the innermost loop's body
+    defines before ``s`` (its parameters included); ``updated``, the function's buffers updated in place.
+    A value in neither is the same on every iteration."""
+    functions = {}
+    for name, fn in module.functions.items():
+        body = _in_loops(fn.body, rewrite, updated_in_place(fn.body), None)
+        functions[name] = Function(name, body, fn.result_types, fn.loc)
+    return Module(functions, module.entry)
+
+
+def _in_loops(block: Block, rewrite: LoopRewrite, updated: set[int], varying: set[int] | None) -> Block:
+    """``varying``: what the innermost enclosing loop's body defines (None outside loops)."""
+    stmts: list[Stmt] = []
+    inner = None if varying is None else set(varying) | {p.id for p in block.params}
+    for stmt in block.stmts:
+        if isinstance(stmt, (Loop, While)):
+            new = [with_blocks(stmt, [_in_loops(b, rewrite, updated, set()) for b in stmt.blocks()])]
+        else:
+            stmt = with_blocks(stmt, [_in_loops(b, rewrite, updated, inner) for b in stmt.blocks()])
+            new = [stmt] if inner is None else rewrite(stmt, inner, updated)
+        if inner is not None:
+            inner.update(o.id for s in new for o in s.outs)
+        stmts.extend(new)
+    return Block(list(block.params), stmts, list(block.results))
+
+
+class StmtEmitter:
+    """New operations at a statement's place (its source location), collected in ``stmts``; each is also
+    entered in ``defs`` when given, so later rules recognise what was made."""
+
+    def __init__(self, at: Stmt, defs: dict[int, Op] | None = None):
+        self.at, self.defs = at, defs
+        self.stmts: list[Stmt] = []
+
+    def __call__(self, prim: str, args: list[Var], hint: str, **attrs) -> Var:
+        v = Var(infer(prim, [a.type for a in args], attrs), hint)
+        op = Op([v], loc=self.at.loc, prim=prim, args=args, attrs=attrs)
+        self.stmts.append(op)
+        if self.defs is not None:
+            self.defs[v.id] = op
+        return v
 
 
 InlineHook = Callable[[Call, list[Var]], tuple[list[Stmt], list[Var]] | None]

@@ -8,5 +8,6 @@ from .inline import inline_calls, recursive_functions
 from .one_hot import one_hot_products_as_gathers
 from .products import canonical_products, column_gathers_as_rows
 
-__all__ = ["canonical_products", "column_gathers_as_rows", "eliminate_dead_code", "empty_values_as_fills", "forward_single_accumulations", "fuse_elementwise",
-           "hoist_loop_invariants", "inline_calls", "one_hot_products_as_gathers", "recursive_functions"]
+__all__ = ["canonical_products", "column_gathers_as_rows", "eliminate_dead_code", "empty_values_as_fills",
+           "forward_single_accumulations", "fuse_elementwise", "hoist_loop_invariants", "inline_calls",
+           "one_hot_products_as_gathers", "recursive_functions"]

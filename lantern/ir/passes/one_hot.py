@@ -14,11 +14,9 @@ from its transpose, which ``hoist_loop_invariants`` then makes once per loop, no
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 from ..nodes import Module, Op, Stmt, Var
-from ..primitives import infer
-from ..rewrite import rewrite_ops
+from ..rewrite import StmtEmitter, rewrite_ops
 from ..symbolic import Size, known_equal
 from ..types import FLOAT_DTYPES, INT_DTYPES
 
@@ -35,8 +33,8 @@ class OneHotRows:
     depth: int
     taken: list[tuple[int, Var]]       # ``take(., t, axis=0)`` of a stack of ``n`` blocks: (n, t), innermost first
 
-    def index_rows(self, emit: Callable[..., Var], rows: int | Size) -> Var:
-        """``J`` as ``[rows, 1]``, emitted through ``emit(prim, args, hint, **attrs)``."""
+    def index_rows(self, emit: StmtEmitter, rows: int | Size) -> Var:
+        """``J`` as ``[rows, 1]``, emitted through ``emit``."""
         j = self.indices
         for blocks, t in self.taken:
             j = emit("reshape", [j], "index", shape=(blocks, j.type.size // blocks))  # type: ignore[union-attr]
@@ -81,12 +79,7 @@ def _rewrite(s: Stmt, defs: dict[int, Op]) -> list[Stmt]:
         return [s]
     depth = found.depth
     out, weight = s.outs[0], s.args[1]
-    new: list[Stmt] = []
-
-    def emit(prim: str, args: list[Var], hint: str, **attrs) -> Var:
-        v = Var(infer(prim, [a.type for a in args], attrs), hint)
-        new.append(Op([v], loc=s.loc, prim=prim, args=args, attrs=attrs))
-        return v
+    emit = StmtEmitter(s)
 
     m = out.type.shape[0]  # type: ignore[union-attr]
     idx = found.index_rows(emit, m)
@@ -99,5 +92,4 @@ def _rewrite(s: Stmt, defs: dict[int, Op]) -> list[Stmt]:
     rows = emit("take", [table, row], "rows", axis=0)
     in_range = emit("eq", [clipped, idx], "in_range")
     zero = emit("fill", [], "c", value=0, shape=(), dtype=out.type.dtype)  # type: ignore[union-attr]
-    new.append(Op([out], loc=s.loc, prim="where", args=[in_range, rows, zero], attrs={}))
-    return new
+    return emit.stmts + [Op([out], loc=s.loc, prim="where", args=[in_range, rows, zero], attrs={})]

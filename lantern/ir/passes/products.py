@@ -27,9 +27,8 @@ import dataclasses
 import functools
 
 from ..analysis import updated_in_place
-from ..nodes import Block, Function, Loop, Module, Op, Stmt, Var, While
-from ..primitives import infer
-from ..rewrite import rewrite_ops, with_blocks
+from ..nodes import Module, Op, Stmt, Var
+from ..rewrite import StmtEmitter, rewrite_in_loops, rewrite_ops
 from ..symbolic import known_equal
 from ..types import FLOAT_DTYPES
 from .one_hot import one_hot_rows
@@ -41,28 +40,12 @@ def canonical_products(module: Module) -> Module:
     return rewrite_ops(module, functools.partial(_rewrite, updated=updated))
 
 
-class _Emitter:
-    """New statements at a product's place, with its source location (and in ``defs``, so what is made
-    here is recognised as what it is: a row of a one-hot stack)."""
-
-    def __init__(self, at: Op, defs: dict[int, Op]):
-        self.at, self.defs = at, defs
-        self.stmts: list[Stmt] = []
-
-    def __call__(self, prim: str, args: list[Var], hint: str, **attrs) -> Var:
-        v = Var(infer(prim, [a.type for a in args], attrs), hint)
-        op = Op([v], loc=self.at.loc, prim=prim, args=args, attrs=attrs)
-        self.stmts.append(op)
-        self.defs[v.id] = op
-        return v
-
-
 def _swaps_last_two(perm: tuple[int, ...]) -> bool:
     n = len(perm)
     return n >= 2 and tuple(perm) == tuple(range(n - 2)) + (n - 1, n - 2)
 
 
-def _untransposed(v: Var, defs: dict[int, Op], emit: _Emitter, updated: set[int]) -> tuple[Var, bool]:
+def _untransposed(v: Var, defs: dict[int, Op], emit: StmtEmitter, updated: set[int]) -> tuple[Var, bool]:
     """``(u, True)`` when ``v`` is ``u`` with its last two axes swapped (``v`` is ``transpose(u)``, or row
     ``t`` of a stack whose last two axes are swapped: then ``u`` is row ``t`` of the unswapped stack)."""
     op = defs.get(v.id)
@@ -82,7 +65,7 @@ def _untransposed(v: Var, defs: dict[int, Op], emit: _Emitter, updated: set[int]
 def _rewrite(s: Stmt, defs: dict[int, Op], updated: set[int]) -> list[Stmt]:
     if not (isinstance(s, Op) and s.prim == "matmul"):
         return [s]
-    emit = _Emitter(s, defs)
+    emit = StmtEmitter(s, defs)
     a, b = s.args
     ta, tb = bool(s.attrs.get("trans_a")), bool(s.attrs.get("trans_b"))
     a, flip_a = _untransposed(a, defs, emit, updated)
@@ -117,36 +100,20 @@ def column_gathers_as_rows(module: Module) -> Module:
     one row (``Rows``), as for ``W[i]`` and for one-hot products. Only where a gradient is taken: a forward
     pass alone would pay a copy of ``W`` for gathers that are cheap as they are.
     """
-    functions = {}
-    for name, fn in module.functions.items():
-        updated = updated_in_place(fn.body)
-        functions[name] = Function(name, _columns_in(fn.body, updated, None), fn.result_types, fn.loc)
-    return Module(functions, module.entry)
+    return rewrite_in_loops(module, _column_gather)
 
 
-def _columns_in(block: Block, updated: set[int], inside: set[int] | None) -> Block:
-    """``inside``: what the innermost enclosing loop's body defines (None outside loops)."""
-    stmts: list[Stmt] = []
-    local = None if inside is None else inside | {p.id for p in block.params}
-    for stmt in block.stmts:
-        if isinstance(stmt, (Loop, While)):
-            stmt = with_blocks(stmt, [_columns_in(b, updated, set()) for b in stmt.blocks()])
-        else:
-            stmt = with_blocks(stmt, [_columns_in(b, updated, local) for b in stmt.blocks()])
-        new = [stmt]
-        if (local is not None and isinstance(stmt, Op) and stmt.prim == "take" and stmt.args[0].type.ndim == 2  # type: ignore[union-attr]
-                and stmt.attrs["axis"] == 1 and stmt.args[0].type.dtype in FLOAT_DTYPES  # type: ignore[union-attr]
-                and stmt.args[0].id not in local and stmt.args[0].id not in updated):
-            new = _row_gather(stmt)
-        if local is not None:
-            local.update(o.id for s in new for o in s.outs)
-        stmts.extend(new)
-    return Block(list(block.params), stmts, list(block.results))
+def _column_gather(s: Stmt, varying: set[int], updated: set[int]) -> list[Stmt]:
+    if (isinstance(s, Op) and s.prim == "take" and s.attrs["axis"] == 1 and s.args[0].type.ndim == 2  # type: ignore[union-attr]
+            and s.args[0].type.dtype in FLOAT_DTYPES  # type: ignore[union-attr]
+            and s.args[0].id not in varying and s.args[0].id not in updated):
+        return _row_gather(s)
+    return [s]
 
 
 def _row_gather(s: Op) -> list[Stmt]:
     """``take(W, i, axis=1)`` as ``take(W^T, i, axis=0)``, with the index axes moved after ``W``'s rows."""
-    emit = _Emitter(s, {})
+    emit = StmtEmitter(s)
     w, idx = s.args
     wt = emit("transpose", [w], f"{w.hint}_t", perm=(1, 0))
     n = idx.type.ndim  # type: ignore[union-attr]
