@@ -95,20 +95,6 @@ static inline void lt_fail(int code, const char *fmt, ...)
     longjmp(lt_unwind, code);
 }
 
-/* Check a staged index against an axis of size n; negative indices wrap like NumPy. Out of range:
-   the error is recorded and -1 returned (the kernel skips that element). */
-static inline int64_t lt_index(int64_t i, int64_t n, const char *where)
-{
-    if (i < 0)
-        i += n;
-    if (i < 0 || i >= n) {
-        lt_record(LT_ERR_INDEX, "%s: index %lld is out of bounds for an axis of size %lld",
-                  where, (long long)(i < 0 ? i - n : i), (long long)n);
-        return -1;
-    }
-    return i;
-}
-
 /* lt_index without recording: -1 for an index out of range (a gather on several threads notes where and
    records the first one after its loop, on the calling thread). */
 static inline int64_t lt_index_quiet(int64_t i, int64_t n)
@@ -116,6 +102,17 @@ static inline int64_t lt_index_quiet(int64_t i, int64_t n)
     if (i < 0)
         i += n;
     return i < 0 || i >= n ? -1 : i;
+}
+
+/* Check a staged index against an axis of size n; negative indices wrap like NumPy. Out of range:
+   the error is recorded and -1 returned (the kernel skips that element). */
+static inline int64_t lt_index(int64_t i, int64_t n, const char *where)
+{
+    int64_t row = lt_index_quiet(i, n);
+    if (row < 0)
+        lt_record(LT_ERR_INDEX, "%s: index %lld is out of bounds for an axis of size %lld", where, (long long)i,
+                  (long long)n);
+    return row;
 }
 
 /* A staged index without the check (stage(check_indices=False)): negative indices still wrap. */
@@ -152,7 +149,7 @@ __attribute__((visibility("default"))) void lantern_set_num_threads(int n)
 /*
  * One pool of threads for BLAS and the loops. OpenBLAS's own threads spin for a while after each
  * product, and OpenMP's after each loop: on the same cores the two pools starved each other (training
- * steps 1.1-6x slower, benchmarks/RESULTS.md). So the first module of a process that has both hands
+ * steps 6-11x slower, benchmarks/RESULTS.md). So the first module of a process that has both hands
  * OpenBLAS this callback (codegen/loader.py calls lantern_share_blas_threads once), and OpenBLAS runs
  * the parts of a threaded product on the OpenMP threads; its own threads stay asleep.
  *

@@ -1,7 +1,5 @@
 """Issue 14: products reach one canonical form however they are written (``lantern/ir/passes/products.py``):
 ``W @ h`` and ``h @ W.T``, transposes as flags, one-hot operands on either side as gathers."""
-import re
-
 import numpy as np
 import pytest
 
@@ -127,7 +125,6 @@ def test_column_and_row_min_char_rnn_compile_to_the_same_products(rng):
                                      bool(p.attrs.get("trans_b"))) for p in products)
         assert _no_one_hot_product(exe.module)
         signatures[layout + " loss"] = float(exe(*args)[2])
-        signatures[layout + " gathers"] = len(re.findall(r"= take\(%table", exe.optimized_ir))
     assert signatures["row loss"] == pytest.approx(signatures["column loss"], rel=1e-6)
     # each product of the column form is a row product (or a weight gradient) of the row form's shapes
     assert len(signatures["row"]) == len(signatures["column"])
