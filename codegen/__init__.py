@@ -11,6 +11,7 @@ The pipeline, top to bottom::
     module = forward_single_accumulations(module)   # one-contribution adjoints need no buffer
     module = eliminate_dead_code(module)
     module = fuse_elementwise(module)               # elementwise chains become single loops
+    module = fills_where_needed(module)             # zero-filled adjoints are made where first used
     module = outline_long_functions(module)         # long bodies become calls of parts (compile time)
     source = emit_module(module)                    # C: one file, or translation units for a large module
     artifact = compile_c(source)                    # cc (units in parallel), through the on-disk cache
@@ -33,7 +34,7 @@ from .toolchain import debug_mode
 from .emit_c import EmitOptions, emit_module
 from .loader import NativeFunction
 from lantern.ir.passes import (canonical_products, eliminate_dead_code, empty_values_as_fills,
-                               forward_single_accumulations, fuse_elementwise, hoist_loop_invariants, inline_calls,
+                               fills_where_needed, forward_single_accumulations, fuse_elementwise, hoist_loop_invariants, inline_calls,
                                one_hot_products_as_gathers)
 
 from .passes import outline_long_functions, row_products_read_transposed
@@ -41,7 +42,7 @@ from .passes import outline_long_functions, row_products_read_transposed
 Pass = Callable[[Module], Module]
 PASSES: tuple[Pass, ...] = (inline_calls, empty_values_as_fills, canonical_products, one_hot_products_as_gathers,
                             row_products_read_transposed, hoist_loop_invariants, forward_single_accumulations,
-                            eliminate_dead_code, fuse_elementwise, outline_long_functions)
+                            eliminate_dead_code, fuse_elementwise, fills_where_needed, outline_long_functions)
 
 
 def prepare(module: Module, passes: tuple[Pass, ...] = PASSES) -> Module:

@@ -57,11 +57,14 @@ class EmitOptions:
     ``check_finite``: every floating-point result (elementwise ops, reductions, products,
     gradient accumulations) and every floating-point argument is checked for NaN/Inf.
     ``max_depth``: recursive staged functions fail beyond this depth (0: only the C stack limits).
+    ``memory_plan``: buffers are freed after their last use and elementwise results may reuse a dying
+    operand's buffer (``codegen/memory_plan.py``); off, every buffer lives until its function returns.
     """
 
     check_indices: bool = True
     check_finite: bool = False
     max_depth: int = 0
+    memory_plan: bool = True
 
 
 @dataclass
@@ -177,12 +180,17 @@ class FunctionEmitter(KernelContext):
         for stmt in block.stmts:
             if isinstance(stmt, Accumulate) and stmt.value.id in self.m.plan.into:
                 self.accumulate_into[stmt.value.id] = stmt.target
+        memory = self.m.plan.memory
+        dead: list[Var] = []
         for stmt in block.stmts:
-            if isinstance(stmt, Accumulate) and stmt.value.id in self.accumulate_into:
-                continue
+            if memory is not None:
+                dead += memory.dies_after.get(id(stmt), ())
             if len(stmt.outs) == 1 and stmt.outs[0].id in self.m.plan.in_reduction:
-                continue  # (computed in the loop of the reduction that reads it)
-            self.stmt(stmt)
+                continue  # (computed in the loop of the reduction that reads it: what it reads dies after that)
+            if not (isinstance(stmt, Accumulate) and stmt.value.id in self.accumulate_into):
+                self.stmt(stmt)
+            self.free_dead(dead)
+            dead = []
 
     def stmt(self, stmt: Stmt) -> None:
         match stmt:
@@ -287,9 +295,12 @@ class FunctionEmitter(KernelContext):
                                  for o in outs])
         for o, r in zip(outs, block.results):
             self.copy(o, r)
+        if self.m.plan.memory is not None:
+            self.free_dead(self.m.plan.memory.results_of[id(block)])
 
     def carried_state(self, outs: list[Var], init: list[Var]) -> list[str | None]:
-        """Declare the loop state (= the statement's outs); arrays get a second buffer."""
+        """Declare the loop state (= the statement's outs); arrays get a second buffer (freed by
+        :meth:`free_spares` after the loop)."""
         nexts: list[str | None] = []
         for o, i in zip(outs, init):
             self.declare(o)
@@ -301,6 +312,12 @@ class FunctionEmitter(KernelContext):
             else:
                 nexts.append(None)
         return nexts
+
+    def free_spares(self, outs: list[Var], nexts: list[str | None]) -> None:
+        if self.m.plan.memory is not None:
+            for o, nxt in zip(outs, nexts):
+                if nxt is not None:
+                    self.c.line(f"lt_free({nxt}, {o.type.nbytes});")  # type: ignore[union-attr]
 
     def bind_params(self, params: list[Var], outs: list[Var], block: Block) -> None:
         """Bind a loop block's parameters to the carried state (scalars by copy, when read)."""
@@ -346,6 +363,7 @@ class FunctionEmitter(KernelContext):
         self.update_state(stmt.outs, nexts, stmt.body.results)
         self.c.line(f"lt_release({mark});")
         self.c.close()
+        self.free_spares(stmt.outs, nexts)
         self.last_loc = None
 
     def emit_while(self, stmt: While) -> None:
@@ -367,6 +385,7 @@ class FunctionEmitter(KernelContext):
         self.update_state(stmt.outs, nexts, stmt.body.results)
         self.c.line(f"lt_release({mark});")
         self.c.close()
+        self.free_spares(stmt.outs, nexts)
         self.last_loc = None
 
 
@@ -406,7 +425,7 @@ class ModuleEmitter:
         self.piece = Piece("", "", [])  # the one being emitted: its continuations, structs and constants
         self._lambda_count = 0
         # destinations, accumulate-into, reductions of elementwise values, literals, closure captures
-        self.plan = lower_module(module, fuse_reductions=not options.check_finite)
+        self.plan = lower_module(module, fuse_reductions=not options.check_finite, memory_plan=options.memory_plan)
         self.sizes = entry_sizes(module)  # run-time sizes, in the order lantern_entry receives them
 
     def cont_type(self, t: FnType) -> str:
@@ -513,6 +532,14 @@ class ModuleEmitter:
             "",
             "const char *lantern_error(void) { return lt_error_text; }",
             "size_t lantern_arena_in_use(void) { return lt_arena_in_use(); }",
+            "/* The most bytes of intermediates this thread's arena has held at once (then from now, if reset). */",
+            "size_t lantern_arena_high(int reset)",
+            "{",
+            "    size_t high = lt_arena_high;",
+            "    if (reset)",
+            "        lt_arena_high = lt_arena_below + (lt_arena_current ? lt_arena_current->used : 0);",
+            "    return high;",
+            "}",
             "/* lantern_process.h: the first module a process loads serves the others (Ctrl-C, own stacks). */",
             "const void *lantern_process_init(unsigned long main_thread) { return lt_process_init(main_thread); }",
             "void lantern_use_process(const void *table)",

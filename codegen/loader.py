@@ -8,6 +8,7 @@ import importlib.util
 import io
 import os
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import cffi
@@ -97,7 +98,7 @@ def _ffi(num_params: int) -> Any:
     no parser needed to load it) and built once per arity and cffi version.
     """
     import _cffi_backend
-    name = f"_lantern_ffi3_{num_params}_{_cffi_backend.__version__.replace('.', '_')}"
+    name = f"_lantern_ffi4_{num_params}_{_cffi_backend.__version__.replace('.', '_')}"
     path = active_cache_dir() / "ffi" / f"{name}.py"
     try:
         if not private_problem(path, os.lstat(path)) and not private_problem(path.parent, os.stat(path.parent)):
@@ -112,6 +113,7 @@ def _ffi(num_params: int) -> Any:
     builder = cffi.FFI()
     params = ", ".join(["void *"] * num_params) or "void"
     builder.cdef(f"int lantern_entry({params}); const char *lantern_error(void); size_t lantern_arena_in_use(void); "
+                 "size_t lantern_arena_high(int); "
                  "void lantern_use_process(const void *);")
     builder.set_source(name, None)
     try:
@@ -141,6 +143,11 @@ def _require_sanitizer_runtime() -> None:
             "or unset LANTERN_DEBUG")
 
 
+def arena_high_water(reset: bool = False) -> int:
+    """The largest :meth:`NativeFunction.arena_high_water` of the modules loaded in this process."""
+    return max((f.arena_high_water(reset) for f in list(_LOADED)), default=0)
+
+
 class NativeFunction:
     """The loaded entry point of one compiled module. Call it with a list of input arrays."""
 
@@ -166,11 +173,17 @@ class NativeFunction:
         self._lib.lantern_use_process(ffi.cast("const void *", process.table(artifact.so_path)))
         _set_threads(artifact.so_path, source.uses_blas)
         self._entry = self._lib.lantern_entry
+        _LOADED.add(self)
         self._from_buffer = ffi.from_buffer
 
     def arena_in_use(self) -> int:
         """Bytes of intermediates this module's arena holds now (on this thread); 0 between calls."""
         return int(self._lib.lantern_arena_in_use())
+
+    def arena_high_water(self, reset: bool = False) -> int:
+        """The most bytes of intermediates this module's arena has held at once on this thread (since the
+        last reset; ``reset`` starts again from now)."""
+        return int(self._lib.lantern_arena_high(int(reset)))
 
     def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """Run on C-contiguous, aligned, native-order ``arrays`` (the caller checked them); fresh results."""
@@ -217,6 +230,7 @@ class NativeFunction:
         return outs
 
 
+_LOADED: weakref.WeakSet[NativeFunction] = weakref.WeakSet()
 _INTERRUPTED = ERROR_CODES["LT_ERR_INTERRUPT"]
 #: What each error code of the runtime raises (anything else, out of memory included: NativeError).
 _ERRORS = {ERROR_CODES["LT_ERR_INDEX"]: OutOfBoundsError, ERROR_CODES["LT_ERR_STACK"]: RecursionDepthError,

@@ -10,6 +10,8 @@
   computes ``g * g`` in the reduction's loop: no ``t`` array, one loop instead of two (the global
   norm of a model's gradients is a square and a sum per weight).
 * **Literals.** A 0-d ``fill`` nobody updates in place is inlined where it is read.
+* **Memory.** Each buffer is freed after its last use, and an elementwise result may take the buffer
+  of an operand that dies there (``codegen/memory_plan.py``).
 * **Closure conversion.** A continuation (``Lambda``) becomes a function plus an environment of
   the values it reads from its frame (its captures, in order); continuations only run while that
   frame is live, so the environment holds pointers into it.
@@ -29,6 +31,8 @@ from lantern.ir.nodes import (Accumulate, Apply, Block, Call, Fused, If, Lambda,
 from lantern.ir.primitives import ELEMENTWISE, PRIMITIVES
 from lantern.ir.types import FnType, TensorType
 
+from .memory_plan import MemoryPlan, buffer_bytes, is_view, plan_memory
+
 #: Where a block's result is computed: ("result", k) of its function, ("output", v) an ``if``'s
 #: output v, or ("state", v) the spare buffer of a loop's carried value v.
 Target = tuple[str, object]
@@ -44,6 +48,18 @@ class Plan:
     captures: dict[int, list[Var]] = field(default_factory=dict)  # Lambda's out id -> what its body reads
     in_reduction: dict[int, Stmt] = field(default_factory=dict)  # value -> its elementwise producer, run in
     #                                                                the loop of the reduction that reads it
+    memory: MemoryPlan | None = None  # when buffers die and which results reuse them (None: at return)
+
+    def elsewhere(self, v: Var) -> bool:
+        """``v`` needs no buffer of its own: it is computed into another, added into one, inlined, or
+        computed in a reduction's loop."""
+        return v.id in self.dest or v.id in self.into or v.id in self.literals or v.id in self.in_reduction
+
+    def owns_buffer(self, s: Stmt, v: Var) -> bool:
+        """``v``, made by ``s``, gets a buffer of its own (in the arena)."""
+        view = is_view(s) and s.operands()[0].id not in self.literals  # (a literal's reshape is stored)
+        return (buffer_bytes(v) is not None and not self.elsewhere(v) and not view
+                and not (isinstance(s, Op) and s.prim == "constant"))
 
 
 def allocates(stmt: Stmt) -> bool:
@@ -65,15 +81,18 @@ VALUE_REDUCTIONS = ("reduce_sum", "reduce_prod", "reduce_max", "reduce_min")
 MAX_FUSED_REDUCTION_BYTES = 1 << 40
 
 
-def lower_module(module: Module, fuse_reductions: bool = True) -> Plan:
+def lower_module(module: Module, fuse_reductions: bool = True, memory_plan: bool = True) -> Plan:
     """The plan for ``module`` (see the module docstring). ``fuse_reductions`` off (``check_finite`` builds,
-    which name the op that made a NaN from its own loop) keeps every elementwise value in memory."""
+    which name the op that made a NaN from its own loop) keeps every elementwise value in memory;
+    ``memory_plan`` off keeps every buffer until its function returns."""
     plan = Plan()
     mutated: set[int] = set()
     for fn in module.functions.values():
         mutated |= set(accumulation_targets(fn.body)) | passed_by_reference(fn.body)
     for fn in module.functions.values():
         _Planner(plan, mutated, fn.body, fuse_reductions).block(fn.body, [("result", k) for k in range(len(fn.body.results))])
+    if memory_plan:
+        plan.memory = plan_memory(module, plan.elsewhere)
     return plan
 
 

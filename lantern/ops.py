@@ -593,8 +593,10 @@ def softmax(x: ArrayLike, axis: int | None = None, *, dim: int | None = None) ->
     axis = torch_names("softmax", axis, dim)[0]
     axis = -1 if axis is None else axis
     x = _float(x)
-    e = exp(subtract(x, stop_gradient(max(x, axis, keepdims=True))))  # the shift cancels (see logsumexp)
-    return divide(e, sum(e, axis, keepdims=True))
+    (axis,) = _axes(x, axis, "softmax")
+    # one primitive (lantern/ir/primitives.py): computed stably (the row's maximum subtracted first), and its
+    # gradient reads only its result
+    return _emit(_frame_of(x), "softmax", [x], axis=axis)
 
 
 def log_softmax(x: ArrayLike, axis: int | None = None, *, dim: int | None = None) -> Tensor:

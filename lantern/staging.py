@@ -225,6 +225,18 @@ class Executable:
         return f"{ir}\nlowering:\n{format_plan(self.module, lower_module(self.module), namer)}\n"
 
     @property
+    def memory_plan(self) -> str:
+        """When each buffer of the C is made and freed, and the peak bytes each function holds at once
+        (``codegen/memory_plan.py``), on the optimized IR's numbering."""
+        from .codegen.lowering import lower_module
+        from .codegen.memory_plan import format_memory_plan
+        from .ir.names import Namer
+        namer = Namer()
+        format_module(self.module, namer)  # (the same names as ``lowered``)
+        plan = lower_module(self.module, memory_plan=True)
+        return format_memory_plan(self.module, plan.memory, plan.owns_buffer, namer)  # type: ignore[arg-type]
+
+    @property
     def c_source(self) -> str:
         return self.native.c_source
 
@@ -367,19 +379,21 @@ def _env_int(name: str, default: int) -> int:
 
 
 def stage_options(check_indices: bool | None = None, check_finite: bool | None = None,
-                  max_depth: int | None = None) -> dict[str, Any]:
+                  max_depth: int | None = None, memory_plan: bool | None = None) -> dict[str, Any]:
     """The checks compiled into a staged function's C (``codegen.EmitOptions`` fields).
 
     An option left ``None`` comes from the environment when the function is staged:
     ``LANTERN_CHECK_INDICES`` (default 1), ``LANTERN_CHECK_FINITE`` (default 0),
-    ``LANTERN_MAX_DEPTH`` (default 0: recursion is limited by the C stack only).
+    ``LANTERN_MAX_DEPTH`` (default 0: recursion is limited by the C stack only), ``LANTERN_MEMORY_PLAN``
+    (default 1).
     """
     options = {
         "check_indices": bool(_env_int("LANTERN_CHECK_INDICES", 1)) if check_indices is None else check_indices,
         "check_finite": bool(_env_int("LANTERN_CHECK_FINITE", 0)) if check_finite is None else check_finite,
         "max_depth": _env_int("LANTERN_MAX_DEPTH", 0) if max_depth is None else max_depth,
+        "memory_plan": bool(_env_int("LANTERN_MEMORY_PLAN", 1)) if memory_plan is None else memory_plan,
     }
-    for key in ("check_indices", "check_finite"):
+    for key in ("check_indices", "check_finite", "memory_plan"):
         if not isinstance(options[key], (bool, np.bool_)):
             raise ArgumentError(f"stage: {key} must be a bool, got {options[key]!r}")
     if isinstance(options["max_depth"], bool) or not isinstance(options["max_depth"], int) or options["max_depth"] < 0:
@@ -833,7 +847,7 @@ def _lanterns_own(fn: Callable[..., Any]) -> bool:
 
 def stage(fn: Callable[..., Any] | None = None, *, name: str | None = None, check_indices: bool | None = None,
           check_finite: bool | None = None, max_depth: int | None = None, python_control_flow: bool = True,
-          dynamic: dynamic_shapes.DynamicOption = None) -> Any:
+          dynamic: dynamic_shapes.DynamicOption = None, memory_plan: bool | None = None) -> Any:
     """Decorator: trace ``fn`` per signature, compile it to native code, and call that.
 
     ``@lantern.stage`` or ``@lantern.stage(name="...", ...)``. The result has ``.lower(*args)``
@@ -845,6 +859,9 @@ def stage(fn: Callable[..., Any] | None = None, *, name: str | None = None, chec
       (forward or gradient) produces raises ``NonFiniteError`` naming the op and source line.
     * ``max_depth`` (default 0, ``LANTERN_MAX_DEPTH``): recursion deeper than this raises
       ``RecursionDepthError``; 0 leaves only the C stack guard.
+    * ``memory_plan`` (default on, ``LANTERN_MEMORY_PLAN``): each intermediate buffer is freed after its
+      last use, for later values to reuse (``.lower(...).memory_plan`` prints the plan); off, buffers
+      live until their function returns.
 
     Each option changes the generated C, so each setting has its own compile-cache entry.
 
@@ -857,11 +874,11 @@ def stage(fn: Callable[..., Any] | None = None, *, name: str | None = None, chec
     calls differ in it, ``True`` every dimension from the first call, ``{"words": 0, "x": (0, 1)}`` those
     axes of those arguments, ``False`` none (every shape is compiled on its own).
     """
-    options = stage_options(check_indices, check_finite, max_depth)
+    options = stage_options(check_indices, check_finite, max_depth, memory_plan)
     dynamic = dynamic_shapes.check_option(dynamic)
     if fn is None:
         return lambda f: Staged(f, name, options, python_control_flow, dynamic)
     if isinstance(fn, Staged) and name is None and python_control_flow == fn.python_control_flow and all(
-            v is None for v in (check_indices, check_finite, max_depth, dynamic)):
+            v is None for v in (check_indices, check_finite, max_depth, dynamic, memory_plan)):
         return fn
     return Staged(fn.python_fn if isinstance(fn, Staged) else fn, name, options, python_control_flow, dynamic)

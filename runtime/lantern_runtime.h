@@ -383,39 +383,97 @@ static inline void lt_depth_enter(int64_t limit, const char *function)
  * Intermediates live in a chain of chunks. A mark is (chunk, offset); releasing a mark
  * frees everything allocated after it in O(1). Chunks are kept for reuse, so a function
  * called in a loop allocates from the system only on its first call.
+ *
+ * The memory plan (codegen/lowering.py) also frees each buffer after its last use (lt_free):
+ * a buffer on top of the stack shrinks it; one below becomes a hole, merged with neighbouring
+ * holes, that lt_alloc reuses (the smallest that fits). Releasing a mark drops the holes above
+ * it. A hole that does not fit the table is only reclaimed by its mark's release.
  */
 typedef struct lt_chunk {
     struct lt_chunk *next;
     size_t size, used;
+    size_t order; /* position in the chain: which of two chunks lies above the other */
     _Alignas(64) unsigned char data[];
 } lt_chunk;
 
 typedef struct {
     lt_chunk *chunk;
     size_t used;
+    size_t below; /* bytes used in the chunks before `chunk` (for the high-water mark) */
 } lt_mark_t;
 
+typedef struct {
+    lt_chunk *chunk;
+    size_t at, n; /* bytes [at, at + n) of chunk->data */
+} lt_hole;
+
+#define LT_MAX_HOLES 64
+
 LT_SHARED _Thread_local lt_chunk *lt_arena_first, *lt_arena_current;
+LT_SHARED _Thread_local size_t lt_arena_below, lt_arena_high;
+LT_SHARED _Thread_local lt_hole lt_holes[LT_MAX_HOLES];
+LT_SHARED _Thread_local int lt_nholes;
 /* The user's line of an allocation of 1 GiB or more (lt_alloc_at), for the out-of-memory message. */
 LT_SHARED _Thread_local const char *lt_alloc_site;
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+/* Sanitized builds poison what is not allocated, so a read of a freed buffer is reported where it happens. */
+#define LT_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define LT_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define LT_POISON(p, n) ((void)(p), (void)(n))
+#define LT_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 static inline lt_mark_t lt_mark(void)
 {
-    lt_mark_t m = { lt_arena_current, lt_arena_current ? lt_arena_current->used : 0 };
+    lt_mark_t m = { lt_arena_current, lt_arena_current ? lt_arena_current->used : 0, lt_arena_below };
     return m;
+}
+
+/* Whether byte `at` of chunk `c` lies at or above the mark (chunk, used) `m`. */
+static inline int lt_above(const lt_chunk *c, size_t at, lt_mark_t m)
+{
+    return !m.chunk || (c == m.chunk ? at >= m.used : c->order > m.chunk->order);
+}
+
+static void lt_drop_holes(lt_mark_t m)
+{
+    for (int k = 0; k < lt_nholes;) {
+        lt_hole *h = &lt_holes[k];
+        if (lt_above(h->chunk, h->at, m)) {
+            *h = lt_holes[--lt_nholes];
+            continue;
+        }
+        if (h->chunk == m.chunk && h->at + h->n > m.used)
+            h->n = m.used - h->at; /* (a hole never spans a mark; kept exact anyway) */
+        k++;
+    }
 }
 
 static inline void lt_release(lt_mark_t m)
 {
+#if defined(__SANITIZE_ADDRESS__)
+    for (lt_chunk *c = m.chunk ? m.chunk : lt_arena_first; c; c = c->next) {
+        size_t from = c == m.chunk ? m.used : 0;
+        LT_POISON(c->data + from, c->size - from);
+        if (c == lt_arena_current)
+            break;
+    }
+#endif
+    if (lt_nholes)
+        lt_drop_holes(m);
     lt_arena_current = m.chunk ? m.chunk : lt_arena_first;
     if (lt_arena_current)
         lt_arena_current->used = m.chunk ? m.used : 0;
+    lt_arena_below = m.below;
 }
 
 __attribute__((cold)) static inline void *lt_alloc_slow(size_t n)
 {
     lt_chunk *c = lt_arena_current ? lt_arena_current->next : lt_arena_first;
-    while (c && c->size < n)  /* skip reusable chunks that are too small */
+    while (c && c->size < n) /* skip reusable chunks that are too small */
         c = c->next;
     if (!c) {
         size_t last = lt_arena_current ? lt_arena_current->size : 0;
@@ -427,6 +485,7 @@ __attribute__((cold)) static inline void *lt_alloc_slow(size_t n)
             lt_fail(LT_ERR_MEMORY, "out of memory allocating %zu bytes for intermediates%s%s", n,
                     lt_alloc_site ? " of " : "", lt_alloc_site ? lt_alloc_site : "");
         c->size = size;
+        LT_POISON(c->data, size);
         if (lt_arena_current) {
             c->next = lt_arena_current->next;
             lt_arena_current->next = c;
@@ -434,9 +493,18 @@ __attribute__((cold)) static inline void *lt_alloc_slow(size_t n)
             c->next = lt_arena_first;
             lt_arena_first = c;
         }
+        size_t order = 0; /* (a new chunk goes in the middle of the chain: number it again) */
+        for (lt_chunk *d = lt_arena_first; d; d = d->next)
+            d->order = order++;
     }
+    for (lt_chunk *d = lt_arena_current ? lt_arena_current->next : lt_arena_first; d != c; d = d->next)
+        d->used = 0; /* skipped: empty */
+    lt_arena_below += lt_arena_current ? lt_arena_current->used : 0;
     c->used = n;
     lt_arena_current = c;
+    if (lt_arena_below + n > lt_arena_high)
+        lt_arena_high = lt_arena_below + n;
+    LT_UNPOISON(c->data, n);
     return c->data;
 }
 
@@ -449,20 +517,95 @@ static inline size_t lt_arena_in_use(void)
         if (c == lt_arena_current)
             break;
     }
+    for (int k = 0; k < lt_nholes; k++)
+        total -= lt_holes[k].n;
     return lt_arena_current ? total : 0;
 }
 
-/* n bytes, 64-byte aligned, valid until the enclosing mark is released. */
+/* The smallest hole that holds n bytes, cut from its start; NULL if none does. */
+static void *lt_take_hole(size_t n)
+{
+    int best = -1;
+    for (int k = 0; k < lt_nholes; k++)
+        if (lt_holes[k].n >= n && (best < 0 || lt_holes[k].n < lt_holes[best].n))
+            best = k;
+    if (best < 0)
+        return NULL;
+    lt_hole *h = &lt_holes[best];
+    void *p = h->chunk->data + h->at;
+    h->at += n;
+    h->n -= n;
+    if (!h->n)
+        *h = lt_holes[--lt_nholes];
+    return p;
+}
+
+/* n bytes, 64-byte aligned, valid until lt_free or the release of the enclosing mark. */
 static inline void *lt_alloc(size_t n)
 {
+    size_t want = n;
     n = (n + 63) & ~(size_t)63;
+    if (lt_nholes) {
+        void *p = lt_take_hole(n);
+        if (p) {
+            LT_UNPOISON(p, want);
+            return p;
+        }
+    }
     lt_chunk *c = lt_arena_current;
     if (c && c->used + n <= c->size) {
         void *p = c->data + c->used;
         c->used += n;
+        if (lt_arena_below + c->used > lt_arena_high)
+            lt_arena_high = lt_arena_below + c->used;
+        LT_UNPOISON(p, want);
         return p;
     }
     return lt_alloc_slow(n);
+}
+
+/* A freed block below the top: a hole, merged with the holes next to it. */
+static void lt_add_hole(unsigned char *p, size_t n)
+{
+    lt_chunk *c = lt_arena_first;
+    while (c && !(p >= c->data && p < c->data + c->size))
+        c = c->next;
+    if (!c)
+        return;
+    size_t at = (size_t)(p - c->data);
+    for (int k = 0; k < lt_nholes;) {
+        lt_hole *h = &lt_holes[k];
+        if (h->chunk == c && (h->at + h->n == at || at + n == h->at)) {
+            at = h->at < at ? h->at : at;
+            n += h->n;
+            *h = lt_holes[--lt_nholes];
+            continue;
+        }
+        k++;
+    }
+    if (lt_nholes < LT_MAX_HOLES)
+        lt_holes[lt_nholes++] = (lt_hole){ c, at, n };
+}
+
+/* Free a buffer of n bytes that lt_alloc(n) returned (the memory plan: after its last use). */
+static inline void lt_free(void *p, size_t n)
+{
+    n = (n + 63) & ~(size_t)63;
+    LT_POISON(p, n);
+    lt_chunk *c = lt_arena_current;
+    if (c && (unsigned char *)p + n == c->data + c->used) { /* the top of the stack */
+        c->used -= n;
+        for (int k = 0; k < lt_nholes; k++) { /* a hole now on top goes with it */
+            if (lt_holes[k].chunk == c && lt_holes[k].at + lt_holes[k].n == c->used) {
+                c->used = lt_holes[k].at;
+                lt_holes[k] = lt_holes[--lt_nholes];
+                k = -1;
+            }
+        }
+        return;
+    }
+    if (n)
+        lt_add_hole(p, n);
 }
 
 /* lt_alloc for a value the generated code names (big ones: an out-of-memory report says which). */

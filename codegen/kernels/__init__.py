@@ -11,7 +11,7 @@ from typing import Callable
 
 from lantern.ir.nodes import Op
 
-from . import elementwise, indexing, matmul, movement, reductions, scans, sorting
+from . import elementwise, indexing, matmul, movement, reductions, scans, softmax, sorting
 from .context import KernelContext, Storage
 
 Kernel = Callable[[KernelContext, Op], None]
@@ -33,6 +33,7 @@ KERNELS: dict[str, Kernel] = {
     "random": movement.random,
     "scan": scans.scan,
     "sort": sorting.argsort,
+    "softmax": softmax.softmax,
     "size": movement.size,
 }
 

@@ -16,6 +16,7 @@ from lantern.source import Loc
 
 from ..c_types import C_TYPE, FLOATS
 from ..cbuilder import CBuilder, c_string, comment
+from ..memory_plan import Buffers
 
 if TYPE_CHECKING:
     from ..emit_c import ModuleEmitter
@@ -56,6 +57,8 @@ class KernelContext:
         self.accumulating: set[int] = set()        # variables whose stores are +=
         self.last_loc: Loc | None = None
         self.referenced: set[str] = set()  # C variables the code emitted so far reads or writes
+        #: the arena buffers this function made, as (C name, bytes), with their views (the memory plan frees them)
+        self.buffers = Buffers()
 
     def use(self, s: Storage) -> Storage:
         """``s``, recorded as read or written by the code being emitted."""
@@ -102,6 +105,8 @@ class KernelContext:
         elif t.shape == ():
             self.storage[v.id] = Storage("scalar", self.name(v))
             self.c.line(f"{self.ctype(v)} {self.name(v)};")
+        elif self.reuse(v):
+            pass
         else:
             self.storage[v.id] = Storage("pointer", self.name(v))
             if hint(t.nbytes) >= _NAMED_ALLOCATION and self.last_loc is not None:
@@ -110,16 +115,40 @@ class KernelContext:
             else:
                 self.c.line(f"{self.ctype(v)} *{self.name(v)} = lt_alloc({t.nbytes});")
             self.m.uses_arena = True
+            self.buffers.make(v, (self.name(v), t.nbytes))
             self.mark_if_empty(v)
+
+    def reuse(self, v: Var) -> bool:
+        """Give ``v`` the buffer of the operand that dies where it is made, if the memory plan says so and
+        the buffer is this function's own (with no view)."""
+        memory = self.m.plan.memory
+        x = memory.reuses.get(v.id) if memory is not None else None
+        taken = self.buffers.take(v, x) if x is not None else None
+        if taken is None:
+            return False
+        self.storage[v.id] = Storage("pointer", taken[0])  # (the C pointer that buffer was made as)
+        self.c.line(comment(f"{self.name(v)}: in the buffer of {self.name(x)}, read here for the last time"))
+        return True
+
+    def free_dead(self, dead: list[Var]) -> None:
+        """Free the buffers whose last value (a buffer and its views) is in ``dead`` (the memory plan)."""
+        for v in dead:
+            freed = self.buffers.dead(v)
+            if freed is not None:
+                self.c.line(f"lt_free({freed[0]}, {freed[1]});")
 
     def mark_if_empty(self, v: Var) -> None:
         """An empty array's pointer may never be read (its loops run zero times): say so to the compiler."""
         if known_equal(v.type.size, 0):  # type: ignore[union-attr]
             self.c.line(f"(void){self.name(v)}; /* empty */")
 
-    def bind_pointer(self, v: Var, expr: str) -> None:
+    def bind_pointer(self, v: Var, expr: str, view_of: Var | None = None) -> None:
+        """``v`` is the memory at ``expr``: ``view_of``'s buffer (which then lives as long as ``v``), or not
+        an arena buffer."""
         self.storage[v.id] = Storage("pointer", self.name(v))
         self.c.line(f"{self.ctype(v)} *{self.name(v)} = {expr};")
+        if view_of is not None:
+            self.buffers.view(v, view_of)
         self.mark_if_empty(v)
 
     def copy(self, dst: Var, src: Var) -> None:

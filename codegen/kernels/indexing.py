@@ -158,4 +158,4 @@ def check_range(e: KernelContext, op: Op) -> None:
         e.declare(out)
         e.store(out, "0", e.load(x, "0"))
     else:
-        e.bind_pointer(out, e.ptr(x))
+        e.bind_pointer(out, e.ptr(x), view_of=x)

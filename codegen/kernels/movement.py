@@ -25,7 +25,7 @@ def reshape(e: KernelContext, op: Op) -> None:
         e.declare(out)
         e.store(out, "0", e.storage[x.id].name)
     else:
-        e.bind_pointer(out, e.ptr(x))  # same bytes, new shape: no copy
+        e.bind_pointer(out, e.ptr(x), view_of=x)  # same bytes, new shape: no copy
 
 
 def size(e: KernelContext, op: Op) -> None:

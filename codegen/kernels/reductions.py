@@ -138,6 +138,7 @@ def reduce_values(e: KernelContext, op: Op) -> None:
             e.c.loop('i', n_out)
             e.store(out, "i", f"({t})acc[i]")
             e.c.close()
+            e.c.line(f"lt_free(acc, {n_out} * sizeof(double));")
 
 
 def _ops(producer: Op | Fused | None) -> int:

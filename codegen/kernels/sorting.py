@@ -24,5 +24,7 @@ def argsort(e: KernelContext, op: Op) -> None:
              f"order, order + {n});")
     e.c.loop("k", n)
     e.store(out, f"(p * {n} + k) * {inner} + r", "order[k]")
-    for _ in range(4):
+    for _ in range(3):
         e.c.close()
+    e.c.line(f"lt_free(order, {2 * n} * sizeof(int64_t));")
+    e.c.close()

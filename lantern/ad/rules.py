@@ -203,6 +203,12 @@ def _reduce_extremum(g, xs, y, attrs):
     return [hit * (ops.reshape(g, keep) / count)]
 
 
+@rule("softmax")
+def _softmax(g, xs, y, attrs):
+    # d softmax: y * (g - <g, y>) along the axis; only the result is read (the operand may die in the forward part)
+    return [y * (g - ops.sum(g * y, attrs["axis"], keepdims=True))]
+
+
 # ------------------------------------------------------------------ matrix product
 
 @rule("matmul")

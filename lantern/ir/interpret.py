@@ -47,7 +47,11 @@ class Interpreter:
             values = self.stmt(stmt, env)
             for o, val in zip(stmt.outs, values, strict=True):
                 env[o.id] = _check(o, val, self.sizes)
+            self.after(stmt, env)
         return [env[r.id] for r in block.results]
+
+    def after(self, stmt: Stmt, env: Env) -> None:
+        """Called after each statement has run and bound its results (a subclass checks something)."""
 
     def stmt(self, stmt: Stmt, env: Env) -> list[Any]:
         get: Callable[[Var], Any] = lambda v: env[v.id]  # noqa: E731
@@ -90,8 +94,10 @@ class Interpreter:
         raise TypeError(f"unknown statement {type(stmt).__name__}")
 
 
-def interpret(module: Module, args: Sequence[Any]) -> list[np.ndarray]:
+def interpret(module: Module, args: Sequence[Any],
+              interpreter: Callable[[Module, dict[str, int]], Interpreter] = Interpreter) -> list[np.ndarray]:
     """Run the entry function of ``module`` on flat NumPy ``args``; returns its flat results.
+    (``interpreter``: the class to run it with, :class:`Interpreter` or a subclass.)
 
     Recursion in the program (trees, loops in continuation-passing style) is recursion
     here, so it runs on a thread with a large stack and a high recursion limit.
@@ -102,7 +108,7 @@ def interpret(module: Module, args: Sequence[Any]) -> list[np.ndarray]:
     def run() -> None:
         try:
             with np.errstate(all="ignore"):  # NaN and Inf propagate, as in the generated C
-                outcome["value"] = Interpreter(module, call_sizes(module, arrays)).call(module.entry, arrays)
+                outcome["value"] = interpreter(module, call_sizes(module, arrays)).call(module.entry, arrays)
         except BaseException as exc:  # re-raised in the caller's thread
             outcome["error"] = exc
 

@@ -46,6 +46,8 @@ class Primitive:
     saved_in_loops: bool = False
     #: a copy of loop-invariant operands: moved out of loop bodies (``ir/passes/hoist.py``)
     hoistable: bool = False
+    #: its result is its operand's memory, seen with another shape or after a check (C makes no copy)
+    view: bool = False
     # rules of the program transformations, filled in where each is defined
     vjp: Callable[..., Any] | None = None    # reverse mode (lantern/ad/rules.py)
     jvp: Callable[..., Any] | None = None    # forward mode (not yet)
@@ -372,6 +374,25 @@ def _ref_argsort(x: np.ndarray, axis: int, descending: bool) -> np.ndarray:
 _register("argsort", "sort", _infer_argsort, _ref_argsort, differentiable=False, **_KEEPS_FINITE)
 
 
+def _infer_softmax(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    (x,) = types
+    if x.dtype not in ("float32", "float64"):
+        raise DTypeError(f"softmax: expected a floating-point operand, got {x.dtype}")
+    if not 0 <= attrs["axis"] < x.ndim:
+        raise ShapeError(f"softmax: axis {attrs['axis']} out of range for shape {x.shape}")
+    return x
+
+
+def _ref_softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    e = np.exp(x - np.max(x, axis, keepdims=True))
+    return (e / np.sum(e, axis, keepdims=True)).astype(x.dtype)
+
+
+# One primitive, not exp(x - max) / sum: its gradient reads only its result (as PyTorch's and JAX's do), so the
+# backward part keeps one array of attention weights per layer, not the exponentials as well.
+_register("softmax", "softmax", _infer_softmax, _ref_softmax, saved_in_loops=True)
+
+
 def _arg_infer(name: str) -> Infer:
     def infer_fn(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
         (x,) = types
@@ -429,7 +450,8 @@ def _infer_reshape(types: list[TensorType], attrs: dict[str, Any]) -> TensorType
     return TensorType(shape, x.dtype)
 
 
-_register("reshape", "reshape", _infer_reshape, lambda x, shape: np.reshape(x, shape), hoistable=True, **_KEEPS_FINITE)
+_register("reshape", "reshape", _infer_reshape, lambda x, shape: np.reshape(x, shape), hoistable=True, view=True,
+          **_KEEPS_FINITE)
 
 
 def _infer_transpose(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
@@ -541,7 +563,8 @@ def _ref_check_range(x: np.ndarray, n: int, what: str) -> np.ndarray:
 
 
 # Its operand, after checking that every value is in [0, n) (a class index: one_hot, cross_entropy).
-_register("check_range", "check_range", _infer_check_range, _ref_check_range, differentiable=False, **_KEEPS_FINITE)
+_register("check_range", "check_range", _infer_check_range, _ref_check_range, differentiable=False, view=True,
+          **_KEEPS_FINITE)
 
 
 # ---------------------------------------------------------------- adjoints of data movement
