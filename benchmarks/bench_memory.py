@@ -11,8 +11,9 @@ training steps and reports:
   step, ``/proc/self/clear_refs``): a steady training step;
 * for Lantern, ``arena_mb``: the most the arena of intermediates held at once (``lantern_arena_high``).
 
-Models: Llama small at two batch sizes and three sequence lengths (how memory grows), and the
-paper's CNN, char-RNN, char-LSTM and TreeLSTM. ``LANTERN_MEMORY_PLAN=0`` in a child's environment
+Models: Llama small at two batch sizes and three sequence lengths (how memory grows), once more with
+``Trainer(checkpoint=True)`` (each block run again in the backward part), and the paper's CNN, char-RNN,
+char-LSTM and TreeLSTM. ``LANTERN_MEMORY_PLAN=0`` in a child's environment
 turns the memory plan off (``--plan off`` runs Lantern that way too, for the before/after table).
 
     python benchmarks/bench_memory.py [--quick] [--threads N] [--frameworks ...] [--plan on|off|both]
@@ -34,7 +35,7 @@ LR = np.array(1e-3, np.float32)
 #: (label, model, args): Llama (batch, seq) and the paper benchmarks' own training steps
 CASES = [("llama small 4x255", "llama", (4, 255)), ("llama small 16x255", "llama", (16, 255)),
          ("llama small 16x127", "llama", (16, 127)), ("llama small 16x63", "llama", (16, 63)),
-         ("llama small 32x127", "llama", (32, 127)),
+         ("llama small 32x127", "llama", (32, 127)), ("llama small 16x255 checkpoint", "llama-checkpoint", (16, 255)),
          ("cnn (batch 64)", "cnn", ()), ("char-rnn h100", "rnn", ()), ("char-lstm h200", "lstm", ()),
          ("treelstm", "treelstm", ())]
 QUICK_CASES = [("llama tiny 4x31", "llama-tiny", (4, 31))]
@@ -52,7 +53,7 @@ def _reset_peak() -> None:
 
 
 # ---------------------------------------------------------------------------- one training step per model
-def _llama_steps(framework: str, preset: str, batch: int, seq: int):
+def _llama_steps(framework: str, preset: str, batch: int, seq: int, checkpoint: bool = False):
     from lantern.models import llama
     from lantern.models.train_llama import corpus_tokens, window_batches
 
@@ -61,7 +62,7 @@ def _llama_steps(framework: str, preset: str, batch: int, seq: int):
     get = window_batches(corpus_tokens(), batch, seq)
     data = [get(i) for i in range(3)]
     if framework == "lantern":
-        tr = llama.Trainer(cfg)
+        tr = llama.Trainer(cfg, checkpoint=checkpoint)
         st = {"p": params, "s": tr.init(params)}
 
         def step(i):
@@ -104,7 +105,8 @@ def _paper_steps(framework: str, model: str):
 def child(framework: str, model: str, args: tuple[int, ...]) -> dict:
     """Run in a fresh process: baseline, three steps, the peaks (see the module docstring)."""
     if model.startswith("llama"):
-        step = _llama_steps(framework, "tiny" if model == "llama-tiny" else "small", *args)
+        step = _llama_steps(framework, "tiny" if model == "llama-tiny" else "small", *args,
+                            checkpoint=model == "llama-checkpoint")
     else:
         step = _paper_steps(framework, model)
     baseline = _status_kb("VmRSS")
@@ -164,7 +166,7 @@ def main() -> None:
                 row[f"lantern{suffix} step MB"] = r["step_peak_mb"]
                 row[f"lantern{suffix} arena MB"] = r["arena_mb"]
         for name in ("torch eager", "torch.compile"):
-            if torch is None or name not in args.frameworks or not model.startswith("llama"):
+            if torch is None or name not in args.frameworks or model not in ("llama", "llama-tiny"):
                 continue
             r = measure(name.replace(" ", "_"), model, sizes, "on", args.threads)
             row[f"{name} MB"] = r["peak_mb"]

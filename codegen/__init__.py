@@ -10,6 +10,7 @@ The pipeline, top to bottom::
     module = hoist_loop_invariants(module)          # copies of loop-invariant values are made once
     module = forward_single_accumulations(module)   # one-contribution adjoints need no buffer
     module = eliminate_dead_code(module)
+    module = recompute_after_continuations(module)  # large cheap values made again after a continuation
     module = fuse_elementwise(module)               # elementwise chains become single loops
     module = fills_where_needed(module)             # zero-filled adjoints are made where first used
     module = outline_long_functions(module)         # long bodies become calls of parts (compile time)
@@ -35,19 +36,27 @@ from .emit_c import EmitOptions, emit_module
 from .loader import NativeFunction
 from lantern.ir.passes import (canonical_products, eliminate_dead_code, empty_values_as_fills,
                                fills_where_needed, forward_single_accumulations, fuse_elementwise, hoist_loop_invariants, inline_calls,
-                               one_hot_products_as_gathers)
+                               one_hot_products_as_gathers, recompute_after_continuations)
 
 from .passes import outline_long_functions, row_products_read_transposed
 
 Pass = Callable[[Module], Module]
 PASSES: tuple[Pass, ...] = (inline_calls, empty_values_as_fills, canonical_products, one_hot_products_as_gathers,
                             row_products_read_transposed, hoist_loop_invariants, forward_single_accumulations,
-                            eliminate_dead_code, fuse_elementwise, fills_where_needed, outline_long_functions)
+                            eliminate_dead_code, recompute_after_continuations, fuse_elementwise, fills_where_needed,
+                            outline_long_functions)
 
 
-def prepare(module: Module, passes: tuple[Pass, ...] = PASSES) -> Module:
-    """Run ``passes`` in order, verifying the IR after each one."""
+#: The passes of the memory plan (``EmitOptions.memory_plan``; the lowering's frees are the rest of it).
+MEMORY_PASSES = (recompute_after_continuations, fills_where_needed)
+
+
+def prepare(module: Module, passes: tuple[Pass, ...] = PASSES, memory_plan: bool = True) -> Module:
+    """Run ``passes`` in order (without :data:`MEMORY_PASSES` unless ``memory_plan``), verifying the IR after
+    each one."""
     for p in passes:
+        if not memory_plan and p in MEMORY_PASSES:
+            continue
         module = verify(p(module))
     return module
 
@@ -59,7 +68,7 @@ def build_native(module: Module, title: str, options: EmitOptions = EmitOptions(
     or the compile cache's lookup), ``load``; and for a module of several translation units, ``cc unit K``
     per unit (they compile in parallel) and ``cc link``."""
     clock = _Stopwatch(stages)
-    prepared = prepare(module)
+    prepared = prepare(module, memory_plan=options.memory_plan)
     clock.lap("passes")
     if debug_mode() and not options.check_indices:
         options = dataclasses.replace(options, check_indices=True)  # sanitized builds check every index

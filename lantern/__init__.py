@@ -6,8 +6,8 @@ the native code directly.
 """
 from types import FunctionType
 
-from .ad import grad, value_and_grad
-from .checkpoint import load, save
+from .ad import checkpoint, grad, value_and_grad
+from .saving import load, save
 from .control import cond, fori_loop, scan, while_loop
 from .eager import disable_stage, eager as _eager
 from .errors import (ArgumentError, CacheWarning, CompileError, CompilerNotFoundError, CompilerTimeoutError,

@@ -658,7 +658,7 @@ class Staged:
             traced = self._trace(treedef, keys, paths)[2]
             if env is not None:
                 env.frozen = True
-            return traced, prepare(traced)
+            return traced, prepare(traced, memory_plan=self.options["memory_plan"])
 
     # ---------------------------------------------------------- calls while tracing
     def _call_while_tracing(self, args: tuple, kwargs: dict) -> Any:

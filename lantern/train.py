@@ -119,14 +119,14 @@ def _batch_source(batches: Any, steps: int | None, start: int) -> Iterable[Any]:
 
 
 def _save_training_state(path: str, params: Any, opt_state: Any, losses: list[float]) -> None:
-    from .checkpoint import save
+    from .saving import save
     save(path, {"params": params, "opt_state": opt_state, "step": len(losses),
                 "losses": np.asarray(losses, dtype=np.float64)}, step=len(losses), loss=losses[-1])
 
 
 def _resumed(path: str) -> tuple[Any, Any, list[float]]:
     """params, opt_state and the loss history of a checkpoint :func:`fit` wrote."""
-    from .checkpoint import load
+    from .saving import load
     state = load(path)
     if not isinstance(state, dict) or not {"params", "opt_state", "step", "losses"} <= set(state):
         raise ArgumentError(f"fit: {path} is not a checkpoint written by fit (it has no params, opt_state, step "

@@ -230,3 +230,91 @@ def test_arena_holes_never_overlap_live_blocks():
     lib = ffi.dlopen(artifact.so_path)
     steps = np.array([20000], np.int64)
     assert lib.lantern_entry(ffi.from_buffer(steps)) == 0
+
+
+# ------------------------------------------------------------------ recomputation after a continuation
+
+def _two_attention_blocks(memory_plan: bool = True):
+    @lantern.stage
+    def attention(wq, wk, wv, x):  # a staged function called twice: one C function, run with a continuation
+        q, k, v = x @ wq, x @ wk, x @ wv
+        a = ops.softmax(q @ ops.transpose(k), axis=-1)  # [T, T]: large; q, k small
+        return ops.tanh(a @ v) + x
+
+    def loss(ws, x):
+        h = attention(*ws[0], x)
+        h = attention(*ws[1], h)
+        return ops.sum(h * h)
+
+    # (x's gradient too: both calls then need the same gradient version of the block, one function)
+    return lantern.stage(lambda ws, x: lantern.grad(loss, argnums=(0, 1))(ws, x)[0], memory_plan=memory_plan)
+
+
+def _attention_inputs(t: int = 512, d: int = 8):
+    rng = np.random.default_rng(5)
+    ws = [[rng.standard_normal((d, d)) * 0.5 for _ in range(3)] for _ in range(2)]
+    return ws, rng.standard_normal((t, d))
+
+
+@pytest.fixture
+def shared_blocks(monkeypatch):
+    """Blocks called twice stay functions however short (as a network's layers do)."""
+    monkeypatch.setenv("LANTERN_INLINE_LIMIT", "1")
+
+
+def test_attention_weights_are_recomputed_after_the_continuation(shared_blocks):
+    """The [T, T] softmax of a block is not held while the later block runs: the backward part makes it
+    again from q and k (which it reads anyway), and the forward one dies at its last forward use."""
+    ws, x = _attention_inputs()
+    exe = _two_attention_blocks().lower(ws, x)
+    cps = [fn for name, fn in exe.module.functions.items() if name.startswith("attention")]
+    assert cps, list(exe.module.functions)
+    stmts = cps[0].body.stmts
+    apply = next(i for i, s in enumerate(stmts) if type(s).__name__ == "Apply")
+    softmaxes = [i for i, s in enumerate(stmts) if getattr(s, "prim", "") == "softmax"]
+    assert len(softmaxes) == 2 and softmaxes[0] < apply < softmaxes[1], (softmaxes, apply)
+    plan = exe.memory_plan
+    forward = next(line for line in plan.splitlines() if "f64[512,512]" in line and "made at" in line)
+    assert int(forward.split("dies after ")[1].split()[0]) < apply
+    off = _two_attention_blocks(memory_plan=False).lower(ws, x).module
+    assert sum(getattr(s, "prim", "") == "softmax" for fn in off.functions.values() for s in fn.body.stmts) == 1
+
+
+def test_recomputed_gradients_match_finite_differences(shared_blocks):
+    ws, x = _attention_inputs(t=512, d=4)
+    grads = _two_attention_blocks()(ws, x)
+    np.testing.assert_array_equal(flatten(grads)[0][0], flatten(_two_attention_blocks(False)(ws, x))[0][0])
+
+    def loss_np(w):
+        h = x
+        for wq, wk, wv in w:
+            q, k, v = h @ wq, h @ wk, h @ wv
+            s = q @ k.T
+            e = np.exp(s - s.max(-1, keepdims=True))
+            h = np.tanh((e / e.sum(-1, keepdims=True)) @ v) + h
+        return np.sum(h * h)
+
+    eps = 1e-6
+    for layer, which in [(0, 0), (0, 1), (1, 2)]:
+        num = np.zeros_like(ws[layer][which])
+        for i in np.ndindex(num.shape):
+            plus = [[w.copy() for w in ws_l] for ws_l in ws]
+            minus = [[w.copy() for w in ws_l] for ws_l in ws]
+            plus[layer][which][i] += eps
+            minus[layer][which][i] -= eps
+            num[i] = (loss_np(plus) - loss_np(minus)) / (2 * eps)
+        np.testing.assert_allclose(grads[layer][which], num, rtol=1e-5, atol=1e-6)
+
+
+def test_products_that_do_not_expand_are_kept():
+    """The policy recomputes a product only when its result is much larger than its operands (x @ W with a
+    square W is as large as x: kept)."""
+    from lantern.ir.nodes import Op
+    from lantern.ir.passes.remat import cheap_to_recompute
+    from lantern.ir.primitives import infer
+    t = TensorType((1024, 256), "float32")
+    x, w, y = Var(t, "x"), Var(TensorType((256, 256), "float32"), "w"), Var(t, "y")
+    assert not cheap_to_recompute(Op([y], prim="matmul", args=[x, w], attrs={}))
+    q, k = Var(TensorType((1024, 16), "float32"), "q"), Var(TensorType((1024, 16), "float32"), "k")
+    s = Var(infer("matmul", [q.type, k.type], {"trans_b": True}), "s")
+    assert cheap_to_recompute(Op([s], prim="matmul", args=[q, k], attrs={"trans_b": True}))

@@ -16,10 +16,11 @@ from ..staging import Staged
 from ..tensor import Tensor
 from ..tracing import Frame, current_frame, tracing, with_location
 from ..tree import flatten, unflatten
+from .checkpoint import checkpoint
 from .functionalize import functionalize
 from .transform import Differentiator
 
-__all__ = ["grad", "value_and_grad"]
+__all__ = ["checkpoint", "grad", "value_and_grad"]
 
 
 def _inlined(builder_functions: dict[str, Function], name: str) -> dict[str, Function]:
@@ -28,7 +29,8 @@ def _inlined(builder_functions: dict[str, Function], name: str) -> dict[str, Fun
     loop-invariant copies moved out of loops (their gradients are cheaper)."""
     from ..ir.passes import (canonical_products, column_gathers_as_rows, hoist_loop_invariants, inline_calls,
                              one_hot_products_as_gathers)
-    module = column_gathers_as_rows(canonical_products(inline_calls(Module(dict(builder_functions), name))))
+    module = column_gathers_as_rows(canonical_products(inline_calls(Module(dict(builder_functions), name),
+                                                                    keep_checkpoints=True)))
     return hoist_loop_invariants(one_hot_products_as_gathers(module)).functions
 
 

@@ -604,6 +604,8 @@ class Differentiator:
 
     # ------------------------------------------------------------ recursive functions
     def control_call(self, s: Call, rest: Continuation) -> list[Tensor]:
+        if s.checkpoint:
+            return self.checkpointed_call(s, rest)
         frame = self.frame
         self.at(s)
         floats = [k for k, o in enumerate(s.outs) if _is_float(o)]
@@ -623,12 +625,45 @@ class Differentiator:
         final_types = tuple(t.var.type for t in finals)
         # The callee differentiates only the arguments whose adjoints the caller keeps.
         needed = tuple(a.id in self.adj for a in s.args if _is_float(a))
-        cps_name = self.cps(s.fn, final_types, needed)  # type: ignore[misc]
+        return self.call_cps(s, self.cps(s.fn, final_types, needed), body, final_types)  # type: ignore[misc]
+
+    def call_cps(self, s: Call, cps_name: str, body: Block, final_types: tuple) -> list[Tensor]:
+        """``k = lambda(body)``, then ``cps_name(args, the adjoints the caller keeps, k)``; its results."""
         k = Var(FnType(tuple(v.type for v in body.params), final_types), "k")
-        frame.add(Lambda([k], loc=s.loc, body=body))
+        self.frame.add(Lambda([k], loc=s.loc, body=body))
         self.at(s)
         arg_bars = [self.adj[a.id] for a in s.args if _is_float(a) and a.id in self.adj]
         outs = [Var(t, "result") for t in final_types]
-        frame.add(Call(outs, loc=s.loc, fn=cps_name,
-                       args=[self.val[a.id].var for a in s.args] + [b.var for b in arg_bars] + [k]))
+        self.frame.add(Call(outs, loc=s.loc, fn=cps_name,
+                            args=[self.val[a.id].var for a in s.args] + [b.var for b in arg_bars] + [k]))
         return [self.tensor(v) for v in outs]
+
+    def checkpointed_call(self, s: Call, rest: Continuation) -> list[Tensor]:
+        """``lantern.checkpoint``: the callee runs forward only (its intermediates die with its frame), the
+        rest of the caller runs, then the callee's CPS version runs (forward again, then backward) with a
+        continuation that adds the adjoints the rest computed into its results' adjoints."""
+        frame = self.frame
+        self.at(s)
+        outs = [Var(o.type, o.hint) for o in s.outs]
+        frame.add(Call(outs, loc=s.loc, fn=s.fn, args=[self.val[a.id].var for a in s.args]))
+        for o, v in zip(s.outs, outs):
+            self.val[o.id] = self.tensor(v)
+            if _is_float(o):
+                self.zeros_for(o)
+        finals = rest()
+        final_types = tuple(t.var.type for t in finals)
+        needed = tuple(a.id in self.adj for a in s.args if _is_float(a))
+        if not any(needed):
+            return finals  # no gradient flows into the arguments: nothing to recompute
+        cps_name = self.cps(s.fn, final_types, needed)  # type: ignore[misc]
+        floats = [k for k, o in enumerate(s.outs) if _is_float(o)]
+        again = [Var(o.type, o.hint) for o in s.outs]
+        again_bars = [Var(s.outs[k].type, s.outs[k].hint + "_bar") for k in floats]
+        body = Block(params=again + again_bars)  # seeds the recomputed results' adjoints with the rest's
+        with frame.block(body):
+            self.at(s)
+            for k, bar in zip(floats, again_bars):
+                if s.outs[k].id in self.adj:
+                    frame.add(Accumulate([], loc=s.loc, target=bar, value=self.adj[s.outs[k].id].var))
+            body.results = [t.var for t in finals]
+        return self.call_cps(s, cps_name, body, final_types)

@@ -143,10 +143,16 @@ class Fused(Stmt):
 
 @dataclass(eq=False)
 class Call(Stmt):
-    """Call of a module-level :class:`Function` by name (may be recursive)."""
+    """Call of a module-level :class:`Function` by name (may be recursive).
+
+    ``checkpoint`` (``lantern.checkpoint``): reverse mode keeps none of the callee's intermediates for the
+    backward part; it calls the callee again there (forward, then backward). Until AD the call is not
+    inlined; AD turns it into ordinary calls.
+    """
 
     fn: str = ""
     args: list[Var] = field(default_factory=list)
+    checkpoint: bool = False
 
     def operands(self) -> list[Var]:
         return list(self.args)

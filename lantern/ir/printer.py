@@ -55,7 +55,8 @@ def _stmt_lines(stmt: Stmt, indent: str) -> list[str]:
         return [f"{indent}{outs}fused ({_typed(stmt.body.params)}) = ({_vars(stmt.inputs)}):{where}",
                 *_block_lines(stmt.body, inner)]
     if isinstance(stmt, Call):
-        return [f"{indent}{outs}call @{stmt.fn}({_vars(stmt.args)}){where}"]
+        marker = " checkpoint" if stmt.checkpoint else ""
+        return [f"{indent}{outs}call{marker} @{stmt.fn}({_vars(stmt.args)}){where}"]
     if isinstance(stmt, Lambda):
         return [f"{indent}{outs}lambda ({_typed(stmt.body.params)}):{where}", *_block_lines(stmt.body, inner)]
     if isinstance(stmt, Apply):

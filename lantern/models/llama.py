@@ -47,7 +47,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import nn, ops
-from ..ad import value_and_grad
+from ..ad import checkpoint as lantern_checkpoint, value_and_grad
 from ..control import scan
 from ..errors import ArgumentError, ShapeError
 from ..ir.types import canonical_dtype
@@ -368,7 +368,8 @@ def _check_tokens(config: LlamaConfig, tokens: Tensor, what: str) -> None:
         raise with_location(ArgumentError, f"{what}: tokens must be integers, got {tokens.type}")
 
 
-def forward(config: LlamaConfig, params: dict[str, Any], tokens: Any, layers: str = "call") -> Tensor:
+def forward(config: LlamaConfig, params: dict[str, Any], tokens: Any, layers: str = "call",
+            checkpoint: bool = False) -> Tensor:
     """Logits ``[B, T, vocab]`` for token ids ``[B, T]`` (or ``[T]`` -> ``[T, vocab]``), positions 0..T-1.
 
     Written with lantern ops: call it inside a staged function (see :func:`Trainer`, :class:`Decoder`).
@@ -383,12 +384,15 @@ def forward(config: LlamaConfig, params: dict[str, Any], tokens: Any, layers: st
       are, so the whole training step, optimizer included, is the same code for any depth. The
       backward part recomputes each block's cheap elementwise work from stored products (the counted
       loops' reverse mode), where ``"call"`` keeps every intermediate.
+
+    ``checkpoint``: each block is :func:`lantern.checkpoint`-ed: its gradient keeps only the block's input
+    and runs the block again in the backward part (less memory, about a third more compute).
     """
     layers = _layers_mode(layers)
     tokens = ops.asarray(tokens)
     _check_tokens(config, tokens, "llama.forward")
     if tokens.ndim == 1:
-        return forward(config, params, ops.expand_dims(tokens, 0), layers)[0]
+        return forward(config, params, ops.expand_dims(tokens, 0), layers, checkpoint)[0]
     if tokens.ndim != 2:
         raise with_location(ShapeError, f"llama.forward: tokens must be [batch, seq], got shape {tokens.shape}")
     c = config
@@ -417,23 +421,27 @@ def forward(config: LlamaConfig, params: dict[str, Any], tokens: Any, layers: st
     elif layers == "scan":  # stacked here: a copy of the block weights per call
         stacked = {name: ops.stack([p[_layer(i, name)] for i in range(c.n_layers)]) for name in LAYER_PARAMS}
     if layers == "scan":  # one loop over the layers
-        x, _ = scan(lambda x, layer: (block(c, layer, x, cos, sin, causal), None), x, stacked)
+        def scanned(layer: dict[str, Any], x: Tensor) -> Tensor:
+            return block(c, layer, x, cos, sin, causal)
+        step = lantern_checkpoint(scanned) if checkpoint else scanned
+        x, _ = scan(lambda x, layer: (step(layer, x), None), x, stacked)
     else:
-        staged = staged_block(c)
+        staged = lantern_checkpoint(staged_block(c)) if checkpoint else staged_block(c)
         for i in range(c.n_layers):
             x = staged(layer_params(p, i), x, cos, sin, causal)
     x = rms_norm(x, p["model.norm.weight"], c.norm_eps)
     return nn.linear(x, p["lm_head.weight"])
 
 
-def loss_fn(config: LlamaConfig, params: dict[str, Any], tokens: Any, layers: str = "call") -> Tensor:
+def loss_fn(config: LlamaConfig, params: dict[str, Any], tokens: Any, layers: str = "call",
+            checkpoint: bool = False) -> Tensor:
     """Mean next-token cross entropy of ``tokens [B, T+1]``: predict ``tokens[:, 1:]`` from ``tokens[:, :-1]``
-    (``layers``: see :func:`forward`)."""
+    (``layers``, ``checkpoint``: see :func:`forward`)."""
     tokens = ops.asarray(tokens)
     if tokens.ndim != 2 or tokens.shape[1] < 2:
         raise with_location(ShapeError, f"llama.loss_fn: tokens must be [batch, seq + 1] with seq >= 1, "
                             f"got shape {tokens.shape}")
-    logits = forward(config, params, tokens[:, :-1], layers)
+    logits = forward(config, params, tokens[:, :-1], layers, checkpoint)
     return nn.cross_entropy(logits, tokens[:, 1:])
 
 
@@ -462,13 +470,15 @@ class Trainer:
 
         p_new = p - lr * (adam_direction + weight_decay * p)
 
-    ``layers`` (``"call"`` or ``"scan"``): how the blocks are compiled, see :func:`forward`.
+    ``layers`` (``"call"`` or ``"scan"``): how the blocks are compiled, and ``checkpoint``: whether the
+    backward part runs each block again rather than keep its intermediates; see :func:`forward`.
     """
 
     def __init__(self, config: LlamaConfig, *, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
-                 eps: float = 1e-8, clip: float | None = 1.0, layers: str = "call"):
+                 eps: float = 1e-8, clip: float | None = 1.0, layers: str = "call", checkpoint: bool = False):
         self.config = config
         self.layers = _layers_mode(layers)
+        self.checkpoint = bool(checkpoint)
         self.weight_decay = float(weight_decay)
         self.clip = None if clip is None else float(clip)
         self.opt = AdamW(lr=1.0, betas=betas, eps=eps, weight_decay=0.0)
@@ -480,7 +490,7 @@ class Trainer:
         return self.opt.init(params)
 
     def _step(self, params: dict[str, Any], opt_state: dict[str, Any], tokens: Any, lr: Any):
-        loss, grads = value_and_grad(lambda p: loss_fn(self.config, p, tokens, layers=self.layers))(params)
+        loss, grads = value_and_grad(lambda p: loss_fn(self.config, p, tokens, self.layers, self.checkpoint))(params)
         norm = global_norm(grads)
         if self.clip is not None:
             grads = clip_by_global_norm(grads, self.clip)

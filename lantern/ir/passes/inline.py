@@ -105,14 +105,15 @@ def shared_functions(module: Module, recursive: set[str] | None = None) -> set[s
     return kept - {module.entry} - recursive
 
 
-def inline_calls(module: Module) -> Module:
+def inline_calls(module: Module, keep_checkpoints: bool = False) -> Module:
     """Replace every call of a non-recursive function that is not shared (see :func:`shared_functions`)
-    by a copy of its body; drop unused functions."""
+    by a copy of its body; drop unused functions. ``keep_checkpoints`` (before AD): calls marked
+    ``checkpoint`` stay calls too."""
     recursive = recursive_functions(module)
     stay = recursive | shared_functions(module, recursive)
 
     def inline(call: Call, args: list[Var]) -> tuple[list[Stmt], list[Var]] | None:
-        if call.fn in stay:
+        if call.fn in stay or (keep_checkpoints and call.checkpoint):
             return None
         callee = module.functions[call.fn]
         subst = {p.id: a for p, a in zip(callee.body.params, args)}
@@ -120,9 +121,11 @@ def inline_calls(module: Module) -> Module:
         body = clone_block(params_free, subst, inline)
         return body.stmts, body.results
 
+    checkpointed = {s.fn for fn in module.functions.values() for s in walk_stmts(fn.body)
+                    if isinstance(s, Call) and s.checkpoint} if keep_checkpoints else set()
     functions: dict[str, Function] = {}
     for name, fn in module.functions.items():
-        if name != module.entry and name not in stay:
+        if name != module.entry and name not in stay and name not in checkpointed:
             continue
         body = clone_block(fn.body, {}, inline, rename=False)
         functions[name] = Function(name, body, fn.result_types, fn.loc)
