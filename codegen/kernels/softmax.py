@@ -1,4 +1,4 @@
-"""Softmax along one axis: per row, the maximum, then the exponentials of the differences and their sum
+"""Softmax along one axis: per row, the maximum, then the exponentials of the differences, their sum
 (accumulated in double), then each divided by the sum (as ``exp(x - max) / sum`` computes in NumPy: a
 NaN in a row, or a row of -inf, gives NaN)."""
 from __future__ import annotations
@@ -30,14 +30,20 @@ def softmax(e: KernelContext, op: Op) -> None:
     e.c.line("seen_nan |= v != v;")
     e.c.close()
     e.c.line(f"if (seen_nan) m = ({t})NAN;")
+    # Three vectorized loops: the exponentials, their sum (in double), the division. (One loop that also
+    # sums into a double does not vectorize: 4x slower.)
+    e.c.line("#pragma omp simd")
+    e.c.loop("k", n)
+    e.store(out, at, f"{exp}({e.load(x, at)} - m)")
+    e.c.close()
     e.c.line("double sum = 0.0;")
     e.c.line(simd_sum("sum"))
     e.c.loop("k", n)
-    e.c.line(f"{t} v = {exp}({e.load(x, at)} - m);")
-    e.store(out, at, "v")
-    e.c.line("sum += v;")
+    e.c.line(f"sum += {e.load(out, at)};")
     e.c.close()
+    e.c.line(f"{t} total = ({t})sum;")
+    e.c.line("#pragma omp simd")
     e.c.loop("k", n)
-    e.store(out, at, f"{e.load(out, at)} / ({t})sum")
+    e.store(out, at, f"{e.load(out, at)} / total")
     e.c.close()
     e.c.close()
