@@ -36,7 +36,7 @@ LR = np.array(1e-3, np.float32)
 CASES = [("llama small 4x255", "llama", (4, 255)), ("llama small 16x255", "llama", (16, 255)),
          ("llama small 16x127", "llama", (16, 127)), ("llama small 16x63", "llama", (16, 63)),
          ("llama small 32x127", "llama", (32, 127)), ("llama small 16x255 checkpoint", "llama-checkpoint", (16, 255)),
-         ("cnn (batch 64)", "cnn", ()), ("char-rnn h100", "rnn", ()), ("char-lstm h200", "lstm", ()),
+         ("cnn (batch 100)", "cnn", ()), ("char-rnn h100", "rnn", ()), ("char-lstm h200", "lstm", ()),
          ("treelstm", "treelstm", ())]
 QUICK_CASES = [("llama tiny 4x31", "llama-tiny", (4, 31))]
 
@@ -93,13 +93,48 @@ def _paper_steps(framework: str, model: str):
     """The paper benchmarks: Lantern's step from each script's ``lantern_setup`` (the same step the speed
     benchmarks time); PyTorch's from the script's own PyTorch functions."""
     if framework != "lantern":
-        raise NotImplementedError(f"{model}: PyTorch memory is measured for Llama only")
+        return _torch_paper_steps(framework, model)
     import importlib
     setups = {"cnn": ("bench_cnn", ()), "rnn": ("charlm", ("rnn", 100, 25, 1)),
               "lstm": ("charlm", ("lstm", 200, 20, 1)), "treelstm": ("bench_treelstm", ())}
     module, args = setups[model]
     once = importlib.import_module(module).lantern_setup(*args)
-    return lambda i: once()
+
+    def step(i):
+        from lantern.tree import flatten
+        return float(np.asarray(flatten(once())[0][-1]).ravel()[0])  # (a loss, for the record)
+    return step
+
+
+def _torch_paper_steps(framework: str, model: str):
+    import torch
+    compiled = framework == "torch.compile"
+    if model == "cnn":
+        import bench_cnn
+        step = bench_cnn.torch_fns(torch, compiled)
+        p, opt = bench_cnn.torch_make(torch, bench_cnn.init_params())
+        x, y = (torch.as_tensor(a) for a in bench_cnn.synthetic_mnist(bench_cnn.BATCH))
+        return lambda i: float(step(p, opt, x, y))
+    if model in ("rnn", "lstm"):
+        import charlm
+        hidden, seq = (100, 25) if model == "rnn" else (200, 20)
+        vocab, batches = charlm.make_data(seq, 1, 1)
+        tstep = charlm.torch_step(torch, model, compiled)
+        p = {k: torch.tensor(v).requires_grad_(True)
+             for k, v in charlm.layout_params(model, vocab, hidden, "row").items()}
+        mem = {k: torch.zeros_like(v) for k, v in p.items()}
+        xs, ys = (torch.tensor(a) for a in batches[0])
+        s0 = tuple(torch.tensor(a) for a in charlm.zero_state(model, 1, hidden))
+        return lambda i: float(tstep(p, mem, xs, ys, s0)[0])
+    if model == "treelstm":
+        import bench_treelstm
+        vocab, trees = bench_treelstm.make_trees(1)
+        emb, params = bench_treelstm.init_params(vocab)
+        make, step = bench_treelstm.torch_epoch_fns(torch, emb, params)
+        p, opt = make()
+        t = bench_treelstm.torch_tree(torch, trees[0])
+        return lambda i: float(step(p, opt, t))
+    raise ValueError(model)
 
 
 def child(framework: str, model: str, args: tuple[int, ...]) -> dict:
@@ -166,7 +201,8 @@ def main() -> None:
                 row[f"lantern{suffix} step MB"] = r["step_peak_mb"]
                 row[f"lantern{suffix} arena MB"] = r["arena_mb"]
         for name in ("torch eager", "torch.compile"):
-            if torch is None or name not in args.frameworks or model not in ("llama", "llama-tiny"):
+            if torch is None or name not in args.frameworks or model == "llama-checkpoint" or (
+                    name == "torch.compile" and model == "treelstm"):  # (recursion over a Python tree)
                 continue
             r = measure(name.replace(" ", "_"), model, sizes, "on", args.threads)
             row[f"{name} MB"] = r["peak_mb"]

@@ -44,6 +44,7 @@ from .kernels import elementwise as elementwise_kernels
 from .kernels import indexing
 from . import units
 from .lowering import lower_module
+from .memory_plan import worth_freeing
 from .passes.outline import is_glue
 
 
@@ -316,7 +317,7 @@ class FunctionEmitter(KernelContext):
     def free_spares(self, outs: list[Var], nexts: list[str | None]) -> None:
         if self.m.plan.memory is not None:
             for o, nxt in zip(outs, nexts):
-                if nxt is not None:
+                if nxt is not None and worth_freeing(o.type.nbytes):  # type: ignore[union-attr]
                     self.c.line(f"lt_free({nxt}, {o.type.nbytes});")  # type: ignore[union-attr]
 
     def bind_params(self, params: list[Var], outs: list[Var], block: Block) -> None:

@@ -19,11 +19,11 @@ import lantern
 from lantern.codegen import toolchain
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The tests run sanitized: reverse mode (straight-line, through loops, recursion, grad of grad),
-#: control flow, the NumPy-parity regressions (zero-size gathers and products read out of bounds), and
+#: The tests run sanitized (with the memory plan on, its default): reverse mode (straight-line, through
+#: loops, recursion, grad of grad, checkpointed calls), control flow, the NumPy-parity regressions (zero-size gathers and products read out of bounds), and
 #: modules of several translation units. ``tests/test_grad_ops.py`` (per-op gradients) is left out to keep CI short.
 SANITIZED_TESTS = ["tests/test_ad_transform.py", "tests/test_control_flow.py", "tests/test_grad_programs.py",
-                   "tests/test_numpy_parity.py", "tests/test_units.py"]
+                   "tests/test_numpy_parity.py", "tests/test_units.py", "tests/test_checkpoint_grad.py"]
 #: What a sanitizer report looks like (any of them fails the run).
 REPORT = re.compile(r"ERROR: (Address|Leak|Thread|Memory)Sanitizer|runtime error:|UndefinedBehaviorSanitizer")
 
@@ -81,6 +81,31 @@ _BAD_C = textwrap.dedent("""\
     }
     """)
 
+#: A buffer read after the memory plan freed it: the arena poisons freed blocks in sanitized builds.
+_FREED_C = textwrap.dedent("""\
+    #include "lantern_runtime.h"
+
+    /* Reads a freed arena buffer when *p is not 0. */
+    int lantern_entry(void *p)
+    {
+        int64_t bad = *(const int64_t *)p;
+        lt_mark_t mark = lt_mark();
+        float *a = lt_alloc(256 * sizeof(float));
+        float *b = lt_alloc(256 * sizeof(float));
+        for (int i = 0; i < 256; i++) {
+            a[i] = (float)i;
+            b[i] = 1.0f;
+        }
+        lt_free(a, 256 * sizeof(float));
+        float s = b[3] + (bad ? a[3] : 2.0f);
+        lt_release(mark);
+        return (int)s;
+    }
+
+    int lantern_shift(void *p) { (void)p; return 0; }
+    const void *lantern_process_init(unsigned long main_thread) { return lt_process_init(main_thread); }
+    """)
+
 _CALL_BAD = textwrap.dedent("""\
     import sys
     import cffi
@@ -97,18 +122,20 @@ _CALL_BAD = textwrap.dedent("""\
     """)
 
 
-@pytest.mark.parametrize("fn, good, bad, report", [
-    ("lantern_entry", 3, 4, "ERROR: AddressSanitizer: heap-buffer-overflow"),
-    ("lantern_shift", 3, 40, "runtime error: shift exponent 40 is too large"),
+@pytest.mark.parametrize("fn, good, bad, report, source", [
+    ("lantern_entry", 3, 4, "ERROR: AddressSanitizer: heap-buffer-overflow", _BAD_C),
+    ("lantern_shift", 3, 40, "runtime error: shift exponent 40 is too large", _BAD_C),
+    ("lantern_entry", 0, 1, "ERROR: AddressSanitizer: use-after-poison", _FREED_C),
 ])
-def test_sanitized_build_catches_bad_code(asan_env, tmp_path, fn, good, bad, report):
-    """The driver's LANTERN_DEBUG flags instrument the module: a bad access stops the process with a report."""
+def test_sanitized_build_catches_bad_code(asan_env, tmp_path, fn, good, bad, report, source):
+    """The driver's LANTERN_DEBUG flags instrument the module: a bad access stops the process with a report
+    (an arena buffer read after ``lt_free`` too)."""
     env = {**asan_env, "LANTERN_CACHE_DIR": str(tmp_path / "cache")}
     cmd = [sys.executable, "-c", _CALL_BAD, fn]
-    code, output = _run([*cmd, str(good), _BAD_C], env, timeout=300)
+    code, output = _run([*cmd, str(good), source], env, timeout=300)
     assert code == 0 and not REPORT.search(output), output
     assert "returned" in output
-    code, output = _run([*cmd, str(bad), _BAD_C], env, timeout=300)
+    code, output = _run([*cmd, str(bad), source], env, timeout=300)
     assert code != 0 and report in output, output
     assert "calling" in output and "returned" not in output
     assert "sanitizer_probe" in output  # the report points into the generated module (built with -g)

@@ -16,7 +16,7 @@ from lantern.source import Loc
 
 from ..c_types import C_TYPE, FLOATS
 from ..cbuilder import CBuilder, c_string, comment
-from ..memory_plan import Buffers
+from ..memory_plan import Buffers, worth_freeing
 
 if TYPE_CHECKING:
     from ..emit_c import ModuleEmitter
@@ -134,7 +134,7 @@ class KernelContext:
         """Free the buffers whose last value (a buffer and its views) is in ``dead`` (the memory plan)."""
         for v in dead:
             freed = self.buffers.dead(v)
-            if freed is not None:
+            if freed is not None and worth_freeing(freed[1]):
                 self.c.line(f"lt_free({freed[0]}, {freed[1]});")
 
     def mark_if_empty(self, v: Var) -> None:
