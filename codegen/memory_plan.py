@@ -23,6 +23,7 @@ its own statements hold at once (``Executable.memory_plan``).
 from __future__ import annotations
 
 import collections
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -37,12 +38,18 @@ from lantern.ir.types import TensorType
 
 #: Buffers smaller than this are not freed early (they go with their frame): an ``lt_free`` costs more
 #: than the memory is worth (a char-RNN step of 100-float vectors ran 10 % slower freeing them).
+#: ``LANTERN_MIN_FREED_BYTES`` sets it (the tests set 0, so that small programs free too).
 MIN_FREED_BYTES = 16 << 10
+
+
+def min_freed_bytes() -> int:
+    value = os.environ.get("LANTERN_MIN_FREED_BYTES", "").strip()
+    return int(value) if value.isdigit() else MIN_FREED_BYTES
 
 
 def worth_freeing(nbytes: int | str) -> bool:
     """Whether a buffer of ``nbytes`` (a C expression when known only at run time) is freed after its last use."""
-    return not isinstance(nbytes, int) or nbytes >= MIN_FREED_BYTES
+    return not isinstance(nbytes, int) or nbytes >= min_freed_bytes()
 
 
 @dataclass
@@ -179,7 +186,7 @@ def format_memory_plan(module: Module, plan: MemoryPlan, allocates: Callable[[St
     (numbered in its block, nested blocks as ``3.0.2``) where it is made and dies, then the peak of what
     is live at once (buffers of nested blocks counted while their statement runs). ``allocates(s, v)``:
     whether ``v``, made by ``s``, gets a buffer of its own. A size known only at run time counts as 0
-    and makes the peak unknown; buffers below :data:`MIN_FREED_BYTES` count until their frame ends."""
+    and makes the peak unknown; buffers below :func:`min_freed_bytes` count until their frame ends."""
     name = names or (lambda v: v.name)
     lines: list[str] = []
 

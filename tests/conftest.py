@@ -23,3 +23,6 @@ def pytest_configure(config):
     # Every compile also checks the trace cache: a recorded entry that differs from what tracing
     # produces fails the test (a stale hit would run the wrong code). Tests of hits set it to 1.
     os.environ.setdefault("LANTERN_TRACE_CACHE", "verify")
+    # The memory plan frees buffers of every size (by default small ones go with their frame): the tests'
+    # small programs then exercise every free, in place result and hole (and the sanitized run checks them).
+    os.environ.setdefault("LANTERN_MIN_FREED_BYTES", "0")
