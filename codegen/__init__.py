@@ -47,8 +47,10 @@ PASSES: tuple[Pass, ...] = (inline_calls, empty_values_as_fills, canonical_produ
                             outline_long_functions)
 
 
-#: The passes of the memory plan (``EmitOptions.memory_plan``; the lowering's frees are the rest of it).
-MEMORY_PASSES = (recompute_after_continuations, fills_where_needed)
+#: The pass of the memory plan that changes what is computed (``EmitOptions.memory_plan``; the lowering's
+#: frees and in-place results are the rest of it). Moving fills runs either way: it changes which values
+#: the lowering computes inside a reduction's loop, and with it the order of a sum's additions.
+MEMORY_PASSES = (recompute_after_continuations,)
 
 
 def prepare(module: Module, passes: tuple[Pass, ...] = PASSES, memory_plan: bool = True) -> Module:

@@ -14,7 +14,7 @@ only in the backward part. Results are identical: the same operations on the sam
 """
 from __future__ import annotations
 
-from ..analysis import reads, updated_in_place
+from ..analysis import passed_by_reference, reads, updated_in_place
 from ..nodes import Apply, Block, Call, Function, Fused, Lambda, Module, Op, Stmt, Var
 from ..primitives import ELEMENTWISE, PRIMITIVES
 from ..rewrite import clone_block, fresh, map_blocks, with_operands
@@ -91,26 +91,28 @@ def _recompute_block(stmts: list[Stmt], updated: set[int]) -> list[Stmt]:
             order.append(s)
         return True
 
-    after_reads = [{v.id for v in reads(s)} for s in stmts[barrier + 1:]]
+    first_read: dict[int, int] = {}  # value id -> the first statement after the continuation that reads it
+    for i, s in enumerate(stmts[barrier + 1:]):
+        for v in reads(s):
+            first_read.setdefault(v.id, i)
     candidates = [v for s in stmts[:barrier] for v in s.outs
-                  if v.id in held_after and v.id not in captured and _bytes(v) >= MIN_BYTES
-                  and any(v.id in r for r in after_reads)]
+                  if v.id in first_read and v.id not in captured and _bytes(v) >= MIN_BYTES]
     chains: list[tuple[int, list[Stmt]]] = []
     for v in candidates:
         order: list[Stmt] = []
         if plan(v, 0, order):
-            first = next(i for i, r in enumerate(after_reads) if v.id in r)
-            chains.append((first, order))
+            # before the first statement that reads any value the chain makes again (every later read of
+            # each of them reads the copy)
+            chains.append((min(first_read[o.id] for s in order for o in s.outs if o.id in first_read), order))
     if not chains:
         return stmts
-    # Copies of each chain go right before the first statement after the continuation that reads its value.
     subst: dict[int, Var] = {}
     inserted: dict[int, list[Stmt]] = {}
     done: set[int] = set()
     for first, order in sorted(chains, key=lambda c: c[0]):
         for s in order:
             if id(s) in done:
-                continue
+                continue  # (copied for an earlier chain, before this one's place)
             done.add(id(s))
             copy = with_operands(s, lambda a: subst.get(a.id, a))
             copy.outs = [fresh(o) for o in s.outs]
@@ -130,7 +132,8 @@ def recompute_after_continuations(module: Module) -> Module:
     the policy (:func:`cheap_to_recompute`) allows and their operands are held anyway."""
     functions = {}
     for name, fn in module.functions.items():
-        updated = updated_in_place(fn.body)
+        # (what a call or continuation is handed it may add to: never recomputed, nor read by a recomputation)
+        updated = updated_in_place(fn.body) | passed_by_reference(fn.body)
         functions[name] = Function(name, map_blocks(fn.body, lambda stmts: _recompute_block(stmts, updated)),
                                    fn.result_types, fn.loc)
     return Module(functions, module.entry)
