@@ -180,7 +180,7 @@ def llama_train_command(args: argparse.Namespace) -> int:
         print(f"lantern llama-train: matplotlib is not installed, so no loss curve ({plot})", file=sys.stderr)
         plot = None
     train(config, steps=args.steps, batch=args.batch, seq=args.seq, lr=args.lr, weight_decay=args.weight_decay,
-          clip=args.clip, seed=args.seed, plot=plot, checkpoint=args.out)
+          clip=args.clip, seed=args.seed, plot=plot, checkpoint=args.out, recompute_blocks=args.recompute_blocks)
     return 0
 
 
@@ -205,6 +205,9 @@ def _add_llama_commands(sub: Any) -> None:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--out", default="llama.safetensors", help="checkpoint path (default llama.safetensors)")
     tr.add_argument("--plot", default="llama_loss.png", help="loss-curve PNG ('' for none; needs matplotlib)")
+    tr.add_argument("--recompute-blocks", action="store_true",
+                    help="run each block again in the backward part instead of keeping its intermediates "
+                    "(lantern.checkpoint: less memory, about a third more time)")
     tr.set_defaults(run=llama_train_command)
     gen = sub.add_parser("llama-generate", help="continue a prompt with a Llama checkpoint, streaming the text")
     gen.add_argument("checkpoint", nargs="?", default="llama.safetensors", help="safetensors file (llama-train's)")

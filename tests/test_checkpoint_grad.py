@@ -128,3 +128,12 @@ def test_llama_trainer_with_checkpoint_takes_the_same_step():
         tr = llama.Trainer(cfg, checkpoint=checkpoint)
         steps.append(tr.step(params, tr.init(params), toks, lr))
     _same(steps[0], steps[1])
+
+
+def test_llama_train_command_recomputes_blocks(tmp_path, capsys):
+    """``lantern llama-train --recompute-blocks``: training with each block checkpointed writes its checkpoint."""
+    from lantern.cli import main
+    out = tmp_path / "tiny.safetensors"
+    assert main(["llama-train", "--preset", "tiny", "--steps", "2", "--batch", "2", "--seq", "16", "--plot", "",
+                 "--out", str(out), "--recompute-blocks"]) == 0
+    assert out.exists() and "checkpoint written" in capsys.readouterr().out

@@ -104,10 +104,13 @@ def load_checkpoint(path: str, config: LlamaConfig | None = None,
 def train(config: LlamaConfig, *, steps: int, batch: int = 16, seq: int = 128, lr: float = 3e-3,
           min_lr: float | None = None, warmup: int | None = None, weight_decay: float = 0.1,
           clip: float = 1.0, seed: int = 0, plot: str | None = None, checkpoint: str | None = None,
-          log_every: int | None = None, file: TextIO | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+          log_every: int | None = None, file: TextIO | None = None,
+          recompute_blocks: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Train ``config`` from scratch on the corpus with :class:`~lantern.models.llama.Trainer`
     (AdamW, global-norm clipping, cosine schedule with linear warm-up) and :func:`lantern.train.fit`
-    (progress line, optional PNG loss curve); save a checkpoint. Returns ``(params, losses)``."""
+    (progress line, optional PNG loss curve); save a checkpoint (the file ``checkpoint``). Returns
+    ``(params, losses)``. ``recompute_blocks``: ``Trainer(checkpoint=True)``, each block run again in the
+    backward part (less memory, more time)."""
     from ..train import fit, smooth
 
     if seq > config.max_seq_len:
@@ -117,7 +120,7 @@ def train(config: LlamaConfig, *, steps: int, batch: int = 16, seq: int = 128, l
     min_lr = lr / 10 if min_lr is None else min_lr
     get = window_batches(corpus_tokens("train"), batch, seq, seed)
     params = llama.init_params(config, seed)
-    trainer = llama.Trainer(config, weight_decay=weight_decay, clip=clip)
+    trainer = llama.Trainer(config, weight_decay=weight_decay, clip=clip, checkpoint=recompute_blocks)
     tokens_per_step = batch * seq
     out.write(f"Llama {config.num_params() / 1e6:.2f}M parameters ({config}); {steps} steps of "
               f"{batch} x {seq} tokens; ~{config.flops_per_token(seq) * tokens_per_step / 1e9:.2f} GFLOP per step\n")
