@@ -662,14 +662,19 @@ class Staged:
 
     # ---------------------------------------------------------- calls while tracing
     def _call_while_tracing(self, args: tuple, kwargs: dict) -> Any:
+        return self.emit_call(self.trace_call(args, kwargs))
+
+    def emit_call(self, call: TracedCall, checkpoint: bool = False) -> Any:
+        """A ``Call`` of the traced ``call`` in the current frame (its arguments, then the values it captured;
+        ``checkpoint``: see ``lantern.checkpoint``); its results in the function's result structure."""
         frame = current_frame()
         assert frame is not None
-        call = self.trace_call(args, kwargs)
         fn = frame.builder.functions.get(call.name) or frame.builder.in_progress[call.name]
         if fn.result_types is None:
             raise UnknownRecursiveResult(call.name, user_location())
         outs = [Var(t, self.name) for t in fn.result_types]
-        frame.add(Call(outs, loc=user_location(), fn=call.name, args=[t.var for t in call.tensors]))
+        frame.add(Call(outs, loc=user_location(), fn=call.name, args=[t.var for t in call.tensors] + call.captured,
+                       checkpoint=checkpoint))
         return unflatten(frame.builder.out_treedefs[call.name], [Tensor(v, frame) for v in outs])
 
     def trace_closure(self, args: tuple, kwargs: dict, variables: Sequence[int] = ()) -> TracedCall:

@@ -3,6 +3,8 @@
 NaN in a row, or a row of -inf, gives NaN)."""
 from __future__ import annotations
 
+from typing import Callable
+
 from lantern.ir.nodes import Op
 
 from ..c_types import literal
@@ -23,27 +25,25 @@ def softmax(e: KernelContext, op: Op) -> None:
     at = "base + k" if inner == 1 else f"base + k * {inner}"
     e.c.line(f"{t} m = {literal(float('-inf'), out.type.dtype)};")  # type: ignore[union-attr]
     e.c.line("int seen_nan = 0;")
-    e.c.line("#pragma omp simd reduction(max:m) reduction(|:seen_nan)")
-    e.c.loop("k", n)
-    e.c.line(f"{t} v = {e.load(x, at)};")
-    e.c.line("m = v > m ? v : m;")
-    e.c.line("seen_nan |= v != v;")
-    e.c.close()
+
+    def over_row(pragma: str, body: Callable[[], None]) -> None:
+        e.c.line(pragma)
+        e.c.loop("k", n)
+        body()
+        e.c.close()
+
+    def maximum() -> None:
+        e.c.line(f"{t} v = {e.load(x, at)};")
+        e.c.line("m = v > m ? v : m;")
+        e.c.line("seen_nan |= v != v;")
+
+    over_row("#pragma omp simd reduction(max:m) reduction(|:seen_nan)", maximum)
     e.c.line(f"if (seen_nan) m = ({t})NAN;")
     # Three vectorized loops: the exponentials, their sum (in double), the division. (One loop that also
     # sums into a double does not vectorize: 4x slower.)
-    e.c.line("#pragma omp simd")
-    e.c.loop("k", n)
-    e.store(out, at, f"{exp}({e.load(x, at)} - m)")
-    e.c.close()
+    over_row("#pragma omp simd", lambda: e.store(out, at, f"{exp}({e.load(x, at)} - m)"))
     e.c.line("double sum = 0.0;")
-    e.c.line(simd_sum("sum"))
-    e.c.loop("k", n)
-    e.c.line(f"sum += {e.load(out, at)};")
-    e.c.close()
+    over_row(simd_sum("sum"), lambda: e.c.line(f"sum += {e.load(out, at)};"))
     e.c.line(f"{t} total = ({t})sum;")
-    e.c.line("#pragma omp simd")
-    e.c.loop("k", n)
-    e.store(out, at, f"{e.load(out, at)} / total")
-    e.c.close()
+    over_row("#pragma omp simd", lambda: e.store(out, at, f"{e.load(out, at)} / total"))
     e.c.close()

@@ -4,12 +4,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from ..ir.nodes import Call, Var
-from ..control import UnknownRecursiveResult
 from ..staging import Staged
-from ..tensor import Tensor
-from ..tracing import current_frame, user_location
-from ..tree import unflatten
+from ..tracing import current_frame
 
 
 def checkpoint(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -23,21 +19,14 @@ def checkpoint(fn: Callable[..., Any]) -> Callable[..., Any]:
     function of staged values (traced at each call; values it reads from the enclosing function become
     arguments, gradients included). Outside a staged function it calls ``fn``.
     """
-    staged = fn if isinstance(fn, Staged) else None
-    plain = Staged(fn, getattr(fn, "__name__", "checkpointed")) if staged is None else fn
+    shared = isinstance(fn, Staged)  # traced once per signature; a plain function is traced at each call
+    staged = fn if shared else Staged(fn, getattr(fn, "__name__", "checkpointed"))
 
     @functools.wraps(getattr(fn, "python_fn", fn))
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        frame = current_frame()
-        if frame is None:
-            return plain(*args, **kwargs)
-        call = staged.trace_call(args, kwargs) if staged is not None else plain.trace_closure(args, kwargs)
-        function = frame.builder.functions.get(call.name) or frame.builder.in_progress[call.name]
-        if function.result_types is None:
-            raise UnknownRecursiveResult(call.name, user_location())
-        outs = [Var(t, plain.name) for t in function.result_types]
-        frame.add(Call(outs, loc=user_location(), fn=call.name, args=[t.var for t in call.tensors] + call.captured,
-                       checkpoint=True))
-        return unflatten(frame.builder.out_treedefs[call.name], [Tensor(v, frame) for v in outs])
+        if current_frame() is None:
+            return staged(*args, **kwargs)
+        call = staged.trace_call(args, kwargs) if shared else staged.trace_closure(args, kwargs)
+        return staged.emit_call(call, checkpoint=True)
 
     return wrapper
