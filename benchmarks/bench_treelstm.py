@@ -29,8 +29,11 @@ Model (``H = 150``)::
     both:  h = sig(o) * tanh(c);   loss += cross_entropy(h @ Wout + bout, label)
 
 ``--padded`` gives Lantern and PyTorch the padded trees too (the benchmark before run-time sizes).
+``--layout column`` writes every product as a matrix applied to a vector (``Wx @ x``, ``U @ [h_l, h_r]``,
+``Wout @ h``) with the weights stored ``[out, in]`` (the same numbers transposed, so the losses agree), in
+every framework; ``--layout row`` (the default) writes ``x @ Wx`` with weights ``[in, out]``.
 
-    python benchmarks/bench_treelstm.py [--quick] [--threads N] [--trees K] [--padded]
+    python benchmarks/bench_treelstm.py [--quick] [--threads N] [--trees K] [--padded] [--layout row|column]
 """
 from __future__ import annotations
 
@@ -71,29 +74,46 @@ def init_params(vocab: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
                  "bu": u(5 * HIDDEN), "Wout": u(HIDDEN, CLASSES), "bout": u(CLASSES)}
 
 
+#: the weights a product applies; the column layout stores them transposed (``[out, in]``)
+WEIGHTS = ("Wx", "U", "Wout")
+
+
+def layout_params(params: dict[str, np.ndarray], layout: str) -> dict[str, np.ndarray]:
+    """``params`` as the layout stores them: the same numbers, the weights transposed for ``column``."""
+    if layout == "row":
+        return params
+    return {k: np.ascontiguousarray(v.T) if k in WEIGHTS else v for k, v in params.items()}
+
+
+def apply(layout: str):
+    """``x``'s product with a stored weight ``W`` as the layout writes it: ``x @ W`` or ``W @ x``."""
+    return (lambda W, x: x @ W) if layout == "row" else (lambda W, x: W @ x)
+
+
 # ---------------------------------------------------------------------------- Lantern
-def lantern_step():
+def lantern_step(layout: str = "row"):
     import lantern
     from lantern import nn, optim
 
     H = HIDDEN
     opt = optim.Adagrad(lr=LR)
+    mul = apply(layout)
 
     def node_loss(p, h, label):
-        return nn.cross_entropy(h @ p["Wout"] + p["bout"], label, reduction="sum")
+        return nn.cross_entropy(mul(p["Wout"], h) + p["bout"], label, reduction="sum")
 
     @lantern.stage
     def tree(p, emb, words, left, right, labels, node):
         """(h, c, summed loss of the subtree) of ``node``, in plain Python: the ``if`` on the staged child
         index is staged as a ``lantern.cond`` (issue 15; the same IR as writing the ``cond``)."""
         if left[node] < 0:
-            g = emb[words[node]] @ p["Wx"] + p["bx"]
+            g = mul(p["Wx"], emb[words[node]]) + p["bx"]
             c = lantern.sigmoid(g[:H]) * lantern.tanh(g[2 * H:])
             h = lantern.sigmoid(g[H:2 * H]) * lantern.tanh(c)
             return h, c, node_loss(p, h, labels[node])
         hl, cl, ll = tree(p, emb, words, left, right, labels, left[node])
         hr, cr, lr = tree(p, emb, words, left, right, labels, right[node])
-        g = lantern.concatenate([hl, hr]) @ p["U"] + p["bu"]
+        g = mul(p["U"], lantern.concatenate([hl, hr])) + p["bu"]
         c = (lantern.sigmoid(g[:H]) * lantern.tanh(g[4 * H:]) + lantern.sigmoid(g[H:2 * H]) * cl
              + lantern.sigmoid(g[2 * H:3 * H]) * cr)
         h = lantern.sigmoid(g[3 * H:4 * H]) * lantern.tanh(c)
@@ -111,37 +131,39 @@ def lantern_step():
     return step, opt
 
 
-def lantern_setup(trees: int = 1):
+def lantern_setup(trees: int = 1, layout: str = "row"):
     """One training step on the first tree (fresh-process timing)."""
     vocab, ts = make_trees(trees)
     emb, params = init_params(vocab)
-    step, opt = lantern_step()
+    params = layout_params(params, layout)
+    step, opt = lantern_step(layout)
     state = opt.init(params)
     t = ts[0]
     return lambda: step(params, state, emb, t["words"], t["left"], t["right"], t["labels"])
 
 
 # ---------------------------------------------------------------------------- PyTorch
-def torch_epoch_fns(torch, emb_np, params_np):
+def torch_epoch_fns(torch, emb_np, params_np, layout: str = "row"):
     F = torch.nn.functional
     H = HIDDEN
     emb = torch.tensor(emb_np)  # frozen
+    mul = apply(layout)
 
     def tree_loss(p, t, node):
         if t["left"][node] < 0:
-            g = emb[t["words"][node]] @ p["Wx"] + p["bx"]
+            g = mul(p["Wx"], emb[t["words"][node]]) + p["bx"]
             c = torch.sigmoid(g[:H]) * torch.tanh(g[2 * H:])
             h = torch.sigmoid(g[H:2 * H]) * torch.tanh(c)
             loss = 0.0
         else:
             hl, cl, ll = tree_loss(p, t, t["left"][node])
             hr, cr, lr = tree_loss(p, t, t["right"][node])
-            g = torch.cat([hl, hr]) @ p["U"] + p["bu"]
+            g = mul(p["U"], torch.cat([hl, hr])) + p["bu"]
             c = (torch.sigmoid(g[:H]) * torch.tanh(g[4 * H:]) + torch.sigmoid(g[H:2 * H]) * cl
                  + torch.sigmoid(g[2 * H:3 * H]) * cr)
             h = torch.sigmoid(g[3 * H:4 * H]) * torch.tanh(c)
             loss = ll + lr
-        logits = h @ p["Wout"] + p["bout"]
+        logits = mul(p["Wout"], h) + p["bout"]
         return h, c, loss + F.cross_entropy(logits[None], t["labels_t"][node:node + 1], reduction="sum")
 
     def make():
@@ -165,12 +187,14 @@ def torch_tree(torch, t):
 
 
 # ---------------------------------------------------------------------------- JAX
-def jax_step(jax):
+def jax_step(jax, layout: str = "row"):
     jnp, lax = jax.numpy, jax.lax
     H = HIDDEN
+    mul = apply(layout)
 
     def loss_fn(p, emb, words, left, right, labels, mask):
-        gl = emb[words] @ p["Wx"] + p["bx"]  # every slot's leaf gates at once: [MAX_NODES, 3H]
+        # every slot's leaf gates at once: [MAX_NODES, 3H] (the column layout's [3H, MAX_NODES] transposed)
+        gl = (emb[words] @ p["Wx"] if layout == "row" else (p["Wx"] @ emb[words].T).T) + p["bx"]
         cl = jax.nn.sigmoid(gl[:, :H]) * jnp.tanh(gl[:, 2 * H:])
         hl = jax.nn.sigmoid(gl[:, H:2 * H]) * jnp.tanh(cl)
         is_leaf = left < 0
@@ -179,7 +203,7 @@ def jax_step(jax):
             hs, cs = hc
             i = MAX_NODES - 1 - k  # reverse pre-order: children (higher indices) first
             a, b = jnp.maximum(left[i], 0), jnp.maximum(right[i], 0)
-            g = jnp.concatenate([hs[a], hs[b]]) @ p["U"] + p["bu"]
+            g = mul(p["U"], jnp.concatenate([hs[a], hs[b]])) + p["bu"]
             c = (jax.nn.sigmoid(g[:H]) * jnp.tanh(g[4 * H:]) + jax.nn.sigmoid(g[H:2 * H]) * cs[a]
                  + jax.nn.sigmoid(g[2 * H:3 * H]) * cs[b])
             h = jax.nn.sigmoid(g[3 * H:4 * H]) * jnp.tanh(c)
@@ -187,7 +211,8 @@ def jax_step(jax):
             return hs.at[i].set(h), cs.at[i].set(c)
 
         hs, _ = lax.fori_loop(0, MAX_NODES, body, (hl, cl))
-        logp = jax.nn.log_softmax(hs @ p["Wout"] + p["bout"], axis=-1)
+        logits = hs @ p["Wout"] if layout == "row" else (p["Wout"] @ hs.T).T
+        logp = jax.nn.log_softmax(logits + p["bout"], axis=-1)
         return -(jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0] * mask).sum()
 
     @jax.jit
@@ -205,6 +230,8 @@ def main() -> None:
     def options(p):
         p.add_argument("--trees", type=int, default=None, help="trees per epoch (default 200, 4 with --quick)")
         p.add_argument("--padded", action="store_true", help="every tree padded to MAX_NODES (one shape)")
+        p.add_argument("--layout", choices=("row", "column"), default="row",
+                       help="products written x @ W (row) or W @ x (column)")
     args = harness.parse_args(__doc__.splitlines()[0], options)
     args.frameworks = [f for f in args.frameworks if f != "torch.compile"]
     torch, jax = harness.torch_or_none(args), harness.jax_or_none(args)
@@ -214,13 +241,14 @@ def main() -> None:
     padded = make_trees(count, pad=True)[1]  # (JAX's formulation)
     first_epoch: dict[str, float] = {}
     emb, params = init_params(vocab)
+    params = layout_params(params, args.layout)
     rows, first_losses, epoch_losses = [], {}, {}
 
     def timed_row(name, first, epoch):
         harness.timed_row(rows, first_losses, name, first, epoch, 1, repeats, warmup=1)
 
     if "lantern" in args.frameworks:
-        step, opt = lantern_step()
+        step, opt = lantern_step(args.layout)
         ls = {"p": params, "s": opt.init(params)}
 
         def lantern_epoch():
@@ -237,7 +265,7 @@ def main() -> None:
                                           t0["labels"])[2], lantern_epoch)
 
     if torch is not None and "torch eager" in args.frameworks:
-        make, tstep = torch_epoch_fns(torch, emb, params)
+        make, tstep = torch_epoch_fns(torch, emb, params, args.layout)
         tt = [torch_tree(torch, t) for t in trees]
         p, topt = make()
 
@@ -251,7 +279,7 @@ def main() -> None:
 
     if jax is not None:
         jnp = jax.numpy
-        jstep = jax_step(jax)
+        jstep = jax_step(jax, args.layout)
         jemb = jnp.asarray(emb)
         jt = [tuple(jnp.asarray(t[k]) for k in ("words", "left", "right", "labels", "mask")) for t in padded]
         jp = {k: jnp.asarray(v) for k, v in params.items()}
@@ -278,9 +306,11 @@ def main() -> None:
         extra["lantern_first_epoch_s_with_compiles"] = round(first_epoch["lantern"], 3)
     extra["trees_padded_for"] = "every framework" if args.padded else "jax.jit only"
     if not args.no_fresh and "lantern" in args.frameworks:
-        extra["lantern_fresh_process"] = harness.fresh_process("bench_treelstm", "lantern_setup()")
-    harness.report("treelstm_padded" if args.padded else "treelstm", {"embed": EMBED, "hidden": HIDDEN, "classes": CLASSES, "trees": len(trees),
-                                "threads": args.threads}, rows, extra, unit="epoch")
+        extra["lantern_fresh_process"] = harness.fresh_process("bench_treelstm", f"lantern_setup(1, {args.layout!r})")
+    name = "treelstm_padded" if args.padded else "treelstm"
+    harness.report(name if args.layout == "row" else f"{name}_column",
+                   {"embed": EMBED, "hidden": HIDDEN, "classes": CLASSES, "trees": len(trees),
+                    "threads": args.threads, "layout": args.layout}, rows, extra, unit="epoch")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,12 @@ The pipeline, top to bottom::
     module = empty_values_as_fills(module)          # ops with empty results (or empty sums) do nothing
     module = canonical_products(module)             # W @ h, h @ W.T, one-hot on either side: one form
     module = one_hot_products_as_gathers(module)    # one_hot(i) @ W reads row i of W
+    module = forward_single_accumulations(module)   # one-contribution adjoints need no buffer
+    module = eliminate_dead_code(module)
+    module = transposes_cancelled(module)           # transposes moved past layout-free ops, pairs cancelled
+    module = canonical_products(module)             # (again: a moved transpose may now feed a product)
     module = row_products_read_transposed(module)   # h @ W.T in a loop reads a copy of W.T
     module = hoist_loop_invariants(module)          # copies of loop-invariant values are made once
-    module = forward_single_accumulations(module)   # one-contribution adjoints need no buffer
     module = eliminate_dead_code(module)
     module = recompute_after_continuations(module)  # large cheap values made again after a continuation
     module = fuse_elementwise(module)               # elementwise chains become single loops
@@ -36,14 +39,15 @@ from .emit_c import EmitOptions, emit_module
 from .loader import NativeFunction
 from lantern.ir.passes import (canonical_products, eliminate_dead_code, empty_values_as_fills,
                                fills_where_needed, forward_single_accumulations, fuse_elementwise, hoist_loop_invariants, inline_calls,
-                               one_hot_products_as_gathers, recompute_after_continuations)
+                               one_hot_products_as_gathers, recompute_after_continuations, transposes_cancelled)
 
 from .passes import outline_long_functions, row_products_read_transposed
 
 Pass = Callable[[Module], Module]
 PASSES: tuple[Pass, ...] = (inline_calls, empty_values_as_fills, canonical_products, one_hot_products_as_gathers,
-                            row_products_read_transposed, hoist_loop_invariants, forward_single_accumulations,
-                            eliminate_dead_code, recompute_after_continuations, fuse_elementwise, fills_where_needed,
+                            forward_single_accumulations, eliminate_dead_code, transposes_cancelled, canonical_products,
+                            row_products_read_transposed, hoist_loop_invariants, eliminate_dead_code,
+                            recompute_after_continuations, fuse_elementwise, fills_where_needed,
                             outline_long_functions)
 
 

@@ -107,14 +107,21 @@ class CBuilder:
             self._close_threaded()
 
     def _close_threaded(self) -> None:
-        """Put the work-sharing pragma before the loop just closed, unless its body uses per-thread state."""
+        """Put the work-sharing pragma before the loop just closed (in place of its ``ivdep``), unless its body
+        uses per-thread state. An innermost loop without a reduction is shared as ``parallel for simd``: the
+        ``ivdep`` it replaces told the vectorizer its iterations are independent, and the C grammar allows one
+        loop pragma only."""
         at, depth, condition, reduction = self._threaded  # type: ignore[misc]
         self._threaded = None
+        body = self.lines[at + 2:]  # (after the ivdep and the loop's head)
         if any(_THREAD_STATE.search(line) for line in self.lines[at + 1:]):
             return
         self.threaded_loops += 1
-        clause = (f" reduction({reduction})" if reduction else "") + (f" if ({condition})" if condition else "")
-        self.lines.insert(at, "    " * depth + f"#pragma omp parallel for schedule(static) num_threads(lt_num_threads){clause}")
+        innermost = not reduction and not any(line.lstrip().startswith(("for (", "while (")) for line in body)
+        clause = ((f" reduction({reduction})" if reduction else "")
+                  + (f" if (parallel: {condition})" if condition else ""))
+        self.lines[at] = ("    " * depth + f"#pragma omp parallel for{' simd' if innermost else ''} schedule(static) "
+                          f"num_threads(lt_num_threads){clause}")
 
     def reopen(self, text: str = "} else {") -> None:
         """Close the open block and open another at the same level (``} else {``)."""
@@ -127,18 +134,29 @@ class CBuilder:
         self.depth += 1
 
     def loop(self, var: str, extent: int | str, start: int | str = 0, parallel: bool = False,
-             work: int | Size | None = None, reduction: str = "") -> None:
+             work: int | Size | None = None, reduction: str = "", independent: bool = False) -> None:
         """Open ``for (int64_t var = start; var < extent; var++)``; ``parallel``: its iterations are independent,
         so it may run on several threads when its ``work`` (default: ``extent``) is large enough and no
-        enclosing loop does (``reduction``: an OpenMP reduction the iterations share, ``"min:bad_at"``)."""
+        enclosing loop does (``reduction``: an OpenMP reduction the iterations share, ``"min:bad_at"``).
+
+        A loop whose iterations are independent (``parallel`` or ``independent``) is marked ``#pragma GCC
+        ivdep``: no iteration reads what another writes. Generated buffers never partly overlap (an output is
+        new, or an operand's own buffer computed in place), which the C compiler cannot see; without the mark
+        it vectorizes such a loop twice, behind a run-time overlap test, which doubled compile times."""
         self.parallel_loops += parallel
-        # (a loop of one iteration leaves the threads to a loop inside it: a single row's column strips)
-        if parallel and self._threaded is None and start == 0 and not (isinstance(extent, int) and extent <= 1):
-            work = extent if work is None else work
-            condition = _enough_work(work)  # type: ignore[arg-type]
-            if condition is not None:
-                self._threaded = (len(self.lines), self.depth, condition, reduction)
+        if parallel or independent:
+            # (a loop of one iteration leaves the threads to a loop inside it: a single row's column strips)
+            if parallel and self._threaded is None and start == 0 and not (isinstance(extent, int) and extent <= 1):
+                work = extent if work is None else work
+                condition = _enough_work(work)  # type: ignore[arg-type]
+                if condition is not None:
+                    self._threaded = (len(self.lines), self.depth, condition, reduction)
+            self.ivdep()
         self.open(f"for (int64_t {var} = {start}; {var} < {extent}; {var}++)")
+
+    def ivdep(self) -> None:
+        """Mark the loop opened next as one whose iterations are independent (see :meth:`loop`)."""
+        self.line("#pragma GCC ivdep")
 
     def loop_nest(self, shape: tuple[int, ...], body: Callable[[list[str]], None], prefix: str = "i",
                   parallel: bool = False, ops: int = 1) -> None:
@@ -146,7 +164,8 @@ class CBuilder:
         iterations of the outermost loop are independent (``ops``: operations per iteration of the nest)."""
         names = [f"{prefix}{k}" for k in range(len(shape))]
         for k, (name, d) in enumerate(zip(names, shape)):
-            self.loop(name, d, parallel=parallel and k == 0, work=prod(shape) * ops if k == 0 else None)
+            self.loop(name, d, parallel=parallel and k == 0, work=prod(shape) * ops if k == 0 else None,
+                      independent=parallel)
         body(names)
         for _ in shape:
             self.close()

@@ -129,6 +129,10 @@ static inline int64_t lt_wrap(int64_t i, int64_t n) { return i < 0 ? i + n : i; 
  * the module (lantern_set_num_threads: LANTERN_NUM_THREADS, else the cores, as OpenBLAS gets; 1 in a
  * process forked after OpenMP ran); until then, and in a module nobody set, loops run on one thread.
  */
+#ifndef _OPENMP
+/* (-fopenmp-simd alone still compiles the simd part of a `parallel for simd`, and reads its clauses) */
+#define lt_num_threads 1
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 LT_SHARED int lt_num_threads LT_INITIAL(1);

@@ -55,7 +55,7 @@ def take(e: KernelContext, op: Op) -> None:
 def _copy_row(e: KernelContext, x, out, p, j, r, m, n, inner) -> None:
     """``out[p, j, :] = x[p, row, :]`` (loop variables that are None are left out: their extent is 1)."""
     if r:
-        e.c.loop('r', inner)
+        e.c.loop('r', inner, independent=True)
     terms = lambda *ts: index((v, c) for v, c in ts if v)  # noqa: E731
     e.store(out, terms((p, m * inner), (j, inner), (r, 1)), e.load(x, terms((p, n * inner), ("row", inner), (r, 1))))
     if r:
@@ -129,7 +129,7 @@ def accumulate(e: KernelContext, stmt: Accumulate) -> None:
         guarded = e.staged_row("base", e.load(index, "j" if many else "0"), n, e.where(stmt), row)
     else:
         e.c.line("int64_t base = 0;")
-    e.c.loop('i', row)
+    e.c.loop('i', row, independent=True)  # (the value is never a view of the target's buffer)
     e.c.line(f"{e.ptr(t)}[base + i] += {e.load(v, 'j * ' + str(row) + ' + i' if many else 'i')};")
     e.c.close()
     if guarded:

@@ -82,6 +82,8 @@ def transpose(e: KernelContext, op: Op) -> None:
     for k in (across, last):
         end = (f"t{k} + {_TILE}" if isinstance(shape[k], int) and shape[k] % _TILE == 0  # (else clamped in C)
                else f"(t{k} + {_TILE} < {shape[k]} ? t{k} + {_TILE} : {shape[k]})")
+        if k == last:
+            e.c.ivdep()
         e.c.open(f"for (int64_t i{k} = t{k}; i{k} < {end}; i{k}++)")
     copy(names)
     for _ in range(len(shape) + 2):
@@ -118,7 +120,7 @@ def concatenate(e: KernelContext, op: Op) -> None:
         x_st = strides(xs)
         base = offset * o_st[axis]
         e.c.loop_nest(xs, lambda idx, x=x, x_st=x_st, base=base: e.store(
-            out, index(zip(idx, o_st), base), e.load(x, index(zip(idx, x_st)))))
+            out, index(zip(idx, o_st), base), e.load(x, index(zip(idx, x_st)))), parallel=True)
         offset += xs[axis]
 
 
@@ -133,7 +135,7 @@ def unslice(e: KernelContext, op: Op) -> None:
     g_st = strides(g.type.shape)  # type: ignore[union-attr]
     e.c.loop_nest(g.type.shape, lambda idx: e.store(  # type: ignore[union-attr]
         out, index(((idx[k], a["steps"][k] * st[k]) for k in range(len(st))), base),
-        e.load(g, index(zip(idx, g_st)))))
+        e.load(g, index(zip(idx, g_st)))), parallel=True)
 
 
 def random(e: KernelContext, op: Op) -> None:

@@ -126,16 +126,21 @@ def reduce_values(e: KernelContext, op: Op) -> None:
             e.c.line(f"double *acc = lt_alloc({n_out} * sizeof(double));")
             e.m.uses_arena = True
         target = (lambda i: f"acc[{i}]") if wide else (lambda i: e.load(out, i))  # noqa: E731
-        e.c.loop('i', n_out)
+        e.c.loop('i', n_out, parallel=True)
         e.c.line(f"{target('i')} = {init};")
         e.c.close()
-
-        def update(idx: list[str]) -> None:
-            o = index(zip(idx, o_strides))
-            e.c.line(f"{target(o)} = {combine(target(o), src(idx))};")
-        e.c.loop_nest(xs, update)
+        # Each output element still adds its values in memory order; a kept outermost axis gives each
+        # thread whole slabs of the output, and the innermost (kept) axis updates distinct elements.
+        names = [f"i{d}" for d in range(len(xs))]
+        for d, name in enumerate(names):
+            e.c.loop(name, xs[d], parallel=d == 0 and d not in axes, work=prod(xs) * (1 + _ops(producer)),
+                     independent=d == len(xs) - 1)
+        o = index(zip(names, o_strides))
+        e.c.line(f"{target(o)} = {combine(target(o), src(names))};")
+        for _ in names:
+            e.c.close()
         if wide:
-            e.c.loop('i', n_out)
+            e.c.loop('i', n_out, parallel=True)
             e.store(out, "i", f"({t})acc[i]")
             e.c.close()
             e.c.line(f"lt_free(acc, {n_out} * sizeof(double));")
