@@ -320,11 +320,13 @@ class Conv2d(Layer):
     """2-D convolution (cross-correlation, as PyTorch) over NCHW input.
 
     Parameters ``{"weight": [out, in, kh, kw], "bias": [out]}``, uniform in ``±1/sqrt(in*kh*kw)``
-    as PyTorch. Computed as im2col followed by one matrix product
-    ``weight[out, in*kh*kw] @ columns[in*kh*kw, OH*OW*N]`` (BLAS when large). The columns come
-    from one gather of whole rows of N values of the zero-padded input, with an index computed
-    in the generated code, not one slice per kernel offset, so the generated C and its compile
-    time do not grow with the kernel size. Input ``[N, C, H, W]`` or ``[C, H, W]``.
+    as PyTorch. Float inputs are convolved directly (the ``conv2d`` primitive) in the layout
+    ``[C, H, W, N]``, whose innermost loops run along the batch; the transposes to and from NCHW
+    cancel against those of the neighbouring layers (``lantern/ir/passes/layout.py``). Integer
+    inputs are computed as im2col followed by one matrix product
+    ``weight[out, in*kh*kw] @ columns[in*kh*kw, OH*OW*N]``: the columns come from one gather of
+    whole rows of N values of the zero-padded input, with an index computed in the generated
+    code. Input ``[N, C, H, W]`` or ``[C, H, W]``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
@@ -378,6 +380,11 @@ class Conv2d(Layer):
         # kh*kw*OH*OW numbers in the C text), and the gather's gradient is one scatter-add.
         xt = ops.transpose(x, (1, 2, 3, 0))
         xt = _pad(_pad(xt, 1, ph), 2, pw)
+        if dtype in FLOAT_DTYPES:  # direct convolution (no im2col copy), in [C, H, W, N] as the columns below
+            y = ops._emit(ops._frame_of(xt, w), "conv2d", [xt, w], stride=(sh, sw))  # [out, OH, OW, N]
+            if self.bias:
+                y = y + ops.reshape(ops.asarray(params["bias"]), (out_ch, 1, 1, 1))
+            return ops.transpose(y, (3, 0, 1, 2))
         wp = xt.shape[2]
         xt = ops.reshape(xt, (c, xt.shape[1] * wp, n))
         down = ops.reshape(ops.arange(kh), (kh, 1, 1, 1)) + ops.reshape(ops.arange(0, oh * sh, sh), (1, 1, oh, 1))

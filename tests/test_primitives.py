@@ -74,7 +74,7 @@ def test_cards_hold_the_policies():
     """The flags the passes, AD and check_finite read, as the code relied on before they moved to the cards."""
     saved = {n for n, c in PRIMITIVES.items() if c.saved_in_loops}
     assert saved == {"matmul", "tanh", "sigmoid", "exp", "sinh", "cosh", "erf", "reduce_prod", "cumsum", "cumprod",
-                     "softmax"}
+                     "softmax", "conv2d", "conv2d_input_grad", "conv2d_weight_grad"}
     assert {n for n, c in PRIMITIVES.items() if c.hoistable} == {"transpose", "reshape", "slice", "concatenate"}
     keeps = {n for n, c in PRIMITIVES.items() if not c.may_make_nonfinite}
     assert {"reduce_sum", "matmul", "scatter_add", "exp", "add", "div", "cast"}.isdisjoint(keeps)

@@ -11,7 +11,7 @@ from typing import Callable
 
 from lantern.ir.nodes import Op
 
-from . import elementwise, indexing, matmul, movement, reductions, scans, softmax, sorting
+from . import conv, elementwise, indexing, matmul, movement, reductions, scans, softmax, sorting
 from .context import KernelContext, Storage
 
 Kernel = Callable[[KernelContext, Op], None]
@@ -20,6 +20,7 @@ KERNELS: dict[str, Kernel] = {
     "elementwise": elementwise.op,
     "reduce": reductions.reduce,
     "matmul": matmul.matmul,
+    "conv": conv.conv,
     "take": indexing.take,
     "scatter": indexing.scatter,
     "check_range": indexing.check_range,

@@ -232,6 +232,32 @@ def _matmul(g, xs, y, attrs):
     return [da, db]
 
 
+# ------------------------------------------------------------------ convolution
+# conv2d is linear in each operand; with J the input map and K the weight map,
+# <g, conv2d(x, w)> = <conv2d_input_grad(g, w), x> = <conv2d_weight_grad(x, g), w>, and the two
+# gradient primitives' adjoints follow from the same identities.
+
+@rule("conv2d")
+def _conv2d(g, xs, y, attrs):
+    x, w = xs
+    return [primitive("conv2d_input_grad", [g, w], stride=attrs["stride"], size=tuple(x.shape[1:3])),
+            primitive("conv2d_weight_grad", [x, g], stride=attrs["stride"], kernel=tuple(w.shape[2:]))]
+
+
+@rule("conv2d_input_grad")
+def _conv2d_input_grad(g, xs, y, attrs):
+    dy, w = xs
+    return [primitive("conv2d", [g, w], stride=attrs["stride"]),
+            primitive("conv2d_weight_grad", [g, dy], stride=attrs["stride"], kernel=tuple(w.shape[2:]))]
+
+
+@rule("conv2d_weight_grad")
+def _conv2d_weight_grad(g, xs, y, attrs):
+    x, dy = xs
+    return [primitive("conv2d_input_grad", [dy, g], stride=attrs["stride"], size=tuple(x.shape[1:3])),
+            primitive("conv2d", [x, g], stride=attrs["stride"])]
+
+
 # ------------------------------------------------------------------ data movement
 
 @rule("reshape")

@@ -302,7 +302,7 @@ class _Gen:
         s, nd, rng = x.shape, len(x.shape), self.rng
         choice = rng.choice(["reshape", "transpose", "slice", "index", "concatenate", "stack", "expand_dims",
                              "squeeze", "broadcast_to", "swapaxes", "moveaxis", "arange", "one_hot", "rearrange",
-                             "rearrange", "rearrange"])
+                             "rearrange", "rearrange", "conv2d"])
         if choice == "rearrange" and nd >= 1:
             return self.rearrange(blk, scope, x)
         if choice == "reshape":
@@ -394,6 +394,15 @@ class _Gen:
                          else f"{hot} @ {{1}}", [x, w], s[:-1] + (n,), self.fdt, w.bound)
             else:
                 self.let(blk, scope, "one_hot", f"{hot} * {{0}}", [x], s, self.fdt, x.bound)
+        elif choice == "conv2d" and nd >= 2 and math.prod(s[:-1]) >= 2 and s[-1] >= 2:
+            # x seen as one image [1, 1, H, W]; weights [O, 1, k, k]; a stride and zero padding
+            h, w, k, o = math.prod(s[:-1]), s[-1], rng.choice([1, 2]), rng.choice([1, 2, 3])
+            stride, pad = rng.choice([1, 2]), rng.choice([0, 1])
+            kernel = self.of_shape(blk, scope, (o, 1, k, k))
+            out = (1, o, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
+            self.let(blk, scope, "conv2d", f"lantern.nn.Conv2d(1, {o}, {k}, stride={stride}, padding={pad}, bias=False, "
+                     f"dtype='{self.fdt}')({{{{'weight': {{1}}}}}}, lantern.reshape({{0}}, (1, 1, {h}, {w})))",
+                     [x, kernel], out, self.fdt, k * k * x.bound * kernel.bound)
         elif choice == "broadcast_to" and nd < 3:
             out = (rng.choice([1, 2, 3]),) + tuple(rng.choice([2, 3]) if d == 1 else d for d in s)
             self.let(blk, scope, "broadcast_to", f"lantern.broadcast_to({{0}}, {out})", [x], out, self.fdt, x.bound)

@@ -440,6 +440,91 @@ def _ref_matmul(a: np.ndarray, b: np.ndarray, trans_a: bool = False, trans_b: bo
 _register("matmul", "matmul", _infer_matmul, _ref_matmul, saved_in_loops=True)
 
 
+# ---------------------------------------------------------------- convolution
+# Direct 2-D convolution (cross-correlation, as PyTorch's) in the layout [C, H, W, N]: the batch last, so the
+# innermost loop of every kernel runs along N contiguous values. Padding is the caller's (``nn.Conv2d`` pads
+# first). The three primitives are each other's adjoints: convolution is linear in either operand.
+
+def _conv_out(size: Any, kernel: int, stride: int) -> Any:
+    return (size - kernel) // stride + 1
+
+
+def _check_conv(name: str, types: list[TensorType], stride: Any) -> None:
+    if any(t.dtype not in ("float32", "float64") for t in types) or len({t.dtype for t in types}) != 1:
+        raise DTypeError(f"{name}: operands must share a floating-point dtype, got {[str(t.dtype) for t in types]}")
+    if any(t.ndim != 4 for t in types):
+        raise ShapeError(f"{name}: expected 4-D operands, got {[t.shape for t in types]}")
+    if len(stride) != 2 or any(not isinstance(v, int) or v < 1 for v in stride):
+        raise ShapeError(f"{name}: stride must be two positive ints, got {stride}")
+
+
+def _infer_conv2d(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    x, w = types
+    _check_conv("conv2d", types, attrs["stride"])
+    (sh, sw), (_, h, wd, n), (o, c, kh, kw) = attrs["stride"], x.shape, w.shape
+    if x.shape[0] != c or h < kh or wd < kw:
+        raise ShapeError(f"conv2d: input [C, H, W, N] {x.shape} does not fit a weight [O, C, KH, KW] {w.shape}")
+    return TensorType((o, _conv_out(h, kh, sh), _conv_out(wd, kw, sw), n), x.dtype)
+
+
+def _infer_conv2d_input_grad(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    dy, w = types
+    _check_conv("conv2d_input_grad", types, attrs["stride"])
+    (sh, sw), (h, wd), (o, c, kh, kw) = attrs["stride"], attrs["size"], w.shape
+    if dy.shape[:3] != (o, _conv_out(h, kh, sh), _conv_out(wd, kw, sw)):
+        raise ShapeError(f"conv2d_input_grad: adjoint {dy.shape} does not fit a weight {w.shape} and input size "
+                         f"{(h, wd)}")
+    return TensorType((c, h, wd, dy.shape[3]), dy.dtype)
+
+
+def _infer_conv2d_weight_grad(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    x, dy = types
+    _check_conv("conv2d_weight_grad", types, attrs["stride"])
+    (sh, sw), (kh, kw) = attrs["stride"], attrs["kernel"]
+    if dy.shape[1:] != (_conv_out(x.shape[1], kh, sh), _conv_out(x.shape[2], kw, sw), x.shape[3]):
+        raise ShapeError(f"conv2d_weight_grad: adjoint {dy.shape} does not fit an input {x.shape} and kernel "
+                         f"{(kh, kw)}")
+    return TensorType((dy.shape[0], x.shape[0], kh, kw), x.dtype)
+
+
+def _windows(x: np.ndarray, di: int, dj: int, oh: int, ow: int, stride: tuple[int, int]) -> np.ndarray:
+    """``x[:, i*sh + di, j*sw + dj, :]`` for every output position ``(i, j)``: ``[C, OH, OW, N]``."""
+    sh, sw = stride
+    return x[:, di:di + sh * (oh - 1) + 1:sh, dj:dj + sw * (ow - 1) + 1:sw, :]
+
+
+def _ref_conv2d(x: np.ndarray, w: np.ndarray, stride: tuple[int, int]) -> np.ndarray:
+    o, _, kh, kw = w.shape
+    oh, ow = _conv_out(x.shape[1], kh, stride[0]), _conv_out(x.shape[2], kw, stride[1])
+    out = np.zeros((o, oh, ow, x.shape[3]), x.dtype)
+    for di in range(kh):
+        for dj in range(kw):
+            out += np.einsum("oc,cijn->oijn", w[:, :, di, dj], _windows(x, di, dj, oh, ow, stride))
+    return out
+
+
+def _ref_conv2d_input_grad(dy: np.ndarray, w: np.ndarray, stride: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    _, c, kh, kw = w.shape
+    dx = np.zeros((c, *size, dy.shape[3]), dy.dtype)
+    for di in range(kh):
+        for dj in range(kw):
+            _windows(dx, di, dj, dy.shape[1], dy.shape[2], stride)[...] += np.einsum("oc,oijn->cijn", w[:, :, di, dj], dy)
+    return dx
+
+
+def _ref_conv2d_weight_grad(x: np.ndarray, dy: np.ndarray, stride: tuple[int, int], kernel: tuple[int, int]) -> np.ndarray:
+    dw = np.zeros((dy.shape[0], x.shape[0], *kernel), x.dtype)
+    for di in range(kernel[0]):
+        for dj in range(kernel[1]):
+            dw[:, :, di, dj] = np.einsum("oijn,cijn->oc", dy, _windows(x, di, dj, dy.shape[1], dy.shape[2], stride))
+    return dw
+
+
+_register("conv2d", "conv", _infer_conv2d, _ref_conv2d, saved_in_loops=True)
+_register("conv2d_input_grad", "conv", _infer_conv2d_input_grad, _ref_conv2d_input_grad, saved_in_loops=True)
+_register("conv2d_weight_grad", "conv", _infer_conv2d_weight_grad, _ref_conv2d_weight_grad, saved_in_loops=True)
+
+
 # ---------------------------------------------------------------- shape and data movement
 
 def _infer_reshape(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:

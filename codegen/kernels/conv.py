@@ -1,0 +1,197 @@
+"""Direct 2-D convolution and its two adjoints, in the layout ``[C, H, W, N]`` (``lantern/ir/primitives.py``).
+
+With the batch innermost every kernel's inner loop runs along ``N`` contiguous values, a strip of them at a
+time held in a local array (registers), as the generated matrix products do: no im2col copy is made, and
+each output element is stored once. The outermost loop shares out whole output slabs among threads, and
+every element adds its terms in one fixed order, so results do not depend on the thread count.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from lantern.ir.nodes import Op
+from lantern.ir.symbolic import Size
+
+from ..c_types import literal
+from .context import KernelContext
+
+#: Values of the batch axis in one vector register (AVX-512 float32; narrower machines split it).
+_LANES = 16
+#: Channels computed together (at most), each from the same vector of the other operand: their
+#: accumulators, the vector and the weights fit AVX-512's 32 registers.
+_BLOCK = 12
+
+
+def _fma(out) -> str:
+    """C's fused multiply-add for the result's type (one rounding; the compiler contracts nothing itself under
+    ``-std=c11``, and the separate multiply and add took twice the instructions)."""
+    return "fmaf" if out.type.dtype == "float32" else "fma"
+
+
+def conv(e: KernelContext, op: Op) -> None:
+    out = op.outs[0]
+    e.declare(out)
+    {"conv2d": _forward, "conv2d_input_grad": _input_grad, "conv2d_weight_grad": _weight_grad}[op.prim](e, op)
+
+
+def _blocks(e: KernelContext, extent: int, var: str, work: int, body: Callable[[str, int], None]) -> None:
+    """``body(first, count)`` for blocks of at most ``_BLOCK`` consecutive values of ``var``, as even as can be
+    (threads share the blocks out), then the rest."""
+    size = -(-extent // -(-extent // _BLOCK))
+    full = extent // size
+    e.c.loop(f"{var}b", full, parallel=True, work=work)
+    e.c.line(f"int64_t {var}0 = {var}b * {size};")
+    body(f"{var}0", size)
+    e.c.close()
+    if extent % size:
+        e.c.open_scope()
+        e.c.line(f"int64_t {var}0 = {full * size};")
+        body(f"{var}0", extent % size)
+        e.c.close()
+
+
+def _vector_strips(e: KernelContext, n: int | Size, body: Callable[[str, int | str], None]) -> None:
+    """``body(n0, width)`` for strips of ``_LANES`` values of the batch axis (one vector register), then the rest."""
+    if isinstance(n, Size):
+        e.c.open(f"for (int64_t n0 = 0; n0 < {n}; n0 += {_LANES})")
+        e.c.line(f"int64_t width = {n} - n0 < {_LANES} ? {n} - n0 : {_LANES};")
+        body("n0", "width")
+        e.c.close()
+        return
+    full = n - n % _LANES
+    if full:
+        e.c.open(f"for (int64_t n0 = 0; n0 < {full}; n0 += {_LANES})")
+        body("n0", _LANES)
+        e.c.close()
+    if n % _LANES:
+        e.c.open_scope()
+        body(str(full), n % _LANES)
+        e.c.close()
+
+
+def _gathered(e: KernelContext, out, count: int, outer: tuple[tuple[str, int], tuple[str, int]], n: int | Size,
+              terms: Callable[[str], int], step: int, target: Callable[[int], str]) -> None:
+    """The shape shared by the forward kernel and the input gradient: at each position of the two ``outer``
+    loops and each strip of the batch, ``count`` channels' accumulators (one vector each) summing ``wq[q * step]
+    * row[l]`` over the terms (``terms(n0)`` opens their loops, defines ``wq`` and ``row``, and says how many
+    loops it opened), stored once at ``target(q)`` plus the strip's place."""
+    t, zero, fma = e.ctype(out), literal(0, out.type.dtype), _fma(out)  # type: ignore[union-attr]
+    for var, extent in outer:
+        e.c.loop(var, extent)
+
+    def strip(n0: str, width: int | str) -> None:
+        accs = [f"acc{q}" for q in range(count)]
+        e.c.line(f"{t} {', '.join(f'{a}[{_LANES}]' for a in accs)};")
+        e.c.loop("l", width, independent=True)
+        for a in accs:
+            e.c.line(f"{a}[l] = {zero};")
+        e.c.close()
+        opened = terms(n0)
+        e.c.loop("l", width, independent=True)
+        e.c.line(f"{t} v = row[l];")
+        for q, a in enumerate(accs):
+            e.c.line(f"{a}[l] = {fma}(wq[{q * step}], v, {a}[l]);")
+        for _ in range(opened + 1):
+            e.c.close()
+        e.c.loop("l", width, independent=True)
+        for q, a in enumerate(accs):
+            e.c.line(f"{e.ptr(out)}[{target(q)} + {n0} + l] = {a}[l];")
+        e.c.close()
+    _vector_strips(e, n, strip)
+    for _ in outer:
+        e.c.close()
+
+
+def _forward(e: KernelContext, op: Op) -> None:
+    """``y[o, i, j, :] = sum over c, di, dj of w[o, c, di, dj] * x[c, i*sh + di, j*sw + dj, :]``: a block of
+    output channels at a time, so each vector of ``x`` loaded feeds all of them."""
+    x, w = op.args
+    out = op.outs[0]
+    (sh, sw), (c, h, wd, n), (o, _, kh, kw) = op.attrs["stride"], x.type.shape, w.type.shape  # type: ignore[union-attr]
+    oh, ow = out.type.shape[1:3]  # type: ignore[union-attr]
+    t = e.ctype(out)
+
+    def block(o0: str, count: int) -> None:
+        def terms(n0: str) -> int:
+            for var, extent in (("ci", c), ("di", kh), ("dj", kw)):
+                e.c.loop(var, extent)
+            e.c.line(f"const {t} *wq = {e.ptr(w)} + (({o0} * {c} + ci) * {kh} + di) * {kw} + dj;")
+            e.c.line(f"const {t} *row = {e.ptr(x)} + ((ci * {h} + i * {sh} + di) * {wd} + j * {sw} + dj) * {n} + {n0};")
+            return 3
+        _gathered(e, out, count, (("i", oh), ("j", ow)), n, terms, c * kh * kw,
+                  lambda q: f"((({o0} + {q}) * {oh} + i) * {ow} + j) * {n}")
+    _blocks(e, o, "o", o * oh * ow * c * kh * kw * n, block)
+
+
+def _input_grad(e: KernelContext, op: Op) -> None:
+    """``dx[c, y, x, :] = sum of w[o, c, di, dj] * dy[o, i, j, :]`` over the outputs ``(i, j)`` whose window
+    covers ``(y, x)`` at offset ``(di, dj)``: gathered, so each element of ``dx`` is written once; a block of
+    input channels at a time, each vector of ``dy`` loaded feeding all of them."""
+    dy, w = op.args
+    out = op.outs[0]
+    (sh, sw), (h, wd) = op.attrs["stride"], op.attrs["size"]
+    (o, oh, ow, n), (_, c, kh, kw) = dy.type.shape, w.type.shape  # type: ignore[union-attr]
+    t = e.ctype(out)
+
+    def block(c0: str, count: int) -> None:
+        def terms(n0: str) -> int:
+            e.c.loop("di", kh)
+            e.c.line("int64_t i = y - di;")
+            e.c.line(f"if (i < 0 || i >= {oh * sh}{f' || i % {sh}' if sh > 1 else ''}) continue;")
+            e.c.loop("dj", kw)
+            e.c.line("int64_t j = x - dj;")
+            e.c.line(f"if (j < 0 || j >= {ow * sw}{f' || j % {sw}' if sw > 1 else ''}) continue;")
+            e.c.loop("oi", o)
+            e.c.line(f"const {t} *wq = {e.ptr(w)} + ((oi * {c} + {c0}) * {kh} + di) * {kw} + dj;")
+            e.c.line(f"const {t} *row = {e.ptr(dy)} + ((oi * {oh} + i / {sh}) * {ow} + j / {sw}) * {n} + {n0};")
+            return 3
+        _gathered(e, out, count, (("y", h), ("x", wd)), n, terms, kh * kw,
+                  lambda q: f"((({c0} + {q}) * {h} + y) * {wd} + x) * {n}")
+    _blocks(e, c, "c", o * oh * ow * c * kh * kw * n, block)
+
+
+def _weight_grad(e: KernelContext, op: Op) -> None:
+    """``dw[o, c, di, dj] = sum over i, j, n of dy[o, i, j, n] * x[c, i*sh + di, j*sw + dj, n]``: for a block of
+    output channels, a vector of partial sums each along the batch (each vector of ``x`` loaded feeding all
+    of them), added up in order at the end."""
+    x, dy = op.args
+    out = op.outs[0]
+    (sh, sw), (kh, kw) = op.attrs["stride"], op.attrs["kernel"]
+    (c, h, wd, n), (o, oh, ow, _) = x.type.shape, dy.type.shape  # type: ignore[union-attr]
+    px, pdy, pdw = e.ptr(x), e.ptr(dy), e.ptr(out)
+    t, zero, fma = e.ctype(out), literal(0, out.type.dtype), _fma(out)  # type: ignore[union-attr]
+    lanes = _LANES if isinstance(n, Size) or n >= _LANES else n
+
+    def block(o0: str, count: int) -> None:
+        e.c.loop("ci", c)
+        e.c.loop("di", kh)
+        e.c.loop("dj", kw)
+        accs = [f"acc{q}" for q in range(count)]
+        e.c.line(f"{t} {', '.join(f'{a}[{lanes}]' for a in accs)};")
+        e.c.loop("l", lanes, independent=True)
+        for a in accs:
+            e.c.line(f"{a}[l] = {zero};")
+        e.c.close()
+        e.c.loop("i", oh)
+        e.c.loop("j", ow)
+        e.c.line(f"const {t} *x_row = {px} + ((ci * {h} + i * {sh} + di) * {wd} + j * {sw} + dj) * {n};")
+        e.c.line(f"const {t} *dy_row = {pdy} + (({o0} * {oh} + i) * {ow} + j) * {n};")
+
+        def strip(n0: str, width: int | str) -> None:
+            e.c.loop("l", width, independent=True)
+            e.c.line(f"{t} v = x_row[{n0} + l];")
+            for q, a in enumerate(accs):
+                e.c.line(f"{a}[l] = {fma}(dy_row[{q * oh * ow * n} + {n0} + l], v, {a}[l]);")
+            e.c.close()
+        _vector_strips(e, n, strip)
+        e.c.close()
+        e.c.close()
+        for q, a in enumerate(accs):
+            e.c.line(f"{t} total{q} = {zero};")
+            e.c.loop("l", lanes)
+            e.c.line(f"total{q} += {a}[l];")
+            e.c.close()
+            e.c.line(f"{pdw}[((({o0} + {q}) * {c} + ci) * {kh} + di) * {kw} + dj] = total{q};")
+        for _ in range(3):
+            e.c.close()
+    _blocks(e, o, "o", o * oh * ow * c * kh * kw * n, block)
