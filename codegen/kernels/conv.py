@@ -160,37 +160,41 @@ def _weight_grad(e: KernelContext, op: Op) -> None:
     (c, h, wd, n), (o, oh, ow, _) = x.type.shape, dy.type.shape  # type: ignore[union-attr]
     px, pdy, pdw = e.ptr(x), e.ptr(dy), e.ptr(out)
     t, zero, fma = e.ctype(out), literal(0, out.type.dtype), _fma(out)  # type: ignore[union-attr]
-    lanes = _LANES if isinstance(n, Size) or n >= _LANES else n
+    # Partial sums: one vector per channel for the full strips of the batch, and one of the rest's width (kept
+    # apart, so that the compiler holds the full ones in registers rather than in memory a partial store hits).
+    sets = ([("acc", _LANES)] if isinstance(n, Size) or n >= _LANES else []) + \
+        ([("rest", n % _LANES)] if not isinstance(n, Size) and n % _LANES else [])
 
     def block(o0: str, count: int) -> None:
-        e.c.loop("ci", c)
-        e.c.loop("di", kh)
-        e.c.loop("dj", kw)
-        accs = [f"acc{q}" for q in range(count)]
-        e.c.line(f"{t} {', '.join(f'{a}[{lanes}]' for a in accs)};")
-        e.c.loop("l", lanes, independent=True)
-        for a in accs:
-            e.c.line(f"{a}[l] = {zero};")
-        e.c.close()
+        for var, extent in (("ci", c), ("di", kh), ("dj", kw)):
+            e.c.loop(var, extent)
+        for name, width in sets:
+            e.c.line(f"{t} {', '.join(f'{name}{q}[{width}]' for q in range(count))};")
+            e.c.loop("l", width, independent=True)
+            for q in range(count):
+                e.c.line(f"{name}{q}[l] = {zero};")
+            e.c.close()
         e.c.loop("i", oh)
         e.c.loop("j", ow)
         e.c.line(f"const {t} *x_row = {px} + ((ci * {h} + i * {sh} + di) * {wd} + j * {sw} + dj) * {n};")
         e.c.line(f"const {t} *dy_row = {pdy} + (({o0} * {oh} + i) * {ow} + j) * {n};")
 
         def strip(n0: str, width: int | str) -> None:
+            name = "rest" if isinstance(width, int) and width < _LANES else "acc"
             e.c.loop("l", width, independent=True)
             e.c.line(f"{t} v = x_row[{n0} + l];")
-            for q, a in enumerate(accs):
-                e.c.line(f"{a}[l] = {fma}(dy_row[{q * oh * ow * n} + {n0} + l], v, {a}[l]);")
+            for q in range(count):
+                e.c.line(f"{name}{q}[l] = {fma}(dy_row[{q * oh * ow * n} + {n0} + l], v, {name}{q}[l]);")
             e.c.close()
         _vector_strips(e, n, strip)
         e.c.close()
         e.c.close()
-        for q, a in enumerate(accs):
+        for q in range(count):
             e.c.line(f"{t} total{q} = {zero};")
-            e.c.loop("l", lanes)
-            e.c.line(f"total{q} += {a}[l];")
-            e.c.close()
+            for name, width in sets:
+                e.c.loop("l", width)
+                e.c.line(f"total{q} += {name}{q}[l];")
+                e.c.close()
             e.c.line(f"{pdw}[((({o0} + {q}) * {c} + ci) * {kh} + di) * {kw} + dj] = total{q};")
         for _ in range(3):
             e.c.close()

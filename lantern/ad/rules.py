@@ -198,9 +198,13 @@ def _reduce_extremum(g, xs, y, attrs):
     # The gradient is shared evenly among the elements that attain the extremum.
     x = xs[0]
     keep = _keepdims_shape(x, attrs["axes"])
-    hit = ops.astype(ops.equal(x, ops.reshape(y, keep)), g.dtype)
-    count = ops.sum(hit, attrs["axes"], keepdims=True)
-    return [hit * (ops.reshape(g, keep) / count)]
+    y = ops.reshape(y, keep)
+    # The comparison is written twice, not kept: each copy is computed inside the loop that reads it (the
+    # count's reduction, the gradient's elementwise loop), and no x-sized mask is stored (a max-pool's
+    # gradient read and wrote it in four passes). The count is an integer sum (a float32 sum would add in
+    # double, which the compiler does not vectorize from a comparison).
+    count = ops.astype(ops.sum(ops.astype(ops.equal(x, y), "int32"), attrs["axes"], keepdims=True), g.dtype)
+    return [ops.where(ops.equal(x, y), ops.reshape(g, keep) / count, 0)]
 
 
 @rule("softmax")
