@@ -147,6 +147,11 @@ __attribute__((constructor)) static void lt_init_threads(void)
 __attribute__((visibility("default"))) void lantern_set_num_threads(int n)
 {
     lt_num_threads = n > 0 ? n : 1;
+    /* (a call into the OpenMP runtime, so that every module compiled with OpenMP links it, even one with no
+     * threaded loop: the first module a process loads is kept loaded (codegen/process.py), and with it the
+     * runtime, whose pool's threads outlive every module. Unloaded with the last module that linked it, it
+     * crashed the process as its threads spun in its code.) */
+    (void)omp_get_max_threads();
 }
 #endif
 #if defined(LANTERN_USE_BLAS) && (!defined(LANTERN_UNIT) || LANTERN_UNIT == 0)

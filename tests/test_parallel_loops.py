@@ -170,3 +170,28 @@ def test_a_single_rows_product_shares_its_column_strips(rng):
         at = [k for k, line in enumerate(lines) if PRAGMA in line]
         assert len(at) == 1 and "for (int64_t i = 0; i < 1;" not in lines[at[0] + 1], lines[at[0] + 1]
         np.testing.assert_allclose(staged(h, w), fn(h, w), rtol=1e-4, atol=1e-3)
+
+
+UNLOAD = textwrap.dedent("""\
+    import gc, time
+    import numpy as np
+    import lantern
+
+    small = lantern.stage(lambda x: x + 1.0)
+    small(np.ones(3, np.float32))  # the process's first module, kept loaded: no threaded loop of its own
+    big = lantern.stage(lambda x: lantern.tanh(x) * 2.0)
+    big(np.ones(1 << 20, np.float32))  # threaded: the OpenMP pool starts
+    del big
+    gc.collect()  # its module is unloaded while the pool's threads spin (OMP_WAIT_POLICY=active: for ever)
+    start = time.time()
+    while time.time() - start < 0.3:
+        sum(range(1000))
+    print("alive")
+    """)
+
+
+@needs_openmp
+def test_the_openmp_runtime_outlives_the_modules_that_started_its_threads(tmp_path, fresh_cache):
+    """Every module compiled with OpenMP links its runtime, so the first one loaded keeps it loaded: unloaded
+    with the last threaded module, it took the code its spinning threads ran (a segfault)."""
+    assert _python(tmp_path, UNLOAD, LANTERN_NUM_THREADS="2", OMP_WAIT_POLICY="active") == ["alive"]

@@ -20,6 +20,10 @@ _LANES = 16
 #: Channels computed together (at most), each from the same vector of the other operand: their
 #: accumulators, the vector and the weights fit AVX-512's 32 registers.
 _BLOCK = 12
+#: The weight gradient's partial sums (one vector each) per block: channels times kernel columns.
+_SUMS = 24
+#: Kernel columns summed together in the weight gradient (wider kernels: one at a time).
+_TAPS = 8
 
 
 def _fma(out) -> str:
@@ -34,10 +38,12 @@ def conv(e: KernelContext, op: Op) -> None:
     {"conv2d": _forward, "conv2d_input_grad": _input_grad, "conv2d_weight_grad": _weight_grad}[op.prim](e, op)
 
 
-def _blocks(e: KernelContext, extent: int, var: str, work: int, body: Callable[[str, int], None]) -> None:
-    """``body(first, count)`` for blocks of at most ``_BLOCK`` consecutive values of ``var``, as even as can be
-    (threads share the blocks out), then the rest."""
-    size = -(-extent // -(-extent // _BLOCK))
+def _blocks(e: KernelContext, extent: int, var: str, work: int, body: Callable[[str, int], None],
+            limit: int = 0) -> None:
+    """``body(first, count)`` for blocks of at most ``limit`` (default ``_BLOCK``) consecutive values of ``var``,
+    as even as can be (threads share the blocks out), then the rest."""
+    limit = limit or _BLOCK
+    size = -(-extent // -(-extent // limit))
     full = extent // size
     e.c.loop(f"{var}b", full, parallel=True, work=work)
     e.c.line(f"int64_t {var}0 = {var}b * {size};")
@@ -50,8 +56,10 @@ def _blocks(e: KernelContext, extent: int, var: str, work: int, body: Callable[[
         e.c.close()
 
 
-def _vector_strips(e: KernelContext, n: int | Size, body: Callable[[str, int | str], None]) -> None:
-    """``body(n0, width)`` for strips of ``_LANES`` values of the batch axis (one vector register), then the rest."""
+def _vector_strips(e: KernelContext, n: int | Size, body: Callable[[str, int | str], None],
+                   part: str | None = None) -> None:
+    """``body(n0, width)`` for strips of ``_LANES`` values of the batch axis (one vector register), then the rest
+    (``part``: only the ``"full"`` strips, or only the ``"rest"``)."""
     if isinstance(n, Size):
         e.c.open(f"for (int64_t n0 = 0; n0 < {n}; n0 += {_LANES})")
         e.c.line(f"int64_t width = {n} - n0 < {_LANES} ? {n} - n0 : {_LANES};")
@@ -59,11 +67,11 @@ def _vector_strips(e: KernelContext, n: int | Size, body: Callable[[str, int | s
         e.c.close()
         return
     full = n - n % _LANES
-    if full:
+    if full and part != "rest":
         e.c.open(f"for (int64_t n0 = 0; n0 < {full}; n0 += {_LANES})")
         body("n0", _LANES)
         e.c.close()
-    if n % _LANES:
+    if n % _LANES and part != "full":
         e.c.open_scope()
         body(str(full), n % _LANES)
         e.c.close()
@@ -152,50 +160,61 @@ def _input_grad(e: KernelContext, op: Op) -> None:
 
 def _weight_grad(e: KernelContext, op: Op) -> None:
     """``dw[o, c, di, dj] = sum over i, j, n of dy[o, i, j, n] * x[c, i*sh + di, j*sw + dj, n]``: for a block of
-    output channels, a vector of partial sums each along the batch (each vector of ``x`` loaded feeding all
-    of them), added up in order at the end."""
+    output channels and a whole kernel row ``dj``, a vector of partial sums each along the batch (each vector of
+    ``dy`` loaded feeding the row's taps, each vector of ``x`` the block's channels), added up in order at the
+    end."""
     x, dy = op.args
     out = op.outs[0]
     (sh, sw), (kh, kw) = op.attrs["stride"], op.attrs["kernel"]
     (c, h, wd, n), (o, oh, ow, _) = x.type.shape, dy.type.shape  # type: ignore[union-attr]
     px, pdy, pdw = e.ptr(x), e.ptr(dy), e.ptr(out)
     t, zero, fma = e.ctype(out), literal(0, out.type.dtype), _fma(out)  # type: ignore[union-attr]
-    # Partial sums: one vector per channel for the full strips of the batch, and one of the rest's width (kept
-    # apart, so that the compiler holds the full ones in registers rather than in memory a partial store hits).
+    taps = kw if kw <= _TAPS else 1  # (a wide kernel: one tap at a time, dj a loop)
+    # Partial sums over the full strips of the batch, then, in a second sweep, over the rest of it (kept apart,
+    # so that the compiler holds each set in registers rather than in memory a partial store hits).
     sets = ([("acc", _LANES)] if isinstance(n, Size) or n >= _LANES else []) + \
         ([("rest", n % _LANES)] if not isinstance(n, Size) and n % _LANES else [])
 
     def block(o0: str, count: int) -> None:
-        for var, extent in (("ci", c), ("di", kh), ("dj", kw)):
-            e.c.loop(var, extent)
+        e.c.loop("ci", c)
+        e.c.loop("di", kh)
+        if taps == 1:
+            e.c.loop("dj", kw)
+        sums = [(q, d) for q in range(count) for d in range(taps)]
+        tap = "dj" if taps == 1 else None
         for name, width in sets:
-            e.c.line(f"{t} {', '.join(f'{name}{q}[{width}]' for q in range(count))};")
+            e.c.line(f"{t} {', '.join(f'{name}{q}_{d}[{width}]' for q, d in sums)};")
             e.c.loop("l", width, independent=True)
-            for q in range(count):
-                e.c.line(f"{name}{q}[l] = {zero};")
+            for q, d in sums:
+                e.c.line(f"{name}{q}_{d}[l] = {zero};")
             e.c.close()
-        e.c.loop("i", oh)
-        e.c.loop("j", ow)
-        e.c.line(f"const {t} *x_row = {px} + ((ci * {h} + i * {sh} + di) * {wd} + j * {sw} + dj) * {n};")
-        e.c.line(f"const {t} *dy_row = {pdy} + (({o0} * {oh} + i) * {ow} + j) * {n};")
 
         def strip(n0: str, width: int | str) -> None:
             name = "rest" if isinstance(width, int) and width < _LANES else "acc"
             e.c.loop("l", width, independent=True)
-            e.c.line(f"{t} v = x_row[{n0} + l];")
             for q in range(count):
-                e.c.line(f"{name}{q}[l] = {fma}(dy_row[{q * oh * ow * n} + {n0} + l], v, {name}{q}[l]);")
+                e.c.line(f"{t} g{q} = dy_row[{q * oh * ow * n} + {n0} + l];")
+            for d in range(taps):
+                e.c.line(f"{t} v{d} = x_row[{f'{d * n} + ' if d else ''}{n0} + l];")
+            for q, d in sums:
+                e.c.line(f"{name}{q}_{d}[l] = {fma}(g{q}, v{d}, {name}{q}_{d}[l]);")
             e.c.close()
-        _vector_strips(e, n, strip)
-        e.c.close()
-        e.c.close()
-        for q in range(count):
-            e.c.line(f"{t} total{q} = {zero};")
+
+        for sweep in (["full", "rest"] if len(sets) == 2 else [None]):
+            e.c.loop("i", oh)
+            e.c.loop("j", ow)
+            e.c.line(f"const {t} *x_row = {px} + ((ci * {h} + i * {sh} + di) * {wd} + j * {sw}{f' + {tap}' if tap else ''}) * {n};")
+            e.c.line(f"const {t} *dy_row = {pdy} + (({o0} * {oh} + i) * {ow} + j) * {n};")
+            _vector_strips(e, n, strip, part=sweep)
+            e.c.close()
+            e.c.close()
+        for q, d in sums:
+            e.c.line(f"{t} total{q}_{d} = {zero};")
             for name, width in sets:
                 e.c.loop("l", width)
-                e.c.line(f"total{q} += {name}{q}[l];")
+                e.c.line(f"total{q}_{d} += {name}{q}_{d}[l];")
                 e.c.close()
-            e.c.line(f"{pdw}[((({o0} + {q}) * {c} + ci) * {kh} + di) * {kw} + dj] = total{q};")
-        for _ in range(3):
+            e.c.line(f"{pdw}[((({o0} + {q}) * {c} + ci) * {kh} + di) * {kw} + {tap or d}] = total{q}_{d};")
+        for _ in range(2 + (taps == 1)):
             e.c.close()
-    _blocks(e, o, "o", o * oh * ow * c * kh * kw * n, block)
+    _blocks(e, o, "o", o * oh * ow * c * kh * kw * n, block, limit=max(1, _SUMS // taps))
