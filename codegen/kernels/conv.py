@@ -57,23 +57,23 @@ def _blocks(e: KernelContext, extent: int, var: str, work: int, body: Callable[[
 
 
 def _vector_strips(e: KernelContext, n: int | Size, body: Callable[[str, int | str], None],
-                   part: str | None = None) -> None:
-    """``body(n0, width)`` for strips of ``_LANES`` values of the batch axis (one vector register), then the rest
-    (``part``: only the ``"full"`` strips, or only the ``"rest"``)."""
+                   part: str | None = None, lanes: int = _LANES) -> None:
+    """``body(n0, width)`` for strips of ``lanes`` values of the batch axis (one vector register by default),
+    then the rest (``part``: only the ``"full"`` strips, or only the ``"rest"``)."""
     if isinstance(n, Size):
-        e.c.open(f"for (int64_t n0 = 0; n0 < {n}; n0 += {_LANES})")
-        e.c.line(f"int64_t width = {n} - n0 < {_LANES} ? {n} - n0 : {_LANES};")
+        e.c.open(f"for (int64_t n0 = 0; n0 < {n}; n0 += {lanes})")
+        e.c.line(f"int64_t width = {n} - n0 < {lanes} ? {n} - n0 : {lanes};")
         body("n0", "width")
         e.c.close()
         return
-    full = n - n % _LANES
+    full = n - n % lanes
     if full and part != "rest":
-        e.c.open(f"for (int64_t n0 = 0; n0 < {full}; n0 += {_LANES})")
-        body("n0", _LANES)
+        e.c.open(f"for (int64_t n0 = 0; n0 < {full}; n0 += {lanes})")
+        body("n0", lanes)
         e.c.close()
-    if n % _LANES and part != "full":
+    if n % lanes and part != "full":
         e.c.open_scope()
-        body(str(full), n % _LANES)
+        body(str(full), n % lanes)
         e.c.close()
 
 
@@ -84,12 +84,15 @@ def _gathered(e: KernelContext, out, count: int, outer: tuple[tuple[str, int], t
     * row[l]`` over the terms (``terms(n0)`` opens their loops, defines ``wq`` and ``row``, and says how many
     loops it opened), stored once at ``target(q)`` plus the strip's place."""
     t, zero, fma = e.ctype(out), literal(0, out.type.dtype), _fma(out)  # type: ignore[union-attr]
+    # Few channels: wider strips, so that at least four vectors of sums are in flight (one alone waits on its
+    # own previous multiply-add at every term: a one-channel input gradient ran 9x slower)
+    lanes = _LANES * max(1, 4 // count)
     for var, extent in outer:
         e.c.loop(var, extent)
 
     def strip(n0: str, width: int | str) -> None:
         accs = [f"acc{q}" for q in range(count)]
-        e.c.line(f"{t} {', '.join(f'{a}[{_LANES}]' for a in accs)};")
+        e.c.line(f"{t} {', '.join(f'{a}[{lanes}]' for a in accs)};")
         e.c.loop("l", width, independent=True)
         for a in accs:
             e.c.line(f"{a}[l] = {zero};")
@@ -105,7 +108,7 @@ def _gathered(e: KernelContext, out, count: int, outer: tuple[tuple[str, int], t
         for q, a in enumerate(accs):
             e.c.line(f"{e.ptr(out)}[{target(q)} + {n0} + l] = {a}[l];")
         e.c.close()
-    _vector_strips(e, n, strip)
+    _vector_strips(e, n, strip, lanes=lanes)
     for _ in outer:
         e.c.close()
 
