@@ -123,3 +123,87 @@ def test_reductions_through_a_transpose(rng, keepdims):
     exe = lantern.stage(fn).lower(x)
     assert _transposed_elements(exe.module) == [], exe.optimized_ir
     check_staged(fn, x, expected=expected)
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_argmax_through_a_transpose(rng, keepdims):
+    """argmax/argmin take one ``axis``: renumbered like a sum's axes (a transpose feeding one failed the pass)."""
+    x = rng.standard_normal((3, 4, 5))
+
+    def fn(x):
+        t = ops.transpose(x, (2, 0, 1))
+        return ops.argmax(t, axis=1, keepdims=keepdims), ops.argmin(t * 2.0, axis=2, keepdims=keepdims)
+    t = x.transpose(2, 0, 1)
+    check_staged(fn, x, expected=(np.argmax(t, axis=1, keepdims=keepdims), np.argmin(t, axis=2, keepdims=keepdims)))
+
+
+def _random_chain(rng: random.Random, shape: tuple[int, ...]):
+    """A random chain of layout-sensitive steps (transposes, splits and merges, elementwise ops with a scalar,
+    with the chain's own transpose or with a small broadcast operand, reductions and argmax), as a pair of
+    functions: one on lantern tensors, one on NumPy arrays."""
+    steps = []
+    for _ in range(rng.randint(3, 7)):
+        nd = len(shape)
+        kind = rng.choice(["transpose", "transpose", "reshape", "unary", "binary", "broadcast", "reduce", "argmax"])
+        if kind == "transpose":
+            perm = list(range(nd))
+            rng.shuffle(perm)
+            steps.append((lambda x, p=tuple(perm): ops.transpose(x, p), lambda x, p=tuple(perm): x.transpose(p)))
+            shape = tuple(shape[k] for k in perm)
+        elif kind == "reshape":
+            splittable = [k for k, d in enumerate(shape) if d % 2 == 0 and d > 2]
+            if splittable and (nd < 2 or rng.random() < 0.5):
+                k = rng.choice(splittable)
+                shape = shape[:k] + (2, shape[k] // 2) + shape[k + 1:]
+            elif nd >= 2:
+                k = rng.randrange(nd - 1)
+                shape = shape[:k] + (shape[k] * shape[k + 1],) + shape[k + 2:]
+            steps.append((lambda x, s=shape: ops.reshape(x, s), lambda x, s=shape: x.reshape(s)))
+        elif kind == "unary":
+            steps.append((lambda x: ops.tanh(x) * 1.5 + 0.25, lambda x: np.tanh(x) * 1.5 + 0.25))
+        elif kind == "binary" and nd >= 2:
+            perm = tuple(range(nd - 2)) + (nd - 1, nd - 2) if shape[-1] == shape[-2] else tuple(range(nd))
+            steps.append((lambda x, p=perm: x * ops.transpose(x, p) - x, lambda x, p=perm: x * x.transpose(p) - x))
+        elif kind == "broadcast" and nd >= 1:
+            b = np.linspace(-1.0, 1.0, shape[-1])
+            steps.append((lambda x, b=b: ops.maximum(x, b), lambda x, b=b: np.maximum(x, b)))
+        elif kind == "reduce" and nd >= 2:
+            axis, keep = rng.randrange(nd), rng.random() < 0.5
+            steps.append((lambda x, a=axis, k=keep: ops.max(x, a, keepdims=k) + ops.sum(x, a, keepdims=k),
+                          lambda x, a=axis, k=keep: x.max(a, keepdims=k) + x.sum(a, keepdims=k)))
+            shape = shape[:axis] + ((1,) if keep else ()) + shape[axis + 1:]
+        elif kind == "argmax" and nd >= 2:
+            axis = rng.randrange(nd)
+            steps.append((lambda x, a=axis: ops.astype(ops.argmax(x, axis=a), "float64") + ops.min(x, a),
+                          lambda x, a=axis: np.argmax(x, axis=a).astype(np.float64) + x.min(a)))
+            shape = shape[:axis] + shape[axis + 1:]
+
+    def staged(x):
+        for f, _ in steps:
+            x = f(x)
+        return x
+
+    def reference(x):
+        for _, f in steps:
+            x = f(x)
+        return x
+    return staged, reference
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_layout_chains_match_numpy(seed):
+    """Random chains through transposes (each program several chains, one compile), staged against NumPy:
+    whatever the pass moves, the values stay NumPy's."""
+    rng = random.Random(seed)
+    x = np.random.default_rng(seed).standard_normal((4, 6, 2, 4))
+    chains = [_random_chain(rng, x.shape) for _ in range(8)]
+    check_staged(lambda x: tuple(s(x) for s, _ in chains), x, expected=tuple(r(x) for _, r in chains))
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_gradients_of_random_layout_chains(seed):
+    """The same chains' gradients (their backward parts transpose the adjoints back) against finite differences."""
+    rng = random.Random(100 + seed)
+    x = np.random.default_rng(seed).standard_normal((4, 6, 2, 4))
+    chains = [_random_chain(rng, x.shape) for _ in range(6)]
+    check_grads(lambda x: sum(ops.sum(ops.sin(s(x))) for s, _ in chains), x)

@@ -122,9 +122,16 @@ class _LayoutWalk:
         return None
 
     def _reduction(self, op: Op, s: Var, p: Perm) -> list[Stmt]:
-        axes = tuple(op.attrs["axes"])
+        """A reduction over ``axes`` (sums, extrema) or along one ``axis`` (argmax, argmin) of ``transpose(s, p)``:
+        the same over the matching axes of ``s``."""
         emit = StmtEmitter(op)
-        new = emit(op.prim, [s], op.outs[0].hint, **{**op.attrs, "axes": tuple(sorted(p[a] for a in axes))})
+        if "axes" in op.attrs:
+            axes = tuple(op.attrs["axes"])
+            attrs = {**op.attrs, "axes": tuple(sorted(p[a] for a in axes))}
+        else:
+            axes = (op.attrs["axis"],)
+            attrs = {**op.attrs, "axis": p[op.attrs["axis"]]}
+        new = emit(op.prim, [s], op.outs[0].hint, **attrs)
         if op.attrs["keepdims"]:
             return self._finish(op, emit, new, p)
         kept = [p[j] for j in range(len(p)) if j not in axes]
