@@ -112,3 +112,23 @@ def test_results_are_bitwise_the_same_for_any_thread_count(tmp_path, fresh_cache
         assert proc.returncode == 0, proc.stderr[-3000:]
         results.append(out.read_bytes())
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_layers_against_pytorch(seed):
+    """Random channel counts, kernels, strides, padding and batches: the value and every gradient as PyTorch's."""
+    torch = pytest.importorskip("torch")
+    import random
+    rng = random.Random(seed)
+    c, o, kh, kw = rng.randint(1, 14), rng.randint(1, 26), rng.randint(1, 5), rng.randint(1, 5)
+    stride, padding = (rng.randint(1, 3), rng.randint(1, 3)), (rng.randint(0, kh // 2), rng.randint(0, kw // 2))
+    n, h, w = rng.choice([1, 2, 5, 17, 33]), rng.randint(kh, kh + 9), rng.randint(kw, kw + 9)
+    layer = nn.Conv2d(c, o, (kh, kw), stride=stride, padding=padding, dtype="float64")
+    p, x = layer.init(seed), np.random.default_rng(seed).standard_normal((n, c, h, w))
+    value, (gp, gx) = lantern.stage(lantern.value_and_grad(lambda p, x: ops.sum(ops.sin(layer(p, x))),
+                                                           argnums=(0, 1)))(p, x)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, p["weight"], p["bias"]))
+    tv = torch.sin(torch.nn.functional.conv2d(tx, tw, tb, stride=stride, padding=padding)).sum()
+    tv.backward()
+    for ours, theirs in ((value, tv.item()), (gp["weight"], tw.grad), (gp["bias"], tb.grad), (gx, tx.grad)):
+        np.testing.assert_allclose(ours, np.asarray(theirs), rtol=1e-9, atol=1e-9)
