@@ -139,8 +139,8 @@ class CBuilder:
         so it may run on several threads when its ``work`` (default: ``extent``) is large enough and no
         enclosing loop does (``reduction``: an OpenMP reduction the iterations share, ``"min:bad_at"``).
 
-        A loop whose iterations are independent (``parallel`` or ``independent``) is marked ``#pragma GCC
-        ivdep``: no iteration reads what another writes. Generated buffers never partly overlap (an output is
+        A loop whose iterations are independent (``parallel`` or ``independent``) is marked ``LT_IVDEP``
+        (``#pragma GCC ivdep``): no iteration reads what another writes. Generated buffers never partly overlap (an output is
         new, or an operand's own buffer computed in place), which the C compiler cannot see; without the mark
         it vectorizes such a loop twice, behind a run-time overlap test, which doubled compile times."""
         self.parallel_loops += parallel
@@ -156,7 +156,7 @@ class CBuilder:
 
     def ivdep(self) -> None:
         """Mark the loop opened next as one whose iterations are independent (see :meth:`loop`)."""
-        self.line("#pragma GCC ivdep")
+        self.line("LT_IVDEP")  # (#pragma GCC ivdep, or clang's spelling: runtime/lantern_runtime.h)
 
     def loop_nest(self, shape: tuple[int, ...], body: Callable[[list[str]], None], prefix: str = "i",
                   parallel: bool = False, ops: int = 1) -> None:

@@ -129,6 +129,18 @@ static inline int64_t lt_wrap(int64_t i, int64_t n) { return i < 0 ? i + n : i; 
  * the module (lantern_set_num_threads: LANTERN_NUM_THREADS, else the cores, as OpenBLAS gets; 1 in a
  * process forked after OpenMP ran); until then, and in a module nobody set, loops run on one thread.
  */
+/*
+ * LT_IVDEP before a loop: its iterations are independent (codegen/cbuilder.py marks the loops whose
+ * buffers never partly overlap), so the compiler vectorizes it without a run-time overlap test.
+ */
+#if defined(__clang__)
+#define LT_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#define LT_IVDEP _Pragma("GCC ivdep")
+#else
+#define LT_IVDEP
+#endif
+
 #ifndef _OPENMP
 /* (-fopenmp-simd alone still compiles the simd part of a `parallel for simd`, and reads its clauses) */
 #define lt_num_threads 1

@@ -132,3 +132,12 @@ def test_random_layers_against_pytorch(seed):
     tv.backward()
     for ours, theirs in ((value, tv.item()), (gp["weight"], tw.grad), (gp["bias"], tb.grad), (gx, tx.grad)):
         np.testing.assert_allclose(ours, np.asarray(theirs), rtol=1e-9, atol=1e-9)
+
+
+def test_an_empty_batch_gives_zero_weight_gradients(rng):
+    """No images: the weight gradient sums nothing (zeros, no kernel with empty loops), the value is 0."""
+    p = LAYER.init(rng)
+    value, grads = lantern.stage(lantern.value_and_grad(lambda p, x: ops.sum(ops.sin(LAYER(p, x)))))(
+        p, np.zeros((0, 2, 7, 6)))
+    assert value == 0.0 and not grads["weight"].any() and not grads["bias"].any()
+    assert grads["weight"].shape == p["weight"].shape

@@ -456,3 +456,12 @@ def test_clear_errors():
         lantern.grad(lambda x: (lantern.sum(x), x, x), has_aux=True)(x)
     with pytest.raises(lantern.TraceError, match="has_aux"):
         lantern.grad(lambda x: (lantern.sum(x), x))(x)
+
+
+def test_gradient_of_a_nan_maximum_is_nan():
+    """A slice whose maximum is NaN equals nothing in it: its gradient is NaN (as JAX's and PyTorch's), the
+    other slices' as usual."""
+    x = np.array([[1.0, np.nan, 2.0], [3.0, 5.0, 5.0]])
+    g = lantern.stage(lantern.grad(lambda x: lantern.ops.sum(lantern.ops.max(x, 1) * np.array([2.0, 4.0]))))(x)
+    assert np.isnan(g[0]).all()
+    np.testing.assert_array_equal(g[1], [0.0, 2.0, 2.0])

@@ -204,7 +204,8 @@ def _reduce_extremum(g, xs, y, attrs):
     # gradient read and wrote it in four passes). The count is an integer sum (a float32 sum would add in
     # double, which the compiler does not vectorize from a comparison).
     count = ops.astype(ops.sum(ops.astype(ops.equal(x, y), "int32"), attrs["axes"], keepdims=True), g.dtype)
-    return [ops.where(ops.equal(x, y), ops.reshape(g, keep) / count, 0)]
+    # (a NaN extremum equals nothing: its slice's gradient is NaN, as JAX's and PyTorch's are)
+    return [ops.where(ops.equal(x, y), ops.reshape(g, keep) / count, ops.where(ops.equal(y, y), 0.0, math.nan))]
 
 
 @rule("softmax")

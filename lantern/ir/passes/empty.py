@@ -1,4 +1,4 @@
-"""Empty arrays cost no code: an op whose result has no elements, or a product over an empty inner
+"""Empty arrays cost no code: an op whose result has no elements, or a product or convolution over an empty
 axis (all zeros), becomes a ``fill``; an accumulation of an empty value is dropped. The operands
 they read then die in dead-code elimination. (A gather with indices but an empty result stays: its
 indices are checked, as NumPy checks them.)
@@ -28,6 +28,8 @@ def _zeros_instead(stmt: Op) -> bool:
     if stmt.prim == "matmul":
         a: TensorType = stmt.args[0].type  # type: ignore[assignment]
         return known_equal(a.shape[-2 if stmt.attrs.get("trans_a") else -1], 0)
+    if stmt.prim.startswith("conv2d"):  # each result element sums products of one element of each operand
+        return any(known_equal(v.type.size, 0) for v in stmt.args)  # type: ignore[union-attr]
     return False
 
 

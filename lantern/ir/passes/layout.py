@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from math import prod
 
-from ..analysis import updated_in_place
+from ..analysis import passed_by_reference, updated_in_place
 from ..nodes import Block, Function, Module, Op, Stmt, Var, walk_stmts
 from ..primitives import ELEMENTWISE, PRIMITIVES
 from ..rewrite import StmtEmitter, map_blocks
@@ -42,7 +42,7 @@ def transposes_cancelled(module: Module) -> Module:
     (see the module docstring)."""
     functions = {}
     for name, fn in module.functions.items():
-        updated = updated_in_place(fn.body)
+        updated = updated_in_place(fn.body) | passed_by_reference(fn.body)  # (a callee may add into an argument)
         # Two tries: transposing only small operands to match, or any (more cancels, or more copies).
         tries = [_pruned(Function(name, map_blocks(fn.body, lambda stmts: _LayoutWalk(updated, small).run(stmts)),
                                   fn.result_types, fn.loc)) for small in (_SMALL, None)]
