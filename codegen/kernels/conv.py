@@ -78,17 +78,18 @@ def _vector_strips(e: KernelContext, n: int | Size, body: Callable[[str, int | s
 
 
 def _gathered(e: KernelContext, out, count: int, outer: tuple[tuple[str, int], tuple[str, int]], n: int | Size,
-              terms: Callable[[str], int], step: int, target: Callable[[int], str]) -> None:
+              terms: Callable[[str], int], step: int, target: Callable[[int], str], work: int | Size) -> None:
     """The shape shared by the forward kernel and the input gradient: at each position of the two ``outer``
     loops and each strip of the batch, ``count`` channels' accumulators (one vector each) summing ``wq[q * step]
     * row[l]`` over the terms (``terms(n0)`` opens their loops, defines ``wq`` and ``row``, and says how many
-    loops it opened), stored once at ``target(q)`` plus the strip's place."""
+    loops it opened), stored once at ``target(q)`` plus the strip's place; ``work``: the block's multiply-adds."""
     t, zero, fma = e.ctype(out), literal(0, out.type.dtype), _fma(out)  # type: ignore[union-attr]
     # Few channels: wider strips, so that at least four vectors of sums are in flight (one alone waits on its
     # own previous multiply-add at every term: a one-channel input gradient ran 9x slower)
     lanes = _LANES * max(1, 4 // count)
-    for var, extent in outer:
-        e.c.loop(var, extent)
+    # (the rows of a block are independent too: threads share them when there is one block, or in the last)
+    for k, (var, extent) in enumerate(outer):
+        e.c.loop(var, extent, parallel=k == 0, work=work)
 
     def strip(n0: str, width: int | str) -> None:
         accs = [f"acc{q}" for q in range(count)]
@@ -130,7 +131,7 @@ def _forward(e: KernelContext, op: Op) -> None:
             e.c.line(f"const {t} *row = {e.ptr(x)} + ((ci * {h} + i * {sh} + di) * {wd} + j * {sw} + dj) * {n} + {n0};")
             return 3
         _gathered(e, out, count, (("i", oh), ("j", ow)), n, terms, c * kh * kw,
-                  lambda q: f"((({o0} + {q}) * {oh} + i) * {ow} + j) * {n}")
+                  lambda q: f"((({o0} + {q}) * {oh} + i) * {ow} + j) * {n}", count * oh * ow * c * kh * kw * n)
     _blocks(e, o, "o", o * oh * ow * c * kh * kw * n, block)
 
 
@@ -157,7 +158,7 @@ def _input_grad(e: KernelContext, op: Op) -> None:
             e.c.line(f"const {t} *row = {e.ptr(dy)} + ((oi * {oh} + i / {sh}) * {ow} + j / {sw}) * {n} + {n0};")
             return 3
         _gathered(e, out, count, (("y", h), ("x", wd)), n, terms, kh * kw,
-                  lambda q: f"((({c0} + {q}) * {h} + y) * {wd} + x) * {n}")
+                  lambda q: f"((({c0} + {q}) * {h} + y) * {wd} + x) * {n}", count * oh * ow * o * kh * kw * n)
     _blocks(e, c, "c", o * oh * ow * c * kh * kw * n, block)
 
 
@@ -179,7 +180,7 @@ def _weight_grad(e: KernelContext, op: Op) -> None:
         ([("rest", n % _LANES)] if not isinstance(n, Size) and n % _LANES else [])
 
     def block(o0: str, count: int) -> None:
-        e.c.loop("ci", c)
+        e.c.loop("ci", c, parallel=True, work=count * oh * ow * c * kh * kw * n)  # (when one block)
         e.c.loop("di", kh)
         if taps == 1:
             e.c.loop("dj", kw)
