@@ -1,9 +1,9 @@
 """Direct 2-D convolution and its two adjoints, in the layout ``[C, H, W, N]`` (``lantern/ir/primitives.py``).
 
-With the batch innermost every kernel's inner loop runs along ``N`` contiguous values, a strip of them at a
-time held in a local array (registers), as the generated matrix products do: no im2col copy is made, and
-each output element is stored once. The outermost loop shares out whole output slabs among threads, and
-every element adds its terms in one fixed order, so results do not depend on the thread count.
+With the batch innermost every kernel's inner loop runs along ``N`` contiguous values, a vector of them at a
+time per accumulator, and each vector loaded feeds a block of channels: no im2col copy is made, and each
+output element is stored once. Threads share out blocks of channels, or a single block's rows; every element
+adds its terms in one fixed order, so results do not depend on the thread count.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import math
 from typing import Any, Callable
 
 from .. import ops
-from ..ir.primitives import PRIMITIVES
+from ..ir.primitives import PRIMITIVES, inverse_perm
 from ..tensor import Tensor
 
 Rule = Callable[[Tensor, list[Tensor], Tensor, dict[str, Any]], list[Tensor | None]]
@@ -271,11 +271,7 @@ def _reshape(g, xs, y, attrs): return [ops.reshape(g, xs[0].shape)]
 
 @rule("transpose")
 def _transpose(g, xs, y, attrs):
-    perm = attrs["perm"]
-    inverse = [0] * len(perm)
-    for i, p in enumerate(perm):
-        inverse[p] = i
-    return [ops.transpose(g, inverse)]
+    return [ops.transpose(g, inverse_perm(attrs["perm"]))]
 
 
 @rule("slice")

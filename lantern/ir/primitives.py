@@ -551,6 +551,15 @@ _register("transpose", "transpose", _infer_transpose, lambda x, perm: np.asconti
           hoistable=True, **_KEEPS_FINITE)
 
 
+def inverse_perm(perm: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """The permutation that undoes ``transpose(x, perm)``: ``transpose(transpose(x, perm), inverse_perm(perm))
+    == x``."""
+    inverse = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inverse[p] = i
+    return tuple(inverse)
+
+
 def _infer_slice(types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     (x,) = types
     starts, stops, steps = attrs["starts"], attrs["stops"], attrs["steps"]

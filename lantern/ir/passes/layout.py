@@ -24,7 +24,7 @@ from math import prod
 
 from ..analysis import passed_by_reference, updated_in_place
 from ..nodes import Block, Function, Module, Op, Stmt, Var, walk_stmts
-from ..primitives import ELEMENTWISE, PRIMITIVES
+from ..primitives import ELEMENTWISE, PRIMITIVES, inverse_perm
 from ..rewrite import StmtEmitter, map_blocks
 from ..symbolic import hint, is_symbolic
 from .dce import eliminate_dead_code
@@ -46,7 +46,8 @@ def transposes_cancelled(module: Module) -> Module:
         # Two tries: transposing only small operands to match, or any (more cancels, or more copies).
         tries = [_pruned(Function(name, map_blocks(fn.body, lambda stmts: _LayoutWalk(updated, small).run(stmts)),
                                   fn.result_types, fn.loc)) for small in (_SMALL, None)]
-        functions[name] = min(tries, key=_copied) if min(map(_copied, tries)) < _copied(fn) else fn
+        copied, best = min(((_copied(t), i) for i, t in enumerate(tries)))
+        functions[name] = tries[best] if copied < _copied(_pruned(fn)) else fn
     return Module(functions, module.entry)
 
 
@@ -55,20 +56,13 @@ def _pruned(fn: Function) -> Function:
 
 
 def _copied(fn: Function) -> int:
-    """Elements copied by ``fn``'s transposes that something reads."""
-    return sum(hint(s.outs[0].type.size) for s in walk_stmts(_pruned(fn).body)  # type: ignore[union-attr]
+    """Elements copied by the transposes of ``fn`` (with its dead code dropped: every transpose is read)."""
+    return sum(hint(s.outs[0].type.size) for s in walk_stmts(fn.body)  # type: ignore[union-attr]
                if isinstance(s, Op) and s.prim == "transpose")
 
 
 def _concrete(*shapes: tuple) -> bool:
     return not any(is_symbolic(d) or d == 0 for shape in shapes for d in shape)
-
-
-def _inverse(p: Perm) -> Perm:
-    inv = [0] * len(p)
-    for j, k in enumerate(p):
-        inv[k] = j
-    return tuple(inv)
 
 
 class _LayoutWalk:
@@ -151,7 +145,7 @@ class _LayoutWalk:
         if not transposed:
             return None
         p = max(transposed)[1]  # (the largest operand's order)
-        inv = _inverse(p)
+        inv = inverse_perm(p)
         small = hint(y.type.size) if self.small is None else self.small  # type: ignore[union-attr]
         emit = StmtEmitter(op)
         args = []
