@@ -36,7 +36,7 @@ from .ir.verify import verify
 from .source import Loc, user_location
 from .tensor import Tensor
 from .tracing import Frame, ModuleBuilder, current_frame, name_var, trace_callable, with_location
-from .tree import TreeDef, _sort_key, flatten, tree_map, unflatten
+from .tree import TreeDef, _sort_key, flatten, tree_map, unflatten, unflattener
 
 _STATIC_TYPES = (bool, int, float, str, bytes, type(None))
 #: shapes a signature with run-time sizes remembers as checked (then it forgets them all and starts again)
@@ -80,6 +80,10 @@ def _leaf_key(path: str, leaf: Any) -> tuple:
                         f"tuple/list/dict of them, got {type(leaf).__name__}")
 
 
+#: dicts' keys in insertion order -> sorted (the order of their leaves), for :func:`_fast_key`
+_SORTED_KEYS: dict[tuple, tuple] = {}
+
+
 def _fast_key(items: Any, key: list[Any], leaves: list[Any]) -> bool:
     """The per-call cache key of ``Staged.__call__``, much cheaper than binding and :func:`flatten`.
 
@@ -104,10 +108,15 @@ def _fast_key(items: Any, key: list[Any], leaves: list[Any]) -> bool:
             if not _fast_key(a, key, leaves):
                 return False
         elif t is dict:
-            try:
-                names = tuple(sorted(a, key=_sort_key))
-            except TypeError:
-                return False
+            names = _SORTED_KEYS.get(tuple(a))  # (sorting them took a microsecond per dict and call)
+            if names is None:
+                try:
+                    names = tuple(sorted(a, key=_sort_key))
+                except TypeError:
+                    return False
+                if len(_SORTED_KEYS) > 4096:
+                    _SORTED_KEYS.clear()
+                _SORTED_KEYS[tuple(a)] = names
             key += (t, names)
             if not _fast_key([a[k] for k in names], key, leaves):
                 return False
@@ -177,7 +186,7 @@ class Executable:
         self.native = native
         # precomputed for the per-call path
         self._checks = [(i, spec.shape, np.dtype(spec.dtype), spec) for spec, i in zip(self.in_specs, self._array_positions)]
-        self._single_out = out_treedef.kind == "leaf"
+        self._results = unflattener(out_treedef)  # the results' structure from the flat list
         self._accepted: set[tuple] = set()  # argument keys (structure and constants) already checked
         #: how this signature was compiled: its time (tracing, C, compiler), why, loops unrolled
         self.compile_event: compile_log.CompileEvent | None = None
@@ -262,11 +271,10 @@ class Executable:
         for i, shape, dtype, spec in self._checks:
             a = leaves[i]
             if not (type(a) is np.ndarray and a.shape == shape and (a.dtype is dtype or a.dtype == dtype)
-                    and a.flags.c_contiguous and a.flags.aligned):
+                    and ((flags := a.flags).carray or flags.c_contiguous and flags.aligned)):
                 a = _as_native_array(spec, a)
             arrays.append(a)
-        outs = self.native(arrays)
-        return outs[0] if self._single_out else unflatten(self.out_treedef, outs)
+        return self._results(self.native(arrays))
 
     def _run_with_sizes(self, leaves: list[Any] | tuple[Any, ...]) -> Any:
         """:meth:`run_leaves` for a signature with run-time sizes: the arrays must fit its pattern."""
@@ -285,8 +293,7 @@ class Executable:
             if len(self._fitting_shapes) > _MAX_REMEMBERED_SHAPES:
                 self._fitting_shapes.clear()
             self._fitting_shapes.add(shapes)
-        outs = self.native(arrays)
-        return outs[0] if self._single_out else unflatten(self.out_treedef, outs)
+        return self._results(self.native(arrays))
 
     def interpret(self, *args: Any, optimized: bool = False, **kwargs: Any) -> Any:
         """Run the IR (as traced, or after the C-preparing passes) in the NumPy reference interpreter."""

@@ -89,6 +89,37 @@ def unflatten(treedef: TreeDef, leaves: list[Any]) -> Any:
     return result
 
 
+def unflattener(treedef: TreeDef) -> Callable[[list[Any]], Any]:
+    """:func:`unflatten` for one structure, made once: a function of the leaves building it in one expression
+    (a staged call's results go through it on every call; the general walk cost microseconds)."""
+    constants: dict[str, Any] = {}
+    count = 0
+
+    def constant(value: Any) -> str:
+        name = f"c{len(constants)}"
+        constants[name] = value
+        return name
+
+    def build(td: TreeDef) -> str:
+        nonlocal count
+        if td.kind == "leaf":
+            count += 1
+            return f"leaves[{count - 1}]"
+        if td.kind == "none":
+            return "None"
+        children = [build(c) for c in td.children]
+        if td.kind == "tuple":
+            return f"({', '.join(children)}{',' if len(children) == 1 else ''})"
+        if td.kind == "list":
+            return f"[{', '.join(children)}]"
+        if td.kind == "dict":
+            return "{" + ", ".join(f"{constant(k)}: {c}" for k, c in zip(td.aux, children)) + "}"
+        return f"{constant(td.aux)}({', '.join(children)})"
+
+    body = build(treedef)
+    return eval(f"lambda leaves: {body}", constants)  # (the keys and classes are passed, never printed)
+
+
 def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
     """Apply ``fn`` leafwise to ``tree`` and trees of the same structure."""
     leaves, td = flatten(tree)
