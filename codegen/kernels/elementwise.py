@@ -21,12 +21,18 @@ def broadcast_index(idx: list[str], shape: tuple) -> str:
     return index((idx[offset + k], 0 if shape[k] == 1 else st[k]) for k in range(len(shape)))
 
 
+def _without_leading_ones(shape: tuple) -> tuple:
+    return shape[next((k for k, d in enumerate(shape) if d != 1), len(shape)):]
+
+
 def elementwise(e: KernelContext, outs: list[Var], inputs: list[Var], params: list[Var], body: list[Stmt],
                 results: list[Var]) -> None:
     shape: tuple[int, ...] = body[-1].outs[0].type.shape  # type: ignore[union-attr]
     for o in outs:
         e.declare(o)
-    flat = all(i.type.shape == shape or i.type.size == 1 for i in inputs)  # type: ignore[union-attr]
+    # (one flat loop when every operand has the result's layout, leading axes of 1 aside, or one element)
+    flat = all(_without_leading_ones(i.type.shape) == _without_leading_ones(shape) or i.type.size == 1  # type: ignore[union-attr]
+               for i in inputs)
     uses: dict[int, int] = {}
     for s in body:
         for a in s.operands():
@@ -64,12 +70,21 @@ def elementwise(e: KernelContext, outs: list[Var], inputs: list[Var], params: li
 
     local: dict[int, str] = {}
     bound = {p.id: i for p, i in zip(params, inputs)}
+    if prod(shape) != 1:
+        # One-element operands (a softmax's maximum, a scale) are read once, before the loop: read in it,
+        # gcc must assume a store of the loop may change them, and left loops calling the vectorized math
+        # functions scalar ("control flow in loop").
+        for p_, src in zip(params, inputs):
+            value = e.load(src, "0")
+            if src.type.size == 1 and "[" in value:  # type: ignore[union-attr]  # (a number needs no local)
+                local[p_.id] = e.c.fresh(f"{e.name(p_)}_once")
+                e.c.line(f"const {e.ctype(src)} {local[p_.id]} = {value};")
     if not shape:
         emit_body(lambda v: "0", "0")
     elif flat:
         n = prod(shape)
         e.c.loop('i', n, parallel=True, work=n * len(body))
-        emit_body(lambda v: "i" if v.type.shape == shape else "0", "i")  # type: ignore[union-attr]
+        emit_body(lambda v: "0" if v.type.size == 1 else "i", "i")  # type: ignore[union-attr]
         e.c.close()
     else:
         out_strides = strides(shape)
