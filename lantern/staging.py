@@ -127,6 +127,63 @@ def _fast_key(items: Any, key: list[Any], leaves: list[Any]) -> bool:
     return True
 
 
+#: what a dispatcher (:meth:`Executable.dispatcher`) returns for arguments it does not serve
+_MISS = object()
+
+
+def _make_dispatcher(exe: Executable) -> Callable[..., Any] | None:
+    """:meth:`Executable.dispatcher`'s function: Python source written for this signature, then compiled."""
+    native = exe.native
+    if exe.pattern is not None or native._sizes or any(k[0] != "array" for k in exe._leaf_keys) \
+            or exe.in_treedef.kind != "tuple" or len(exe.in_treedef.children) != len(exe._param_names):
+        return None
+    constants: dict[str, Any] = {"ndarray": np.ndarray, "MISS": _MISS, "empty": np.empty, "fb": native._from_buffer,
+                                 "entry": native._entry, "finish": native._finish, "results": exe._results}
+    lines: list[str] = []
+    leaves: list[str] = []
+
+    def constant(value: Any) -> str:
+        constants[f"k{len(constants)}"] = value
+        return f"k{len(constants) - 1}"
+
+    def guard(td: TreeDef, expr: str) -> None:
+        name = f"v{len(lines)}"
+        lines.append(f"{name} = {expr}")
+        if td.kind == "leaf":
+            i = len(leaves)
+            _, shape, dtype, _ = exe._checks[i]
+            lines.append(f"if type({name}) is not ndarray or {name}.shape != {constant(shape)} or "
+                         f"{name}.dtype is not {constant(dtype)} or not {name}.flags.carray: return MISS")
+            leaves.append(name)
+        elif td.kind == "none":
+            lines.append(f"if {name} is not None: return MISS")
+        elif td.kind in ("tuple", "list", "dict"):
+            lines.append(f"if type({name}) is not {td.kind} or len({name}) != {len(td.children)}: return MISS")
+            keys = td.aux if td.kind == "dict" else range(len(td.children))
+            for key, child in zip(keys, td.children):
+                guard(child, f"{name}[{constant(key) if td.kind == 'dict' else key}]")
+        else:  # a namedtuple
+            lines.append(f"if type({name}) is not {constant(td.aux)}: return MISS")
+            for k, child in enumerate(td.children):
+                guard(child, f"{name}[{k}]")
+
+    params = [f"p{k}" for k in range(len(exe._param_names))]
+    for param, child in zip(params, exe.in_treedef.children):
+        guard(child, param)
+    outs = [f"o{k}" for k in range(len(native._out_specs))]
+    run = [f"{o} = empty({constant(shape)}, {constant(dtype)})" for o, (shape, dtype) in zip(outs, native._out_specs)]
+    run.append(f"code = entry({', '.join(f'fb({v})' for v in leaves + outs)})")
+    run.append(f"if code: return results(finish(code, [{', '.join(leaves)}], [{', '.join(outs)}]))")
+    run.append(f"return results([{', '.join(outs)}])")
+    checks = ["try:", *("    " + line for line in lines), "except KeyError:  # (a dict with other keys)",
+              "    return MISS"] if lines else []
+    body = "\n    ".join(checks + run)
+    source = f"def dispatch({', '.join(params)}):\n    {body}\n"
+    scope: dict[str, Any] = {}
+    exec(compile(source, f"<lantern dispatcher of {exe.name}>", "exec"), constants, scope)
+    return scope["dispatch"]
+
+
 def _as_native_array(spec: ArraySpec, leaf: Any) -> np.ndarray:
     """``leaf`` as a C-contiguous, aligned, native-order array matching ``spec``, else ``ArgumentError``.
 
@@ -187,6 +244,7 @@ class Executable:
         # precomputed for the per-call path
         self._checks = [(i, spec.shape, np.dtype(spec.dtype), spec) for spec, i in zip(self.in_specs, self._array_positions)]
         self._results = unflattener(out_treedef)  # the results' structure from the flat list
+        self._dispatcher: Callable[..., Any] | None | bool = False  # (False: not made yet)
         self._accepted: set[tuple] = set()  # argument keys (structure and constants) already checked
         #: how this signature was compiled: its time (tracing, C, compiler), why, loops unrolled
         self.compile_event: compile_log.CompileEvent | None = None
@@ -195,6 +253,16 @@ class Executable:
         self._fitting_shapes: set[tuple] = set()  # argument shapes the pattern was checked to serve
         #: seconds per step of making it (trace, passes, emit, cc, load); empty when the trace cache had it
         self.compile_stages: dict[str, float] = {}
+
+    def dispatcher(self) -> Callable[..., Any] | None:
+        """A function of a call's positional arguments that runs this executable when they are exactly what it
+        was compiled for (the same structure, arrays of its shapes and dtypes, C-contiguous, aligned and
+        writeable), else returns :data:`_MISS`; made once, in straight-line code (the general per-call path
+        walks the arguments, builds a key and looks it up: about half of a small step's overhead). None where
+        the signature has constants or run-time sizes (the general path serves those)."""
+        if self._dispatcher is False:
+            self._dispatcher = _make_dispatcher(self)
+        return self._dispatcher  # type: ignore[return-value]
 
     # ---------------------------------------------------------- inspection
     def _ir_modules(self) -> tuple[Module, Module]:
@@ -306,6 +374,11 @@ class Executable:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs or not self._simple or len(args) != len(self._param_names):
             args = _bind(self.name, self._signature, args, kwargs)
+        else:
+            dispatch = self.dispatcher()
+            result = _MISS if dispatch is None else dispatch(*args)
+            if result is not _MISS:
+                return result
         key: list[Any] = []
         leaves: list[Any] = []
         if _fast_key(args, key, leaves):
@@ -431,6 +504,7 @@ class Staged:
         self._simple = _is_simple(self.signature)
         self._executables: dict[Any, Executable] = {}
         self._fast: dict[Any, Executable] = {}
+        self._dispatch: Callable[..., Any] | None = None  # the last executable's (Executable.dispatcher)
         self.trace_count = 0
         self._compiles: list[CompileEvent] = []  # lantern/compile_log.py
         self._compiled_signatures: list[tuple[TreeDef, list[tuple], list[str]]] = []
@@ -464,6 +538,10 @@ class Staged:
         if kwargs or not self._simple or len(args) != len(self._param_names):
             exe, leaves = self._specialize(args, kwargs)
             return exe.run_leaves(leaves)
+        if self._dispatch is not None:  # the last executable, if these arguments are its kind
+            result = self._dispatch(*args)
+            if result is not _MISS:
+                return result
         # Fast path: a key from the structure, the shapes and dtypes of the arrays and the
         # values of the numbers, without binding or paths (see _fast_key).
         key: list[Any] = []
@@ -478,6 +556,7 @@ class Staged:
             if len(self._fast) >= _MAX_REMEMBERED_SHAPES * 16:  # (run-time sizes: one entry per shape seen)
                 self._fast.clear()
             self._fast[fast_key] = exe
+        self._dispatch = exe.dispatcher()
         return exe.run_leaves(leaves)
 
     def _call_unstaged(self, args: tuple, kwargs: dict) -> Any:

@@ -317,3 +317,52 @@ def test_grad_with_respect_to_python_floats():
     assert (float(value), float(gx), float(gk)) == (10.0, 5.0, 2.0)
     # not differentiated: still a compile-time constant
     assert float(lantern.grad(lambda x, k: x * k)(2.0, 5.0)) == 5.0
+
+
+# ---------------------------------------------------------------- the per-signature dispatcher
+
+def test_the_dispatcher_serves_repeated_calls_without_the_general_path(rng, monkeypatch):
+    """A second call with arguments of the same kind runs through the executable's dispatcher: the general
+    path (key, lookup, checks) is not taken; arguments of another kind still are, with the same results."""
+    from lantern import staging
+    f = lantern.stage(lambda p, xs: ({"y": xs[0] @ p["w"] + p["b"], "n": None}, xs[1] * 2.0))
+    params = _params(rng)
+    xs = (rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal(2).astype(np.float32))
+    first = f(params, xs)
+    taken = []
+    real = staging._fast_key
+    monkeypatch.setattr(staging, "_fast_key", lambda *a: taken.append(1) or real(*a))
+    again = f(params, xs)
+    assert not taken
+    np.testing.assert_array_equal(again[0]["y"], first[0]["y"])
+    assert again[0]["n"] is None and list(again[0]) == list(first[0])
+    assert f({"b": params["b"], "w": params["w"]}, xs)[1].shape == (2,) and not taken  # (keys in any order)
+    assert staging._make_dispatcher(next(iter(f._fast.values())))({"w": 1, "c": 2}, xs) is staging._MISS
+    others = [
+        (params, [xs[0], xs[1]]),                                        # a list for the tuple
+        (params, (np.asfortranarray(xs[0]), xs[1])),                     # not C-contiguous
+        (params, (xs[0].astype(np.float64), xs[1])),                     # another dtype
+        (params, (xs[0][:2], xs[1])),                                    # another shape
+    ]
+    read_only = xs[0].copy()
+    read_only.flags.writeable = False
+    others.append((params, (read_only, xs[1])))                          # not writeable: checked, then run
+    for p, x in others:
+        taken.clear()
+        got = f(p, x)
+        assert taken, (p, x)
+        np.testing.assert_allclose(got[0]["y"], np.asarray(x[0], np.float64) @ p["w"] + p["b"], rtol=1e-5)
+        np.testing.assert_array_equal(got[1], x[1] * 2.0)
+
+
+def test_the_dispatcher_of_an_executable_and_errors_raised_in_c(rng):
+    exe = pick.lower(rng.standard_normal(5), 2)  # a constant argument: no dispatcher
+    assert exe.dispatcher() is None
+    g = lantern.stage(lambda x, i: x[i])
+    x, i = np.arange(5.0), np.array(1)
+    exe = g.lower(x, i)
+    assert exe.dispatcher() is not None
+    assert exe(x, i) == 1.0 and g(x, i) == 1.0 and g(x, i) == 1.0
+    for call in (lambda: exe(x, np.array(9)), lambda: g(x, np.array(9))):  # the error comes through it
+        with pytest.raises(lantern.OutOfBoundsError, match="out of bounds"):
+            call()
