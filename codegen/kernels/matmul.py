@@ -110,13 +110,14 @@ def matmul(e: KernelContext, op: Op) -> None:
             return f"lt_min_i64({lanes}, width - {v * lanes})" if v else f"lt_min_i64({lanes}, width)"
         accs = [[f"acc{r}_{v}" if rows > 1 else f"acc{v}" for v in range(vectors)] for r in range(rows)]
         avals = [f"a{r}" for r in range(rows)] if rows > 1 else ["aik"]
-        e.c.line(f"{t} {', '.join(f'{acc}[{lanes}]' for row_accs in accs for acc in row_accs)};")
         def column(v: int) -> str:  # (of vector v's lane l)
             return " + ".join(term for term in (j0, str(v * lanes), "l") if term != "0")
-        for v in range(vectors):
+        zeroed = "" if out.id in e.accumulating else " = {0}"
+        e.c.line(f"{t} {', '.join(f'{acc}[{lanes}]{zeroed}' for row_accs in accs for acc in row_accs)};")
+        for v in range(vectors if out.id in e.accumulating else 0):
             e.c.loop('l', extent(v), independent=True)
             for r in range(rows):
-                e.c.line(f"{accs[r][v]}[l] = {c_at(r, column(v)) if out.id in e.accumulating else zero};")
+                e.c.line(f"{accs[r][v]}[l] = {c_at(r, column(v))};")
             e.c.close()
         e.c.loop('kk', k)
         for r, a_ in enumerate(avals):
