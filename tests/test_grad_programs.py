@@ -403,9 +403,12 @@ def test_loop_weight_gradients_summed_after_the_loop(rng):
     U, W, V = (rng.standard_normal(s) * 0.4 for s in [(6, 8), (8, 8), (8, 8)])
     check_grads(_stacked_rnn, h0, xs, U, W, V, argnums=(0, 1, 2, 3, 4))
     stacks, transposed_in_loop = _stacked(_stacked_rnn, (2, 3, 4), h0, xs, U, W, V)
-    # U's and W.T's products are stacked (their row operand and adjoint); V's is in a branch.
-    assert stacks == ["rows_carry", "rows_gather", "rows_matmul_bar", "rows_matmul_bar"], stacks
+    # U's and W.T's products are stacked (their row operand and adjoint); V's is in a branch. W.T's row operand
+    # is the loop state, whose stack the forward loop fills: its rows are read from there, not copied again.
+    assert stacks == ["rows_gather", "rows_matmul_bar", "rows_matmul_bar"], stacks
     assert not transposed_in_loop
+    ir = str(lantern.value_and_grad(_stacked_rnn, (2, 3, 4)).lower(h0, xs, U, W, V).ir)
+    assert re.search(r"^  %\w+: f64\[10,8\] = reshape\(%saved_carry_\d+", ir, re.MULTILINE), ir
     check_grads(_stacked_after_cond, h0, xs, U, W, argnums=(0, 1, 2, 3))
     after_cond = _stacked(_stacked_after_cond, (2, 3), h0, xs, U, W)[0]
     assert len(after_cond) == 4 and after_cond.count("rows_matmul_bar") == 2, after_cond
@@ -413,8 +416,8 @@ def test_loop_weight_gradients_summed_after_the_loop(rng):
     check_grads(_stacked_nested, h0, W, V, argnums=(0, 1, 2))
     stacks, transposed_in_loop = _stacked(_stacked_nested, (0, 1, 2), h0, W, V)
     # The outer body's g @ W.T is stacked; the inner loop's W is in a nested loop of the outer one,
-    # where it is stacked by the inner loop's reverse part.
-    assert stacks == ["rows_g", "rows_g", "rows_matmul_bar", "rows_matmul_bar"], stacks
+    # where it is stacked by the inner loop's reverse part (its rows: the inner loop's stored state).
+    assert stacks == ["rows_g", "rows_matmul_bar", "rows_matmul_bar"], stacks
     assert not transposed_in_loop
 
 

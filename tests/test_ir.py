@@ -161,6 +161,29 @@ def test_dead_code_is_removed():
     assert "matmul" not in prims and "exp" not in prims
 
 
+def test_dead_code_includes_buffers_only_added_into():
+    """A zero-filled buffer nothing reads (a loop's stack of a value its backward part does not need) goes with
+    every addition into it; one read later, a parameter, and a lambda's parameter (its caller's buffer) stay."""
+    x = Var(F3, "x")
+    stack, s1 = op("fill", [], TensorType((4, 3), "float64"), value=0, shape=(4, 3), dtype="float64")
+    kept, s2 = op("fill", [], F3, value=0, shape=(3,), dtype="float64")
+    i, s3 = op("fill", [], TensorType((), "int64"), value=1, shape=(), dtype="int64")
+    lam_param = Var(F3, "bar")
+    lam = Var(FnType((F3,), ()), "k")
+    lam_stmt = Lambda([lam], body=Block([lam_param], [Accumulate([], target=lam_param, value=x)], []))
+    applied, s4 = op("fill", [], F3, value=0, shape=(3,), dtype="float64")
+    stmts = [s1, s2, s3, Accumulate([], target=stack, value=x, index=i), Accumulate([], target=kept, value=x),
+             Accumulate([], target=x, value=x), lam_stmt, s4, Apply([], fn=lam, args=[applied]),
+             Accumulate([], target=applied, value=x)]
+    m = eliminate_dead_code(module_of([x], stmts, [kept], [F3]))
+    verify(m)
+    left = list(walk_stmts(m.entry_function.body))
+    targets = [s.target for s in left if isinstance(s, Accumulate)]
+    assert stack not in targets and all(stack not in s.outs for s in left)
+    assert kept in targets and x in targets and lam_param in targets  # (applied: its additions are read by no one)
+    np.testing.assert_allclose(interpret(m, [np.ones(3)])[0], np.ones(3))
+
+
 def test_inlining_keeps_only_recursive_calls():
     @lantern.stage
     def helper(x):

@@ -74,10 +74,12 @@ class _StackedGradient:
     stacks' variables, see ``tracing.user_variable_names``.)
     """
 
-    def __init__(self, product: Op, rows: Tensor, rows_bar: Tensor):
+    def __init__(self, product: Op, rows: Tensor, rows_bar: Tensor, rows_saved: bool):
         self.product = product  # the body's ``a @ op(b)``
         self.a = rows           # [n, m, k]: the rows of a, one block per iteration
         self.g = rows_bar       # [n, m, p]: the adjoint of the product, likewise
+        #: ``a`` is loop state or a residual, whose stack the forward loop filled: its rows are not copied again
+        self.a_saved = rows_saved
 
 
 def _bound(value: object) -> int | Size:
@@ -333,7 +335,7 @@ class Differentiator:
         stacked = self.stacked.get(out.id)
         if stacked is not None:  # b's share is summed after the loop; store this iteration's rows
             row = self.stack_row
-            for st, v in ((stacked.a, self.val[s.args[0].id]), (stacked.g, self.adj[out.id])):
+            for st, v in ((stacked.a, self.val[s.args[0].id]), (stacked.g, self.adj[out.id]))[stacked.a_saved:]:
                 self.frame.add(Accumulate([], loc=self.frame.loc_override, target=st.var, value=v.var, index=row.var))
             contributions = contributions[:1]
         for a, c in zip(s.args, contributions):
@@ -457,9 +459,13 @@ class Differentiator:
         if active and n:
             self.at(s)
             outer_stacked, outer_row = self.stacked, self.stack_row
-            self.stacked = {st.outs[0].id: _StackedGradient(st, stack(st.args[0], f"rows_{st.args[0].hint}"),
-                                                            stack(st.outs[0], f"rows_{st.outs[0].hint}_bar"))
-                            for st in self.stackable_products(s, n)}
+            stored = {c.id: st for c, st in zip(carry_old, saved)} | {r.id: st for r, st in zip(residuals, saved_res)}
+
+            def rows_of_a(st: Op) -> _StackedGradient:
+                a_rows = stored.get(st.args[0].id)
+                return _StackedGradient(st, stack(st.args[0], f"rows_{st.args[0].hint}") if a_rows is None else a_rows,
+                                        stack(st.outs[0], f"rows_{st.outs[0].hint}_bar"), a_rows is not None)
+            self.stacked = {st.outs[0].id: rows_of_a(st) for st in self.stackable_products(s, n)}
             j = Var(scalar("int64"), "j")
             bars = [Var(carry_old[k].type, carry_old[k].hint + "_bar") for k in active]
             back = Block(params=[j, *bars])
