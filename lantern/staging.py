@@ -538,8 +538,9 @@ class Staged:
         if kwargs or not self._simple or len(args) != len(self._param_names):
             exe, leaves = self._specialize(args, kwargs)
             return exe.run_leaves(leaves)
-        if self._dispatch is not None:  # the last executable, if these arguments are its kind
-            result = self._dispatch(*args)
+        dispatch = self._dispatch  # the last executable's, if these arguments are its kind (read once: threads)
+        if dispatch is not None:
+            result = dispatch(*args)
             if result is not _MISS:
                 return result
         # Fast path: a key from the structure, the shapes and dtypes of the arrays and the

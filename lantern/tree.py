@@ -116,8 +116,17 @@ def unflattener(treedef: TreeDef) -> Callable[[list[Any]], Any]:
             return "{" + ", ".join(f"{constant(k)}: {c}" for k, c in zip(td.aux, children)) + "}"
         return f"{constant(td.aux)}({', '.join(children)})"
 
+    if _depth(treedef) > 50:  # (Python's parser refuses 200 nested brackets)
+        return lambda leaves: unflatten(treedef, leaves)
     body = build(treedef)
     return eval(f"lambda leaves: {body}", constants)  # (the keys and classes are passed, never printed)
+
+
+def _depth(td: TreeDef) -> int:
+    depth, level = 0, [td]
+    while level:
+        depth, level = depth + 1, [c for t in level for c in t.children]
+    return depth
 
 
 def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:

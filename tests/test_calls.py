@@ -366,3 +366,30 @@ def test_the_dispatcher_of_an_executable_and_errors_raised_in_c(rng):
     for call in (lambda: exe(x, np.array(9)), lambda: g(x, np.array(9))):  # the error comes through it
         with pytest.raises(lantern.OutOfBoundsError, match="out of bounds"):
             call()
+
+
+def test_results_nested_deeper_than_pythons_parser_allows():
+    def deep(x):
+        out = x
+        for _ in range(250):
+            out = (out,)
+        return out
+
+    got = lantern.stage(deep)(np.ones(2))
+    for _ in range(250):
+        assert type(got) is tuple and len(got) == 1
+        got = got[0]
+    np.testing.assert_array_equal(got, np.ones(2))
+
+
+def test_a_recompiled_twin_runs_its_own_build(rng):
+    from lantern.fuzz import flags
+    f = lantern.stage(lambda x: x * 2.0)
+    x = rng.standard_normal(3)
+    exe = f.lower(x)
+    exe(x)  # (its dispatcher is made)
+    twin = flags.unoptimized(exe)
+    if twin is None:
+        pytest.skip("the build is already -O0")
+    np.testing.assert_array_equal(twin(x), x * 2.0)
+    assert twin._dispatcher is not exe._dispatcher  # made again, around the -O0 build's entry point

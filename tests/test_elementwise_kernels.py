@@ -23,7 +23,10 @@ def test_one_element_operands_are_read_once_before_the_loop():
     assert hoisted.group(1) in loop and "[0]" not in loop  # the loop reads the local, not the buffer
 
 
-def test_the_same_one_element_operand_in_two_loops_and_in_place():
+def test_the_same_one_element_operand_twice_in_one_op_and_in_two_loops():
+    c = np.array([True, False, True])  # (one local for both: an unused second one fails under -Werror)
+    np.testing.assert_array_equal(lantern.stage(lambda c, s: lantern.where(c, s, s))(c, np.ones(1)), np.ones(3))
+
     def f(x, s):
         k = s * 2.0
         return x * k, (x + 1.0) * k, lantern.sin(k) * x[:1]

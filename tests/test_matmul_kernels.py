@@ -95,3 +95,11 @@ def test_product_gradients_through_generated_loops(loops_only):
             e[idx] = 1e-6
             fd[idx] = (at(arg + e) - at(arg - e)) / 2e-6
         np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-7)
+
+
+def test_integer_products_with_run_time_sizes(loops_only):
+    f = lantern.stage(lambda a, b: a @ b, dynamic=True)
+    for dtype in ("int32", "int64"):
+        for m, k, n in [(6, 5, 33), (9, 4, 70), (5, 3, 2)]:
+            a, b = _operands([(m, k), (k, n)], dtype)
+            np.testing.assert_array_equal(f(a, b), a @ b)

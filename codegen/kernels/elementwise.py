@@ -76,7 +76,7 @@ def elementwise(e: KernelContext, outs: list[Var], inputs: list[Var], params: li
         # functions scalar ("control flow in loop").
         for p_, src in zip(params, inputs):
             value = e.load(src, "0")
-            if src.type.size == 1 and "[" in value:  # type: ignore[union-attr]  # (a number needs no local)
+            if src.type.size == 1 and "[" in value and p_.id not in local:  # type: ignore[union-attr]  # (a number needs none)
                 local[p_.id] = e.c.fresh(f"{e.name(p_)}_once")
                 e.c.line(f"const {e.ctype(src)} {local[p_.id]} = {value};")
     if not shape:

@@ -99,10 +99,10 @@ def matmul(e: KernelContext, op: Op) -> None:
     # i-k-j order, a strip of each row of c at a time held in local arrays of a vector each (registers; gcc
     # keeps wider arrays in memory): the innermost loops run along rows of b (vectorize), and c is not
     # reloaded per k.
-    lanes = _VECTOR_BYTES // out.type.itemsize if floats else _STRIP
+    lanes = _VECTOR_BYTES // out.type.itemsize
 
     def strip(rows: int, j0: str, width: int | str, room: int) -> None:
-        vectors = -(-width // lanes) if isinstance(width, int) else room // lanes
+        vectors = -(-(width if isinstance(width, int) else room) // lanes)
 
         def extent(v: int) -> int | str:
             if isinstance(width, int):
@@ -137,7 +137,7 @@ def matmul(e: KernelContext, op: Op) -> None:
             e.c.close()
 
     def strips(rows: int) -> None:
-        width = _STRIP if rows == 1 else _BLOCK_STRIP // (out.type.itemsize // 4 if floats else 1)
+        width = _STRIP if rows == 1 else max(_BLOCK_STRIP * 4 // out.type.itemsize, lanes)
         if isinstance(n, Size):  # a run-time width: strips of up to `width` columns
             e.c.open(f"for (int64_t j0 = 0; j0 < {n}; j0 += {width})")
             e.c.line(f"int64_t width = {n} - j0 < {width} ? {n} - j0 : {width};")

@@ -35,6 +35,7 @@ def unoptimized(exe: Executable) -> Executable | None:
         return None
     twin = copy.copy(exe)
     twin.native = recompile_native(exe.native, f"{exe.name}_O0", flags)
+    twin._dispatcher = False  # (the copied one calls the -O3 build)
     return twin
 
 
