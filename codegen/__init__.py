@@ -4,6 +4,7 @@ The pipeline, top to bottom::
 
     module = inline_calls(module)                   # non-recursive calls become straight-line code
     module = empty_values_as_fills(module)          # ops with empty results (or empty sums) do nothing
+    module = unit_reductions_as_reshapes(module)    # a sum over axes of extent 1 is a reshape
     module = canonical_products(module)             # W @ h, h @ W.T, one-hot on either side: one form
     module = one_hot_products_as_gathers(module)    # one_hot(i) @ W reads row i of W
     module = forward_single_accumulations(module)   # one-contribution adjoints need no buffer
@@ -39,12 +40,14 @@ from .emit_c import EmitOptions, emit_module
 from .loader import NativeFunction
 from lantern.ir.passes import (canonical_products, eliminate_dead_code, empty_values_as_fills,
                                fills_where_needed, forward_single_accumulations, fuse_elementwise, hoist_loop_invariants, inline_calls,
-                               one_hot_products_as_gathers, recompute_after_continuations, transposes_cancelled)
+                               one_hot_products_as_gathers, recompute_after_continuations, transposes_cancelled,
+                               unit_reductions_as_reshapes)
 
 from .passes import outline_long_functions, row_products_read_transposed
 
 Pass = Callable[[Module], Module]
-PASSES: tuple[Pass, ...] = (inline_calls, empty_values_as_fills, canonical_products, one_hot_products_as_gathers,
+PASSES: tuple[Pass, ...] = (inline_calls, empty_values_as_fills, unit_reductions_as_reshapes, canonical_products,
+                            one_hot_products_as_gathers,
                             forward_single_accumulations, eliminate_dead_code, transposes_cancelled, canonical_products,
                             row_products_read_transposed, hoist_loop_invariants, eliminate_dead_code,
                             recompute_after_continuations, fuse_elementwise, fills_where_needed,

@@ -113,3 +113,21 @@ def test_hoisting_keeps_reads_of_buffers_updated_through_a_reshape():
     xv = np.arange(4.0)
     expected = sum(k * xv.reshape(2, 2).T for k in (1, 2, 3))  # buf holds k * x after k updates
     np.testing.assert_allclose(interpret(hoisted, [xv])[0], expected)
+
+
+def test_reductions_over_axes_of_one_are_reshapes(rng):
+    def f(x, i):
+        return (x.sum(0), x.max(axis=0, keepdims=True), lantern.prod(x[:, :1], axis=1), x.sum(1),
+                i.sum(0), lantern.exp(x).min(0))
+
+    x, i = rng.standard_normal((1, 5)), np.arange(3, dtype=np.int32)[None, :]
+    expected = (x.sum(0), x.max(axis=0, keepdims=True), np.prod(x[:, :1], axis=1), x.sum(1), i.sum(0),
+                np.exp(x).min(0))
+    check_staged(f, x, i, expected=expected, rtol=1e-12, atol=0)
+    optimized = lantern.stage(f).lower(x, i).optimized_ir
+    # x.sum(1) is a real sum, and the integer sum widens to int64: those two stay reductions
+    assert [p for p in _prims(optimized) if p.startswith("reduce")] == ["reduce_sum", "reduce_sum"], optimized
+    check_grads(lambda x: (lantern.tanh(x).sum(0) * lantern.arange(5.0)).sum(), x)
+    g = lantern.stage(lambda x: x.sum(0), dynamic=True)  # a run-time extent is not known to be 1
+    for n in (1, 3):
+        np.testing.assert_allclose(g(np.ones((n, 4))), np.full(4, float(n)))

@@ -110,6 +110,7 @@ def matmul(e: KernelContext, op: Op) -> None:
             return f"lt_min_i64({lanes}, width - {v * lanes})" if v else f"lt_min_i64({lanes}, width)"
         accs = [[f"acc{r}_{v}" if rows > 1 else f"acc{v}" for v in range(vectors)] for r in range(rows)]
         avals = [f"a{r}" for r in range(rows)] if rows > 1 else ["aik"]
+
         def column(v: int) -> str:  # (of vector v's lane l)
             return " + ".join(term for term in (j0, str(v * lanes), "l") if term != "0")
         zeroed = "" if out.id in e.accumulating else " = {0}"
