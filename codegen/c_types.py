@@ -11,6 +11,12 @@ SUFFIX = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "b
 FLOATS = ("float32", "float64")
 
 
+def fma_function(dtype: str) -> str:
+    """C's fused multiply-add for a float dtype: one rounding. Kernels write it out, because gcc contracts
+    nothing itself under ``-std=c11``, and a separate multiply and add took twice the instructions."""
+    return "fmaf" if dtype == "float32" else "fma"
+
+
 def literal(value: Any, dtype: str) -> str:
     """A C literal of ``value`` in ``dtype`` that reads back exactly (parenthesized if negative)."""
     text = _literal(value, dtype)

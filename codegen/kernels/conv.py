@@ -12,7 +12,7 @@ from typing import Callable
 from lantern.ir.nodes import Op
 from lantern.ir.symbolic import Size
 
-from ..c_types import literal
+from ..c_types import fma_function, literal
 from .context import KernelContext
 
 #: Values of the batch axis in one vector register (AVX-512 float32; narrower machines split it).
@@ -24,12 +24,6 @@ _BLOCK = 12
 _SUMS = 24
 #: Kernel columns summed together in the weight gradient (wider kernels: one at a time).
 _TAPS = 8
-
-
-def _fma(out) -> str:
-    """C's fused multiply-add for the result's type (one rounding; the compiler contracts nothing itself under
-    ``-std=c11``, and the separate multiply and add took twice the instructions)."""
-    return "fmaf" if out.type.dtype == "float32" else "fma"
 
 
 def conv(e: KernelContext, op: Op) -> None:
@@ -83,7 +77,7 @@ def _gathered(e: KernelContext, out, count: int, outer: tuple[tuple[str, int], t
     loops and each strip of the batch, ``count`` channels' accumulators (one vector each) summing ``wq[q * step]
     * row[l]`` over the terms (``terms(n0)`` opens their loops, defines ``wq`` and ``row``, and says how many
     loops it opened), stored once at ``target(q)`` plus the strip's place; ``work``: the block's multiply-adds."""
-    t, zero, fma = e.ctype(out), literal(0, out.type.dtype), _fma(out)  # type: ignore[union-attr]
+    t, zero, fma = e.ctype(out), literal(0, out.type.dtype), fma_function(out.type.dtype)  # type: ignore[union-attr]
     # Few channels: wider strips, so that at least four vectors of sums are in flight (one alone waits on its
     # own previous multiply-add at every term: a one-channel input gradient ran 9x slower)
     lanes = _LANES * max(1, 4 // count)
@@ -172,7 +166,7 @@ def _weight_grad(e: KernelContext, op: Op) -> None:
     (sh, sw), (kh, kw) = op.attrs["stride"], op.attrs["kernel"]
     (c, h, wd, n), (o, oh, ow, _) = x.type.shape, dy.type.shape  # type: ignore[union-attr]
     px, pdy, pdw = e.ptr(x), e.ptr(dy), e.ptr(out)
-    t, zero, fma = e.ctype(out), literal(0, out.type.dtype), _fma(out)  # type: ignore[union-attr]
+    t, zero, fma = e.ctype(out), literal(0, out.type.dtype), fma_function(out.type.dtype)  # type: ignore[union-attr]
     taps = kw if kw <= _TAPS else 1  # (a wide kernel: one tap at a time, dj a loop)
     # Partial sums over the full strips of the batch, then, in a second sweep, over the rest of it (kept apart,
     # so that the compiler holds each set in registers rather than in memory a partial store hits).

@@ -6,7 +6,7 @@ import os
 from lantern.ir.nodes import Op
 from lantern.ir.symbolic import Size, hint, known_equal, more_than_one
 
-from ..c_types import FLOATS, literal
+from ..c_types import FLOATS, fma_function, literal
 from ..cbuilder import offset
 from .context import KernelContext
 from .reductions import simd_sum
@@ -62,10 +62,10 @@ def matmul(e: KernelContext, op: Op) -> None:
         return
     zero = literal(0, dtype)
     floats = dtype in FLOATS
-    fma = "fmaf" if dtype == "float32" else "fma"
+    fma = fma_function(dtype)
 
     def mac(acc: str, x: str, y: str) -> str:
-        """``acc += x * y``; for floats in one rounding (``fma``: under ``-std=c11`` gcc fuses nothing itself)."""
+        """``acc += x * y``; for floats in one rounding (:func:`fma_function`)."""
         return f"{acc} = {fma}({x}, {y}, {acc});" if floats else f"{acc} += {x} * {y};"
 
     # Rows of a in blocks of _ROWS share each strip of b they load: a quarter of the loads of one row at a
